@@ -1,0 +1,3 @@
+"""replicad: a replicated multi-master mail store."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from replicad.cli.main import main
+
+raise SystemExit(main())

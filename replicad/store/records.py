@@ -1,0 +1,132 @@
+"""Records the store hands out: mailbox status, message metadata, change records.
+
+Every client-visible write is one transaction that returns one change record
+(DESIGN §5).  Change records are what the replication engine ships to peers:
+they carry flag *deltas*, never flag states (I5), and every message change
+carries the MODSEQ the master assigned (I3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicad.flags import sorted_flags
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """IMAP STATUS-like view of one mailbox (fields of DESIGN §9 ``mailbox status``)."""
+
+    user: str
+    name: str
+    guid: bytes  # 16 bytes, stable across renames (seed 004: rename detection)
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    vsize: int  # sum of message sizes in bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """Metadata of one message as FETCH returns it."""
+
+    uid: int
+    guid: bytes  # 16 bytes: the message identity, kept by COPY (seed 001 "global UID")
+    modseq: int
+    flags: tuple[str, ...]  # canonical order, see replicad.flags.sorted_flags
+    internaldate: int  # seconds since the epoch, UTC
+    size: int
+    body_hash: bytes  # 32 bytes: SHA-256 of the raw message, the blob key
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Answer to "changes since MODSEQ n" (RFC 7162 CHANGEDSINCE + QRESYNC VANISHED)."""
+
+    highestmodseq: int
+    changed: tuple[MessageInfo, ...]  # messages whose modseq > n, ascending UID
+    vanished: tuple[int, ...]  # UIDs expunged with a modseq > n, ascending
+
+
+# --- change records ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Base of change records; ``user`` routes the change to its mailbox master."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCreated(Change):
+    name: str
+    mailbox: bytes
+    uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRenamed(Change):
+    mailbox: bytes
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxDeleted(Change):
+    mailbox: bytes
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAppended(Change):
+    """A SAVE or one message of a COPY: a new UID in ``mailbox``."""
+
+    mailbox: bytes
+    uid: int
+    guid: bytes
+    modseq: int
+    flags: tuple[str, ...]
+    internaldate: int
+    size: int
+    body_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesCopied(Change):
+    """A COPY: ``appended[i]`` is the copy of source UID ``source_uids[i]`` (RFC 4315 COPYUID)."""
+
+    source_mailbox: bytes
+    source_uids: tuple[int, ...]
+    appended: tuple[MessageAppended, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsChanged(Change):
+    """A STORE: ``uids`` got ``+added -removed`` and the new ``modseq`` (I5: deltas).
+
+    ``rejected`` lists UIDs left alone because their modseq was above the
+    UNCHANGEDSINCE value (RFC 7162 §3.1.3 MODIFIED).  When nothing changed,
+    ``uids`` is empty and ``modseq`` is the unchanged HIGHESTMODSEQ.
+    """
+
+    mailbox: bytes
+    uids: tuple[int, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    modseq: int
+    rejected: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesExpunged(Change):
+    """An EXPUNGE: each (uid, message guid) became a tombstone at ``modseq`` (I3)."""
+
+    mailbox: bytes
+    expunged: tuple[tuple[int, bytes], ...]
+    modseq: int
+
+
+def flags_tuple(flags: frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted_flags(flags))

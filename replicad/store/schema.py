@@ -1,0 +1,185 @@
+"""LMDB layout of a node's store: named databases, key encodings, row packing.
+
+Keys are fixed-width big-endian so that LMDB's byte order is numeric order,
+which makes "every change of mailbox M after MODSEQ n" one range scan.
+
+=============  ==========================================  ==============================
+database       key                                         value (msgpack unless noted)
+=============  ==========================================  ==============================
+meta           ascii name                                  schema version, counters
+mailboxes      mailbox guid (16)                           MailboxRow
+names          user NUL name (utf-8)                       mailbox guid (16, raw)
+messages       mailbox guid (16) + uid (u32)               MessageRow
+changes        mailbox guid (16) + modseq (u64) + uid      kind (1 byte, raw): M or X
+tombstones     mailbox guid (16) + uid (u32)               [message guid, modseq]
+blobs          body hash (32)                              codec byte + data (raw)
+blob_refs      body hash (32)                              refcount (u64, raw)
+=============  ==========================================  ==============================
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from replicad.errors import BadInputError, ReplicadError
+
+SCHEMA_VERSION = 1
+DB_NAMES = ("meta", "mailboxes", "names", "messages", "changes", "tombstones", "blobs", "blob_refs")
+
+CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
+CHANGE_EXPUNGED = b"X"  # the UID was expunged at this modseq (QRESYNC VANISHED)
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_MSGKEY = struct.Struct(">16sI")
+_CHGKEY = struct.Struct(">16sQI")
+
+
+def message_key(mailbox: bytes, uid: int) -> bytes:
+    return _MSGKEY.pack(mailbox, uid)
+
+
+def uid_of_message_key(key: bytes) -> int:
+    return int(_U32.unpack_from(key, 16)[0])
+
+
+def change_key(mailbox: bytes, modseq: int, uid: int) -> bytes:
+    return _CHGKEY.pack(mailbox, modseq, uid)
+
+
+def split_change_key(key: bytes) -> tuple[int, int]:
+    _, modseq, uid = _CHGKEY.unpack(key)
+    return int(modseq), int(uid)
+
+
+def name_key(user: str, name: str) -> bytes:
+    return user.encode() + b"\0" + name.encode()
+
+
+def user_prefix(user: str) -> bytes:
+    return user.encode() + b"\0"
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(raw: bytes) -> int:
+    return int(_U64.unpack(raw)[0])
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRow:
+    user: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    vsize: int
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                self.user,
+                self.name,
+                self.uidvalidity,
+                self.uidnext,
+                self.highestmodseq,
+                self.messages,
+                self.vsize,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MailboxRow:
+        user, name, uidvalidity, uidnext, highestmodseq, messages, vsize = unpack(raw)
+        return cls(user, name, uidvalidity, uidnext, highestmodseq, messages, vsize)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    guid: bytes
+    modseq: int
+    flags: tuple[str, ...]
+    internaldate: int
+    size: int
+    body_hash: bytes
+
+    def encode(self) -> bytes:
+        return pack(
+            [self.guid, self.modseq, list(self.flags), self.internaldate, self.size, self.body_hash]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MessageRow:
+        guid, modseq, flags, internaldate, size, body_hash = unpack(raw)
+        return cls(guid, modseq, tuple(flags), internaldate, size, body_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Databases:
+    """Handles of the named databases of one open environment."""
+
+    env: lmdb.Environment
+    meta: Any
+    mailboxes: Any
+    names: Any
+    messages: Any
+    changes: Any
+    tombstones: Any
+    blobs: Any
+    blob_refs: Any
+
+
+def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:
+    """Open (creating if needed) the store at ``path`` and check its schema version.
+
+    ``sync=True`` makes every commit durable (fsync) before it returns: that is
+    what lets a client's acknowledgement mean I1 at level ``local``.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(DB_NAMES) + 4,
+            sync=sync,
+            metasync=sync,
+            # No writemap: nested transactions (one per operation inside a
+            # group commit) are not supported with MDB_WRITEMAP.
+            writemap=False,
+            max_readers=256,
+            lock=True,
+        )
+    except lmdb.LockError as exc:
+        raise ReplicadError(f"store {path} is locked by another process: {exc}") from exc
+    except lmdb.Error as exc:
+        raise ReplicadError(f"cannot open store {path}: {exc}") from exc
+    handles = {name: env.open_db(name.encode()) for name in DB_NAMES}
+    dbs = Databases(env=env, **handles)
+    with env.begin(write=True) as txn:
+        raw = txn.get(b"schema", db=dbs.meta)
+        if raw is None:
+            txn.put(b"schema", pack_u64(SCHEMA_VERSION), db=dbs.meta)
+        elif unpack_u64(raw) != SCHEMA_VERSION:
+            env.close()
+            raise BadInputError(
+                f"store {path} has schema version {unpack_u64(raw)}, "
+                f"this replicad understands {SCHEMA_VERSION}"
+            )
+    return dbs
