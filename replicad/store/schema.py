@@ -14,6 +14,9 @@ changes        mailbox guid (16) + modseq (u64) + uid      kind (1 byte, raw): M
 tombstones     mailbox guid (16) + uid (u32)               [message guid, modseq]
 blobs          body hash (32)                              codec byte + data (raw)
 blob_refs      body hash (32)                              refcount (u64, raw)
+log            sequence number (u64)                       encoded change record
+cursors        peer name (utf-8)                           last acknowledged sequence (u64)
+resync         peer name NUL mailbox guid (16)             [reason, since modseq]
 =============  ==========================================  ==============================
 """
 
@@ -30,7 +33,19 @@ import msgpack
 from replicad.errors import BadInputError, ReplicadError
 
 SCHEMA_VERSION = 1
-DB_NAMES = ("meta", "mailboxes", "names", "messages", "changes", "tombstones", "blobs", "blob_refs")
+DB_NAMES = (
+    "meta",
+    "mailboxes",
+    "names",
+    "messages",
+    "changes",
+    "tombstones",
+    "blobs",
+    "blob_refs",
+    "log",
+    "cursors",
+    "resync",
+)
 
 CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
 CHANGE_EXPUNGED = b"X"  # the UID was expunged at this modseq (QRESYNC VANISHED)
@@ -144,6 +159,9 @@ class Databases:
     tombstones: Any
     blobs: Any
     blob_refs: Any
+    log: Any
+    cursors: Any
+    resync: Any
 
 
 def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:

@@ -1,0 +1,161 @@
+"""Compact msgpack encoding of change records, for the change log on disk.
+
+Each record becomes ``[kind, fields...]`` with a one-letter kind.  The
+encoding is part of the on-disk format (schema version in
+:mod:`replicad.store.schema`): add kinds, never renumber fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replicad.errors import ReplicadError
+from replicad.store.records import (
+    Change,
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MessageAppended,
+    MessagesCopied,
+    MessagesExpunged,
+)
+from replicad.store.schema import pack, unpack
+
+
+def _appended_fields(r: MessageAppended) -> list[Any]:
+    return [
+        r.user,
+        r.mailbox,
+        r.uid,
+        r.guid,
+        r.modseq,
+        list(r.flags),
+        r.internaldate,
+        r.size,
+        r.body_hash,
+    ]
+
+
+def _appended_from(f: list[Any]) -> MessageAppended:
+    user, mailbox, uid, guid, modseq, flags, date, size, body_hash = f
+    return MessageAppended(
+        user=user,
+        mailbox=mailbox,
+        uid=uid,
+        guid=guid,
+        modseq=modseq,
+        flags=tuple(flags),
+        internaldate=date,
+        size=size,
+        body_hash=body_hash,
+    )
+
+
+def encode_change(change: Change) -> bytes:
+    """Encode one change record for the log (inverse of :func:`decode_change`)."""
+    fields: list[Any]
+    if isinstance(change, MessageAppended):
+        fields = ["A", *_appended_fields(change)]
+    elif isinstance(change, MessagesCopied):
+        fields = [
+            "C",
+            change.user,
+            change.source_mailbox,
+            list(change.source_uids),
+            [_appended_fields(a) for a in change.appended],
+        ]
+    elif isinstance(change, FlagsChanged):
+        fields = [
+            "F",
+            change.user,
+            change.mailbox,
+            list(change.uids),
+            list(change.added),
+            list(change.removed),
+            change.modseq,
+            list(change.rejected),
+        ]
+    elif isinstance(change, MessagesExpunged):
+        fields = [
+            "X",
+            change.user,
+            change.mailbox,
+            [[u, g] for u, g in change.expunged],
+            change.modseq,
+        ]
+    elif isinstance(change, MailboxCreated):
+        fields = ["N", change.user, change.name, change.mailbox, change.uidvalidity]
+    elif isinstance(change, MailboxRenamed):
+        fields = ["R", change.user, change.mailbox, change.old_name, change.new_name]
+    elif isinstance(change, MailboxDeleted):
+        fields = ["D", change.user, change.mailbox, change.name]
+    else:
+        raise TypeError(f"not a change record: {change!r}")
+    return pack(fields)
+
+
+def decode_change(raw: bytes) -> Change:
+    """Decode a log entry; a malformed one is store corruption, reported as such."""
+    try:
+        kind, *f = unpack(raw)
+        if kind == "A":
+            return _appended_from(f)
+        if kind == "C":
+            user, src, uids, appended = f
+            return MessagesCopied(
+                user=user,
+                source_mailbox=src,
+                source_uids=tuple(uids),
+                appended=tuple(_appended_from(a) for a in appended),
+            )
+        if kind == "F":
+            user, mailbox, uids, added, removed, modseq, rejected = f
+            return FlagsChanged(
+                user=user,
+                mailbox=mailbox,
+                uids=tuple(uids),
+                added=tuple(added),
+                removed=tuple(removed),
+                modseq=modseq,
+                rejected=tuple(rejected),
+            )
+        if kind == "X":
+            user, mailbox, expunged, modseq = f
+            return MessagesExpunged(
+                user=user,
+                mailbox=mailbox,
+                expunged=tuple((u, g) for u, g in expunged),
+                modseq=modseq,
+            )
+        if kind == "N":
+            user, name, mailbox, uidvalidity = f
+            return MailboxCreated(user=user, name=name, mailbox=mailbox, uidvalidity=uidvalidity)
+        if kind == "R":
+            user, mailbox, old, new = f
+            return MailboxRenamed(user=user, mailbox=mailbox, old_name=old, new_name=new)
+        if kind == "D":
+            user, mailbox, name = f
+            return MailboxDeleted(user=user, mailbox=mailbox, name=name)
+    except (ValueError, TypeError) as exc:
+        raise ReplicadError(f"store corrupt: undecodable change log entry: {exc}") from exc
+    raise ReplicadError(f"store corrupt: unknown change kind {kind!r}")
+
+
+def body_hashes(change: Change) -> list[bytes]:
+    """Bodies a change needs on the receiving side (the log holds a reference to each)."""
+    if isinstance(change, MessageAppended):
+        return [change.body_hash]
+    if isinstance(change, MessagesCopied):
+        return [a.body_hash for a in change.appended]
+    return []
+
+
+def mailbox_of(change: Change) -> bytes:
+    """The mailbox a change belongs to (the destination, for a copy)."""
+    if isinstance(change, MessagesCopied):
+        return change.appended[0].mailbox if change.appended else change.source_mailbox
+    mailbox = getattr(change, "mailbox", None)
+    if not isinstance(mailbox, bytes):
+        raise TypeError(f"change without a mailbox: {change!r}")
+    return mailbox

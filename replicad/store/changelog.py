@@ -1,0 +1,191 @@
+"""The durable change log and per-peer outboxes (DESIGN §6, seed 001 "replication logs").
+
+A master writes each change record to the log *in the same transaction*
+that applies it, so a change is either both applied and queued for every
+peer, or neither (I1: a kill -9 between the two cannot lose a replication).
+
+One log serves every peer: a peer's outbox is the part of the log after
+that peer's cursor (its last acknowledged sequence number).  Writing a
+change therefore costs one log entry whatever the number of peers, and the
+outbox depth of a peer is ``head - cursor``.  Entries every peer has
+acknowledged are truncated.  A log entry that adds a message holds a
+reference on the body, so a message expunged before a lagging peer got it
+still has its body to send.
+
+Each outbox is bounded (``max_lag`` entries).  A peer that falls further
+behind loses its backlog: every mailbox that had an entry in the dropped
+part is recorded in the ``resync`` table for that peer, and the peer's
+cursor jumps to the head.  The resync machinery repairs those mailboxes
+(seed 001 "Mailbox synchronization"); nothing is forgotten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from replicad.store import blobs
+from replicad.store.changecodec import body_hashes, decode_change, encode_change, mailbox_of
+from replicad.store.records import Change
+from replicad.store.schema import Databases, pack, pack_u64, unpack, unpack_u64
+
+RESYNC_OVERFLOW = "outbox-overflow"
+RESYNC_NEW_PEER = "new-peer"
+RESYNC_CONFLICT = "conflict"
+RESYNC_MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBacklog:
+    peer: str
+    acked: int  # last sequence the peer acknowledged
+    depth: int  # entries queued for the peer (head - acked)
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncMark:
+    peer: str
+    mailbox: bytes
+    reason: str
+    since_modseq: int
+
+
+def _resync_key(peer: str, mailbox: bytes) -> bytes:
+    return peer.encode() + b"\0" + mailbox
+
+
+class ChangeLog:
+    """Operations on the log, cursors and resync marks inside a store transaction."""
+
+    def __init__(self, dbs: Databases, peers: tuple[str, ...], max_lag: int) -> None:
+        if max_lag < 1:
+            raise ValueError("max_lag must be positive")
+        self.dbs = dbs
+        self.peers = peers
+        self.max_lag = max_lag
+
+    # -- positions --
+
+    def head(self, txn: Any) -> int:
+        """Sequence number of the newest entry ever written (0: none yet)."""
+        raw = txn.get(b"log_head", db=self.dbs.meta)
+        return 0 if raw is None else unpack_u64(raw)
+
+    def cursor(self, txn: Any, peer: str) -> int:
+        raw = txn.get(peer.encode(), db=self.dbs.cursors)
+        if raw is None:
+            raise KeyError(f"unknown peer {peer!r}")
+        return unpack_u64(raw)
+
+    def register_peers(self, txn: Any) -> None:
+        """Give configured peers a cursor and forget removed ones.
+
+        A peer that appears while the log already has history gets the head
+        as its cursor and a whole-node resync mark: it cannot be sent what
+        was truncated before it existed.
+        """
+        head = self.head(txn)
+        known = {bytes(k).decode() for k, _ in txn.cursor(db=self.dbs.cursors)}
+        for peer in self.peers:
+            if peer not in known:
+                txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)
+                if head:
+                    self._mark(txn, peer, b"\0" * 16, RESYNC_NEW_PEER, 0)
+        for peer in known - set(self.peers):
+            txn.delete(peer.encode(), db=self.dbs.cursors)
+        self._truncate(txn)
+
+    # -- writing --
+
+    def append(self, txn: Any, change: Change) -> int:
+        """Queue ``change`` for every peer; return its sequence number."""
+        seq = self.head(txn) + 1
+        txn.put(pack_u64(seq), encode_change(change), db=self.dbs.log)
+        txn.put(b"log_head", pack_u64(seq), db=self.dbs.meta)
+        for digest in body_hashes(change):
+            blobs.add_reference_to_existing(txn, self.dbs, digest)
+        for peer in self.peers:
+            if seq - self.cursor(txn, peer) > self.max_lag:
+                self._overflow(txn, peer, seq)
+        return seq
+
+    def _overflow(self, txn: Any, peer: str, head: int) -> None:
+        start = self.cursor(txn, peer)
+        with txn.cursor(db=self.dbs.log) as cur:
+            if cur.set_range(pack_u64(start + 1)):
+                for key, raw in cur:
+                    if unpack_u64(bytes(key)) > head:
+                        break
+                    change = decode_change(bytes(raw))
+                    since = getattr(change, "modseq", 0)
+                    self._mark(txn, peer, mailbox_of(change), RESYNC_OVERFLOW, since)
+        txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)
+        self._truncate(txn)
+
+    def ack(self, txn: Any, peer: str, seq: int) -> bool:
+        """Record that ``peer`` applied everything up to ``seq``; False if stale."""
+        if seq <= self.cursor(txn, peer):
+            return False  # duplicate or reordered ack: cursors never go back
+        seq = min(seq, self.head(txn))
+        txn.put(peer.encode(), pack_u64(seq), db=self.dbs.cursors)
+        self._truncate(txn)
+        return True
+
+    def _truncate(self, txn: Any) -> None:
+        if self.peers:
+            low = min(self.cursor(txn, p) for p in self.peers)
+        else:
+            low = self.head(txn)
+        with txn.cursor(db=self.dbs.log) as cur:
+            if not cur.first():
+                return
+            while True:
+                key = bytes(cur.key())
+                if not key or unpack_u64(key) > low:
+                    break
+                for digest in body_hashes(decode_change(bytes(cur.value()))):
+                    blobs.drop_reference(txn, self.dbs, digest)
+                if not cur.delete():
+                    break
+
+    # -- reading --
+
+    def entries(self, txn: Any, after: int, limit: int) -> list[tuple[int, Change]]:
+        """Up to ``limit`` entries with a sequence number above ``after``."""
+        out: list[tuple[int, Change]] = []
+        with txn.cursor(db=self.dbs.log) as cur:
+            if cur.set_range(pack_u64(after + 1)):
+                for key, raw in cur:
+                    out.append((unpack_u64(bytes(key)), decode_change(bytes(raw))))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def backlog(self, txn: Any) -> list[PeerBacklog]:
+        head = self.head(txn)
+        return [PeerBacklog(p, self.cursor(txn, p), head - self.cursor(txn, p)) for p in self.peers]
+
+    # -- resync marks --
+
+    def _mark(self, txn: Any, peer: str, mailbox: bytes, reason: str, since: int) -> None:
+        key = _resync_key(peer, mailbox)
+        old = txn.get(key, db=self.dbs.resync)
+        if old is not None:
+            _, old_since = unpack(bytes(old))
+            since = min(since, old_since)  # keep the earliest point of divergence
+        txn.put(key, pack([reason, since]), db=self.dbs.resync)
+
+    def mark_resync(self, txn: Any, peer: str, mailbox: bytes, reason: str, since: int) -> None:
+        """Record that ``mailbox`` must be resynchronised with ``peer`` (I6: nothing forgotten)."""
+        self._mark(txn, peer, mailbox, reason, since)
+
+    def clear_resync(self, txn: Any, peer: str, mailbox: bytes) -> None:
+        txn.delete(_resync_key(peer, mailbox), db=self.dbs.resync)
+
+    def resync_marks(self, txn: Any) -> list[ResyncMark]:
+        out = []
+        for key, raw in txn.cursor(db=self.dbs.resync):
+            peer, mailbox = bytes(key).split(b"\0", 1)
+            reason, since = unpack(bytes(raw))
+            out.append(ResyncMark(peer.decode(), mailbox, reason, since))
+        return out

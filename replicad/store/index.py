@@ -1,0 +1,667 @@
+"""The mail index: store operations as plain functions of an LMDB transaction.
+
+:class:`MailIndex` is deterministic and does no I/O of its own; the async
+facade :class:`replicad.store.mailstore.MailStore` runs its operations through
+the group-commit writer or a read transaction, off the event loop.
+
+Every write is one transaction and returns one change record
+(:mod:`replicad.store.records`).  Invariants upheld here:
+
+- I2/I3: a mailbox's UIDNEXT only grows and every expunged UID leaves a
+  tombstone (uid, message guid, modseq), so a UID is never reused;
+  HIGHESTMODSEQ grows by one with every operation that changes the mailbox,
+  and every message touched by that operation carries the new value
+  (RFC 7162 §3.1.1: several messages may share one mod-sequence).
+- I5: STORE produces +added/−removed deltas, never flag states.
+- Single-instance bodies: COPY adds a reference, never a second body.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
+
+from replicad.errors import (
+    AlreadyExistsError,
+    BadInputError,
+    NoSuchMailboxError,
+    NoSuchMessageError,
+    NoSuchUserError,
+)
+from replicad.flags import normalise_flags
+from replicad.store import blobs
+from replicad.store.blobs import PreparedBody
+from replicad.store.records import (
+    ChangeSet,
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MailboxStatus,
+    MessageAppended,
+    MessageInfo,
+    MessagesCopied,
+    MessagesExpunged,
+    flags_tuple,
+)
+from replicad.store.schema import (
+    CHANGE_EXPUNGED,
+    CHANGE_MESSAGE,
+    Databases,
+    MailboxRow,
+    MessageRow,
+    change_key,
+    message_key,
+    name_key,
+    pack,
+    pack_u64,
+    split_change_key,
+    uid_of_message_key,
+    unpack_u64,
+    user_prefix,
+)
+from replicad.uidset import MAX_UID, UidSet
+
+T = TypeVar("T")
+FlagMode = Literal["add", "remove", "replace"]
+
+INBOX = "INBOX"
+SEPARATOR = "/"
+MAX_NAME_BYTES = 1024
+MAX_USER_BYTES = 255
+MAX_MODSEQ = (1 << 63) - 1  # RFC 7162: mod-sequences are 63-bit
+
+
+# --- names ------------------------------------------------------------------
+
+
+def check_user(user: str) -> str:
+    """Validate a user name: 1..255 bytes, no whitespace or control characters."""
+    raw = user.encode("utf-8", "surrogatepass")
+    if not raw or len(raw) > MAX_USER_BYTES:
+        raise BadInputError(f"bad user name {user!r}: must be 1..{MAX_USER_BYTES} bytes")
+    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in user):
+        raise BadInputError(f"bad user name {user!r}: whitespace or control characters")
+    return user
+
+
+def check_mailbox_name(name: str) -> str:
+    """Validate and canonicalise a mailbox name ("/" separates levels; INBOX is caseless)."""
+    if not name:
+        raise BadInputError("empty mailbox name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise BadInputError(f"mailbox name longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
+        raise BadInputError(f"bad mailbox name {name!r}: control characters")
+    parts = name.split(SEPARATOR)
+    if any(not p for p in parts):
+        raise BadInputError(f"bad mailbox name {name!r}: empty level (leading, trailing or '//')")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX  # RFC 3501 §5.1: INBOX is case-insensitive
+    return SEPARATOR.join(parts)
+
+
+# --- requests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One message to append; ``guid`` lets a caller retry idempotently (random if absent)."""
+
+    body: bytes
+    flags: tuple[str, ...] = ()
+    internaldate: int | None = None
+    guid: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedAppend:
+    prepared: PreparedBody
+    flags: tuple[str, ...]
+    internaldate: int
+    guid: bytes
+
+
+def _prepare(item: AppendRequest) -> _PreparedAppend:
+    flags = flags_tuple(normalise_flags(item.flags))
+    date = int(time.time()) if item.internaldate is None else item.internaldate
+    if not 0 <= date < 1 << 63:
+        raise BadInputError(f"internal date {date} out of range")
+    guid = item.guid if item.guid is not None else os.urandom(16)
+    if len(guid) != 16:
+        raise BadInputError("message guid must be 16 bytes")
+    return _PreparedAppend(PreparedBody.make(item.body), flags, date, guid)
+
+
+# --- the index: operations on a transaction --------------------------------
+
+
+class MailIndex:
+    """Store operations as functions of an open LMDB transaction.
+
+    Write methods take a write transaction and return a change record; they
+    raise a :class:`~replicad.errors.ReplicadError` before writing anything
+    when the request is invalid, so the caller's transaction can be rolled
+    back without side effects.
+    """
+
+    def __init__(self, dbs: Databases) -> None:
+        self.dbs = dbs
+
+    # -- lookups --
+
+    def _mailbox_guid(self, txn: Any, user: str, name: str) -> bytes:
+        guid = txn.get(name_key(user, name), db=self.dbs.names)
+        if guid is None:
+            if not self._user_exists(txn, user):
+                raise NoSuchUserError(f"no such user {user!r}")
+            raise NoSuchMailboxError(f"no such mailbox {name!r} for user {user!r}")
+        return bytes(guid)
+
+    def has_mailbox(self, txn: Any, user: str, name: str) -> bool:
+        return txn.get(name_key(user, name), db=self.dbs.names) is not None
+
+    def _user_exists(self, txn: Any, user: str) -> bool:
+        prefix = user_prefix(user)
+        with txn.cursor(db=self.dbs.names) as cur:
+            return bool(cur.set_range(prefix)) and bytes(cur.key()).startswith(prefix)
+
+    def _row(self, txn: Any, guid: bytes) -> MailboxRow:
+        raw = txn.get(guid, db=self.dbs.mailboxes)
+        if raw is None:
+            raise NoSuchMailboxError(f"mailbox {guid.hex()} vanished")
+        return MailboxRow.decode(raw)
+
+    def _resolve(self, txn: Any, user: str, name: str) -> tuple[bytes, MailboxRow]:
+        guid = self._mailbox_guid(txn, check_user(user), check_mailbox_name(name))
+        return guid, self._row(txn, guid)
+
+    def _message(self, txn: Any, guid: bytes, uid: int) -> MessageRow | None:
+        raw = txn.get(message_key(guid, uid), db=self.dbs.messages)
+        return None if raw is None else MessageRow.decode(raw)
+
+    def _uids_in(self, txn: Any, guid: bytes, uids: UidSet, uidnext: int) -> list[int]:
+        """Existing UIDs of the mailbox that ``uids`` names, ascending (``*`` resolved)."""
+        highest = self._highest_uid(txn, guid)
+        resolved = uids.resolve(highest)
+        out: list[int] = []
+        with txn.cursor(db=self.dbs.messages) as cur:
+            for lo, hi in resolved.ranges:
+                hi = min(hi, uidnext - 1, MAX_UID)
+                if lo > hi or not cur.set_range(message_key(guid, lo)):
+                    continue
+                for key in cur.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if key[:16] != guid:
+                        break
+                    uid = uid_of_message_key(key)
+                    if uid > hi:
+                        break
+                    out.append(uid)
+        return out
+
+    def _highest_uid(self, txn: Any, guid: bytes) -> int:
+        with txn.cursor(db=self.dbs.messages) as cur:
+            if cur.set_range(message_key(guid, MAX_UID)):
+                key = bytes(cur.key())
+                if key[:16] == guid:
+                    return uid_of_message_key(key)
+                if not cur.prev():
+                    return 0
+            elif not cur.last():
+                return 0
+            key = bytes(cur.key())
+            return uid_of_message_key(key) if key[:16] == guid else 0
+
+    def _next_uidvalidity(self, txn: Any) -> int:
+        # Time-based like most IMAP servers, but strictly increasing per node so
+        # a mailbox deleted and re-created within a second still gets a new one.
+        raw = txn.get(b"last_uidvalidity", db=self.dbs.meta)
+        last = 0 if raw is None else unpack_u64(raw)
+        value = max(int(time.time()) & 0xFFFFFFFF, last + 1)
+        if value > 0xFFFFFFFF:
+            value = 1  # wrapped after 2106; uniqueness per name is what matters
+        txn.put(b"last_uidvalidity", pack_u64(value), db=self.dbs.meta)
+        return value
+
+    # -- reads --
+
+    def status(self, txn: Any, user: str, name: str) -> MailboxStatus:
+        guid, row = self._resolve(txn, user, name)
+        return _status(guid, row)
+
+    def list_mailboxes(self, txn: Any, user: str) -> list[MailboxStatus]:
+        check_user(user)
+        prefix = user_prefix(user)
+        out = []
+        with txn.cursor(db=self.dbs.names) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    out.append(_status(bytes(value), self._row(txn, bytes(value))))
+        if not out:
+            raise NoSuchUserError(f"no such user {user!r}")
+        return sorted(out, key=lambda s: (s.name != INBOX, s.name))
+
+    def list_users(self, txn: Any) -> list[str]:
+        users: list[str] = []
+        with txn.cursor(db=self.dbs.names) as cur:
+            for key in cur.iternext(keys=True, values=False):
+                user = bytes(key).split(b"\0", 1)[0].decode()
+                if not users or users[-1] != user:
+                    users.append(user)
+        return users
+
+    def logical_state(self, txn: Any) -> list[tuple[Any, ...]]:
+        """Everything I4 says must converge, as plain sorted tuples (for checks and digests).
+
+        One tuple per mailbox: (user, name, guid, uidvalidity, uidnext,
+        highestmodseq, messages, vsize, [(uid, guid, modseq, flags,
+        internaldate, size, body hash)...], [(uid, guid, modseq) tombstones]).
+        """
+        out: list[tuple[Any, ...]] = []
+        for key, guid in txn.cursor(db=self.dbs.names):
+            user, name = bytes(key).decode().split("\0", 1)
+            status = self.status(txn, user, name)
+            msgs = [
+                (m.uid, m.guid, m.modseq, m.flags, m.internaldate, m.size, m.body_hash)
+                for m in self.fetch(txn, user, name, UidSet.parse("all"))
+            ]
+            tombs = self.tombstones(txn, user, name)
+            out.append(
+                (
+                    user,
+                    name,
+                    bytes(guid),
+                    status.uidvalidity,
+                    status.uidnext,
+                    status.highestmodseq,
+                    status.messages,
+                    status.vsize,
+                    msgs,
+                    tombs,
+                )
+            )
+        return out
+
+    def fetch(self, txn: Any, user: str, name: str, uids: UidSet) -> list[MessageInfo]:
+        guid, row = self._resolve(txn, user, name)
+        out = []
+        for uid in self._uids_in(txn, guid, uids, row.uidnext):
+            msg = self._message(txn, guid, uid)
+            assert msg is not None
+            out.append(_info(uid, msg))
+        return out
+
+    def fetch_body(self, txn: Any, user: str, name: str, uid: int) -> bytes:
+        guid, _ = self._resolve(txn, user, name)
+        msg = self._message(txn, guid, uid)
+        if msg is None:
+            raise NoSuchMessageError(f"no message with UID {uid} in {name!r}")
+        return blobs.read_body(txn, self.dbs, msg.body_hash)
+
+    def changes_since(self, txn: Any, user: str, name: str, modseq: int) -> ChangeSet:
+        """Messages changed and UIDs expunged after ``modseq`` (RFC 7162 §3.1.4, §3.2.5)."""
+        if modseq < 0:
+            raise BadInputError("modseq must be >= 0")
+        guid, row = self._resolve(txn, user, name)
+        changed: list[MessageInfo] = []
+        vanished: list[int] = []
+        with txn.cursor(db=self.dbs.changes) as cur:
+            if cur.set_range(change_key(guid, min(modseq, MAX_MODSEQ) + 1, 0)):
+                for key, kind in cur:
+                    key = bytes(key)
+                    if key[:16] != guid:
+                        break
+                    _, uid = split_change_key(key)
+                    if bytes(kind) == CHANGE_EXPUNGED:
+                        vanished.append(uid)
+                    else:
+                        msg = self._message(txn, guid, uid)
+                        assert msg is not None, "change index points at a missing message"
+                        changed.append(_info(uid, msg))
+        changed.sort(key=lambda m: m.uid)
+        vanished.sort()
+        return ChangeSet(row.highestmodseq, tuple(changed), tuple(vanished))
+
+    # -- mailbox writes --
+
+    def create_mailbox(
+        self,
+        txn: Any,
+        user: str,
+        name: str,
+        *,
+        guid: bytes | None = None,
+        uidvalidity: int | None = None,
+    ) -> MailboxCreated:
+        check_user(user)
+        name = check_mailbox_name(name)
+        key = name_key(user, name)
+        if txn.get(key, db=self.dbs.names) is not None:
+            raise AlreadyExistsError(f"mailbox {name!r} already exists for user {user!r}")
+        guid = guid if guid is not None else os.urandom(16)
+        uidvalidity = uidvalidity if uidvalidity is not None else self._next_uidvalidity(txn)
+        row = MailboxRow(user, name, uidvalidity, uidnext=1, highestmodseq=1, messages=0, vsize=0)
+        txn.put(key, guid, db=self.dbs.names)
+        txn.put(guid, row.encode(), db=self.dbs.mailboxes)
+        return MailboxCreated(user=user, name=name, mailbox=guid, uidvalidity=uidvalidity)
+
+    def delete_mailbox(self, txn: Any, user: str, name: str) -> MailboxDeleted:
+        guid, row = self._resolve(txn, user, name)
+        if row.name == INBOX:
+            raise BadInputError("INBOX cannot be deleted")
+        self._drop_prefix(txn, self.dbs.messages, guid, on_value=self._release_message)
+        self._drop_prefix(txn, self.dbs.changes, guid)
+        self._drop_prefix(txn, self.dbs.tombstones, guid)
+        txn.delete(name_key(row.user, row.name), db=self.dbs.names)
+        txn.delete(guid, db=self.dbs.mailboxes)
+        return MailboxDeleted(user=row.user, mailbox=guid, name=row.name)
+
+    def _release_message(self, txn: Any, raw: bytes) -> None:
+        blobs.drop_reference(txn, self.dbs, MessageRow.decode(raw).body_hash)
+
+    def _drop_prefix(
+        self,
+        txn: Any,
+        db: Any,
+        prefix: bytes,
+        on_value: Callable[[Any, bytes], None] | None = None,
+    ) -> None:
+        with txn.cursor(db=db) as cur:
+            if not cur.set_range(prefix):
+                return
+            while bytes(cur.key()).startswith(prefix):
+                if on_value is not None:
+                    on_value(txn, bytes(cur.value()))
+                if not cur.delete():
+                    break
+                if not cur.key():  # cursor ran off the end
+                    break
+
+    def rename_mailbox(self, txn: Any, user: str, old: str, new: str) -> MailboxRenamed:
+        """Rename ``old`` to ``new`` with its children (RFC 3501 §6.3.5); GUIDs stay."""
+        guid, row = self._resolve(txn, user, old)
+        new = check_mailbox_name(new)
+        if row.name == INBOX:
+            raise BadInputError("INBOX cannot be renamed")
+        if new == row.name:
+            raise AlreadyExistsError(f"mailbox {new!r} already exists")
+        if new.startswith(row.name + SEPARATOR):
+            raise BadInputError(f"cannot rename {row.name!r} into its own child {new!r}")
+        moves = [(row.name, new, guid)]
+        child_prefix = name_key(row.user, row.name + SEPARATOR)
+        with txn.cursor(db=self.dbs.names) as cur:
+            if cur.set_range(child_prefix):
+                for key, value in cur:
+                    key = bytes(key)
+                    if not key.startswith(child_prefix):
+                        break
+                    child = key.split(b"\0", 1)[1].decode()
+                    moves.append((child, new + child[len(row.name) :], bytes(value)))
+        for _, target, _ in moves:
+            if txn.get(name_key(row.user, target), db=self.dbs.names) is not None:
+                raise AlreadyExistsError(f"mailbox {target!r} already exists")
+        for source, target, mbox in moves:
+            txn.delete(name_key(row.user, source), db=self.dbs.names)
+            txn.put(name_key(row.user, target), mbox, db=self.dbs.names)
+            child_row = self._row(txn, mbox)
+            txn.put(mbox, replace(child_row, name=target).encode(), db=self.dbs.mailboxes)
+        return MailboxRenamed(user=row.user, mailbox=guid, old_name=row.name, new_name=new)
+
+    # -- message writes --
+
+    def append(
+        self,
+        txn: Any,
+        user: str,
+        name: str,
+        items: Sequence[_PreparedAppend],
+        *,
+        autocreate_inbox: bool = True,
+    ) -> list[MessageAppended]:
+        """Append messages in order; they share one new modseq (one operation)."""
+        user = check_user(user)
+        name = check_mailbox_name(name)
+        if (
+            autocreate_inbox
+            and name == INBOX
+            and txn.get(name_key(user, INBOX), db=self.dbs.names) is None
+        ):
+            # Delivery to a new user's INBOX creates it, as LDA/LMTP do.
+            self.create_mailbox(txn, user, INBOX)
+        guid, row = self._resolve(txn, user, name)
+        if not items:
+            return []
+        if row.uidnext + len(items) - 1 > MAX_UID:
+            raise BadInputError(f"mailbox {name!r} has run out of UIDs; it needs a new UIDVALIDITY")
+        modseq = row.highestmodseq + 1
+        uid = row.uidnext
+        out = []
+        vsize = row.vsize
+        for item in items:
+            blobs.add_reference(txn, self.dbs, item.prepared)
+            msg = MessageRow(
+                item.guid,
+                modseq,
+                item.flags,
+                item.internaldate,
+                item.prepared.size,
+                item.prepared.body_hash,
+            )
+            txn.put(message_key(guid, uid), msg.encode(), db=self.dbs.messages)
+            txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
+            out.append(_appended(row.user, guid, uid, msg))
+            vsize += msg.size
+            uid += 1
+        txn.put(
+            guid,
+            replace(
+                row,
+                uidnext=uid,
+                highestmodseq=modseq,
+                messages=row.messages + len(items),
+                vsize=vsize,
+            ).encode(),
+            db=self.dbs.mailboxes,
+        )
+        return out
+
+    def copy(self, txn: Any, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
+        """Copy messages: same message GUID and body, new UIDs (RFC 4315 COPYUID)."""
+        src_guid, src_row = self._resolve(txn, user, source)
+        dst_guid, dst_row = self._resolve(txn, user, dest)
+        src_uids = self._uids_in(txn, src_guid, uids, src_row.uidnext)
+        if not src_uids:
+            return MessagesCopied(src_row.user, src_guid, (), ())
+        if dst_row.uidnext + len(src_uids) - 1 > MAX_UID:
+            raise BadInputError(f"mailbox {dest!r} has run out of UIDs")
+        # Re-read the destination row: with source == dest it is the same row.
+        modseq = dst_row.highestmodseq + 1
+        uid = dst_row.uidnext
+        appended = []
+        vsize = dst_row.vsize
+        for src_uid in src_uids:
+            msg = self._message(txn, src_guid, src_uid)
+            assert msg is not None
+            blobs.add_reference_to_existing(txn, self.dbs, msg.body_hash)
+            new = replace(msg, modseq=modseq)
+            txn.put(message_key(dst_guid, uid), new.encode(), db=self.dbs.messages)
+            txn.put(change_key(dst_guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
+            appended.append(_appended(dst_row.user, dst_guid, uid, new))
+            vsize += new.size
+            uid += 1
+        txn.put(
+            dst_guid,
+            replace(
+                dst_row,
+                uidnext=uid,
+                highestmodseq=modseq,
+                messages=dst_row.messages + len(src_uids),
+                vsize=vsize,
+            ).encode(),
+            db=self.dbs.mailboxes,
+        )
+        return MessagesCopied(src_row.user, src_guid, tuple(src_uids), tuple(appended))
+
+    def store_flags(
+        self,
+        txn: Any,
+        user: str,
+        name: str,
+        uids: UidSet,
+        mode: FlagMode,
+        flags: Iterable[str],
+        *,
+        unchangedsince: int | None = None,
+    ) -> FlagsChanged:
+        """Change flags; messages whose flags do not change keep their modseq.
+
+        With ``unchangedsince`` (RFC 7162 §3.1.3), messages whose modseq is
+        above it are left alone and reported in ``rejected``.  A ``replace``
+        is recorded as the deltas that turn the old flags of the touched
+        messages into the new set, so replicas apply deltas only (I5).
+        """
+        if mode not in ("add", "remove", "replace"):
+            raise BadInputError(f"bad flag mode {mode!r}")
+        wanted = normalise_flags(flags)
+        guid, row = self._resolve(txn, user, name)
+        modseq = row.highestmodseq + 1
+        changed: list[int] = []
+        rejected: list[int] = []
+        removed_any: set[str] = set()
+        for uid in self._uids_in(txn, guid, uids, row.uidnext):
+            msg = self._message(txn, guid, uid)
+            assert msg is not None
+            if unchangedsince is not None and msg.modseq > unchangedsince:
+                rejected.append(uid)
+                continue
+            old = frozenset(msg.flags)
+            if mode == "add":
+                new = old | wanted
+            elif mode == "remove":
+                new = old - wanted
+            else:
+                new = wanted
+                removed_any |= old - wanted
+            if new == old:
+                continue
+            txn.delete(change_key(guid, msg.modseq, uid), db=self.dbs.changes)
+            txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
+            txn.put(
+                message_key(guid, uid),
+                replace(msg, flags=flags_tuple(new), modseq=modseq).encode(),
+                db=self.dbs.messages,
+            )
+            changed.append(uid)
+        if mode == "add":
+            added, removed = wanted, frozenset[str]()
+        elif mode == "remove":
+            added, removed = frozenset[str](), wanted
+        else:
+            added, removed = wanted, frozenset(removed_any)
+        if changed:
+            txn.put(guid, replace(row, highestmodseq=modseq).encode(), db=self.dbs.mailboxes)
+        else:
+            modseq = row.highestmodseq
+        return FlagsChanged(
+            user=row.user,
+            mailbox=guid,
+            uids=tuple(changed),
+            added=flags_tuple(added),
+            removed=flags_tuple(removed),
+            modseq=modseq,
+            rejected=tuple(rejected),
+        )
+
+    def expunge(self, txn: Any, user: str, name: str, uids: UidSet) -> MessagesExpunged:
+        """Remove messages, leaving tombstones so their UIDs are never reused (I3)."""
+        guid, row = self._resolve(txn, user, name)
+        targets = self._uids_in(txn, guid, uids, row.uidnext)
+        if not targets:
+            return MessagesExpunged(row.user, guid, (), row.highestmodseq)
+        modseq = row.highestmodseq + 1
+        gone = []
+        vsize = row.vsize
+        for uid in targets:
+            msg = self._message(txn, guid, uid)
+            assert msg is not None
+            txn.delete(message_key(guid, uid), db=self.dbs.messages)
+            txn.delete(change_key(guid, msg.modseq, uid), db=self.dbs.changes)
+            txn.put(change_key(guid, modseq, uid), CHANGE_EXPUNGED, db=self.dbs.changes)
+            txn.put(message_key(guid, uid), pack([msg.guid, modseq]), db=self.dbs.tombstones)
+            blobs.drop_reference(txn, self.dbs, msg.body_hash)
+            gone.append((uid, msg.guid))
+            vsize -= msg.size
+        txn.put(
+            guid,
+            replace(
+                row, highestmodseq=modseq, messages=row.messages - len(targets), vsize=vsize
+            ).encode(),
+            db=self.dbs.mailboxes,
+        )
+        return MessagesExpunged(row.user, guid, tuple(gone), modseq)
+
+    def tombstones(self, txn: Any, user: str, name: str) -> list[tuple[int, bytes, int]]:
+        """(uid, message guid, modseq) of every expunged UID of the mailbox, ascending."""
+        guid, _ = self._resolve(txn, user, name)
+        out = []
+        with txn.cursor(db=self.dbs.tombstones) as cur:
+            if cur.set_range(guid):
+                for key, value in cur:
+                    key = bytes(key)
+                    if key[:16] != guid:
+                        break
+                    msg_guid, modseq = _unpack_tombstone(bytes(value))
+                    out.append((uid_of_message_key(key), msg_guid, modseq))
+        return out
+
+
+def _unpack_tombstone(raw: bytes) -> tuple[bytes, int]:
+    from replicad.store.schema import unpack
+
+    msg_guid, modseq = unpack(raw)
+    return bytes(msg_guid), int(modseq)
+
+
+def _status(guid: bytes, row: MailboxRow) -> MailboxStatus:
+    return MailboxStatus(
+        user=row.user,
+        name=row.name,
+        guid=guid,
+        uidvalidity=row.uidvalidity,
+        uidnext=row.uidnext,
+        highestmodseq=row.highestmodseq,
+        messages=row.messages,
+        vsize=row.vsize,
+    )
+
+
+def _info(uid: int, msg: MessageRow) -> MessageInfo:
+    return MessageInfo(
+        uid=uid,
+        guid=msg.guid,
+        modseq=msg.modseq,
+        flags=msg.flags,
+        internaldate=msg.internaldate,
+        size=msg.size,
+        body_hash=msg.body_hash,
+    )
+
+
+def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow) -> MessageAppended:
+    return MessageAppended(
+        user=user,
+        mailbox=mailbox,
+        uid=uid,
+        guid=msg.guid,
+        modseq=msg.modseq,
+        flags=msg.flags,
+        internaldate=msg.internaldate,
+        size=msg.size,
+        body_hash=msg.body_hash,
+    )

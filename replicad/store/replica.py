@@ -1,0 +1,309 @@
+"""Applying change records that a mailbox master assigned (the receiving side).
+
+A replica applies the master's records exactly: the UID, MODSEQ, message
+GUID and flags the master chose, so every node ends with the same state
+(I4).  Application is idempotent, because a record may arrive twice (the
+forwarding node applies the master's reply at once, then gets the same
+record again from the master's outbox; an outbox is resent from the last
+acknowledgement after a reconnect).
+
+Nothing is ever silently overwritten (I2, I6): a record that contradicts
+local state (the UID names another message, the mailbox name belongs to
+another mailbox GUID, a flag change for a message the node never saw) is
+not applied; the mailbox is marked for resync with the sending peer and
+the conflict resolution of the resync layer repairs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+from replicad.errors import ReplicadError
+from replicad.store import blobs
+from replicad.store.blobs import PreparedBody
+from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, ChangeLog
+from replicad.store.index import MailIndex
+from replicad.store.records import (
+    Change,
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MessageAppended,
+    MessagesCopied,
+    MessagesExpunged,
+    flags_tuple,
+)
+from replicad.store.schema import (
+    CHANGE_EXPUNGED,
+    CHANGE_MESSAGE,
+    MailboxRow,
+    MessageRow,
+    change_key,
+    message_key,
+    name_key,
+    pack,
+    unpack,
+)
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # already had it: an idempotent no-op
+    DIVERGED = "diverged"  # contradicts local state: marked for resync, not applied
+
+
+class MissingBodyError(ReplicadError):
+    """An append arrived without its body and the node has no blob with that hash."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    outcome: Outcome
+    detail: str = ""
+
+
+class ReplicaApplier:
+    """Applies one change record inside a write transaction."""
+
+    def __init__(self, index: MailIndex, log: ChangeLog) -> None:
+        self.index = index
+        self.dbs = index.dbs
+        self.log = log
+
+    def apply(
+        self, txn: Any, change: Change, bodies: dict[bytes, PreparedBody], source: str
+    ) -> ApplyResult:
+        """Apply ``change`` from peer ``source``; ``bodies`` holds bodies sent along."""
+        if isinstance(change, MessageAppended):
+            return self._appended(txn, [change], bodies, source)
+        if isinstance(change, MessagesCopied):
+            return self._appended(txn, list(change.appended), bodies, source)
+        if isinstance(change, FlagsChanged):
+            return self._flags(txn, change, source)
+        if isinstance(change, MessagesExpunged):
+            return self._expunged(txn, change, source)
+        if isinstance(change, MailboxCreated):
+            return self._created(txn, change, source)
+        if isinstance(change, MailboxRenamed):
+            return self._renamed(txn, change, source)
+        if isinstance(change, MailboxDeleted):
+            return self._deleted(txn, change)
+        raise TypeError(f"not a change record: {change!r}")
+
+    def missing_bodies(self, txn: Any, change: Change) -> list[bytes]:
+        """Body hashes ``change`` needs that this node does not store (HAVE, seed 004)."""
+        appended: list[MessageAppended] = []
+        if isinstance(change, MessageAppended):
+            appended = [change]
+        elif isinstance(change, MessagesCopied):
+            appended = list(change.appended)
+        return [
+            a.body_hash for a in appended if blobs.reference_count(txn, self.dbs, a.body_hash) == 0
+        ]
+
+    # -- helpers --
+
+    def _diverged(self, txn: Any, source: str, mailbox: bytes, since: int, why: str) -> ApplyResult:
+        reason = RESYNC_MISSING if why.startswith("missing") else RESYNC_CONFLICT
+        self.log.mark_resync(txn, source, mailbox, reason, since)
+        return ApplyResult(Outcome.DIVERGED, why)
+
+    def _row(self, txn: Any, mailbox: bytes) -> MailboxRow | None:
+        raw = txn.get(mailbox, db=self.dbs.mailboxes)
+        return None if raw is None else MailboxRow.decode(raw)
+
+    def _tombstone(self, txn: Any, mailbox: bytes, uid: int) -> tuple[bytes, int] | None:
+        raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
+        if raw is None:
+            return None
+        guid, modseq = unpack(bytes(raw))
+        return bytes(guid), int(modseq)
+
+    # -- messages --
+
+    def _appended(
+        self,
+        txn: Any,
+        records: list[MessageAppended],
+        bodies: dict[bytes, PreparedBody],
+        source: str,
+    ) -> ApplyResult:
+        if not records:
+            return ApplyResult(Outcome.DUPLICATE, "empty copy")
+        mailbox = records[0].mailbox
+        row = self._row(txn, mailbox)
+        if row is None:
+            return self._diverged(txn, source, mailbox, records[0].modseq, "missing mailbox")
+        # Check every record before writing any, so a conflict leaves nothing half-applied.
+        fresh: list[MessageAppended] = []
+        for rec in records:
+            existing = self.index._message(txn, mailbox, rec.uid)
+            if existing is not None:
+                if existing.guid == rec.guid:
+                    continue
+                return self._diverged(
+                    txn, source, mailbox, rec.modseq, f"UID {rec.uid} names another message"
+                )
+            tomb = self._tombstone(txn, mailbox, rec.uid)
+            if tomb is not None:
+                if tomb[0] == rec.guid:
+                    continue  # appended and already expunged here
+                # The seed's FIXME: this node expunged UID n, the sender reused it.
+                return self._diverged(
+                    txn, source, mailbox, rec.modseq, f"UID {rec.uid} reused after expunge"
+                )
+            fresh.append(rec)
+        for rec in fresh:
+            prepared = bodies.get(rec.body_hash)
+            if prepared is not None:
+                blobs.add_reference(txn, self.dbs, prepared)
+            elif blobs.reference_count(txn, self.dbs, rec.body_hash):
+                blobs.add_reference_to_existing(txn, self.dbs, rec.body_hash)
+            else:
+                raise MissingBodyError(f"body {rec.body_hash.hex()} needed for UID {rec.uid}")
+            msg = MessageRow(
+                rec.guid,
+                rec.modseq,
+                flags_tuple(rec.flags),
+                rec.internaldate,
+                rec.size,
+                rec.body_hash,
+            )
+            txn.put(message_key(mailbox, rec.uid), msg.encode(), db=self.dbs.messages)
+            txn.put(change_key(mailbox, rec.modseq, rec.uid), CHANGE_MESSAGE, db=self.dbs.changes)
+            row = replace(
+                row,
+                uidnext=max(row.uidnext, rec.uid + 1),
+                highestmodseq=max(row.highestmodseq, rec.modseq),
+                messages=row.messages + 1,
+                vsize=row.vsize + rec.size,
+            )
+        if fresh:
+            txn.put(mailbox, row.encode(), db=self.dbs.mailboxes)
+        return ApplyResult(Outcome.APPLIED if fresh else Outcome.DUPLICATE)
+
+    def _flags(self, txn: Any, change: FlagsChanged, source: str) -> ApplyResult:
+        row = self._row(txn, change.mailbox)
+        if row is None:
+            return self._diverged(txn, source, change.mailbox, change.modseq, "missing mailbox")
+        added, removed = frozenset(change.added), frozenset(change.removed)
+        targets: list[tuple[int, MessageRow]] = []
+        for uid in change.uids:
+            msg = self.index._message(txn, change.mailbox, uid)
+            if msg is None:
+                if self._tombstone(txn, change.mailbox, uid) is not None:
+                    continue  # expunge wins over a flag change (I6)
+                return self._diverged(
+                    txn, source, change.mailbox, change.modseq, f"missing message UID {uid}"
+                )
+            targets.append((uid, msg))
+        applied = 0
+        for uid, msg in targets:
+            if msg.modseq >= change.modseq:
+                continue  # already applied (or superseded)
+            new = (frozenset(msg.flags) | added) - removed  # I5: deltas, not states
+            txn.delete(change_key(change.mailbox, msg.modseq, uid), db=self.dbs.changes)
+            txn.put(
+                change_key(change.mailbox, change.modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes
+            )
+            txn.put(
+                message_key(change.mailbox, uid),
+                replace(msg, flags=flags_tuple(new), modseq=change.modseq).encode(),
+                db=self.dbs.messages,
+            )
+            applied += 1
+        if change.modseq > row.highestmodseq and applied:
+            txn.put(
+                change.mailbox,
+                replace(row, highestmodseq=change.modseq).encode(),
+                db=self.dbs.mailboxes,
+            )
+        return ApplyResult(Outcome.APPLIED if applied else Outcome.DUPLICATE)
+
+    def _expunged(self, txn: Any, change: MessagesExpunged, source: str) -> ApplyResult:
+        row = self._row(txn, change.mailbox)
+        if row is None:
+            return self._diverged(txn, source, change.mailbox, change.modseq, "missing mailbox")
+        for uid, guid in change.expunged:
+            msg = self.index._message(txn, change.mailbox, uid)
+            if msg is not None and msg.guid != guid:
+                return self._diverged(
+                    txn, source, change.mailbox, change.modseq, f"UID {uid} names another message"
+                )
+        applied = 0
+        for uid, guid in change.expunged:
+            msg = self.index._message(txn, change.mailbox, uid)
+            if msg is None:
+                tomb = self._tombstone(txn, change.mailbox, uid)
+                if tomb is not None:
+                    continue
+                # Never had it (e.g. an outbox overflowed): still keep the
+                # tombstone so the UID can never be reused here (I3).
+                txn.put(
+                    message_key(change.mailbox, uid),
+                    pack([guid, change.modseq]),
+                    db=self.dbs.tombstones,
+                )
+                txn.put(
+                    change_key(change.mailbox, change.modseq, uid),
+                    CHANGE_EXPUNGED,
+                    db=self.dbs.changes,
+                )
+                row = replace(row, uidnext=max(row.uidnext, uid + 1))
+                applied += 1
+                continue
+            txn.delete(message_key(change.mailbox, uid), db=self.dbs.messages)
+            txn.delete(change_key(change.mailbox, msg.modseq, uid), db=self.dbs.changes)
+            txn.put(
+                change_key(change.mailbox, change.modseq, uid), CHANGE_EXPUNGED, db=self.dbs.changes
+            )
+            txn.put(
+                message_key(change.mailbox, uid),
+                pack([msg.guid, change.modseq]),
+                db=self.dbs.tombstones,
+            )
+            blobs.drop_reference(txn, self.dbs, msg.body_hash)
+            row = replace(row, messages=row.messages - 1, vsize=row.vsize - msg.size)
+            applied += 1
+        if applied:
+            row = replace(row, highestmodseq=max(row.highestmodseq, change.modseq))
+            txn.put(change.mailbox, row.encode(), db=self.dbs.mailboxes)
+        return ApplyResult(Outcome.APPLIED if applied else Outcome.DUPLICATE)
+
+    # -- mailboxes --
+
+    def _created(self, txn: Any, change: MailboxCreated, source: str) -> ApplyResult:
+        if self._row(txn, change.mailbox) is not None:
+            return ApplyResult(Outcome.DUPLICATE)
+        existing = txn.get(name_key(change.user, change.name), db=self.dbs.names)
+        if existing is not None:
+            # The same name created independently on both sides of a partition.
+            return self._diverged(
+                txn, source, change.mailbox, 0, f"name {change.name!r} taken by another mailbox"
+            )
+        self.index.create_mailbox(
+            txn, change.user, change.name, guid=change.mailbox, uidvalidity=change.uidvalidity
+        )
+        return ApplyResult(Outcome.APPLIED)
+
+    def _renamed(self, txn: Any, change: MailboxRenamed, source: str) -> ApplyResult:
+        row = self._row(txn, change.mailbox)
+        if row is None:
+            return self._diverged(txn, source, change.mailbox, 0, "missing mailbox")
+        if row.name == change.new_name:
+            return ApplyResult(Outcome.DUPLICATE)
+        try:
+            self.index.rename_mailbox(txn, row.user, row.name, change.new_name)
+        except ReplicadError as exc:
+            return self._diverged(txn, source, change.mailbox, 0, f"rename refused: {exc}")
+        return ApplyResult(Outcome.APPLIED)
+
+    def _deleted(self, txn: Any, change: MailboxDeleted) -> ApplyResult:
+        row = self._row(txn, change.mailbox)
+        if row is None:
+            return ApplyResult(Outcome.DUPLICATE)
+        self.index.delete_mailbox(txn, row.user, row.name)
+        return ApplyResult(Outcome.APPLIED)
