@@ -1,0 +1,1 @@
+"""Cluster layer: links, routing, root and masters, replication (DESIGN §6)."""
