@@ -47,10 +47,9 @@ class Net:
                         queue += [
                             (dst, a) for a in self.nodes[dst].root_announced(src, action.epoch)
                         ]
-            elif isinstance(action, AckRoot):
-                if action.root in self.reachable(src):
-                    out = self.nodes[action.root].root_acked(src, action.epoch)
-                    queue += [(action.root, a) for a in out]
+            elif isinstance(action, AckRoot) and action.root in self.reachable(src):
+                out = self.nodes[action.root].root_acked(src, action.epoch)
+                queue += [(action.root, a) for a in out]
 
     def settle(self, rounds: int = 6) -> None:
         for _ in range(rounds):
