@@ -1,0 +1,119 @@
+"""Durability levels and the acknowledgements that satisfy them (I1, DESIGN §6).
+
+A level says how many nodes must have a change on disk before the client
+is told it succeeded: ``local`` (1), ``quorum`` (a majority of the
+configured nodes), ``all``, or a number.  A level is never silently
+downgraded: if fewer nodes are reachable than the level needs, the write is
+refused up front with a retryable :class:`~replicad.errors.DurabilityError`
+(exit 75), and a write already waiting fails the same way when the nodes it
+waits for become unreachable.
+
+:class:`AckTracker` is pure: the runtime tells it which node has a change
+(by log sequence number) on disk, and asks which waiting writes are done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from replicad.errors import ConfigError, DurabilityError
+
+
+@dataclass(frozen=True, slots=True)
+class DurabilityLevel:
+    """``copies`` nodes must have the change on disk; ``name`` is how it was configured."""
+
+    name: str
+    copies: int
+
+    @classmethod
+    def parse(cls, value: str | int, cluster_size: int) -> DurabilityLevel:
+        if cluster_size < 1:
+            raise ValueError("cluster size must be positive")
+        if isinstance(value, bool):
+            raise ConfigError(f"durability must be local, quorum, all or a number, not {value!r}")
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            copies = int(value)
+            if not 1 <= copies <= cluster_size:
+                raise ConfigError(
+                    f"durability {copies} is outside 1..{cluster_size} (the number of nodes)"
+                )
+            return cls(str(copies), copies)
+        if value == "local":
+            return cls("local", 1)
+        if value == "quorum":
+            return cls("quorum", cluster_size // 2 + 1)
+        if value == "all":
+            return cls("all", cluster_size)
+        raise ConfigError(f"durability must be local, quorum, all or a number, not {value!r}")
+
+    def check_reachable(self, reachable: int) -> None:
+        """Refuse before writing if the level cannot be met (I7: clear, retryable)."""
+        if reachable < self.copies:
+            raise DurabilityError(
+                f"durability {self.name} needs {self.copies} nodes on disk but only "
+                f"{reachable} reachable; retry later or lower the level"
+            )
+
+
+@dataclass(slots=True)
+class _Waiter:
+    seq: int
+    copies: int
+    have: set[str] = field(default_factory=set)
+
+
+class AckTracker:
+    """Tracks which nodes hold which log sequence numbers of one master."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self._acked: dict[str, int] = {}
+        self._waiting: dict[int, _Waiter] = {}
+        self._next_id = 0
+
+    def wait_for(self, seq: int, copies: int, holders: frozenset[str]) -> int | None:
+        """Register a write needing ``copies`` copies; None if ``holders`` already suffice.
+
+        ``holders`` are nodes known to have the change on disk already (the
+        master itself, and the node that forwarded the write when it applied
+        the master's reply).
+        """
+        have = set(holders) | {n for n, s in self._acked.items() if s >= seq}
+        if len(have) >= copies:
+            return None
+        self._next_id += 1
+        self._waiting[self._next_id] = _Waiter(seq, copies, have)
+        return self._next_id
+
+    def acked(self, node: str, seq: int) -> list[int]:
+        """``node`` has everything up to ``seq`` on disk; returns the waits now satisfied."""
+        if seq <= self._acked.get(node, 0):
+            return []
+        self._acked[node] = seq
+        done = []
+        for wid, waiter in self._waiting.items():
+            if seq >= waiter.seq:
+                waiter.have.add(node)
+                if len(waiter.have) >= waiter.copies:
+                    done.append(wid)
+        for wid in done:
+            del self._waiting[wid]
+        return done
+
+    def unreachable(self, reachable: frozenset[str]) -> list[int]:
+        """Waits that can no longer be met with the nodes still reachable (to fail them)."""
+        failed = []
+        for wid, waiter in self._waiting.items():
+            if len(waiter.have | reachable) < waiter.copies:
+                failed.append(wid)
+        for wid in failed:
+            del self._waiting[wid]
+        return failed
+
+    def cancel(self, wid: int) -> None:
+        self._waiting.pop(wid, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
