@@ -1,0 +1,1027 @@
+"""One typed, frozen record per verb and per reply payload (protocol-spec/verbs.md).
+
+A record knows its fields' wire types (its ``SCHEMA``, aligned with its
+dataclass fields) and converts with :meth:`Record.to_fields` /
+:meth:`Record.from_fields`.  ``from_fields`` checks every field's exact
+type and range -- it is the *only* validation a received frame's fields
+get (see :class:`~replicad.protocol.frames.FrameDecoder`), so anything
+it lets through is safe for the engine: bounded ints, canonical flags
+(RFC 3501 §2.3.2), well-formed UID sets, GUIDs of the right length.
+
+Three kinds of frame carry records:
+
+* a *command* ``[tag, VERB, fields...]`` (a :class:`Command`), answered by
+  exactly one ``[tag, "OK", payload...]`` (the command's ``REPLY``
+  record), ``[tag, "NO", code, text]`` or ``[tag, "BAD", text]``;
+* *untagged* data ``["*", VERB, fields...]`` (an :class:`Untagged`): the
+  HELLO, answers streamed before a command's OK (``* FETCH``,
+  ``* MAILBOX``, ``* DIGEST``), announcements (``* EPOCH``, ``* ROUTES``),
+  the master's change stream (``* SAVE seq ...`` etc.) and its ``* ACK``;
+* a fatal ``["*", "BAD", text]``: the sender closes the link after it.
+
+:func:`decode` turns a frame into a :class:`CommandFrame`,
+:class:`UntaggedFrame` or :class:`ReplyFrame`; the ``encode_*`` functions
+go the other way.  Malformed fields raise
+:class:`~replicad.errors.ProtocolError` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Final, Self
+
+from replicad.errors import BadInputError, ProtocolError
+from replicad.flags import normalise_flag
+from replicad.protocol.frames import DEFAULT_MAX_FRAME, UNTAGGED, Frame, Value
+from replicad.uidset import UidSet
+
+PROTOCOL_VERSION: Final = 1
+MAX_U16: Final = 2**16 - 1
+MAX_U32: Final = 2**32 - 1
+MAX_U63: Final = 2**63 - 1  # MODSEQ range of RFC 7162 §3.1.1 (63-bit)
+MAX_NAME_LEN: Final = 1024  # user and mailbox names, in characters
+MAX_TEXT_LEN: Final = 4096  # NO / BAD reasons
+MAX_LIST: Final = 100_000  # entries in one list field (SYNC, HAVE, UPDATE...)
+MAX_TAG_LEN: Final = 16
+
+_NODE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ATOM_RE: Final = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
+_TAG_RE: Final = re.compile(r"[A-Za-z0-9.]{1,16}")
+
+
+# --- field types ---------------------------------------------------------------
+
+
+class FieldType:
+    """Converts one field between its record value and its wire value."""
+
+    def encode(self, value: Any) -> Value:
+        raise NotImplementedError
+
+    def decode(self, value: Value, name: str) -> Any:
+        raise NotImplementedError
+
+
+class UInt(FieldType):
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def encode(self, value: Any) -> Value:
+        return int(value)
+
+    def decode(self, value: Value, name: str) -> int:
+        if type(value) is not int or not self.low <= value <= self.high:
+            raise ProtocolError(f"{name}: expected an integer in {self.low}..{self.high}")
+        return value
+
+
+class Text(FieldType):
+    def __init__(self, min_len: int = 1, max_len: int = MAX_NAME_LEN) -> None:
+        self.min_len, self.max_len = min_len, max_len
+
+    def encode(self, value: Any) -> Value:
+        return str(value)
+
+    def decode(self, value: Value, name: str) -> str:
+        if type(value) is not str or not self.min_len <= len(value) <= self.max_len:
+            raise ProtocolError(
+                f"{name}: expected a string of {self.min_len}..{self.max_len} characters"
+            )
+        if "\x00" in value:
+            raise ProtocolError(f"{name}: NUL in string")
+        return value
+
+
+class Pattern(FieldType):
+    """A string matching a regular expression (node ids, atoms, tags)."""
+
+    def __init__(self, pattern: re.Pattern[str], what: str) -> None:
+        self.pattern, self.what = pattern, what
+
+    def encode(self, value: Any) -> Value:
+        return str(value)
+
+    def decode(self, value: Value, name: str) -> str:
+        if type(value) is not str or self.pattern.fullmatch(value) is None:
+            raise ProtocolError(f"{name}: expected {self.what}")
+        return value
+
+
+class Octets(FieldType):
+    def __init__(self, min_len: int, max_len: int) -> None:
+        self.min_len, self.max_len = min_len, max_len
+
+    def encode(self, value: Any) -> Value:
+        return bytes(value)
+
+    def decode(self, value: Value, name: str) -> bytes:
+        if type(value) is not bytes or not self.min_len <= len(value) <= self.max_len:
+            if self.min_len == self.max_len:
+                raise ProtocolError(f"{name}: expected {self.min_len} bytes")
+            raise ProtocolError(f"{name}: expected {self.min_len}..{self.max_len} bytes")
+        return value
+
+
+class Uids(FieldType):
+    """A UID set as its RFC 3501 string; ``*`` only where ``allow_star``."""
+
+    def __init__(self, allow_star: bool) -> None:
+        self.allow_star = allow_star
+
+    def encode(self, value: Any) -> Value:
+        return str(value)
+
+    def decode(self, value: Value, name: str) -> UidSet:
+        if type(value) is not str or not value or len(value) > MAX_TEXT_LEN * 16:
+            raise ProtocolError(f"{name}: expected a UID set string")
+        try:
+            uids = UidSet.parse(value)
+        except BadInputError as exc:
+            raise ProtocolError(f"{name}: {exc}") from None
+        if uids.has_star and not self.allow_star:
+            raise ProtocolError(f"{name}: '*' not allowed here")
+        if value == "all" or str(uids) != value:
+            raise ProtocolError(f"{name}: UID set {value!r} is not in canonical form")
+        return uids
+
+
+class FlagList(FieldType):
+    """Flags and keywords, canonical spelling and order (I5: always a delta or a state)."""
+
+    def encode(self, value: Any) -> Value:
+        return list(value)
+
+    def decode(self, value: Value, name: str) -> tuple[str, ...]:
+        if type(value) is not list or len(value) > 1000:
+            raise ProtocolError(f"{name}: expected a list of flags")
+        out: list[str] = []
+        for flag in value:
+            if type(flag) is not str:
+                raise ProtocolError(f"{name}: flag is not a string")
+            try:
+                out.append(normalise_flag(flag))
+            except BadInputError as exc:
+                raise ProtocolError(f"{name}: {exc}") from None
+        if out != sorted(set(out), key=lambda f: (not f.startswith("\\"), f)):
+            raise ProtocolError(f"{name}: flags not in canonical order or repeated")
+        return tuple(out)
+
+
+class Optional(FieldType):
+    def __init__(self, inner: FieldType) -> None:
+        self.inner = inner
+
+    def encode(self, value: Any) -> Value:
+        return None if value is None else self.inner.encode(value)
+
+    def decode(self, value: Value, name: str) -> Any:
+        return None if value is None else self.inner.decode(value, name)
+
+
+class ListOf(FieldType):
+    def __init__(self, item: FieldType, max_len: int = MAX_LIST) -> None:
+        self.item, self.max_len = item, max_len
+
+    def encode(self, value: Any) -> Value:
+        return [self.item.encode(v) for v in value]
+
+    def decode(self, value: Value, name: str) -> tuple[Any, ...]:
+        if type(value) is not list or len(value) > self.max_len:
+            raise ProtocolError(f"{name}: expected a list of at most {self.max_len} entries")
+        return tuple(self.item.decode(v, name) for v in value)
+
+
+class Nested(FieldType):
+    """A record inlined as a list of its fields."""
+
+    def __init__(self, record: type[Record]) -> None:
+        self.record = record
+
+    def encode(self, value: Any) -> Value:
+        return value.to_fields()  # type: ignore[no-any-return]
+
+    def decode(self, value: Value, name: str) -> Any:
+        if type(value) is not list:
+            raise ProtocolError(f"{name}: expected a list")
+        return self.record.from_fields(value)
+
+
+class OneOf(FieldType):
+    """A record chosen by the atom in its first position (UPDATE operations)."""
+
+    def __init__(self, *records: type[Record]) -> None:
+        self.records = {r.VERB: r for r in records}
+
+    def encode(self, value: Any) -> Value:
+        return [value.VERB, *value.to_fields()]
+
+    def decode(self, value: Value, name: str) -> Any:
+        if type(value) is not list or not value or type(value[0]) is not str:
+            raise ProtocolError(f"{name}: expected (KIND fields...)")
+        record = self.records.get(value[0])
+        if record is None:
+            raise ProtocolError(f"{name}: unknown kind {value[0]!r}")
+        return record.from_fields(value[1:])
+
+
+MBOX_ID: Final = UInt(0, MAX_U16)  # session-local mailbox id (seed 001)
+U32: Final = UInt(0, MAX_U32)
+UID: Final = UInt(1, MAX_U32)
+UIDVALIDITY: Final = UInt(1, MAX_U32)
+MODSEQ: Final = UInt(0, MAX_U63)
+SEQ: Final = UInt(1, MAX_U63)
+EPOCH_T: Final = UInt(1, MAX_U63)
+TIME: Final = UInt(0, MAX_U63)  # seconds since the epoch, UTC
+SIZE: Final = UInt(0, DEFAULT_MAX_FRAME)
+GUID: Final = Octets(16, 16)  # random message / mailbox GUID
+HASH: Final = Octets(32, 32)  # SHA-256 of a body: the blob key
+BODY: Final = Octets(0, DEFAULT_MAX_FRAME)
+USER: Final = Text(1, 255)
+MAILBOX: Final = Text(1, MAX_NAME_LEN)
+NODE: Final = Pattern(_NODE_RE, "a node id ([A-Za-z0-9][A-Za-z0-9._-]{0,62})")
+ATOM: Final = Pattern(_ATOM_RE, "an upper-case atom")
+FLAGS: Final = FlagList()
+UIDS: Final = Uids(allow_star=False)
+UIDS_OR_STAR: Final = Uids(allow_star=True)
+REASON: Final = Text(0, MAX_TEXT_LEN)
+
+
+# --- records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A list of typed fields.  Subclasses set ``VERB`` and ``SCHEMA``."""
+
+    VERB: ClassVar[str] = ""
+    SCHEMA: ClassVar[tuple[FieldType, ...]] = ()
+    #: Names of fields holding a session-local mailbox id (checked by the link).
+    MBOX_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_fields(self) -> list[Value]:
+        return [
+            kind.encode(getattr(self, f.name))
+            for kind, f in zip(self.SCHEMA, dataclasses.fields(self), strict=True)
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[Value]) -> Self:
+        names = _field_names(cls)
+        if len(fields) != len(names):
+            raise ProtocolError(
+                f"{cls.VERB or cls.__name__}: expected {len(names)} fields, got {len(fields)}"
+            )
+        values = {
+            name: kind.decode(value, name)
+            for name, kind, value in zip(names, cls.SCHEMA, fields, strict=True)
+        }
+        try:
+            return cls(**values)
+        except (ValueError, BadInputError) as exc:  # cross-field checks in __post_init__
+            raise ProtocolError(f"{cls.VERB or cls.__name__}: {exc}") from None
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Record]) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        if len(names) != len(cls.SCHEMA):
+            raise TypeError(f"{cls.__name__}: SCHEMA does not match its fields")
+        _NAMES[cls] = names
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Empty(Record):
+    """The payload of an OK that carries nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Record):
+    """A tagged request; ``REPLY`` is the record type of its OK payload."""
+
+    REPLY: ClassVar[type[Record]] = Empty
+
+
+@dataclass(frozen=True, slots=True)
+class Untagged(Record):
+    """Untagged data: not a request, never answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change(Untagged):
+    """A record of the master's change stream; ``seq`` is per peer, ACKed cumulatively."""
+
+    seq: int
+
+
+# --- session -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Untagged):
+    """First frame in each direction (handshake.md).  ``max_frame``/``max_inflight`` are
+    what the *sender* accepts; the peer must stay within them."""
+
+    VERB = "HELLO"
+    SCHEMA = (
+        UInt(1, MAX_U16),
+        NODE,
+        NODE,
+        ListOf(ATOM, 64),
+        UInt(64 * 1024, DEFAULT_MAX_FRAME),
+        UInt(1, MAX_U16),
+    )
+    version: int
+    cluster: str
+    node: str
+    capabilities: tuple[str, ...]
+    max_frame: int
+    max_inflight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal(Untagged):
+    """``* BAD reason``: the sender closes the link after this frame (I9)."""
+
+    VERB = "BAD"
+    SCHEMA = (REASON,)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Command):
+    VERB = "PING"
+
+
+@dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """RFC 4978 style: after OK, each direction is one zstd stream (compression.md)."""
+
+    VERB = "COMPRESS"
+    SCHEMA = (ATOM,)
+    algorithm: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mbox(Command):
+    """Binds session-local ``id`` (sender's direction) to a mailbox (seed 001 MBOX).
+
+    Status fields are the sender's view; the receiver answers NO UIDVALIDITY if
+    its UIDVALIDITY differs (the mailbox needs a full resync), OK otherwise.
+    Redefining an id replaces its binding for frames that follow.
+    """
+
+    VERB = "MBOX"
+    SCHEMA = (MBOX_ID, USER, MAILBOX, GUID, UIDVALIDITY, UID, U32, MODSEQ)
+    MBOX_FIELDS = ()  # defines an id, does not reference one
+    id: int
+    user: str
+    name: str
+    guid: bytes
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Untagged):
+    """Cumulative acknowledgement: every change with ``seq`` <= this was applied durably."""
+
+    VERB = "ACK"
+    SCHEMA = (UInt(0, MAX_U63),)
+    seq: int
+
+
+# --- cluster -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch(Untagged):
+    """Gossip of the root claim the sender follows (root election, DESIGN §6)."""
+
+    VERB = "EPOCH"
+    SCHEMA = (EPOCH_T, NODE)
+    epoch: int
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class Root(Command):
+    """The root's announcement; OK means "master cache flushed, masters dropped"."""
+
+    VERB = "ROOT"
+    SCHEMA = (EPOCH_T, NODE)
+    epoch: int
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route(Record):
+    SCHEMA = (NODE, UInt(0, 255))
+    node: str
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class Routes(Untagged):
+    """The sender's distance vector (replicad.cluster.routing)."""
+
+    VERB = "ROUTES"
+    SCHEMA = (ListOf(Nested(Route), 4096),)
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MasterOk(Record):
+    SCHEMA = (NODE, EPOCH_T)
+    node: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Master(Command):
+    """Who masters (user, mailbox)?  ``mailbox`` "" names the user's namespace."""
+
+    VERB = "MASTER"
+    SCHEMA = (USER, Text(0, MAX_NAME_LEN))
+    REPLY = MasterOk
+    user: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class MasterMove(Command):
+    """Make ``node`` master of (user, mailbox); forwarded until it reaches the master."""
+
+    VERB = "MASTER-MOVE"
+    SCHEMA = (USER, Text(0, MAX_NAME_LEN), NODE)
+    REPLY = MasterOk
+    user: str
+    mailbox: str
+    node: str
+
+
+# --- writes sent to the master (commands) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOk(Record):
+    SCHEMA = (UID, MODSEQ, NODE)
+    uid: int
+    modseq: int
+    master: str  # the node that assigned the UID (lets the caller refresh its cache)
+
+
+@dataclass(frozen=True, slots=True)
+class Save(Command):
+    VERB = "SAVE"
+    SCHEMA = (MBOX_ID, TIME, GUID, FLAGS, BODY)
+    REPLY = SaveOk
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    internaldate: int
+    guid: bytes
+    flags: tuple[str, ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOk(Record):
+    """RFC 4315 COPYUID: the n-th UID of ``source`` was copied to the n-th of ``dest``."""
+
+    SCHEMA = (UIDS, UIDS, MODSEQ)
+    source: UidSet
+    dest: UidSet
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Copy(Command):
+    VERB = "COPY"
+    SCHEMA = (MBOX_ID, MBOX_ID, UIDS_OR_STAR)
+    REPLY = CopyOk
+    MBOX_FIELDS = ("source", "dest")
+    source: int
+    dest: int
+    uids: UidSet
+
+
+@dataclass(frozen=True, slots=True)
+class ExpungeOk(Record):
+    SCHEMA = (Optional(UIDS), MODSEQ)
+    expunged: UidSet | None
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge(Command):
+    VERB = "EXPUNGE"
+    SCHEMA = (MBOX_ID, UIDS_OR_STAR)
+    REPLY = ExpungeOk
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uids: UidSet
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOk(Record):
+    """``rejected``: UIDs left alone because their modseq exceeded UNCHANGEDSINCE
+    (RFC 7162 §3.1.3 MODIFIED)."""
+
+    SCHEMA = (MODSEQ, Optional(UIDS))
+    modseq: int
+    rejected: UidSet | None
+
+
+@dataclass(frozen=True, slots=True)
+class Store(Command):
+    """Flag deltas, never states (I5); ``unchangedsince`` is RFC 7162 CONDSTORE."""
+
+    VERB = "STORE"
+    SCHEMA = (MBOX_ID, UIDS_OR_STAR, FLAGS, FLAGS, Optional(MODSEQ))
+    REPLY = StoreOk
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uids: UidSet
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    unchangedsince: int | None
+
+    def __post_init__(self) -> None:
+        if set(self.add) & set(self.remove):
+            raise ValueError("a flag is both added and removed")
+
+
+# --- the master's change stream (untagged, seq first) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaveChange(Change):
+    """A new message; ``body`` may be NIL when the master knows the peer holds it."""
+
+    VERB = "SAVE"
+    SCHEMA = (SEQ, MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uid: int
+    guid: bytes
+    modseq: int
+    internaldate: int
+    flags: tuple[str, ...]
+    size: int
+    body_hash: bytes
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyEntry(Record):
+    SCHEMA = (UID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH)
+    source_uid: int
+    uid: int
+    guid: bytes  # kept by COPY: the same message identity in both mailboxes
+    modseq: int
+    internaldate: int
+    flags: tuple[str, ...]
+    size: int
+    body_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CopyChange(Change):
+    """Self-contained so a peer that expunged the source still makes the copy (I6)."""
+
+    VERB = "COPY"
+    SCHEMA = (SEQ, MBOX_ID, MBOX_ID, ListOf(Nested(CopyEntry)))
+    MBOX_FIELDS = ("source", "dest")
+    source: int
+    dest: int
+    entries: tuple[CopyEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpungeChange(Change):
+    VERB = "EXPUNGE"
+    SCHEMA = (SEQ, MBOX_ID, UIDS, MODSEQ)
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uids: UidSet
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange(Change):
+    VERB = "STORE"
+    SCHEMA = (SEQ, MBOX_ID, UIDS, FLAGS, FLAGS, MODSEQ)
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uids: UidSet
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    modseq: int
+
+    def __post_init__(self) -> None:
+        if set(self.add) & set(self.remove):
+            raise ValueError("a flag is both added and removed")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateChange(Change):
+    VERB = "CREATE"
+    SCHEMA = (SEQ, USER, MAILBOX, GUID, UIDVALIDITY)
+    user: str
+    name: str
+    guid: bytes
+    uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenameChange(Change):
+    VERB = "RENAME"
+    SCHEMA = (SEQ, USER, GUID, MAILBOX, MAILBOX)
+    user: str
+    guid: bytes
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChange(Change):
+    VERB = "DELETE"
+    SCHEMA = (SEQ, USER, GUID, MAILBOX)
+    user: str
+    guid: bytes
+    name: str
+
+
+# --- resync --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SyncEntry(Record):
+    SCHEMA = (UID, GUID, MODSEQ, FLAGS, TIME)
+    uid: int
+    guid: bytes
+    modseq: int
+    flags: tuple[str, ...]
+    internaldate: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sync(Command):
+    """The sender's full state of a mailbox (seed 001 SYNC); UIDVALIDITY etc. are in MBOX."""
+
+    VERB = "SYNC"
+    SCHEMA = (MBOX_ID, ListOf(Nested(SyncEntry)))
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    messages: tuple[SyncEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Command):
+    """Answered by one ``* FETCH`` per existing UID, then OK."""
+
+    VERB = "FETCH"
+    SCHEMA = (MBOX_ID, UIDS_OR_STAR, Pattern(re.compile("META|BODY"), "META or BODY"))
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uids: UidSet
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchData(Untagged):
+    VERB = "FETCH"
+    SCHEMA = (MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uid: int
+    guid: bytes
+    modseq: int
+    internaldate: int
+    flags: tuple[str, ...]
+    size: int
+    body_hash: bytes
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mailboxes(Command):
+    """State of every mailbox of ``users`` (seed 004 MAILBOXES): ``* MAILBOX``s, then OK."""
+
+    VERB = "MAILBOXES"
+    SCHEMA = (ListOf(USER, 10_000),)
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxData(Untagged):
+    """``digest``: SHA-256 over the mailbox's (uid, guid, flags, modseq) in UID order."""
+
+    VERB = "MAILBOX"
+    SCHEMA = (USER, MAILBOX, GUID, UIDVALIDITY, UID, MODSEQ, U32, HASH)
+    user: str
+    name: str
+    guid: bytes
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Digest(Command):
+    """Digests of user buckets; ``()`` asks for the single whole-cluster digest (I8)."""
+
+    VERB = "DIGEST"
+    SCHEMA = (ListOf(U32, 65_536),)
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestData(Untagged):
+    VERB = "DIGEST"
+    SCHEMA = (Optional(U32), U32, HASH)
+    bucket: int | None  # NIL: the whole-cluster digest
+    users: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HashList(Record):
+    SCHEMA = (ListOf(HASH),)
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Have(Command):
+    """Which of these bodies does the receiver hold?  OK lists the present ones."""
+
+    VERB = "HAVE"
+    SCHEMA = (ListOf(HASH),)
+    REPLY = HashList
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve(Command):
+    """Like HAVE, and pins the present bodies for this link until UPDATE or close
+    (seed 004 RESERVE), scanning the listed mailboxes first."""
+
+    VERB = "RESERVE"
+    SCHEMA = (ListOf(GUID, 10_000), ListOf(HASH))
+    REPLY = HashList
+    mailboxes: tuple[bytes, ...]
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAppend(Record):
+    VERB = "APPEND"
+    SCHEMA = (UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
+    uid: int
+    guid: bytes
+    modseq: int
+    internaldate: int
+    flags: tuple[str, ...]
+    size: int
+    body_hash: bytes
+    body: bytes | None  # NIL: the body was RESERVEd or is present
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFlags(Record):
+    """Resync sets the *state* decided by the master after merging (I5 merge is done)."""
+
+    VERB = "FLAGS"
+    SCHEMA = (UID, MODSEQ, FLAGS)
+    uid: int
+    modseq: int
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateExpunge(Record):
+    VERB = "EXPUNGE"
+    SCHEMA = (UID, GUID, MODSEQ)
+    uid: int
+    guid: bytes
+    modseq: int
+
+
+UpdateOp = UpdateAppend | UpdateFlags | UpdateExpunge
+
+
+@dataclass(frozen=True, slots=True)
+class Update(Command):
+    """All changes bringing one mailbox up to date, applied in one transaction
+    (seed 004 UPDATE).  ``expected``: apply only if the receiver's HIGHESTMODSEQ
+    still equals it, else NO CONFLICT (CONDSTORE-style)."""
+
+    VERB = "UPDATE"
+    SCHEMA = (
+        USER,
+        MAILBOX,
+        GUID,
+        UIDVALIDITY,
+        UID,
+        MODSEQ,
+        Optional(MODSEQ),
+        ListOf(OneOf(UpdateAppend, UpdateFlags, UpdateExpunge)),
+    )
+    user: str
+    name: str
+    guid: bytes
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    expected: int | None
+    ops: tuple[UpdateOp, ...]
+
+
+# --- frames ----------------------------------------------------------------------
+
+
+class Status(Enum):
+    OK = "OK"
+    NO = "NO"
+    BAD = "BAD"
+
+
+#: NO codes (verbs.md §"NO codes").  Unknown codes are accepted: they are atoms.
+NO_CODES: Final = frozenset(
+    {
+        "NOTMASTER",
+        "NONEXISTENT",
+        "UIDVALIDITY",
+        "CONFLICT",
+        "TEMPFAIL",
+        "DURABILITY",
+        "UNREACHABLE",
+        "UNSUPPORTED",
+        "OVERQUOTA",
+    }
+)
+
+COMMANDS: Final[dict[str, type[Command]]] = {
+    c.VERB: c
+    for c in (
+        Ping,
+        Compress,
+        Mbox,
+        Root,
+        Master,
+        MasterMove,
+        Save,
+        Copy,
+        Expunge,
+        Store,
+        Sync,
+        Fetch,
+        Mailboxes,
+        Digest,
+        Have,
+        Reserve,
+        Update,
+    )
+}
+UNTAGGED_RECORDS: Final[dict[str, type[Untagged]]] = {
+    u.VERB: u
+    for u in (
+        Hello,
+        Fatal,
+        Ack,
+        Epoch,
+        Routes,
+        SaveChange,
+        CopyChange,
+        ExpungeChange,
+        StoreChange,
+        CreateChange,
+        RenameChange,
+        DeleteChange,
+        FetchData,
+        MailboxData,
+        DigestData,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFrame:
+    tag: str
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class UntaggedFrame:
+    data: Untagged
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFrame:
+    """A tagged reply.  ``fields`` is the OK payload (typed by :func:`decode_ok`),
+    or ``[code, text]`` for NO, or ``[text]`` for BAD."""
+
+    tag: str
+    status: Status
+    fields: tuple[Value, ...]
+
+    @property
+    def code(self) -> str | None:
+        return str(self.fields[0]) if self.status is Status.NO else None
+
+    @property
+    def text(self) -> str:
+        return "" if self.status is Status.OK else str(self.fields[-1])
+
+
+Message = CommandFrame | UntaggedFrame | ReplyFrame
+
+_TAG: Final = Pattern(_TAG_RE, "a tag of 1..16 characters [A-Za-z0-9.]")
+_STATUSES: Final = {s.value: s for s in Status}
+
+
+def decode(frame: Frame) -> Message:
+    """Type a frame (as returned by the frame decoder) or raise :class:`ProtocolError`."""
+    tag, verb = frame[0], frame[1]
+    if type(tag) is not str or type(verb) is not str:
+        raise ProtocolError("frame tag or verb is not a string")
+    fields = frame[2:]
+    if tag == UNTAGGED:
+        untagged = UNTAGGED_RECORDS.get(verb)
+        if untagged is None:
+            raise ProtocolError(f"unknown untagged verb {verb!r}")
+        return UntaggedFrame(untagged.from_fields(fields))
+    _TAG.decode(tag, "tag")
+    status = _STATUSES.get(verb)
+    if status is not None:
+        if status is Status.NO:
+            if len(fields) != 2:
+                raise ProtocolError("NO: expected a code and a text")
+            ATOM.decode(fields[0], "code")
+            REASON.decode(fields[1], "text")
+        elif status is Status.BAD:
+            if len(fields) != 1:
+                raise ProtocolError("BAD: expected a text")
+            REASON.decode(fields[0], "text")
+        return ReplyFrame(tag, status, tuple(fields))
+    command = COMMANDS.get(verb)
+    if command is None:
+        raise ProtocolError(f"unknown verb {verb!r}")
+    return CommandFrame(tag, command.from_fields(fields))
+
+
+def decode_ok(command: type[Command], reply: ReplyFrame) -> Record:
+    """The typed OK payload of ``reply``, answering a ``command``."""
+    if reply.status is not Status.OK:
+        raise ProtocolError(f"{reply.status.value} has no OK payload")
+    return command.REPLY.from_fields(reply.fields)
+
+
+def encode_command(tag: str, command: Command) -> Frame:
+    return [tag, command.VERB, *command.to_fields()]
+
+
+def encode_untagged(data: Untagged) -> Frame:
+    return [UNTAGGED, data.VERB, *data.to_fields()]
+
+
+def encode_ok(tag: str, payload: Record | None = None) -> Frame:
+    return [tag, "OK", *(payload.to_fields() if payload is not None else ())]
+
+
+def encode_no(tag: str, code: str, text: str) -> Frame:
+    return [tag, "NO", code, text]
+
+
+def encode_bad(tag: str, text: str) -> Frame:
+    return [tag, "BAD", text]
+
+
+def mbox_ids(record: Record) -> list[int]:
+    """The session-local mailbox ids ``record`` references."""
+    return [getattr(record, name) for name in record.MBOX_FIELDS]
+
+
+ALL_RECORDS: Final[tuple[type[Record], ...]] = (
+    *COMMANDS.values(),
+    *UNTAGGED_RECORDS.values(),
+    *{c.REPLY for c in COMMANDS.values()},
+    Route,
+    CopyEntry,
+    SyncEntry,
+    UpdateAppend,
+    UpdateFlags,
+    UpdateExpunge,
+)
