@@ -1,0 +1,396 @@
+"""Mutually authenticated TLS links over loopback: who gets in, who is refused (I9).
+
+Every bad peer is followed by a good one, to show the listener keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import zstandard
+
+from replicad import pki
+from replicad.cli import debug_cmd
+from replicad.errors import BadInputError, ProtocolError, UnreachableError
+from replicad.protocol.commands import (
+    Hello,
+    Mbox,
+    Ping,
+    Save,
+    SaveOk,
+    encode_command,
+    encode_untagged,
+)
+from replicad.protocol.connection import (
+    CommandReceived,
+    ConnectionClosed,
+    LinkConfig,
+    ReplyReceived,
+)
+from replicad.protocol.frames import FrameEncoder
+from replicad.protocol.text import parse_stream
+from replicad.transport import (
+    Link,
+    LinkRefusedError,
+    TlsContexts,
+    client_context,
+    load_tls_contexts,
+    open_link,
+    serve_links,
+    server_context,
+)
+
+CLUSTER = "c1"
+
+
+@dataclass(frozen=True)
+class Pki:
+    main: Path
+    other: Path
+
+    def contexts(
+        self, node: str, *, directory: Path | None = None, cluster: str = CLUSTER
+    ) -> TlsContexts:
+        d = directory or self.main
+        return TlsContexts(
+            node=node,
+            cluster=cluster,
+            server=server_context(self.main / "ca.pem", d / f"{node}.pem", d / f"{node}.key"),
+            client=client_context(self.main / "ca.pem", d / f"{node}.pem", d / f"{node}.key"),
+        )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    main = tmp_path_factory.mktemp("pki")
+    other = tmp_path_factory.mktemp("other-pki")
+    pki.init_cluster_ca(main, CLUSTER)
+    pki.init_cluster_ca(other, CLUSTER)  # same cluster name, different CA
+    for node in ("n1", "n2", "n3"):
+        pki.issue_node_certificate(main, node)
+    pki.issue_node_certificate(other, "n2")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    pki.issue_node_certificate(main, "old", days=1, not_before=past)
+    return Pki(main, other)
+
+
+async def ping_server(link: Link) -> None:
+    """Answer every command OK until the peer goes away."""
+    while True:
+        event = await link.next_event()
+        if isinstance(event, ConnectionClosed):
+            return
+        if isinstance(event, CommandReceived):
+            tag = event.tag
+            payload = SaveOk(1, 1, "n1") if isinstance(event.command, Save) else None
+            await link.send(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+
+@dataclass
+class Server:
+    port: int
+    certs: Pki
+
+
+async def _start(nursery: trio.Nursery, certs: Pki, timeout: float) -> Server:
+    listeners = await nursery.start(
+        lambda task_status: serve_links(
+            load_tls_contexts(
+                certs.main / "ca.pem",
+                certs.main / "n1.pem",
+                certs.main / "n1.key",
+                node="n1",
+                cluster=CLUSTER,
+            ),
+            ping_server,
+            host="127.0.0.1",
+            port=0,
+            handshake_timeout=timeout,
+            task_status=task_status,
+        )
+    )
+    return Server(listeners[0].socket.getsockname()[1], certs)
+
+
+@pytest.fixture
+async def server(certs: Pki) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        yield await _start(nursery, certs, timeout=0.5)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def link_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.INFO, logger="replicad.transport"):
+        yield caplog
+
+
+async def wait_for_event(
+    caplog: pytest.LogCaptureFixture, event: str, **fields: str
+) -> logging.LogRecord:
+    """The first record of ``event`` whose fields include ``fields``; waits for it
+    because the listener logs from its own task (bounded by a generous guard)."""
+    with trio.fail_after(20):
+        while True:
+            for record in caplog.records:
+                got = getattr(record, "fields", {})
+                if getattr(record, "event", None) == event and all(
+                    got.get(k) == v for k, v in fields.items()
+                ):
+                    return record
+            await trio.sleep(0.01)
+
+
+async def good_peer_gets_in(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    link = await open_link("127.0.0.1", server.port, "n1", server.certs.contexts("n2"))
+    try:
+        assert link.peer == "n1" and link.hello.cluster == CLUSTER
+        tag = await link.send(lambda c: c.send_command(Ping()))
+        reply = await link.next_event()
+        assert isinstance(reply, ReplyReceived) and reply.tag == tag
+    finally:
+        await link.aclose()
+    await wait_for_event(caplog, "link-up", side="server", peer="n2")
+
+
+async def test_good_peer_completes_hello(
+    server: Server, link_logs: pytest.LogCaptureFixture
+) -> None:
+    await good_peer_gets_in(server, link_logs)
+    record = await wait_for_event(link_logs, "link-up", side="server")
+    assert "peer=n2" in record.getMessage()
+    assert "BEGIN" not in link_logs.text  # never key or certificate material
+
+
+async def test_certificate_from_another_ca_is_refused(
+    server: Server, certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    # Trusts the real CA (so it accepts n1) but presents a foreign certificate.
+    foreign = TlsContexts(
+        node="n2",
+        cluster=CLUSTER,
+        server=server_context(
+            certs.main / "ca.pem", certs.other / "n2.pem", certs.other / "n2.key"
+        ),
+        client=client_context(
+            certs.main / "ca.pem", certs.other / "n2.pem", certs.other / "n2.key"
+        ),
+    )
+    with pytest.raises(LinkRefusedError):
+        await open_link("127.0.0.1", server.port, "n1", foreign)
+    record = await wait_for_event(
+        link_logs, "link-refused", side="server", reason="peer-certificate"
+    )
+    assert "unable to get local issuer certificate" in record.getMessage()
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_expired_certificate_is_refused(
+    server: Server, certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LinkRefusedError):
+        await open_link("127.0.0.1", server.port, "n1", certs.contexts("old"))
+    record = await wait_for_event(
+        link_logs, "link-refused", side="server", reason="peer-certificate"
+    )
+    assert "expired" in record.getMessage()
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_own_expired_certificate_is_a_config_error(certs: Pki) -> None:
+    with pytest.raises(BadInputError, match="expired"):
+        load_tls_contexts(
+            certs.main / "ca.pem",
+            certs.main / "old.pem",
+            certs.main / "old.key",
+            node="old",
+            cluster=CLUSTER,
+        )
+    with pytest.raises(BadInputError, match="issued to node 'n2'"):
+        load_tls_contexts(
+            certs.main / "ca.pem",
+            certs.main / "n2.pem",
+            certs.main / "n2.key",
+            node="n3",
+            cluster=CLUSTER,
+        )
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (LinkConfig(cluster="other", node="n2"), "cluster"),
+        (LinkConfig(cluster=CLUSTER, node="n3"), "hello-node"),
+        (LinkConfig(cluster=CLUSTER, node="n2", version=99), "version"),
+    ],
+)
+async def test_bad_hello_is_refused(
+    server: Server, certs: Pki, link_logs: pytest.LogCaptureFixture, config: LinkConfig, reason: str
+) -> None:
+    with pytest.raises(LinkRefusedError):
+        await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"), config=config)
+    await wait_for_event(link_logs, "link-refused", side="server", reason=reason)
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_plain_tcp_client_is_refused(
+    server: Server, link_logs: pytest.LogCaptureFixture
+) -> None:
+    hello = Hello(1, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(FrameEncoder().encode(encode_untagged(hello)))
+        # The server hangs up; nothing but a TLS alert (or nothing) comes back.
+        received = b""
+        with trio.fail_after(20):
+            try:
+                while chunk := await stream.receive_some(4096):
+                    received += chunk
+            except trio.BrokenResourceError:
+                pass
+        assert b"HELLO" not in received
+    await wait_for_event(link_logs, "link-refused", side="server", reason="tls-handshake")
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_silent_peer_is_dropped_after_the_handshake_timeout(
+    server: Server, link_logs: pytest.LogCaptureFixture
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        with trio.fail_after(20):
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await stream.receive_some(4096) == b""
+    await wait_for_event(link_logs, "link-refused", side="server", reason="handshake-timeout")
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_a_stalled_peer_does_not_stall_others(
+    certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    async with trio.open_nursery() as nursery:
+        patient = await _start(nursery, certs, timeout=3600)
+        silent = [await trio.open_tcp_stream("127.0.0.1", patient.port) for _ in range(3)]
+        try:
+            await good_peer_gets_in(patient, link_logs)  # while three handshakes hang
+        finally:
+            for stream in silent:
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_refuses_a_server_that_is_another_node(
+    server: Server, certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LinkRefusedError) as raised:
+        await open_link("127.0.0.1", server.port, "n3", certs.contexts("n2"))
+    assert raised.value.reason == "peer-name"
+    await wait_for_event(link_logs, "link-refused", side="client", reason="peer-name")
+
+
+async def test_unreachable_peer(certs: Pki) -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()  # nothing listens there now
+    with pytest.raises(UnreachableError):
+        await open_link("127.0.0.1", port, "n1", certs.contexts("n2"))
+
+
+async def test_compressed_link_carries_save_frames(server: Server, certs: Pki) -> None:
+    link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+    try:
+        assert await link.start_compression()
+        mbox = Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0)
+        await link.send(lambda c: c.send_command(mbox))
+        body = b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 5000
+        tags = {
+            await link.send(lambda c: c.send_command(Save(1, 0, b"\x02" * 16, (), body)))
+            for _ in range(3)
+        }
+        replies = set()
+        while len(replies) < 4:
+            event = await link.next_event()
+            assert isinstance(event, ReplyReceived)
+            replies.add(event.tag)
+        assert tags < replies
+    finally:
+        await link.aclose()
+
+
+def test_protocol_error_is_what_refusals_are() -> None:
+    assert issubclass(LinkRefusedError, ProtocolError)
+
+
+# --- replicad debug decode -------------------------------------------------------------
+
+FRAMES = [
+    encode_untagged(Hello(1, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)),
+    encode_command("a1", Ping()),
+    encode_command(
+        "a2", Save(1, 1_600_000_000, b"\x02" * 16, ("\\Seen",), b"body\r\nline 2\r\n" * 10)
+    ),
+]
+
+
+def _capture() -> bytes:
+    encoder = FrameEncoder()
+    return b"".join(encoder.encode(frame) for frame in FRAMES)
+
+
+def _decode_args(path: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="replicad")
+    debug_cmd.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["debug", "decode", str(path), *extra])
+
+
+def test_debug_decode_prints_text_form(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    capture = tmp_path / "link.cap"
+    capture.write_bytes(_capture())
+    args = _decode_args(capture)
+    assert args.handler(args) == 0
+    out = capsysbinary.readouterr().out
+    assert out.startswith(b"* HELLO 1 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
+
+
+def test_debug_decode_zstd_capture(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    compressor = zstandard.ZstdCompressor().compressobj()
+    data = b"".join(
+        compressor.compress(FrameEncoder().encode(f))
+        + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        for f in FRAMES
+    )
+    capture = tmp_path / "link.zst"
+    capture.write_bytes(data)
+    args = _decode_args(capture, "--zstd")
+    assert args.handler(args) == 0
+    assert parse_stream(capsysbinary.readouterr().out.removesuffix(b"\r\n")) == FRAMES
+
+
+def test_debug_decode_truncated_capture(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    capture = tmp_path / "cut.cap"
+    capture.write_bytes(_capture()[:-5])
+    args = _decode_args(capture)
+    with pytest.raises(BadInputError, match="truncated after 2 frames"):
+        args.handler(args)
+    assert parse_stream(capsysbinary.readouterr().out.removesuffix(b"\r\n")) == FRAMES[:2]
+
+
+def test_debug_decode_missing_file(tmp_path: Path) -> None:
+    args = _decode_args(tmp_path / "nope")
+    with pytest.raises(BadInputError, match="does not exist"):
+        args.handler(args)
