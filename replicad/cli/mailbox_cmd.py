@@ -1,0 +1,123 @@
+"""``replicad mailbox create|delete|rename|list|status -u USER ...`` (DESIGN §9)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from replicad.cli.common import connect, print_json_only, print_rows, split_words
+from replicad.errors import UsageError
+
+STATUS_FIELDS = ("messages", "uidnext", "uidvalidity", "highestmodseq", "vsize", "guid")
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    mailbox = subparsers.add_parser(
+        "mailbox",
+        parents=[common],
+        help="create, delete, rename, list mailboxes; status",
+        description="Mailbox management. Names use '/' as the hierarchy separator.",
+    )
+    actions = mailbox.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = actions.add_parser("create", parents=[common], help="create mailboxes")
+    _user(create)
+    create.add_argument("names", nargs="+", metavar="NAME")
+    create.set_defaults(handler=cmd_create)
+
+    delete = actions.add_parser("delete", parents=[common], help="delete mailboxes")
+    _user(delete)
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.set_defaults(handler=cmd_delete)
+
+    rename = actions.add_parser(
+        "rename", parents=[common], help="rename a mailbox (and its children)"
+    )
+    _user(rename)
+    rename.add_argument("old", metavar="OLD")
+    rename.add_argument("new", metavar="NEW")
+    rename.set_defaults(handler=cmd_rename)
+
+    listing = actions.add_parser("list", parents=[common], help="list a user's mailboxes")
+    _user(listing)
+    listing.set_defaults(handler=cmd_list)
+
+    status = actions.add_parser(
+        "status",
+        parents=[common],
+        help="mailbox status",
+        description=f"Print FIELDS (default all: {' '.join(STATUS_FIELDS)}) of mailbox NAME.",
+    )
+    _user(status)
+    status.add_argument("words", nargs="+", metavar="[FIELDS] NAME")
+    status.set_defaults(handler=cmd_status)
+
+
+def _user(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-u", "--user", required=True, metavar="USER")
+
+
+def status_row(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "mailbox": status["name"],
+        "messages": status["messages"],
+        "uidnext": status["uidnext"],
+        "uidvalidity": status["uidvalidity"],
+        "highestmodseq": status["highestmodseq"],
+        "vsize": status["vsize"],
+        "guid": status["guid"].hex(),
+    }
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    created = []
+    with connect(args) as client:
+        for name in args.names:
+            result = client.call("mailbox_create", user=args.user, name=name)
+            created.append({"mailbox": result["name"], "guid": result["guid"].hex()})
+    print_json_only(args, created)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    deleted = []
+    with connect(args) as client:
+        for name in args.names:
+            result = client.call("mailbox_delete", user=args.user, name=name)
+            deleted.append({"mailbox": result["name"], "guid": result["guid"].hex()})
+    print_json_only(args, deleted)
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = client.call("mailbox_rename", user=args.user, old=args.old, new=args.new)
+    print_json_only(args, {"old": result["old"], "new": result["new"]})
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        statuses = client.call("mailbox_list", user=args.user)
+    print_rows(args, [{"mailbox": s["name"]} for s in statuses], ["mailbox"])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    words: list[str] = args.words
+    if len(words) > 2:
+        raise UsageError("mailbox status takes [FIELDS] NAME (quote FIELDS: 'messages uidnext')")
+    name = words[-1]
+    fields = list(STATUS_FIELDS)
+    if len(words) == 2 and words[0] != "all":
+        fields = split_words(words[0])
+        unknown = [f for f in fields if f not in STATUS_FIELDS]
+        if unknown or not fields:
+            raise UsageError(
+                f"mailbox status: unknown field {(unknown or [''])[0]!r} "
+                f"(fields: {' '.join(STATUS_FIELDS)})"
+            )
+    with connect(args) as client:
+        status = client.call("mailbox_status", user=args.user, name=name)
+    print_rows(args, [status_row(status)], ["mailbox", *fields])
+    return 0

@@ -1,0 +1,125 @@
+"""``replicad init`` and ``replicad serve``: create and run a single node."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from replicad.cli.common import node_config, output_format, write_line
+from replicad.cli.output import render_document
+from replicad.config import DEFAULT_PORT, parse_config
+from replicad.errors import AlreadyExistsError, BadInputError, UsageError
+
+CONFIG_NAME = "replicad.toml"
+
+CONFIG_TEMPLATE = """\
+# replicad node configuration, written by `replicad init`.
+# Relative paths are relative to this file's directory.
+
+[node]
+name = "{name}"
+data_dir = "data"
+admin_socket = "admin.sock"
+map_size = "8GiB"
+durability = "local"
+log_level = "info"
+
+[listen]
+# The node-to-node listener (TLS); peers connect here.
+address = "127.0.0.1"
+port = {port}
+
+[admin]
+max_message_size = "64MiB"
+
+# To join a cluster, add [tls] (see `replicad pki`) and one [[peers]] per node:
+# [tls]
+# ca = "ca.crt"
+# cert = "{name}.crt"
+# key = "{name}.key"
+# cluster = "example"
+#
+# [[peers]]
+# name = "n2"
+# address = "10.0.0.2:{port}"
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    init = subparsers.add_parser(
+        "init",
+        parents=[common],
+        help="write DIR/replicad.toml for a single node",
+        description="Write DIR/replicad.toml for a single node "
+        "(data in DIR/data, admin socket DIR/admin.sock). Never overwrites.",
+    )
+    init.add_argument("dir", metavar="DIR", type=Path)
+    init.add_argument("--name", required=True, metavar="NODE", help="node name, e.g. n1")
+    init.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="P",
+        help=f"node-to-node port (default {DEFAULT_PORT})",
+    )
+    init.set_defaults(handler=cmd_init)
+
+    serve = subparsers.add_parser(
+        "serve",
+        parents=[common],
+        help="run a node in the foreground",
+        description="Run a node in the foreground until SIGTERM/SIGINT.",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    directory: Path = args.dir.absolute()
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is outside 1..65535")
+    config_path = directory / CONFIG_NAME
+    text = CONFIG_TEMPLATE.format(name=args.name, port=args.port)
+    # Validate what we are about to write, so `init` never leaves a config
+    # that `serve` would reject (bad node name, socket path too long, ...).
+    config = parse_config(text, config_path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        raise AlreadyExistsError(f"{config_path} already exists; not overwriting it") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot write {config_path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    node = config.node
+    if output_format(args) == "json":
+        write_line(
+            render_document(
+                {
+                    "config": str(config_path),
+                    "name": node.name,
+                    "data_dir": str(node.data_dir),
+                    "admin_socket": str(node.admin_socket),
+                    "port": config.listen.port,
+                }
+            )
+        )
+    else:
+        write_line(f"wrote {config_path} for node {node.name}")
+        write_line(f"  data dir:     {node.data_dir}")
+        write_line(f"  admin socket: {node.admin_socket}")
+        write_line(f"  listen:       {config.listen.address}:{config.listen.port}")
+        write_line(f"start it with: replicad serve -c {config_path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = node_config(args)
+    # Imported here: the async runtime and the store are only needed by the node.
+    from replicad.node import serve
+
+    serve(config)
+    return 0

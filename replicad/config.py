@@ -1,0 +1,395 @@
+"""The node configuration: one TOML file, validated into frozen dataclasses.
+
+Every problem is a :class:`~replicad.errors.ConfigError` (exit 65) whose
+message names the offending key as ``section.key`` so an operator can go
+straight to the line.  Unknown keys are errors, not warnings: a typo such as
+``map_sise`` silently ignored would leave a node running with a default the
+operator believed they had changed.  Relative paths are resolved against the
+directory of the config file, so a config directory can be moved as a whole.
+
+Config path resolution (DESIGN §9): ``-c CONFIG``, else ``$REPLICAD_CONFIG``,
+else ``/etc/replicad/replicad.toml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from replicad.cluster.durability import DurabilityLevel
+from replicad.errors import BadInputError, ConfigError
+from replicad.pki import validate_node_name
+
+DEFAULT_CONFIG_PATH = Path("/etc/replicad/replicad.toml")
+CONFIG_ENV = "REPLICAD_CONFIG"
+
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+TIB = 1 << 40
+
+DEFAULT_MAP_SIZE = 8 * GIB
+MIN_MAP_SIZE = 1 * MIB  # below this LMDB cannot even hold its own metadata and a message
+MAX_MAP_SIZE = 1 << 48
+DEFAULT_MAX_MESSAGE_SIZE = 64 * MIB
+MIN_MAX_MESSAGE_SIZE = 1 * KIB
+MAX_MAX_MESSAGE_SIZE = 1 * GIB
+DEFAULT_PORT = 7750
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# AF_UNIX paths are limited to 108 bytes including the NUL on Linux (sun_path).
+MAX_SOCKET_PATH_BYTES = 107
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB}
+_UNITS.update({"kb": KIB, "mb": MIB, "gb": GIB, "tb": TIB})  # common spelling, same meaning
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    name: str
+    data_dir: Path
+    admin_socket: Path
+    map_size: int
+    durability: DurabilityLevel
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSection:
+    """The node-to-node listener (TCP + TLS)."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSection:
+    ca: Path
+    cert: Path
+    key: Path
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSection:
+    max_message_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """A validated node configuration; ``path`` is the file it was read from."""
+
+    path: Path
+    node: NodeSection
+    listen: ListenSection
+    tls: TlsSection | None
+    peers: tuple[PeerConfig, ...]
+    admin: AdminSection
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def lock_path(self) -> Path:
+        """The pid lock file that keeps a second node off the same data directory."""
+        return self.node.data_dir / "replicad.pid"
+
+
+def resolve_config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``-c CONFIG``, else ``$REPLICAD_CONFIG``, else the system default (DESIGN §9)."""
+    env = os.environ if environ is None else environ
+    if cli_value:
+        return Path(cli_value)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate the config at ``path``; raise :class:`ConfigError` on any problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist (use -c CONFIG or ${CONFIG_ENV}, "
+            "or create one with `replicad init`)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> NodeConfig:
+    """Validate TOML ``text``; relative paths resolve against ``path``'s directory."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    base = path.parent.resolve()
+    _check_keys(doc, ("node", "listen", "tls", "peers", "admin"), "")
+
+    node_tbl = _table(doc, "node", required=True)
+    _check_keys(
+        node_tbl,
+        ("name", "data_dir", "admin_socket", "map_size", "durability", "log_level"),
+        "node.",
+    )
+    peers = _peers(doc, base)
+    name = _get(node_tbl, "node.name", str, required=True)
+    _check_node_name(name, "node.name")
+    if any(p.name == name for p in peers):
+        raise ConfigError(f"peers: a peer is named {name!r}, the name of this node")
+    data_dir = _path(node_tbl, "node.data_dir", base, required=True)
+    assert data_dir is not None  # required=True
+    admin_socket = _path(node_tbl, "node.admin_socket", base) or data_dir / "admin.sock"
+    if len(os.fsencode(admin_socket)) > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"node.admin_socket {str(admin_socket)!r} is longer than "
+            f"{MAX_SOCKET_PATH_BYTES} bytes, the limit of a unix socket path"
+        )
+    map_size = _size(node_tbl, "node.map_size", DEFAULT_MAP_SIZE, MIN_MAP_SIZE, MAX_MAP_SIZE)
+    durability_raw = _get(node_tbl, "node.durability", (str, int), default="local")
+    try:
+        durability = DurabilityLevel.parse(durability_raw, cluster_size=1 + len(peers))
+    except ConfigError as exc:
+        raise ConfigError(f"node.durability: {exc}") from None
+    log_level = _get(node_tbl, "node.log_level", str, default="info")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"node.log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
+        )
+    node = NodeSection(name, data_dir, admin_socket, map_size, durability, log_level)
+
+    listen_tbl = _table(doc, "listen")
+    _check_keys(listen_tbl, ("address", "port"), "listen.")
+    address = _get(listen_tbl, "listen.address", str, default="127.0.0.1")
+    if not address:
+        raise ConfigError("listen.address must not be empty")
+    port = _port(listen_tbl, "listen.port", default=DEFAULT_PORT)
+    listen = ListenSection(address, port)
+
+    tls: TlsSection | None = None
+    if "tls" in doc:
+        tls_tbl = _table(doc, "tls")
+        _check_keys(tls_tbl, ("ca", "cert", "key", "cluster"), "tls.")
+        ca = _path(tls_tbl, "tls.ca", base, required=True)
+        cert = _path(tls_tbl, "tls.cert", base, required=True)
+        key = _path(tls_tbl, "tls.key", base, required=True)
+        assert ca is not None and cert is not None and key is not None
+        cluster = _get(tls_tbl, "tls.cluster", str, required=True)
+        if not cluster:
+            raise ConfigError("tls.cluster must not be empty")
+        tls = TlsSection(ca, cert, key, cluster)
+    if peers and tls is None:
+        # I9: nodes accept only peers whose certificate the cluster CA signed.
+        raise ConfigError("[tls] is required when [[peers]] are configured (I9: mutual TLS)")
+
+    admin_tbl = _table(doc, "admin")
+    _check_keys(admin_tbl, ("max_message_size",), "admin.")
+    max_message_size = _size(
+        admin_tbl,
+        "admin.max_message_size",
+        DEFAULT_MAX_MESSAGE_SIZE,
+        MIN_MAX_MESSAGE_SIZE,
+        MAX_MAX_MESSAGE_SIZE,
+    )
+    return NodeConfig(
+        path=path,
+        node=node,
+        listen=listen,
+        tls=tls,
+        peers=peers,
+        admin=AdminSection(max_message_size),
+    )
+
+
+def parse_size(value: int | str, key: str) -> int:
+    """``1048576``, ``"512MiB"``, ``"8GiB"`` → bytes; ``key`` names the setting in errors."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key} must be a size (bytes or e.g. "512MiB"), not {value!r}')
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ConfigError(
+            f"{key} {value!r} is not a size: use bytes or a number with B, KiB, MiB, GiB, TiB"
+        )
+    return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+
+
+def format_size(value: int) -> str:
+    for unit, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value >= factor and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            what = "section" if not prefix else "key"
+            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {prefix}{hint[0]!s}?" if hint else ""
+            known = ", ".join(prefix + a for a in allowed)
+            raise ConfigError(f"unknown {what} {prefix}{key}{suggestion} (known: {known})")
+
+
+def _table(doc: Mapping[str, Any], name: str, *, required: bool = False) -> dict[str, Any]:
+    if name not in doc:
+        if required:
+            raise ConfigError(f"missing required section [{name}]")
+        return {}
+    value = doc[name]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a table ([{name}]), not {_type_name(value)}")
+    return value
+
+
+_TYPE_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _get(
+    table: Mapping[str, Any],
+    key: str,
+    types: type[T] | tuple[type, ...],
+    *,
+    required: bool = False,
+    default: Any = None,
+) -> Any:
+    short = key.rsplit(".", 1)[-1]
+    if short not in table:
+        if required:
+            raise ConfigError(f"missing required key {key}")
+        return default
+    value = table[short]
+    wanted = types if isinstance(types, tuple) else (types,)
+    # bool is an int subclass in Python; TOML true is never a valid number here.
+    if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
+        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
+        raise ConfigError(f"{key} must be {expected}, not {_type_name(value)} ({value!r})")
+    return value
+
+
+def _path(table: Mapping[str, Any], key: str, base: Path, *, required: bool = False) -> Path | None:
+    value = _get(table, key, str, required=required)
+    if value is None:
+        return None
+    if not value:
+        raise ConfigError(f"{key} must not be empty")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _size(table: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = _get(table, key, (int, str), default=default)
+    size = parse_size(value, key)
+    if not low <= size <= high:
+        raise ConfigError(f"{key} {value!r} is outside {format_size(low)}..{format_size(high)}")
+    return size
+
+
+def _port(table: Mapping[str, Any], key: str, *, default: int) -> int:
+    port: int = _get(table, key, int, default=default)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key} {port} is outside 1..65535")
+    return port
+
+
+def _check_node_name(name: str, where: str) -> None:
+    # The same rule the certificates use: a name pki would refuse to issue
+    # would otherwise only fail later, at the first TLS handshake.
+    try:
+        validate_node_name(name)
+    except BadInputError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _peers(doc: Mapping[str, Any], base: Path) -> tuple[PeerConfig, ...]:
+    raw = doc.get("peers", [])
+    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+        raise ConfigError("peers must be an array of tables ([[peers]])")
+    peers: list[PeerConfig] = []
+    seen: set[str] = set()
+    for i, tbl in enumerate(raw):
+        where = f"peers[{i}]"
+        _check_keys(tbl, ("name", "address"), f"{where}.")
+        name = _get(tbl, f"{where}.name", str, required=True)
+        _check_node_name(name, f"{where}.name")
+        if name in seen:
+            raise ConfigError(f"{where}.name {name!r} is configured twice")
+        seen.add(name)
+        address = _get(tbl, f"{where}.address", str, required=True)
+        host, port = split_host_port(address, f"{where}.address")
+        peers.append(PeerConfig(name, host, port))
+    return tuple(peers)
+
+
+def split_host_port(address: str, key: str = "address") -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); :class:`ConfigError` naming ``key``."""
+    parse: Callable[[], tuple[str, str]]
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+
+        def parse() -> tuple[str, str]:
+            if not sep or not rest.startswith(":"):
+                raise ValueError
+            return host, rest[1:]
+
+    else:
+
+        def parse() -> tuple[str, str]:
+            host, sep, port = address.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError
+            return host, port
+
+    try:
+        host, port_text = parse()
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(
+            f"{key} {address!r} is not host:port (use [v6addr]:port for IPv6)"
+        ) from None
+    if not host:
+        raise ConfigError(f"{key} {address!r} has an empty host")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key} {address!r}: port {port} is outside 1..65535")
+    return host, port

@@ -1,0 +1,163 @@
+"""Config validation: every error names the key (exit 65, ConfigError)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replicad.config import (
+    DEFAULT_CONFIG_PATH,
+    MIB,
+    load_config,
+    parse_config,
+    parse_size,
+    resolve_config_path,
+    split_host_port,
+)
+from replicad.errors import ConfigError, ExitCode
+
+BASE = Path("/srv/replicad/replicad.toml")
+MINIMAL = '[node]\nname = "n1"\ndata_dir = "data"\n'
+
+TLS = '[tls]\nca = "ca.crt"\ncert = "n1.crt"\nkey = "n1.key"\ncluster = "c"\n'
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, BASE)
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    return str(info.value)
+
+
+def test_minimal_config_gets_defaults_and_resolves_relative_paths() -> None:
+    config = parse_config(MINIMAL, BASE)
+    assert config.node.name == "n1"
+    assert config.node.data_dir == Path("/srv/replicad/data")
+    assert config.node.admin_socket == Path("/srv/replicad/data/admin.sock")
+    assert config.node.map_size == 8 << 30
+    assert config.node.durability.name == "local" and config.node.durability.copies == 1
+    assert config.node.log_level == "info"
+    assert config.admin.max_message_size == 64 * MIB
+    assert config.listen.port == 7750
+    assert config.tls is None and config.peers == ()
+
+
+def test_full_config() -> None:
+    text = (
+        '[node]\nname = "n1"\ndata_dir = "/var/lib/replicad"\nadmin_socket = "/run/r.sock"\n'
+        'map_size = "512MiB"\ndurability = "quorum"\nlog_level = "debug"\n'
+        '[listen]\naddress = "0.0.0.0"\nport = 7000\n'
+        + TLS
+        + '[[peers]]\nname = "n2"\naddress = "10.0.0.2:7000"\n'
+        '[[peers]]\nname = "n3"\naddress = "[fd00::3]:7001"\n'
+        "[admin]\nmax_message_size = 1048576\n"
+    )
+    config = parse_config(text, BASE)
+    assert config.node.map_size == 512 * MIB
+    assert config.node.durability.copies == 2  # majority of 3
+    assert config.tls is not None and config.tls.ca == Path("/srv/replicad/ca.crt")
+    assert [(p.name, p.host, p.port) for p in config.peers] == [
+        ("n2", "10.0.0.2", 7000),
+        ("n3", "fd00::3", 7001),
+    ]
+    assert config.peers[1].address == "[fd00::3]:7001"
+    assert config.admin.max_message_size == MIB
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL + "map_sise = 5\n", "unknown key node.map_sise; did you mean node.map_size?"),
+        (MINIMAL + "[listne]\nport = 1\n", "unknown section listne; did you mean listen?"),
+        (MINIMAL + "[listen]\nprot = 1\n", "did you mean listen.port?"),
+        (MINIMAL + "[admin]\nmax_msg_size = 1\n", "did you mean admin.max_message_size?"),
+        (MINIMAL + "zzz = 1\n", "unknown key node.zzz (known:"),
+    ],
+)
+def test_unknown_keys_suggest_the_right_one(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[node]\nname = 1\ndata_dir = "d"\n', "node.name must be a string, not an integer"),
+        (MINIMAL + "map_size = true\n", "node.map_size must be"),
+        (MINIMAL + 'map_size = "lots"\n', "node.map_size 'lots' is not a size"),
+        (MINIMAL + "map_size = 1000\n", "node.map_size 1000 is outside 1MiB.."),
+        (MINIMAL + "durability = 2\n", "node.durability: durability 2 is outside 1..1"),
+        (MINIMAL + 'durability = "most"\n', "node.durability: durability must be local"),
+        (MINIMAL + 'log_level = "loud"\n', "node.log_level must be one of"),
+        (MINIMAL + "[listen]\nport = 70000\n", "listen.port 70000 is outside 1..65535"),
+        (MINIMAL + '[listen]\nport = "7000"\n', "listen.port must be an integer"),
+        (MINIMAL + "peers = 3\n", "unknown key node.peers"),
+        ('peers = 3\n[node]\nname = "n1"\ndata_dir = "d"\n', "peers must be an array of tables"),
+        (MINIMAL + '[[peers]]\nname = "n2"\naddress = "nohost"\n', "peers[0].address 'nohost'"),
+        (MINIMAL + TLS + '[[peers]]\nname = "n1"\naddress = "h:1"\n', "the name of this node"),
+        (MINIMAL + '[[peers]]\nname = "n2"\naddress = "h:1"\n', "[tls] is required"),
+        (MINIMAL + '[tls]\nca = "a"\n', "missing required key tls.cert"),
+        (MINIMAL + "[admin]\nmax_message_size = 10\n", "admin.max_message_size 10 is outside"),
+        ('[node]\nname = "bad name!"\ndata_dir = "d"\n', "node.name: bad node name 'bad name!'"),
+        ("node = 1\n", "node must be a table"),
+        ("[node\n", "invalid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("", "missing required section [node]"),
+        ('[node]\ndata_dir = "d"\n', "missing required key node.name"),
+        ('[node]\nname = "n1"\n', "missing required key node.data_dir"),
+    ],
+)
+def test_missing_required(text: str, key: str) -> None:
+    assert key in error_of(text)
+
+
+def test_socket_path_too_long_is_refused() -> None:
+    text = MINIMAL + f'admin_socket = "/{"x" * 120}.sock"\n'
+    assert "node.admin_socket" in error_of(text)
+
+
+def test_sizes() -> None:
+    assert parse_size("8GiB", "k") == 8 << 30
+    assert parse_size("512 MiB", "k") == 512 << 20
+    assert parse_size("100", "k") == 100
+    assert parse_size(4096, "k") == 4096
+    with pytest.raises(ConfigError, match=r"k '1\.5GiB' is not a size"):
+        parse_size("1.5GiB", "k")
+
+
+def test_host_port() -> None:
+    assert split_host_port("example.org:25") == ("example.org", 25)
+    assert split_host_port("[::1]:7750") == ("::1", 7750)
+    for bad in ("::1:7750", "host:", ":25", "[::1]7750", "h:0"):
+        with pytest.raises(ConfigError):
+            split_host_port(bad)
+
+
+def test_config_path_resolution() -> None:
+    assert resolve_config_path("/a.toml", {"REPLICAD_CONFIG": "/b.toml"}) == Path("/a.toml")
+    assert resolve_config_path(None, {"REPLICAD_CONFIG": "/b.toml"}) == Path("/b.toml")
+    assert resolve_config_path(None, {}) == DEFAULT_CONFIG_PATH
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    path = tmp_path / "r.toml"
+    path.write_text(MINIMAL)
+    assert load_config(path).node.data_dir == tmp_path.resolve() / "data"
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "replicad.toml.example"
+    config = load_config(example)
+    assert config.name == "mail1"
+    assert [p.name for p in config.peers] == ["mail2", "mail3"]
+    assert config.tls is not None and config.tls.cluster == "example"
