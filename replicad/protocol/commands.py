@@ -561,6 +561,47 @@ class Store(Command):
             raise ValueError("a flag is both added and removed")
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxOk(Record):
+    """The mailbox a namespace command created, renamed or deleted."""
+
+    SCHEMA = (GUID, UIDVALIDITY)
+    guid: bytes
+    uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateMailbox(Command):
+    """Create ``name``; sent to the master of the user's namespace (masters.NAMESPACE)."""
+
+    VERB = "CREATE"
+    SCHEMA = (USER, MAILBOX)
+    REPLY = MailboxOk
+    user: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenameMailbox(Command):
+    """Rename ``old_name``; the mailbox GUID survives (seed 004 rename detection)."""
+
+    VERB = "RENAME"
+    SCHEMA = (USER, MAILBOX, MAILBOX)
+    REPLY = MailboxOk
+    user: str
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMailbox(Command):
+    VERB = "DELETE"
+    SCHEMA = (USER, MAILBOX)
+    REPLY = MailboxOk
+    user: str
+    name: str
+
+
 # --- the master's change stream (untagged, seq first) ------------------------------
 
 
@@ -886,6 +927,9 @@ COMMANDS: Final[dict[str, type[Command]]] = {
         Copy,
         Expunge,
         Store,
+        CreateMailbox,
+        RenameMailbox,
+        DeleteMailbox,
         Sync,
         Fetch,
         Mailboxes,
