@@ -39,9 +39,12 @@ import trio
 
 from replicad.admin.dispatch import AdminDispatcher, default_identity
 from replicad.admin.server import AdminServer
+from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
+from replicad.cluster.writes import ClusterWrites
 from replicad.config import NodeConfig
 from replicad.errors import ReplicadError
 from replicad.store.mailstore import MailStore
+from replicad.transport import load_tls_contexts
 
 log = logging.getLogger("replicad.node")
 
@@ -222,8 +225,12 @@ async def run_node(config: NodeConfig, *, grace: float = SHUTDOWN_GRACE) -> None
         async with MailStore.open(
             node.data_dir / "store", map_size=node.map_size, peers=peers
         ) as store:
+            cluster = _cluster_node(config, store)
             dispatcher = AdminDispatcher(
-                store, default_identity(node.name), config.admin.max_message_size
+                store,
+                default_identity(node.name),
+                config.admin.max_message_size,
+                cluster=ClusterWrites(cluster) if cluster is not None else None,
             )
             server = AdminServer(
                 dispatcher.handle, max_frame=config.admin.max_message_size + FRAME_OVERHEAD
@@ -233,6 +240,10 @@ async def run_node(config: NodeConfig, *, grace: float = SHUTDOWN_GRACE) -> None
             try:
                 listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
                 async with trio.open_nursery() as nursery:
+                    if cluster is not None:
+                        # Peer links come up before the admin socket answers, so
+                        # "the socket answers" still means "the node is ready".
+                        await nursery.start(cluster.run)
                     await nursery.start(server.run, listener)
                     log.info(
                         "node.ready", extra={"kv": {"node": node.name, "socket": node.admin_socket}}
@@ -257,6 +268,24 @@ async def run_node(config: NodeConfig, *, grace: float = SHUTDOWN_GRACE) -> None
             finally:
                 remove_socket_if_ours(node.admin_socket, inode)
         log.info("node.stopped", extra={"kv": {"node": node.name}})
+
+
+def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
+    """The cluster runtime, if the config names peers (a [tls] section is then required)."""
+    if not config.peers:
+        return None
+    assert config.tls is not None  # config validation refuses peers without [tls]
+    tls = config.tls
+    contexts = load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+    return ClusterNode(
+        name=config.name,
+        peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),
+        store=store,
+        contexts=contexts,
+        listen=(config.listen.address, config.listen.port),
+        data_dir=config.node.data_dir,
+        settings=ClusterSettings(durability=config.node.durability),
+    )
 
 
 def serve(config: NodeConfig) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicad.admin.framing import error_response, ok_response
+from replicad.cluster.writes import ClusterWrites
 from replicad.errors import BadInputError, ProtocolError, ReplicadError, TemporaryError
 from replicad.store.mailstore import AppendRequest, MailStore
 from replicad.store.records import MailboxStatus, MessageAppended, MessageInfo
@@ -96,8 +97,18 @@ Handler = Callable[[_Args], Awaitable[Any]]
 class AdminDispatcher:
     """Runs one admin request against ``store`` and returns the response map."""
 
-    def __init__(self, store: MailStore, identity: NodeIdentity, max_message_size: int) -> None:
+    def __init__(
+        self,
+        store: MailStore,
+        identity: NodeIdentity,
+        max_message_size: int,
+        *,
+        cluster: ClusterWrites | None = None,
+    ) -> None:
         self._store = store
+        # Writes go to the mailbox master in a cluster; reads are always local.
+        self._writes: MailStore | ClusterWrites = cluster if cluster is not None else store
+        self._cluster = cluster
         self._identity = identity
         self._max_message_size = max_message_size
         self._handlers: dict[str, Handler] = {
@@ -116,6 +127,7 @@ class AdminDispatcher:
             "mailbox_list": self._mailbox_list,
             "mailbox_status": self._mailbox_status,
             "list_users": self._list_users,
+            "cluster_status": self._cluster_status,
         }
 
     @property
@@ -167,7 +179,7 @@ class AdminDispatcher:
     async def _save(self, a: _Args) -> dict[str, Any]:
         body = a.blob("body")
         self._check_size(body)
-        appended = await self._store.append(
+        appended = await self._writes.append(
             a.text("user"),
             a.text("mailbox", "INBOX"),
             body,
@@ -190,7 +202,7 @@ class AdminDispatcher:
             items.append(AppendRequest(body, item.flags("flags"), item.opt_number("internaldate")))
         if not items:
             return []
-        appended = await self._store.append_many(a.text("user"), a.text("mailbox"), items)
+        appended = await self._writes.append_many(a.text("user"), a.text("mailbox"), items)
         return [appended_map(m) for m in appended]
 
     async def _fetch(self, a: _Args) -> list[dict[str, Any]]:
@@ -204,7 +216,7 @@ class AdminDispatcher:
         mode = a.text("mode")
         if mode not in FLAG_MODES:
             raise ProtocolError(f"store_flags: mode must be one of {', '.join(FLAG_MODES)}")
-        changed = await self._store.store_flags(
+        changed = await self._writes.store_flags(
             a.text("user"),
             a.text("mailbox"),
             a.uids("uids"),
@@ -219,11 +231,11 @@ class AdminDispatcher:
         }
 
     async def _expunge(self, a: _Args) -> dict[str, Any]:
-        expunged = await self._store.expunge(a.text("user"), a.text("mailbox"), a.uids("uids"))
+        expunged = await self._writes.expunge(a.text("user"), a.text("mailbox"), a.uids("uids"))
         return {"uids": [uid for uid, _ in expunged.expunged], "modseq": expunged.modseq}
 
     async def _copy(self, a: _Args) -> dict[str, Any]:
-        copied = await self._store.copy(
+        copied = await self._writes.copy(
             a.text("user"), a.text("mailbox"), a.uids("uids"), a.text("dest")
         )
         return {
@@ -234,15 +246,15 @@ class AdminDispatcher:
     # -- mailboxes --
 
     async def _mailbox_create(self, a: _Args) -> dict[str, Any]:
-        created = await self._store.create_mailbox(a.text("user"), a.text("name"))
+        created = await self._writes.create_mailbox(a.text("user"), a.text("name"))
         return {"name": created.name, "guid": created.mailbox, "uidvalidity": created.uidvalidity}
 
     async def _mailbox_delete(self, a: _Args) -> dict[str, Any]:
-        deleted = await self._store.delete_mailbox(a.text("user"), a.text("name"))
+        deleted = await self._writes.delete_mailbox(a.text("user"), a.text("name"))
         return {"name": deleted.name, "guid": deleted.mailbox}
 
     async def _mailbox_rename(self, a: _Args) -> dict[str, Any]:
-        renamed = await self._store.rename_mailbox(a.text("user"), a.text("old"), a.text("new"))
+        renamed = await self._writes.rename_mailbox(a.text("user"), a.text("old"), a.text("new"))
         return {"old": renamed.old_name, "new": renamed.new_name, "guid": renamed.mailbox}
 
     async def _mailbox_list(self, a: _Args) -> list[dict[str, Any]]:
@@ -253,6 +265,11 @@ class AdminDispatcher:
 
     async def _list_users(self, _: _Args) -> list[str]:
         return await self._store.list_users()
+
+    async def _cluster_status(self, _: _Args) -> dict[str, Any]:
+        if self._cluster is None:
+            return {"node": self._identity.name, "root": None, "epoch": 0, "peers": []}
+        return await self._cluster.status()
 
 
 def appended_map(m: MessageAppended) -> dict[str, Any]:

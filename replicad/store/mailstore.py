@@ -44,7 +44,7 @@ from replicad.store.records import (
     MessagesExpunged,
 )
 from replicad.store.replica import ApplyResult, ReplicaApplier
-from replicad.store.schema import Databases, open_environment
+from replicad.store.schema import Databases, MailboxRow, open_environment
 from replicad.store.writer import GroupCommitWriter, StoreExecutor, ThreadExecutor
 from replicad.uidset import UidSet
 
@@ -258,6 +258,40 @@ class MailStore:
     async def missing_bodies(self, change: Change) -> list[bytes]:
         """Body hashes ``change`` needs that are not stored here (so must be sent)."""
         return await self._read(lambda t: self._applier.missing_bodies(t, change))
+
+    async def mailbox_by_guid(self, guid: bytes) -> MailboxStatus | None:
+        """Status of the mailbox with this GUID, or None if there is none (any more)."""
+
+        def read(txn: Any) -> MailboxStatus | None:
+            raw = txn.get(guid, db=self._dbs.mailboxes)
+            if raw is None:
+                return None
+            row = MailboxRow.decode(raw)
+            return self.index.status(txn, row.user, row.name)
+
+        return await self._read(read)
+
+    async def message_guids(self, mailbox: bytes, uids: Iterable[int]) -> dict[int, bytes]:
+        """Message GUIDs of ``uids`` in the mailbox, live or tombstoned (for I3 checks)."""
+        wanted = list(uids)
+
+        def read(txn: Any) -> dict[int, bytes]:
+            out: dict[int, bytes] = {}
+            for uid in wanted:
+                msg = self.index._message(txn, mailbox, uid)
+                if msg is not None:
+                    out[uid] = msg.guid
+            return out
+
+        return await self._read(read)
+
+    async def log_head(self) -> int:
+        """Sequence number of the newest change log entry (0: empty)."""
+        return await self._read(self.log.head)
+
+    async def log_cursor(self, peer: str) -> int:
+        """The last log sequence ``peer`` acknowledged (durable)."""
+        return await self._read(lambda t: self.log.cursor(t, peer))
 
     async def read_blob(self, body_hash: bytes) -> bytes:
         return await self._read(lambda t: blobs.read_body(t, self._dbs, body_hash))

@@ -112,6 +112,12 @@ class Link:
         """Capabilities both ends announced."""
         return self.connection.capabilities
 
+    @property
+    def has_pending_events(self) -> bool:
+        """True if events already received wait for :meth:`next_event` (lets the
+        caller batch cumulative acknowledgements over a burst)."""
+        return bool(self._pending)
+
     async def flush(self) -> None:
         """Write everything the connection has queued, in queue order.
 

@@ -1,0 +1,1052 @@
+"""The cluster runtime: links, root and masters, forwarding, change streams (DESIGN §6).
+
+This is the trio glue around the pure parts of :mod:`replicad.cluster`
+(routing, root election, master directory and cache, outbox, durability)
+and :mod:`replicad.protocol`.  One :class:`ClusterNode` per node process:
+
+* **Links.** The node keeps one authenticated link per configured peer: the
+  node whose name sorts first dials, the other accepts (so a pair never
+  holds two links), with exponential backoff.  PING every ``ping_interval``;
+  a peer silent for ``dead_after`` is dropped.  ROUTES (distance vectors)
+  let a node reach peers it has no direct link to (A-B-C with A-C down).
+* **Root.** EPOCH gossip and the ROOT announcement drive
+  :class:`~replicad.cluster.root.RootElection`.  A ROOT is flooded hop by
+  hop: a node answers OK once it flushed its masters *and* its own
+  neighbours answered, so the root's OK from a neighbour stands for every
+  node routed through it (the seed's "new root answers only after the
+  reachable nodes confirmed").
+* **Writes** (the :class:`~replicad.cluster.runtime.ClusterNode` methods the
+  admin socket calls) go to the mailbox master: asked from the root,
+  cached, and reached hop by hop; each hop re-issues the command on its
+  next link with its own tag and MBOX ids (framing.md §5).  The master
+  assigns UIDs and MODSEQs in one store transaction that also appends the
+  change to its durable log (I1, I3), waits for the durability level's
+  acknowledgements, and answers.
+* **Change streams.** Per peer, the master streams its log from the peer's
+  durable acknowledgement (:class:`~replicad.cluster.outbox.OutboxStream`);
+  the peer applies idempotently in order and ACKs cumulatively.
+
+Known limits of this version (documented in README "Status"): changes are
+streamed only over direct links (a node with no direct link to a master
+gets that master's changes once a link exists or by resync); a mailbox whose
+master became unreachable is reassigned (I7) and the divergence is left to
+the resync layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import trio
+
+from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
+from replicad.cluster.durability import AckTracker, DurabilityLevel
+from replicad.cluster.masters import (
+    Assignment,
+    Granularity,
+    MasterCache,
+    MasterDirectory,
+    MasterKey,
+    master_key,
+)
+from replicad.cluster.outbox import OutboxStream
+from replicad.cluster.root import AckRoot, Action, AnnounceRoot, Claim, FlushMasters, RootElection
+from replicad.cluster.routing import RoutingTable
+from replicad.errors import (
+    AlreadyExistsError,
+    BadInputError,
+    DurabilityError,
+    NoSuchMailboxError,
+    ProtocolError,
+    ReplicadError,
+    TemporaryError,
+    UnreachableError,
+)
+from replicad.protocol import commands as c
+from replicad.protocol.connection import (
+    CommandReceived,
+    ConnectionClosed,
+    LinkConfig,
+    ReplyReceived,
+    UntaggedReceived,
+)
+from replicad.store.index import AppendRequest, FlagMode
+from replicad.store.mailstore import MailStore
+from replicad.store.records import (
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MessageAppended,
+    MessagesCopied,
+    MessagesExpunged,
+)
+from replicad.store.replica import MissingBodyError
+from replicad.transport import Link, TlsContexts, open_link, serve_links
+from replicad.transport.logfmt import log_event
+from replicad.uidset import UidSet
+
+log = logging.getLogger("replicad.cluster")
+
+T = TypeVar("T")
+
+NAME_ONLY_GUID: Final = bytes(16)  # MBOX "name only" (verbs.md MBOX)
+#: How long a client write may wait for a root, a master or a link before it
+#: fails with a temporary error (exit 75).
+WRITE_DEADLINE: Final = 15.0
+
+
+LOCAL: Final = DurabilityLevel("local", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    ping_interval: float = 1.0
+    dead_after: float = 5.0
+    settle: float = 1.5
+    backoff_min: float = 0.1
+    backoff_max: float = 3.0
+    granularity: Granularity = Granularity.MAILBOX
+    durability: DurabilityLevel = LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    name: str
+    host: str
+    port: int
+
+
+# --- what travels between hops: writes by name -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOp:
+    user: str
+    mailbox: str
+    guid: bytes
+    internaldate: int
+    flags: tuple[str, ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOp:
+    user: str
+    source: str
+    dest: str
+    uids: UidSet
+
+
+@dataclass(frozen=True, slots=True)
+class ExpungeOp:
+    user: str
+    mailbox: str
+    uids: UidSet
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOp:
+    user: str
+    mailbox: str
+    uids: UidSet
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    unchangedsince: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOp:
+    user: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenameOp:
+    user: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    user: str
+    name: str
+
+
+WriteOp = SaveOp | CopyOp | ExpungeOp | StoreOp | CreateOp | RenameOp | DeleteOp
+
+
+def key_mailbox(op: WriteOp) -> str | None:
+    """The mailbox whose master decides ``op`` (None: the user's namespace)."""
+    if isinstance(op, (CreateOp, RenameOp, DeleteOp)):
+        return None
+    if isinstance(op, CopyOp):
+        return op.dest  # the destination assigns the new UIDs
+    return op.mailbox
+
+
+# --- errors <-> NO codes --------------------------------------------------------------
+
+
+def no_code(exc: ReplicadError) -> str:
+    if isinstance(exc, DurabilityError):
+        return "DURABILITY"
+    if isinstance(exc, UnreachableError):
+        return "UNREACHABLE"
+    if isinstance(exc, (NoSuchMailboxError,)) or exc.exit_code == 68:
+        return "NONEXISTENT"
+    if isinstance(exc, AlreadyExistsError):
+        return "CONFLICT"
+    if isinstance(exc, TemporaryError):
+        return "TEMPFAIL"
+    if isinstance(exc, BadInputError):
+        return "BADINPUT"
+    return "FAILED"
+
+
+def error_from_no(code: str | None, text: str) -> ReplicadError:
+    if code == "DURABILITY":
+        return DurabilityError(text)
+    if code == "NONEXISTENT":
+        return NoSuchMailboxError(text)
+    if code == "CONFLICT":
+        return AlreadyExistsError(text)
+    if code in ("TEMPFAIL", "UNREACHABLE", "NOTMASTER"):
+        return TemporaryError(text)
+    if code == "BADINPUT":
+        return BadInputError(text)
+    return ReplicadError(text)
+
+
+# --- one link --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: ReplyReceived | None = None
+
+
+class PeerSession:
+    """One live link to a neighbour and what is bound to it."""
+
+    def __init__(self, node: ClusterNode, link: Link, outbox: OutboxStream) -> None:
+        self.node = node
+        self.link = link
+        self.peer = link.peer
+        self.outbox = outbox
+        self.in_ids: dict[int, MboxBinding] = {}
+        self.out_ids: dict[tuple[str, str, bytes], int] = {}
+        self._next_out_id = 0
+        self.pending: dict[str, _Pending] = {}
+        self.window_freed = trio.Event()
+        self.last_heard = trio.current_time()
+        self.rtt: float | None = None
+        self.applied_seq = 0
+        self.acked_seq = 0
+        self.cancel_scope = trio.CancelScope()
+        self.closed = False
+
+    # -- sending --
+
+    async def request(self, command: c.Command, *, timeout: float = WRITE_DEADLINE) -> Any:
+        """Send ``command`` and return its OK payload; NO raises the matching error."""
+        with trio.move_on_after(timeout) as scope:
+            while not self.link.connection.can_send(command):
+                if self.closed:
+                    raise UnreachableError(f"link to {self.peer} closed")
+                await self.window_freed.wait()
+            if self.closed:
+                raise UnreachableError(f"link to {self.peer} closed")
+            tag = self.link.queue(lambda conn: conn.send_command(command))
+            waiter = self.pending[tag] = _Pending()
+            await self.link.flush()
+            await waiter.done.wait()
+        if scope.cancelled_caught:
+            raise TemporaryError(f"{command.VERB} to {self.peer}: no reply in {timeout:g}s")
+        reply = waiter.reply
+        if reply is None:
+            raise UnreachableError(f"link to {self.peer} closed before {command.VERB} was answered")
+        if reply.status is c.Status.OK:
+            return reply.payload
+        raise error_from_no(reply.code, f"{self.peer}: {reply.text}")
+
+    def mbox_id(self, user: str, name: str, guid: bytes) -> tuple[int, bool]:
+        """Our id for the mailbox on this link, and whether it is new (send MBOX first)."""
+        key = (user, name, guid)
+        found = self.out_ids.get(key)
+        if found is not None:
+            return found, False
+        if self._next_out_id > 65535:
+            # Rebinding from 0 is allowed (verbs.md MBOX); forget the old bindings.
+            self.out_ids.clear()
+            self._next_out_id = 0
+        mid = self._next_out_id
+        self._next_out_id += 1
+        self.out_ids[key] = mid
+        return mid, True
+
+    def fail_pending(self) -> None:
+        self.closed = True
+        for waiter in self.pending.values():
+            waiter.done.set()
+        self.pending.clear()
+        self.window_freed.set()
+
+
+# --- the node --------------------------------------------------------------------------
+
+
+class ClusterNode:
+    """A node's membership in the cluster; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        peers: tuple[PeerAddress, ...],
+        store: MailStore,
+        contexts: TlsContexts,
+        listen: tuple[str, int],
+        data_dir: Path,
+        settings: ClusterSettings | None = None,
+    ) -> None:
+        self.name = name
+        self.peers = {p.name: p for p in peers}
+        self.store = store
+        self.contexts = contexts
+        self.listen = listen
+        self.settings = settings or ClusterSettings()
+        self.link_config = LinkConfig(cluster=contexts.cluster, node=name)
+        self.order = tuple(sorted([name, *self.peers]))
+        self._epoch_file = data_dir / "cluster-epoch"
+        self.routing = RoutingTable(name)
+        self.election = RootElection(name, self.order, last_epoch=self._load_epoch())
+        self.directory: MasterDirectory | None = None
+        self.cache = MasterCache()
+        self.acks = AckTracker(name)
+        self.sessions: dict[str, PeerSession] = {}
+        self._ack_waits: dict[int, trio.Event] = {}
+        self._failed_waits: set[int] = set()
+        self._log_changed = trio.Event()
+        self._view_changed = trio.Event()
+        self._root_done: set[tuple[str, int]] = set()
+        self._nursery: trio.Nursery | None = None
+        self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
+
+    # -- lifecycle --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial, elect; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            host, port = self.listen
+            await nursery.start(
+                lambda task_status: serve_links(
+                    self.contexts,
+                    self._accepted,
+                    host=host,
+                    port=port,
+                    config=self.link_config,
+                    known_peers=tuple(self.peers),
+                    task_status=task_status,
+                )
+            )
+            for peer in self.peers.values():
+                if self.name < peer.name:
+                    nursery.start_soon(self._dial_loop, peer)
+            nursery.start_soon(self._settle)
+            log_event(log, logging.INFO, "cluster-started", node=self.name, peers=len(self.peers))
+            task_status.started()
+
+    async def _settle(self) -> None:
+        await trio.sleep(self.settings.settle)
+        self._act(self.election.settle())
+
+    def _load_epoch(self) -> int:
+        try:
+            return int(self._epoch_file.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _save_epoch(self) -> None:
+        # Epochs must never repeat across restarts (fencing): persist the highest seen.
+        tmp = self._epoch_file.with_suffix(".tmp")
+        tmp.write_text(f"{self.election.max_epoch}\n")
+        os.replace(tmp, self._epoch_file)
+
+    # -- links --
+
+    async def _dial_loop(self, peer: PeerAddress) -> None:
+        delay = self.settings.backoff_min
+        while True:
+            try:
+                link = await open_link(
+                    peer.host, peer.port, peer.name, self.contexts, config=self.link_config
+                )
+            except (ReplicadError, OSError) as exc:
+                log_event(log, logging.DEBUG, "dial-failed", peer=peer.name, reason=str(exc))
+            else:
+                delay = self.settings.backoff_min
+                await self._run_session(link)
+            # Jitter keeps restarted nodes from dialling in lock step.
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    async def _accepted(self, link: Link) -> None:
+        await self._run_session(link)
+
+    async def _run_session(self, link: Link) -> None:
+        old = self.sessions.get(link.peer)
+        if old is not None:
+            # The peer restarted and dialled again: the old link is dead.
+            old.cancel_scope.cancel()
+            old.fail_pending()
+        acked = await self.store.log_cursor(link.peer)
+        outbox = OutboxStream(link.peer, acked)
+        session = PeerSession(self, link, outbox)
+        self.sessions[link.peer] = session
+        log_event(log, logging.INFO, "link-up", peer=link.peer, remote=link.remote)
+        try:
+            with session.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    outbox.on_link_up()
+                    self._topology_changed()
+                    self._send_gossip(session)
+                    nursery.start_soon(self._pump, session)
+                    nursery.start_soon(self._pinger, session)
+                    await self._reader(session, nursery)
+                    nursery.cancel_scope.cancel()
+        except ProtocolError as exc:
+            log_event(log, logging.WARNING, "link-error", peer=link.peer, reason=str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            session.fail_pending()
+            outbox.on_link_down()
+            if self.sessions.get(link.peer) is session:
+                del self.sessions[link.peer]
+                self._topology_changed()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(link.channel.stream)
+            log_event(log, logging.INFO, "link-down", peer=link.peer)
+
+    async def _pinger(self, session: PeerSession) -> None:
+        while True:
+            await trio.sleep(self.settings.ping_interval)
+            silent = trio.current_time() - session.last_heard
+            if silent > self.settings.dead_after:
+                log_event(log, logging.WARNING, "peer-dead", peer=session.peer, silent=silent)
+                session.cancel_scope.cancel()
+                return
+            start = trio.current_time()
+            try:
+                await session.request(c.Ping(), timeout=self.settings.dead_after)
+            except ReplicadError:
+                continue
+            session.rtt = trio.current_time() - start
+
+    async def _reader(self, session: PeerSession, nursery: trio.Nursery) -> None:
+        link = session.link
+        while True:
+            event = await link.next_event()
+            session.last_heard = trio.current_time()
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, ReplyReceived):
+                waiter = session.pending.pop(event.tag, None)
+                session.window_freed.set()
+                session.window_freed = trio.Event()
+                if waiter is not None:
+                    waiter.reply = event
+                    waiter.done.set()
+            elif isinstance(event, CommandReceived):
+                await self._command(session, event, nursery)
+            elif isinstance(event, UntaggedReceived):
+                await self._untagged(session, event.data)
+
+    # -- topology, gossip, root --
+
+    def _topology_changed(self) -> None:
+        for name in list(self.sessions):
+            self.routing.link_up(name)
+        for name in self.routing.links - set(self.sessions):
+            self.routing.link_down(name)
+        self._broadcast_routes()
+        self._view()
+
+    def _view(self) -> None:
+        reachable = self.routing.reachable()
+        self._act(self.election.view_changed(reachable))
+        if self.directory is not None:
+            for node in set(self.order) - reachable:
+                self.directory.forget_node(node)
+        for wid in self.acks.unreachable(frozenset(self.sessions) | {self.name}):
+            self._failed_waits.add(wid)
+            event = self._ack_waits.pop(wid, None)
+            if event is not None:
+                event.set()
+        self._view_changed.set()
+        self._view_changed = trio.Event()
+
+    def _broadcast_routes(self) -> None:
+        for name, session in list(self.sessions.items()):
+            vector = self.routing.vector_for(name)
+            routes = tuple(c.Route(n, min(h, 255)) for n, h in sorted(vector.items()))
+            self._spawn(self._send_untagged(session, c.Routes(routes)))
+
+    def _send_gossip(self, session: PeerSession) -> None:
+        claim = self.election.gossip()
+        if claim is not None:
+            self._spawn(self._send_untagged(session, c.Epoch(claim.epoch, claim.root)))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        assert self._nursery is not None
+
+        async def run() -> None:
+            try:
+                await coro
+            except (ReplicadError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log_event(log, logging.DEBUG, "send-failed", reason=str(exc))
+
+        self._nursery.start_soon(run)
+
+    async def _send_untagged(self, session: PeerSession, data: c.Untagged) -> None:
+        if session.closed:
+            return
+        session.link.queue(lambda conn: conn.send_untagged(data))
+        await session.link.flush()
+
+    def _act(self, actions: list[Action]) -> None:
+        before = self.election.gossip()
+        for action in actions:
+            if isinstance(action, FlushMasters):
+                self.cache.flush(action.epoch)
+                claim = self.election.claim
+                self.directory = (
+                    MasterDirectory(action.epoch)
+                    if claim is not None and claim.root == self.name
+                    else None
+                )
+                self._save_epoch()
+                log_event(log, logging.INFO, "masters-flushed", epoch=action.epoch)
+            elif isinstance(action, AnnounceRoot):
+                log_event(log, logging.INFO, "root-announce", epoch=action.epoch)
+                for name in {self.routing.next_hop(n) for n in action.to} - {None}:
+                    assert name is not None
+                    session = self.sessions.get(name)
+                    if session is not None:
+                        self._spawn(self._announce(session, action.epoch))
+            elif isinstance(action, AckRoot):
+                pass  # answered as the OK of the ROOT command (see _root_command)
+        after = self.election.gossip()
+        if after != before and after is not None:
+            for session in list(self.sessions.values()):
+                self._spawn(self._send_untagged(session, c.Epoch(after.epoch, after.root)))
+
+    async def _announce(self, session: PeerSession, epoch: int) -> None:
+        try:
+            await session.request(c.Root(epoch, self.name), timeout=self.settings.dead_after * 2)
+        except ReplicadError as exc:
+            log_event(log, logging.INFO, "root-ack-failed", peer=session.peer, reason=str(exc))
+            return
+        # The neighbour answered for itself and every node it floods to.
+        behind = {n for n in self.routing.reachable() if self.routing.next_hop(n) == session.peer}
+        for node in behind | {session.peer}:
+            self._act(self.election.root_acked(node, epoch))
+        if self.election.is_root:
+            log_event(log, logging.INFO, "root-ready", epoch=epoch)
+            self._view_changed.set()
+            self._view_changed = trio.Event()
+
+    async def _root_command(self, session: PeerSession, tag: str, cmd: c.Root) -> None:
+        if cmd.epoch < self.election.epoch:
+            await self._reply_no(session, tag, "CONFLICT", f"epoch {cmd.epoch} is stale")
+            return
+        first = (cmd.root, cmd.epoch) not in self._root_done
+        self._root_done.add((cmd.root, cmd.epoch))
+        self._act(self.election.root_announced(cmd.root, cmd.epoch))
+        if first:
+            # Flood to our other neighbours and answer once they did (tree ack).
+            async with trio.open_nursery() as nursery:
+                for name, other in list(self.sessions.items()):
+                    if name not in (session.peer, cmd.root):
+                        nursery.start_soon(self._forward_root, other, cmd)
+        await self._reply_ok(session, tag)
+        self._view_changed.set()
+        self._view_changed = trio.Event()
+
+    async def _forward_root(self, session: PeerSession, cmd: c.Root) -> None:
+        with contextlib.suppress(ReplicadError):
+            await session.request(cmd, timeout=self.settings.dead_after * 2)
+
+    # -- masters --
+
+    async def master_of(self, key: MasterKey, deadline: float) -> str:
+        """The node mastering ``key``, asking the root if needed (waits for a root)."""
+        while True:
+            node = self.cache.get(key)
+            if node is not None and (node == self.name or node in self.routing.reachable()):
+                return node
+            if node is not None:
+                self.cache.drop(key)
+            root = self.election.root
+            try:
+                if root == self.name and self.directory is not None:
+                    assignment = self.directory.lookup(key, self.name, self.routing.reachable())
+                    self.cache.learn(assignment)
+                    return assignment.node
+                if root is not None:
+                    hop = self.routing.next_hop(root)
+                    session = self.sessions.get(hop) if hop else None
+                    if session is not None:
+                        ok = await session.request(
+                            c.Master(key.user, key.mailbox), timeout=deadline - trio.current_time()
+                        )
+                        assert isinstance(ok, c.MasterOk)
+                        self.cache.learn(Assignment(key, ok.node, ok.epoch))
+                        if self.cache.get(key) == ok.node:
+                            return ok.node
+            except TemporaryError:
+                pass
+            if trio.current_time() >= deadline:
+                raise TemporaryError(
+                    f"no master for {key} yet (root {root or 'not elected'}); retry"
+                )
+            with trio.move_on_at(min(deadline, trio.current_time() + 0.2)):
+                await self._view_changed.wait()
+
+    async def _master_command(self, session: PeerSession, tag: str, cmd: c.Master) -> None:
+        key = MasterKey(cmd.user, cmd.mailbox)
+        root = self.election.root
+        try:
+            if root == self.name and self.directory is not None:
+                a = self.directory.lookup(key, session.peer, self.routing.reachable())
+                await self._reply_ok(session, tag, c.MasterOk(a.node, a.epoch))
+                return
+            if root is None:
+                raise TemporaryError("root not ready")
+            hop = self.routing.next_hop(root)
+            nxt = self.sessions.get(hop) if hop else None
+            if nxt is None:
+                raise UnreachableError(f"no link towards the root {root}")
+            ok = await nxt.request(cmd)
+            await self._reply_ok(session, tag, ok)
+        except ReplicadError as exc:
+            await self._reply_no(session, tag, no_code(exc), str(exc))
+
+    # -- writes --
+
+    async def execute(self, op: WriteOp) -> Any:
+        """Run a client write at its master (here or forwarded); the master's answer."""
+        deadline = trio.current_time() + WRITE_DEADLINE
+        key = master_key(self.settings.granularity, op.user, key_mailbox(op))
+        while True:
+            master = await self.master_of(key, deadline)
+            if master == self.name:
+                return await self._execute_here(op)
+            hop = self.routing.next_hop(master)
+            session = self.sessions.get(hop) if hop else None
+            if session is None:
+                self.cache.drop(key)
+                if trio.current_time() >= deadline:
+                    raise TemporaryError(f"master {master} of {key} is unreachable")
+                await trio.sleep(0.1)
+                continue
+            self.stats["forwarded"] += 1
+            try:
+                return await self._forward(session, op, deadline)
+            except UnreachableError:
+                self.cache.drop(key)
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
+
+    async def _forward(self, session: PeerSession, op: WriteOp, deadline: float) -> Any:
+        timeout = max(0.1, deadline - trio.current_time())
+
+        async def mbox(name: str) -> int:
+            status = await self._local_status(op.user, name)
+            if status is None:
+                guid, uidv, uidnext, count, hms = NAME_ONLY_GUID, 1, 1, 0, 0
+            else:
+                guid, uidv = status.guid, status.uidvalidity
+                uidnext, count, hms = status.uidnext, status.messages, status.highestmodseq
+            mid, new = session.mbox_id(op.user, name, guid)
+            if new:
+                # Queued, not awaited: frames are processed in order, so the id
+                # is bound before the command that follows (verbs.md MBOX).
+                await self._send_mbox(
+                    session, c.Mbox(mid, op.user, name, guid, uidv, uidnext, count, hms)
+                )
+            return mid
+
+        if isinstance(op, SaveOp):
+            mid = await mbox(op.mailbox)
+            return await session.request(
+                c.Save(mid, op.internaldate, op.guid, op.flags, op.body), timeout=timeout
+            )
+        if isinstance(op, CopyOp):
+            src = await mbox(op.source)
+            dst = await mbox(op.dest)
+            return await session.request(c.Copy(src, dst, op.uids), timeout=timeout)
+        if isinstance(op, ExpungeOp):
+            mid = await mbox(op.mailbox)
+            return await session.request(c.Expunge(mid, op.uids), timeout=timeout)
+        if isinstance(op, StoreOp):
+            mid = await mbox(op.mailbox)
+            return await session.request(
+                c.Store(mid, op.uids, op.add, op.remove, op.unchangedsince), timeout=timeout
+            )
+        if isinstance(op, CreateOp):
+            return await session.request(c.CreateMailbox(op.user, op.name), timeout=timeout)
+        if isinstance(op, RenameOp):
+            return await session.request(c.RenameMailbox(op.user, op.old, op.new), timeout=timeout)
+        return await session.request(c.DeleteMailbox(op.user, op.name), timeout=timeout)
+
+    async def _local_status(self, user: str, name: str) -> Any:
+        try:
+            return await self.store.mailbox_status(user, name)
+        except ReplicadError:
+            return None
+
+    async def _execute_here(self, op: WriteOp) -> Any:
+        """Apply ``op`` as master: one logged transaction, then the durability wait (I1)."""
+        level = self.settings.durability
+        direct = frozenset(self.sessions) | {self.name}
+        level.check_reachable(len(direct))
+        store = self.store
+        result: Any
+        if isinstance(op, SaveOp):
+            [appended] = await store.append_many(
+                op.user,
+                op.mailbox,
+                [_append_request(op)],
+            )
+            result = appended
+            self.stats["saves"] += 1
+        elif isinstance(op, CopyOp):
+            result = await store.copy(op.user, op.source, op.uids, op.dest)
+        elif isinstance(op, ExpungeOp):
+            result = await store.expunge(op.user, op.mailbox, op.uids)
+        elif isinstance(op, StoreOp):
+            result = await _store_deltas(store, op)
+        elif isinstance(op, CreateOp):
+            result = await store.create_mailbox(op.user, op.name)
+        elif isinstance(op, RenameOp):
+            result = await store.rename_mailbox(op.user, op.old, op.new)
+        else:
+            result = await store.delete_mailbox(op.user, op.name)
+        seq = await store.log_head()
+        self.log_changed()
+        if level.copies > 1:
+            await self._wait_copies(seq, level)
+        return result
+
+    def log_changed(self) -> None:
+        """New entries are in the log: wake every peer's pump."""
+        self._log_changed.set()
+        self._log_changed = trio.Event()
+
+    async def _wait_copies(self, seq: int, level: DurabilityLevel) -> None:
+        wid = self.acks.wait_for(seq, level.copies, frozenset({self.name}))
+        if wid is None:
+            return
+        event = self._ack_waits[wid] = trio.Event()
+        with trio.move_on_after(WRITE_DEADLINE) as scope:
+            await event.wait()
+        if scope.cancelled_caught:
+            self.acks.cancel(wid)
+            self._ack_waits.pop(wid, None)
+        if scope.cancelled_caught or wid in self._failed_waits:
+            self._failed_waits.discard(wid)
+            raise DurabilityError(
+                f"durability {level.name}: the change is on disk here but fewer than "
+                f"{level.copies} nodes confirmed it; retry"
+            )
+
+    # -- serving commands from peers --
+
+    async def _command(
+        self, session: PeerSession, event: CommandReceived, nursery: trio.Nursery
+    ) -> None:
+        cmd, tag = event.command, event.tag
+        if isinstance(cmd, c.Ping):
+            await self._reply_ok(session, tag)
+        elif isinstance(cmd, c.Mbox):
+            # Bound synchronously: the frames that follow use the id at once.
+            session.in_ids[cmd.id] = MboxBinding(cmd.user, cmd.name, cmd.guid)
+            await self._reply_ok(session, tag)
+        elif isinstance(cmd, c.Root):
+            nursery.start_soon(self._root_command, session, tag, cmd)
+        elif isinstance(cmd, c.Master):
+            nursery.start_soon(self._master_command, session, tag, cmd)
+        else:
+            try:
+                op = self._op_from(session, cmd)
+            except ReplicadError as exc:
+                await self._reply_no(session, tag, no_code(exc), str(exc))
+                return
+            if op is None:
+                await self._reply_no(session, tag, "UNSUPPORTED", f"{cmd.VERB} is not served yet")
+                return
+            nursery.start_soon(self._serve_write, session, tag, op)
+
+    def _op_from(self, session: PeerSession, cmd: c.Command) -> WriteOp | None:
+        def name(mid: int) -> str:
+            binding = session.in_ids.get(mid)
+            if binding is None:
+                raise BadInputError(f"mailbox id {mid} is not bound")
+            return binding.name
+
+        def user(mid: int) -> str:
+            return session.in_ids[mid].user
+
+        if isinstance(cmd, c.Save):
+            return SaveOp(
+                user(cmd.mbox), name(cmd.mbox), cmd.guid, cmd.internaldate, cmd.flags, cmd.body
+            )
+        if isinstance(cmd, c.Copy):
+            return CopyOp(user(cmd.source), name(cmd.source), name(cmd.dest), cmd.uids)
+        if isinstance(cmd, c.Expunge):
+            return ExpungeOp(user(cmd.mbox), name(cmd.mbox), cmd.uids)
+        if isinstance(cmd, c.Store):
+            return StoreOp(
+                user(cmd.mbox), name(cmd.mbox), cmd.uids, cmd.add, cmd.remove, cmd.unchangedsince
+            )
+        if isinstance(cmd, c.CreateMailbox):
+            return CreateOp(cmd.user, cmd.name)
+        if isinstance(cmd, c.RenameMailbox):
+            return RenameOp(cmd.user, cmd.old_name, cmd.new_name)
+        if isinstance(cmd, c.DeleteMailbox):
+            return DeleteOp(cmd.user, cmd.name)
+        return None
+
+    async def _serve_write(self, session: PeerSession, tag: str, op: WriteOp) -> None:
+        try:
+            result = await self.execute(op)
+        except ReplicadError as exc:
+            await self._reply_no(session, tag, no_code(exc), str(exc))
+            return
+        await self._reply_ok(session, tag, self._ok_payload(op, result))
+
+    def _ok_payload(self, op: WriteOp, result: Any) -> c.Record:
+        if isinstance(result, c.Record):
+            return result  # a forwarded reply, relayed as it came
+        if isinstance(result, MessageAppended):
+            return c.SaveOk(result.uid, result.modseq, self.name)
+        if isinstance(result, MessagesCopied):
+            modseq = max((a.modseq for a in result.appended), default=0)
+            return c.CopyOk(
+                UidSet.of(result.source_uids), UidSet.of(a.uid for a in result.appended), modseq
+            )
+        if isinstance(result, MessagesExpunged):
+            uids = [uid for uid, _ in result.expunged]
+            return c.ExpungeOk(UidSet.of(uids) if uids else None, result.modseq)
+        if isinstance(result, FlagsChanged):
+            rejected = UidSet.of(result.rejected) if result.rejected else None
+            return c.StoreOk(result.modseq, rejected)
+        if isinstance(result, MailboxCreated):
+            return c.MailboxOk(result.mailbox, result.uidvalidity)
+        if isinstance(result, (MailboxRenamed, MailboxDeleted)):
+            return c.MailboxOk(result.mailbox, 1)
+        raise TypeError(f"unexpected write result {result!r}")
+
+    async def _reply_ok(
+        self, session: PeerSession, tag: str, payload: c.Record | None = None
+    ) -> None:
+        if session.closed:
+            return
+        session.link.queue(lambda conn: conn.send_ok(tag, payload))
+        await session.link.flush()
+
+    async def _reply_no(self, session: PeerSession, tag: str, code: str, text: str) -> None:
+        if session.closed:
+            return
+        session.link.queue(lambda conn: conn.send_no(tag, code, text[:900]))
+        await session.link.flush()
+
+    # -- change streams --
+
+    async def _pump(self, session: PeerSession) -> None:
+        """Stream our log to the peer from its acknowledgement (I1 resume, I8 one frame)."""
+        outbox = session.outbox
+        while True:
+            changed = self._log_changed
+            cursor = await self.store.log_cursor(session.peer)
+            if cursor > outbox.acked:
+                outbox.on_resync_jump(cursor)  # the log dropped this peer's backlog
+            head = await self.store.log_head()
+            rng = outbox.next_range(head)
+            if rng is None:
+                with trio.move_on_after(1.0):
+                    await changed.wait()
+                continue
+            entries = await self.store.outbox(rng.after, rng.limit)
+            if not entries:
+                outbox.on_sent(head)
+                continue
+            for seq, change in entries:
+                await self._send_change(session, seq, change)
+                self.stats["changes_sent"] += 1
+            await session.link.flush()
+            outbox.on_sent(entries[-1][0])
+
+    async def _send_change(self, session: PeerSession, seq: int, change: Any) -> None:
+        ids: dict[bytes, int] = {}
+        for guid in mailboxes_of(change):
+            status = await self.store.mailbox_by_guid(guid)
+            if status is None:
+                return  # deleted since; the DELETE that follows tells the peer
+            mid, new = session.mbox_id(status.user, status.name, status.guid)
+            if new:
+                mbox = c.Mbox(
+                    mid,
+                    status.user,
+                    status.name,
+                    status.guid,
+                    status.uidvalidity,
+                    status.uidnext,
+                    status.messages,
+                    status.highestmodseq,
+                )
+                await self._send_mbox(session, mbox)
+            ids[guid] = mid
+        body = None
+        if isinstance(change, MessageAppended):
+            try:
+                body = await self.store.read_blob(change.body_hash)
+            except ReplicadError:
+                body = None
+        frame = to_wire(seq, change, ids, body)
+        session.link.queue(lambda conn: conn.send_untagged(frame))
+
+    async def _send_mbox(self, session: PeerSession, mbox: c.Mbox) -> None:
+        """Queue an MBOX binding; its reply is consumed, never awaited."""
+        while not session.link.connection.can_send(mbox):
+            if session.closed:
+                raise UnreachableError(f"link to {session.peer} closed")
+            await session.link.flush()
+            await session.window_freed.wait()
+        tag = session.link.queue(lambda conn: conn.send_command(mbox))
+        session.pending[tag] = _Pending()
+
+    async def _untagged(self, session: PeerSession, data: c.Untagged) -> None:
+        if isinstance(data, c.Change):
+            await self._apply(session, data)
+        elif isinstance(data, c.Ack):
+            await self._acked(session, data.seq)
+        elif isinstance(data, c.Routes):
+            vector = {r.node: r.hops for r in data.routes}
+            if self.routing.receive_vector(session.peer, vector):
+                self._broadcast_routes()
+                self._view()
+        elif isinstance(data, c.Epoch):
+            self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
+
+    async def _apply(self, session: PeerSession, frame: c.Change) -> None:
+        try:
+            guids: dict[int, bytes] | None = None
+            if isinstance(frame, c.ExpungeChange):
+                box = session.in_ids[frame.mbox]
+                guids = await self.store.message_guids(box.guid, frame.uids)
+            change, bodies = from_wire(frame, session.in_ids, guids)
+            result = await self.store.apply_replicated(change, session.peer, bodies)
+            if result.outcome.value == "diverged":
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "change-diverged",
+                    peer=session.peer,
+                    seq=frame.seq,
+                    detail=result.detail,
+                )
+        except MissingBodyError as exc:
+            log_event(
+                log, logging.WARNING, "change-missing-body", peer=session.peer, reason=str(exc)
+            )
+        except KeyError as exc:
+            raise ProtocolError(f"change {frame.seq} names an unbound mailbox id {exc}") from None
+        self.stats["changes_applied"] += 1
+        session.applied_seq = frame.seq
+        # Cumulative ACK, batched: one per burst of changes read together.
+        if not session.link.has_pending_events:
+            session.acked_seq = frame.seq
+            await self._send_untagged(session, c.Ack(frame.seq))
+
+    async def _acked(self, session: PeerSession, seq: int) -> None:
+        if session.outbox.on_ack(seq):
+            await self.store.ack(session.peer, seq)
+            for wid in self.acks.acked(session.peer, seq):
+                event = self._ack_waits.pop(wid, None)
+                if event is not None:
+                    event.set()
+            self._log_changed.set()
+            self._log_changed = trio.Event()
+
+    # -- status --
+
+    async def status(self) -> dict[str, Any]:
+        """Membership, root and per-peer replication state (admin ``cluster_status``)."""
+        claim = self.election.claim
+        reachable = self.routing.reachable()
+        head = await self.store.log_head()
+        peers = []
+        for name in sorted(self.peers):
+            session = self.sessions.get(name)
+            route = self.routing.route(name)
+            cursor = await self.store.log_cursor(name)
+            peers.append(
+                {
+                    "name": name,
+                    "link": "up" if session else "down",
+                    "reachable": name in reachable,
+                    "via": route.next_hop if route else None,
+                    "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
+                    "outbox": max(0, head - cursor),
+                }
+            )
+        return {
+            "node": self.name,
+            "root": self.election.root,
+            "epoch": claim.epoch if claim else 0,
+            "phase": self.election.phase.value,
+            "masters": len(self.cache.keys_mastered_by(self.name)),
+            "peers": peers,
+            "stats": dict(self.stats),
+        }
+
+
+def _append_request(op: SaveOp) -> AppendRequest:
+    return AppendRequest(op.body, op.flags, op.internaldate or None, op.guid)
+
+
+async def _store_deltas(store: MailStore, op: StoreOp) -> FlagsChanged:
+    """Apply +add and -remove as the master (I5: deltas); one or two transactions."""
+    mode: FlagMode
+    if op.add and op.remove:
+        first = await store.store_flags(
+            op.user, op.mailbox, op.uids, "add", op.add, unchangedsince=op.unchangedsince
+        )
+        second = await store.store_flags(op.user, op.mailbox, op.uids, "remove", op.remove)
+        return FlagsChanged(
+            op.user,
+            second.mailbox,
+            tuple(sorted(set(first.uids) | set(second.uids))),
+            op.add,
+            op.remove,
+            max(first.modseq, second.modseq),
+            first.rejected,
+        )
+    mode = "add" if op.add else "remove"
+    return await store.store_flags(
+        op.user, op.mailbox, op.uids, mode, op.add or op.remove, unchangedsince=op.unchangedsince
+    )

@@ -1,0 +1,182 @@
+"""Client writes in a cluster: the store's write API, executed at the mailbox master.
+
+:class:`ClusterWrites` has the same write methods as
+:class:`~replicad.store.mailstore.MailStore`, so the admin dispatcher runs
+unchanged on a single node and in a cluster.  Each call becomes a
+:data:`~replicad.cluster.runtime.WriteOp` executed by the master
+(:meth:`ClusterNode.execute`); a reply relayed from another node is turned
+back into the store record the dispatcher expects (fields the master does
+not send back, such as the body hash of a copy, are left empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import trio
+
+from replicad.cluster.masters import master_key
+from replicad.cluster.runtime import (
+    WRITE_DEADLINE,
+    ClusterNode,
+    CopyOp,
+    CreateOp,
+    DeleteOp,
+    ExpungeOp,
+    RenameOp,
+    SaveOp,
+    StoreOp,
+)
+from replicad.flags import sorted_flags
+from replicad.protocol import commands as c
+from replicad.store.index import AppendRequest, FlagMode
+from replicad.store.records import (
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MessageAppended,
+    MessagesCopied,
+    MessagesExpunged,
+)
+from replicad.uidset import UidSet
+
+
+class ClusterWrites:
+    """The write half of the store API, routed through the cluster."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def append(
+        self,
+        user: str,
+        mailbox: str,
+        body: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internaldate: int | None = None,
+        guid: bytes | None = None,
+    ) -> MessageAppended:
+        op = SaveOp(
+            user,
+            mailbox,
+            guid or uuid.uuid4().bytes,
+            internaldate if internaldate is not None else int(time.time()),
+            tuple(sorted_flags(flags)),
+            body,
+        )
+        result = await self.node.execute(op)
+        if isinstance(result, MessageAppended):
+            return result
+        assert isinstance(result, c.SaveOk)
+        return MessageAppended(
+            user,
+            b"",
+            result.uid,
+            op.guid,
+            result.modseq,
+            op.flags,
+            op.internaldate,
+            len(body),
+            hashlib.sha256(body).digest(),
+        )
+
+    async def append_many(
+        self, user: str, mailbox: str, items: Sequence[AppendRequest]
+    ) -> list[MessageAppended]:
+        """A batch in one transaction when this node masters the mailbox, else one by one."""
+        key = master_key(self.node.settings.granularity, user, mailbox)
+        master = await self.node.master_of(key, trio.current_time() + WRITE_DEADLINE)
+        if master == self.node.name:
+            appended = await self.node.store.append_many(user, mailbox, items)
+            self.node.log_changed()
+            return appended
+        return [
+            await self.append(
+                user, mailbox, i.body, flags=i.flags, internaldate=i.internaldate, guid=i.guid
+            )
+            for i in items
+        ]
+
+    async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
+        result = await self.node.execute(CopyOp(user, source, dest, uids))
+        if isinstance(result, MessagesCopied):
+            return result
+        assert isinstance(result, c.CopyOk)
+        appended = tuple(
+            MessageAppended(user, b"", uid, b"", result.modseq, (), 0, 0, b"")
+            for uid in result.dest
+        )
+        return MessagesCopied(user, b"", tuple(result.source), appended)
+
+    async def store_flags(
+        self,
+        user: str,
+        mailbox: str,
+        uids: UidSet,
+        mode: FlagMode,
+        flags: Iterable[str],
+        *,
+        unchangedsince: int | None = None,
+    ) -> FlagsChanged:
+        wanted = tuple(sorted_flags(flags))
+        add: tuple[str, ...]
+        remove: tuple[str, ...]
+        if mode == "add":
+            add, remove = wanted, ()
+        elif mode == "remove":
+            add, remove = (), wanted
+        else:
+            # Replace becomes deltas (I5): add the new flags, remove the ones the
+            # messages carry now.  "Now" is this node's view; a flag set
+            # concurrently elsewhere survives, which is what deltas promise.
+            current: set[str] = set()
+            for info in await self.node.store.fetch(user, mailbox, uids):
+                current.update(info.flags)
+            add, remove = wanted, tuple(sorted_flags(current - set(wanted)))
+        if not add and not remove:
+            status = await self.node.store.mailbox_status(user, mailbox)
+            return FlagsChanged(user, status.guid, (), (), (), status.highestmodseq)
+        result = await self.node.execute(StoreOp(user, mailbox, uids, add, remove, unchangedsince))
+        if isinstance(result, FlagsChanged):
+            return result
+        assert isinstance(result, c.StoreOk)
+        rejected = tuple(result.rejected) if result.rejected else ()
+        return FlagsChanged(user, b"", (), add, remove, result.modseq, rejected)
+
+    async def expunge(self, user: str, mailbox: str, uids: UidSet) -> MessagesExpunged:
+        result = await self.node.execute(ExpungeOp(user, mailbox, uids))
+        if isinstance(result, MessagesExpunged):
+            return result
+        assert isinstance(result, c.ExpungeOk)
+        gone = tuple((uid, b"") for uid in (result.expunged or ()))
+        return MessagesExpunged(user, b"", gone, result.modseq)
+
+    async def create_mailbox(self, user: str, name: str) -> MailboxCreated:
+        result = await self.node.execute(CreateOp(user, name))
+        if isinstance(result, MailboxCreated):
+            return result
+        assert isinstance(result, c.MailboxOk)
+        return MailboxCreated(user, name, result.guid, result.uidvalidity)
+
+    async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted:
+        result = await self.node.execute(DeleteOp(user, name))
+        if isinstance(result, MailboxDeleted):
+            return result
+        assert isinstance(result, c.MailboxOk)
+        return MailboxDeleted(user, result.guid, name)
+
+    async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed:
+        result = await self.node.execute(RenameOp(user, old, new))
+        if isinstance(result, MailboxRenamed):
+            return result
+        assert isinstance(result, c.MailboxOk)
+        return MailboxRenamed(user, result.guid, old, new)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.node.status()
