@@ -24,7 +24,11 @@ from replicad.errors import ExitCode, ReplicadError, UsageError
 
 # Subcommands written as separate modules with the one-argument register():
 # command name -> module.
-EXTERNAL_COMMANDS = {"pki": "replicad.cli.pki_cmd", "debug": "replicad.cli.debug_cmd"}
+EXTERNAL_COMMANDS = {
+    "pki": "replicad.cli.pki_cmd",
+    "debug": "replicad.cli.debug_cmd",
+    "cluster": "replicad.cli.cluster_cmd",
+}
 
 
 class _Parser(argparse.ArgumentParser):

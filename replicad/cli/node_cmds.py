@@ -45,6 +45,29 @@ max_message_size = "64MiB"
 # address = "10.0.0.2:{port}"
 """
 
+# Where the commented "how to join a cluster" hint starts in CONFIG_TEMPLATE.
+_JOIN_HINT = "# To join a cluster"
+
+
+def node_config_text(
+    name: str, port: int, *, cluster_sections: str | None = None, written_by: str = "replicad init"
+) -> str:
+    """The config text `replicad init` writes for node ``name`` listening on ``port``.
+
+    With ``cluster_sections`` (real ``[tls]`` and ``[[peers]]`` TOML), the
+    template's commented hint on joining a cluster is replaced by them, so
+    other commands (``replicad cluster up``) lay a node out exactly as
+    ``init`` does. ``written_by`` names the command in the header comment.
+    The text is not validated here; callers run it through ``parse_config``.
+    """
+    text = CONFIG_TEMPLATE.format(name=name, port=port)
+    text = text.replace("written by `replicad init`", f"written by `{written_by}`", 1)
+    if cluster_sections is not None:
+        head, found, _hint = text.partition(_JOIN_HINT)
+        assert found, "CONFIG_TEMPLATE lost its cluster hint"
+        text = head + cluster_sections
+    return text
+
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     init = subparsers.add_parser(

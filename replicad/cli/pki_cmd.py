@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _emit(args: argparse.Namespace, fields: dict[str, str]) -> None:
-    formatter = getattr(args, "formatter", None) or "table"
+    formatter = getattr(args, "format", None) or "table"
     if formatter == "json":
         print(json.dumps(fields))
     elif formatter == "tab":

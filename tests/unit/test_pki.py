@@ -172,7 +172,7 @@ def test_mismatched_cluster_file_is_detected(ca_dir: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replicad")
-    parser.add_argument("-f", dest="formatter", default="table")
+    parser.add_argument("-f", dest="format", default="table")
     pki_cmd.register(parser.add_subparsers(dest="command", required=True))
     return parser
 

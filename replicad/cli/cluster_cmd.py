@@ -1,0 +1,735 @@
+"""``replicad cluster up | down | status``: a local development cluster (DESIGN §9).
+
+Layout of a cluster directory ``DIR`` (each node exactly as ``replicad init``
+lays one out, plus its TLS files, so a node directory could be moved to
+another machine as it is)::
+
+    DIR/pki/            the cluster CA (cluster ``dev``) and every node's key and cert
+    DIR/nK/replicad.toml
+    DIR/nK/ca.pem, nK.pem, nK.key (0600)   the node's copies: a node never sees the CA key
+    DIR/nK/data/        data directory, with the pid lock ``replicad.pid``
+    DIR/nK/admin.sock   admin socket
+    DIR/nK/replicad.log the node's stdout and stderr, appended across restarts
+
+Contract:
+
+* ``up -n N DIR [--base-port P]`` makes the CA, certificates and configs if
+  DIR holds no cluster yet (N in 1..10, default 3; node nK listens on
+  127.0.0.1:P+K-1, or on free ports picked by the kernel), then starts every
+  stopped node as a detached ``replicad serve`` and waits until each answers
+  ``ping`` on its admin socket.  An existing cluster is never regenerated:
+  its stopped nodes are restarted with their data.  Exit 65 if every node is
+  already running, or N or P contradict the existing configs; exit 69 (with
+  the tail of the node's log) if a node does not answer within 30 s, in which
+  case the nodes this invocation started are stopped again.
+* ``down DIR`` sends SIGTERM to each running node, SIGKILL after 15 s; exit 0
+  even if nothing was running, 68 if DIR holds no cluster.
+* ``status DIR`` lists each node: state, pid, port, and, where the node
+  supports the ``cluster_status`` admin op, root, epoch and peer links.
+  Exit 68 if DIR holds no cluster.
+
+A node is "running" when the pid in its lock file (``DATA_DIR/replicad.pid``)
+is a live ``replicad serve`` process of *this* node's config: a pid file
+left by a killed node may name a pid the kernel has since given to another
+process, which must never be signalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from replicad import pki
+from replicad.admin.client import AdminClient
+from replicad.cli.node_cmds import CONFIG_NAME, node_config_text
+from replicad.cli.output import FORMATS, render_rows
+from replicad.config import NodeConfig, load_config, parse_config
+from replicad.errors import (
+    BadInputError,
+    NotFoundError,
+    ReplicadError,
+    TemporaryError,
+    UnreachableError,
+    UsageError,
+)
+
+CLUSTER_NAME = "dev"
+PKI_DIR = "pki"
+LOG_NAME = "replicad.log"
+MIN_NODES = 1
+MAX_NODES = 10
+DEFAULT_NODES = 3
+LISTEN_ADDRESS = "127.0.0.1"
+# How long `up` waits for every node to answer, and `down` for each to exit
+# after SIGTERM; the node's own shutdown grace (node.SHUTDOWN_GRACE) is 10 s.
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+KILL_TIMEOUT = 5.0
+POLL_INTERVAL = 0.05
+# An admin call in `status` must not hang on a wedged node.
+STATUS_CALL_TIMEOUT = 3.0
+LOG_TAIL_LINES = 20
+
+_NODE_DIR = re.compile(r"n([1-9][0-9]*)")
+
+UP_FIELDS = ["node", "state", "pid", "port", "config"]
+DOWN_FIELDS = ["node", "pid", "result"]
+STATUS_FIELDS = ["node", "state", "pid", "port", "root", "epoch", "peers"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``cluster up``, ``cluster down`` and ``cluster status`` to ``replicad``."""
+    # `-f` after the action as well as before `cluster` (the global option);
+    # SUPPRESS keeps a value given before the subcommand from being reset.
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        default=argparse.SUPPRESS,
+        metavar="FORMATTER",
+        help="output format: table (default), json, tab",
+    )
+    parser = subparsers.add_parser(
+        "cluster",
+        help="a local development cluster (configs, certs, processes)",
+        description="Run a local development cluster: nodes n1..nN in DIR/nK/, "
+        "each laid out as `replicad init` does, with a cluster CA in DIR/pki.",
+    )
+    actions = parser.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
+
+    up = actions.add_parser(
+        "up",
+        parents=[fmt],
+        help="create (if needed) and start a local cluster",
+        description="Create a local cluster in DIR if it holds none (CA, certificates, "
+        "configs), then start every stopped node and wait until each answers. "
+        "An existing cluster is restarted as it is, data kept.",
+    )
+    up.add_argument(
+        "-n",
+        "--nodes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"number of nodes, {MIN_NODES}..{MAX_NODES} (default {DEFAULT_NODES}, "
+        "or the size of the cluster already in DIR)",
+    )
+    up.add_argument("directory", metavar="DIR", type=Path)
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="node nK listens on 127.0.0.1:P+K-1 (default: free ports)",
+    )
+    up.set_defaults(handler=cmd_up)
+
+    down = actions.add_parser(
+        "down",
+        parents=[fmt],
+        help="stop every node of a local cluster",
+        description=f"SIGTERM every running node of DIR, SIGKILL after {STOP_TIMEOUT:g}s.",
+    )
+    down.add_argument("directory", metavar="DIR", type=Path)
+    down.set_defaults(handler=cmd_down)
+
+    status = actions.add_parser(
+        "status",
+        parents=[fmt],
+        help="state of each node of a local cluster",
+        description="One row per node: state, pid, port and, when the node reports it, "
+        "root, epoch and peer links.",
+    )
+    status.add_argument("directory", metavar="DIR", type=Path)
+    status.set_defaults(handler=cmd_status)
+
+
+# --- the cluster directory ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """Node nK of a cluster directory: where its files are, and its config once valid."""
+
+    name: str
+    directory: Path
+    config: NodeConfig
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / LOG_NAME
+
+    @property
+    def port(self) -> int:
+        return self.config.listen.port
+
+
+def node_names(count: int) -> list[str]:
+    return [f"n{k}" for k in range(1, count + 1)]
+
+
+def find_nodes(directory: Path) -> list[ClusterNode]:
+    """The nodes of the cluster in ``directory`` (empty if it holds none), configs validated.
+
+    A cluster is n1..nN with no gap: a gap means a node directory was removed
+    by hand, and guessing what the operator wanted could restart the wrong set.
+    """
+    numbers: list[int] = []
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            match = _NODE_DIR.fullmatch(entry.name)
+            if match and (entry / CONFIG_NAME).is_file():
+                numbers.append(int(match.group(1)))
+    numbers.sort()
+    if numbers != list(range(1, len(numbers) + 1)):
+        found = ", ".join(f"n{k}" for k in numbers)
+        raise BadInputError(
+            f"{directory} holds node configs for {found}, not n1..nN; fix or remove the directory"
+        )
+    return [
+        ClusterNode(name, directory / name, load_config(directory / name / CONFIG_NAME))
+        for name in node_names(len(numbers))
+    ]
+
+
+def require_cluster(directory: Path) -> list[ClusterNode]:
+    nodes = find_nodes(directory)
+    if not nodes:
+        raise NotFoundError(
+            f"no cluster in {directory} (no n1/{CONFIG_NAME}); "
+            f"create one with `replicad cluster up -n {DEFAULT_NODES} {directory}`"
+        )
+    return nodes
+
+
+# --- processes --------------------------------------------------------------------
+
+
+def read_pid(config: NodeConfig) -> int | None:
+    """The pid written in the node's lock file, or None (absent, empty after a clean stop)."""
+    try:
+        text = config.lock_path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdecimal() and int(text) > 0 else None
+
+
+def is_node_process(pid: int, config_path: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) ``replicad serve`` of ``config_path``.
+
+    A process started some other way (``$REPLICAD_CONFIG``, no ``-c``) is
+    accepted on ``replicad serve`` alone; with ``-c`` its config must be ours,
+    so a stale pid reused by a node of another cluster is left alone.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's process: not a node we started
+    proc = Path("/proc") / str(pid)
+    try:
+        # A zombie still answers kill(0) but has exited: its state is 'Z'.
+        stat_text = (proc / "stat").read_text(errors="replace")
+        if stat_text.rpartition(")")[2].split()[:1] == ["Z"]:
+            return False
+        argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return False
+    argv = [a for a in argv if a]
+    if "serve" not in argv or not any(Path(a).name == "replicad" for a in argv):
+        return False
+    given = _config_argument(argv)
+    if given is None:
+        return True
+    path = Path(given)
+    if not path.is_absolute():
+        try:
+            path = Path(os.readlink(proc / "cwd")) / path
+        except OSError:
+            return False
+    try:
+        return path.resolve() == config_path.resolve()
+    except OSError:
+        return False
+
+
+def _config_argument(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+        if arg.startswith("-c") and len(arg) > 2:
+            return arg[2:]
+    return None
+
+
+def running_pid(node: ClusterNode) -> int | None:
+    """The pid of the node's live process, or None if it is stopped."""
+    pid = read_pid(node.config)
+    if pid is not None and is_node_process(pid, node.config_path):
+        return pid
+    return None
+
+
+def start_node(node: ClusterNode) -> subprocess.Popen[bytes]:
+    """Start ``replicad serve`` for ``node``, detached, output appended to its log.
+
+    A new session: the node must outlive this command and not receive the
+    terminal's Ctrl-C meant for it.  stdin/stdout/stderr are never this
+    command's own, or a caller reading our output would wait for the nodes.
+    """
+    with node.log_path.open("ab") as log:
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "replicad", "serve", "-c", str(node.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=node.directory,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ReplicadError(f"cannot start node {node.name}: {exc}") from None
+
+
+def signal_node(pid: int, node: ClusterNode, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` if it still is ``node``'s process; False if it is gone.
+
+    Where the kernel supports it, the process is pinned with a pidfd before
+    the identity check, so the signal cannot reach a process that took over
+    the pid between the check and the kill.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pidfd = None  # no pidfd support: the check-then-kill window is microseconds
+    try:
+        if not is_node_process(pid, node.config_path):
+            return False
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signum)
+            else:
+                os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def stop_processes(targets: Sequence[tuple[ClusterNode, int]]) -> dict[str, str]:
+    """SIGTERM every (node, pid), SIGKILL those alive after :data:`STOP_TIMEOUT`.
+
+    All nodes are signalled first and waited for together, so stopping N
+    nodes takes one grace period, not N.  Returns node name -> what happened.
+    """
+    result: dict[str, str] = {}
+    waiting: list[tuple[ClusterNode, int]] = []
+    for node, pid in targets:
+        if signal_node(pid, node, signal.SIGTERM):
+            waiting.append((node, pid))
+        else:
+            result[node.name] = "already stopped"
+    for node, _pid in waiting:
+        result[node.name] = "stopped"
+    for node, pid in _wait_gone(waiting, STOP_TIMEOUT):
+        signal_node(pid, node, signal.SIGKILL)
+        result[node.name] = "killed"
+    waiting = [(n, p) for n, p in waiting if result[n.name] == "killed"]
+    for node, pid in _wait_gone(waiting, KILL_TIMEOUT):
+        result[node.name] = f"still running after SIGKILL (pid {pid})"
+    return result
+
+
+def _wait_gone(
+    targets: Sequence[tuple[ClusterNode, int]], timeout: float
+) -> list[tuple[ClusterNode, int]]:
+    deadline = time.monotonic() + timeout
+    alive = list(targets)
+    while alive:
+        alive = [(n, p) for n, p in alive if is_node_process(p, n.config_path)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_INTERVAL)
+    return alive
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``path`` written after byte ``offset``."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    text = data.decode(errors="replace").rstrip("\n")
+    if not text:
+        return "(the log is empty)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- creating a cluster --------------------------------------------------------------
+
+
+def pick_ports(count: int, base_port: int | None) -> list[int]:
+    """``base_port``..``base_port+count-1``, each checked free; else kernel-chosen free ports.
+
+    Kernel-chosen ports are held open together while picking, so they are
+    distinct; another program may still take one before the node binds it,
+    an accepted risk for a development cluster.
+    """
+    if base_port is not None:
+        ports = [base_port + i for i in range(count)]
+        for port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((LISTEN_ADDRESS, port))
+                except OSError as exc:
+                    raise BadInputError(
+                        f"port {port} on {LISTEN_ADDRESS} is not free ({exc.strerror}); "
+                        "choose another --base-port"
+                    ) from None
+        return ports
+    with contextlib.ExitStack() as stack:
+        picked: list[int] = []
+        for _ in range(count):
+            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((LISTEN_ADDRESS, 0))
+            picked.append(probe.getsockname()[1])
+        return picked
+
+
+def _cluster_sections(name: str, peers: Sequence[tuple[str, int]]) -> str:
+    lines = [
+        "# Mutual TLS with the cluster CA (I9); the files are copies from ../pki.",
+        "[tls]",
+        'ca = "ca.pem"',
+        f'cert = "{name}.pem"',
+        f'key = "{name}.key"',
+        f'cluster = "{CLUSTER_NAME}"',
+    ]
+    for peer, port in peers:
+        lines += ["", "[[peers]]", f'name = "{peer}"', f'address = "{LISTEN_ADDRESS}:{port}"']
+    return "\n".join(lines) + "\n"
+
+
+def node_text(name: str, ports: dict[str, int]) -> str:
+    """The config of node ``name`` in a cluster whose nodes listen on ``ports``."""
+    peers = [(peer, port) for peer, port in ports.items() if peer != name]
+    return node_config_text(
+        name,
+        ports[name],
+        cluster_sections=_cluster_sections(name, peers),
+        written_by="replicad cluster up",
+    )
+
+
+def create_cluster(directory: Path, count: int, base_port: int | None) -> list[ClusterNode]:
+    """Write the CA, certificates and configs of a new ``count``-node cluster in ``directory``.
+
+    Every config is validated before anything is written (a socket path too
+    long for a unix socket fails here, not at start-up), and anything this
+    call created is removed again if it fails half-way, so a failed ``up``
+    never leaves a directory that later looks like a cluster.
+    """
+    names = node_names(count)
+    leftovers = [p for p in [directory / PKI_DIR, *(directory / n for n in names)] if p.exists()]
+    if leftovers:
+        raise BadInputError(
+            f"{', '.join(map(str, leftovers))} already exist(s) but {directory} holds no "
+            "cluster config (an interrupted `cluster up`?); remove them or use another DIR"
+        )
+    ports = dict(zip(names, pick_ports(count, base_port), strict=True))
+    texts = {name: node_text(name, ports) for name in names}
+    for name, text in texts.items():
+        parse_config(text, directory / name / CONFIG_NAME)
+
+    created: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        pki_dir = directory / PKI_DIR
+        created.append(pki_dir)
+        ca = pki.init_cluster_ca(pki_dir, CLUSTER_NAME)
+        ca_pem = ca.certificate.read_bytes()
+        write = pki.write_file_atomically
+        for name in names:
+            issued = pki.issue_node_certificate(pki_dir, name)
+            node_dir = directory / name
+            created.append(node_dir)
+            node_dir.mkdir(mode=0o750)
+            # Copies, as on a real machine: the node's directory holds what the
+            # node needs and nothing more (never the CA key).
+            cert_pem, key_pem = issued.certificate.read_bytes(), issued.key.read_bytes()
+            write(node_dir / "ca.pem", ca_pem, mode=0o644, force=False)
+            write(node_dir / f"{name}.pem", cert_pem, mode=0o644, force=False)
+            write(node_dir / f"{name}.key", key_pem, mode=0o600, force=False)
+        # Configs last: their presence is what makes the directory a cluster.
+        for name in names:
+            write(directory / name / CONFIG_NAME, texts[name].encode(), mode=0o640, force=False)
+        nodes = [
+            ClusterNode(name, directory / name, load_config(directory / name / CONFIG_NAME))
+            for name in names
+        ]
+        for node in nodes:
+            _check_tls(node.config)
+    except BaseException:
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return nodes
+
+
+def _check_tls(config: NodeConfig) -> None:
+    # Imported here: only `up` needs ssl, and only for this check.
+    from replicad.transport.tls import load_tls_contexts
+
+    tls = config.tls
+    assert tls is not None  # every config written by create_cluster has [tls]
+    load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+
+
+# --- the commands ------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Create (if needed) and start the cluster in DIR; see the module docstring."""
+    directory: Path = args.directory.absolute()
+    count: int | None = args.nodes
+    base_port: int | None = args.base_port
+    if count is not None and not MIN_NODES <= count <= MAX_NODES:
+        raise UsageError(f"cluster up: -n {count} is outside {MIN_NODES}..{MAX_NODES}")
+    last_port = (base_port or 0) + (count or DEFAULT_NODES) - 1
+    if base_port is not None and not (base_port >= 1 and last_port <= 65535):
+        raise UsageError(f"cluster up: --base-port {base_port} leaves no room for the nodes")
+    if directory.exists() and not directory.is_dir():
+        raise BadInputError(f"{directory} exists and is not a directory")
+
+    nodes = find_nodes(directory)
+    if nodes:
+        _check_same_cluster(directory, nodes, count, base_port)
+    else:
+        nodes = create_cluster(directory, count or DEFAULT_NODES, base_port)
+
+    running = {node.name: running_pid(node) for node in nodes}
+    to_start = [node for node in nodes if running[node.name] is None]
+    if not to_start:
+        raise BadInputError(
+            f"the cluster in {directory} is already running "
+            f"(stop it with `replicad cluster down {directory}`)"
+        )
+    started = start_and_wait(to_start)
+
+    rows: list[dict[str, Any]] = []
+    for node in nodes:
+        proc = started.get(node.name)
+        rows.append(
+            {
+                "node": node.name,
+                "state": "started" if proc is not None else "running",
+                "pid": proc.pid if proc is not None else running[node.name],
+                "port": node.port,
+                "config": str(node.config_path),
+            }
+        )
+    fmt = _format(args)
+    _print(render_rows(rows, UP_FIELDS, fmt))
+    if fmt == "table":
+        _print(f"logs: {directory}/nK/{LOG_NAME}; stop with: replicad cluster down {directory}")
+        _print(f"try: replicad -c {nodes[0].config_path} save -u alice < msg")
+    return 0
+
+
+def _check_same_cluster(
+    directory: Path, nodes: Sequence[ClusterNode], count: int | None, base_port: int | None
+) -> None:
+    # An existing cluster is restarted as it is: a different -n or port would
+    # mean regenerating configs and certificates, which `up` never does.
+    if count is not None and count != len(nodes):
+        raise BadInputError(
+            f"{directory} holds a {len(nodes)}-node cluster, not {count} nodes; "
+            f"use -n {len(nodes)}, or another DIR"
+        )
+    if base_port is not None and nodes[0].port != base_port:
+        raise BadInputError(
+            f"the cluster in {directory} listens from port {nodes[0].port}, "
+            f"not --base-port {base_port}; omit --base-port to restart it"
+        )
+
+
+def start_and_wait(nodes: Sequence[ClusterNode]) -> dict[str, subprocess.Popen[bytes]]:
+    """Start ``nodes`` and wait until each answers ``ping``; on failure stop them again.
+
+    Raises :class:`UnreachableError` (exit 69) naming the first node that
+    exited or did not answer within :data:`READY_TIMEOUT`, with the end of
+    what it logged during this start.
+    """
+    offsets = {node.name: _size(node.log_path) for node in nodes}
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for node in nodes:
+            started[node.name] = start_node(node)
+        deadline = time.monotonic() + READY_TIMEOUT
+        for node in nodes:
+            _wait_ready(node, started[node.name], deadline, offsets[node.name])
+    except BaseException:
+        stop_processes([(n, started[n.name].pid) for n in nodes if n.name in started])
+        for proc in started.values():
+            # Our own children: reap them so they do not linger as zombies.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=KILL_TIMEOUT)
+        raise
+    return started
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _wait_ready(
+    node: ClusterNode, proc: subprocess.Popen[bytes], deadline: float, log_offset: int
+) -> None:
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise UnreachableError(
+                f"node {node.name} exited with status {code} during start-up; "
+                f"end of {node.log_path}:\n{log_tail(node.log_path, log_offset)}"
+            )
+        try:
+            with AdminClient(node.config.node.admin_socket, timeout=2.0) as client:
+                answer = client.call("ping")
+            if isinstance(answer, dict) and answer.get("node") == node.name:
+                return
+        except (UnreachableError, TemporaryError):
+            pass  # not listening yet
+        if time.monotonic() >= deadline:
+            raise UnreachableError(
+                f"node {node.name} did not answer on {node.config.node.admin_socket} "
+                f"within {READY_TIMEOUT:g}s; end of {node.log_path}:\n"
+                f"{log_tail(node.log_path, log_offset)}"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop every running node of the cluster in DIR; exit 68 if DIR holds none."""
+    directory: Path = args.directory.absolute()
+    nodes = require_cluster(directory)
+    targets = [(node, pid) for node in nodes if (pid := running_pid(node)) is not None]
+    pids = {node.name: pid for node, pid in targets}
+    outcome = stop_processes(targets)
+    rows = [
+        {
+            "node": node.name,
+            "pid": pids.get(node.name),
+            "result": outcome.get(node.name, "not running"),
+        }
+        for node in nodes
+    ]
+    _print(render_rows(_dashes(rows, _format(args)), DOWN_FIELDS, _format(args)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """One row per node of the cluster in DIR; exit 68 if DIR holds none."""
+    directory: Path = args.directory.absolute()
+    fmt = _format(args)
+    rows = [status_row(node, fmt) for node in require_cluster(directory)]
+    _print(render_rows(_dashes(rows, fmt), STATUS_FIELDS, fmt))
+    return 0
+
+
+def status_row(node: ClusterNode, fmt: str) -> dict[str, Any]:
+    """The status of one node; ``root``/``epoch``/``peers`` None where unknown."""
+    row: dict[str, Any] = {
+        "node": node.name,
+        "state": "stopped",
+        "pid": running_pid(node),
+        "port": node.port,
+        "root": None,
+        "epoch": None,
+        "peers": None,
+    }
+    if row["pid"] is None:
+        return row
+    row["state"] = "running"
+    try:
+        with AdminClient(node.config.node.admin_socket, timeout=STATUS_CALL_TIMEOUT) as client:
+            answer = client.call("cluster_status")
+    except (UnreachableError, TemporaryError):
+        # The process lives but its admin socket does not answer (starting, or wedged).
+        row["state"] = "not answering"
+        return row
+    except ReplicadError:
+        return row  # it answered, with an error: a node without the cluster_status op
+    if isinstance(answer, dict):
+        root = answer.get("root")
+        epoch = answer.get("epoch")
+        row["root"] = root if isinstance(root, str) else None
+        row["epoch"] = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+        peers = answer.get("peers")
+        if isinstance(peers, list):
+            clean = [p for p in peers if isinstance(p, dict)]
+            row["peers"] = clean if fmt == "json" else _peers_text(clean)
+    return row
+
+
+def _peers_text(peers: Sequence[dict[str, Any]]) -> str:
+    """``n2:up n3:down,via=n2,outbox=12``: one word per peer for table and tab output."""
+    words = []
+    for peer in peers:
+        word = f"{peer.get('name', '?')}:{peer.get('link', '?')}"
+        via = peer.get("via")
+        if via is not None and via != peer.get("name"):
+            word += f",via={via}"
+        if peer.get("reachable") is False:
+            word += ",unreachable"
+        outbox = peer.get("outbox")
+        if isinstance(outbox, int) and outbox:
+            word += f",outbox={outbox}"
+        words.append(word)
+    return " ".join(words) if words else "(none)"
+
+
+def _dashes(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    # JSON keeps null for "unknown"; the text formats show "-", never an empty cell.
+    if fmt == "json":
+        return rows
+    return [{k: "-" if v is None else v for k, v in row.items()} for row in rows]
+
+
+def _format(args: argparse.Namespace) -> str:
+    fmt: str = getattr(args, "format", None) or "table"
+    return fmt
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
