@@ -45,6 +45,7 @@ from replicad.config import NodeConfig
 from replicad.errors import ReplicadError
 from replicad.store.mailstore import MailStore
 from replicad.transport import load_tls_contexts
+from replicad.transport.logfmt import format_value
 
 log = logging.getLogger("replicad.node")
 
@@ -67,12 +68,15 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        # Link-layer events (transport.logfmt.log_event) carry their name and
+        # fields on the record; use them so the line is not quoted twice.
+        event = getattr(record, "event", None) or record.getMessage()
         parts = [
             f"ts={ts}.{int(record.msecs):03d}Z",
             f"level={record.levelname.lower()}",
-            f"event={_kv_value(record.getMessage())}",
+            f"event={_kv_value(event)}",
         ]
-        fields: dict[str, Any] = getattr(record, "kv", {})
+        fields: dict[str, Any] = getattr(record, "kv", None) or getattr(record, "fields", {})
         parts.extend(f"{key}={_kv_value(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"traceback={_kv_value(self.formatException(record.exc_info))}")
@@ -80,11 +84,9 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def _kv_value(value: object) -> str:
-    text = str(value)
-    if text and not any(ch in text for ch in ' "=\\\n\t') and text.isprintable():
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    # One escaping rule for every log line: control characters from hostile
+    # input (a peer's HELLO, a client's user name) can never forge a line.
+    return format_value(value)
 
 
 def configure_logging(level: str) -> None:
