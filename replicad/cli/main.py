@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from replicad import __version__
-from replicad.cli import import_cmd, mail_cmds, mailbox_cmd, node_cmds
+from replicad.cli import import_cmd, mail_cmds, mailbox_cmd, node_cmds, replication_cmd
 from replicad.cli.output import FORMATS
 from replicad.errors import ExitCode, ReplicadError, UsageError
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     mail_cmds.register(subparsers, common)
     mailbox_cmd.register(subparsers, common)
     import_cmd.register(subparsers, common)
+    replication_cmd.register(subparsers, common)
     for command, module_name in EXTERNAL_COMMANDS.items():
         _register_external(command, module_name, subparsers)
     return parser

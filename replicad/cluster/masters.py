@@ -125,5 +125,9 @@ class MasterCache:
     def drop(self, key: MasterKey) -> None:
         self._masters.pop(key, None)
 
+    def entries(self) -> list[tuple[MasterKey, str]]:
+        """Every cached (key, master), sorted by key."""
+        return sorted(self._masters.items())
+
     def keys_mastered_by(self, node: str) -> list[MasterKey]:
         return sorted(k for k, n in self._masters.items() if n == node)

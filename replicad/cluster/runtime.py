@@ -1014,9 +1014,21 @@ class ClusterNode:
                     "outbox": max(0, head - cursor),
                 }
             )
+        marks = await self.store.resync_marks()
+        for row in peers:
+            row["resync"] = sum(1 for m in marks if m.peer == row["name"])
+        # The root shows its directory (every assignment of its epoch); other
+        # nodes show the masters they have cached.
+        known = (
+            [(a.key, a.node) for a in self.directory.assignments()]
+            if self.directory is not None
+            else self.cache.entries()
+        )
+        masters = [{"user": k.user, "mailbox": k.mailbox, "master": node} for k, node in known]
         return {
             "node": self.name,
             "root": self.election.root,
+            "masters_known": masters,
             "epoch": claim.epoch if claim else 0,
             "phase": self.election.phase.value,
             "masters": len(self.cache.keys_mastered_by(self.name)),

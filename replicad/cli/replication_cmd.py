@@ -1,0 +1,86 @@
+"""``replicad replicator status`` and ``replicad master status`` (DESIGN §9).
+
+Both read the node's ``cluster_status`` admin operation: the cluster as
+this node sees it.  ``replicator status`` is one row per peer (the
+doveadm ``replicator status`` of this system): link, route, round trip,
+outbox depth (log entries the peer has not acknowledged) and mailboxes
+marked for resync with it.  ``master status`` shows the root, its epoch
+and the masters this node knows, optionally for one user.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from replicad.cli.common import connect, output_format, print_rows, write_line
+from replicad.cli.output import render_document
+
+PEER_FIELDS = ["peer", "link", "reachable", "via", "rtt_ms", "outbox", "resync"]
+MASTER_FIELDS = ["user", "mailbox", "master"]
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    replicator = subparsers.add_parser(
+        "replicator", parents=[common], help="replication state per peer"
+    )
+    actions = replicator.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", parents=[common], help="links, lag and outboxes")
+    status.set_defaults(handler=cmd_replicator_status)
+
+    master = subparsers.add_parser("master", parents=[common], help="root, epoch, masters")
+    mactions = master.add_subparsers(dest="action", metavar="ACTION", required=True)
+    mstatus = mactions.add_parser("status", parents=[common], help="root, epoch and masters")
+    mstatus.add_argument("-u", "--user", metavar="USER", help="only this user's mailboxes")
+    mstatus.set_defaults(handler=cmd_master_status)
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any]:
+    with connect(args) as client:
+        status: dict[str, Any] = client.call("cluster_status")
+    return status
+
+
+def cmd_replicator_status(args: argparse.Namespace) -> int:
+    status = _status(args)
+    rows = [
+        {
+            "peer": p["name"],
+            "link": p["link"],
+            "reachable": p["reachable"],
+            "via": p.get("via"),
+            "rtt_ms": p.get("rtt_ms"),
+            "outbox": p.get("outbox"),
+            "resync": p.get("resync", 0),
+        }
+        for p in status.get("peers", [])
+    ]
+    print_rows(args, rows, PEER_FIELDS)
+    return 0
+
+
+def cmd_master_status(args: argparse.Namespace) -> int:
+    status = _status(args)
+    masters = [
+        m for m in status.get("masters_known", []) if args.user is None or m["user"] == args.user
+    ]
+    if output_format(args) == "json":
+        write_line(
+            render_document(
+                {
+                    "node": status.get("node"),
+                    "root": status.get("root"),
+                    "epoch": status.get("epoch"),
+                    "masters": masters,
+                }
+            )
+        )
+        return 0
+    write_line(
+        f"node {status.get('node')}  root {status.get('root') or '-'}  "
+        f"epoch {status.get('epoch')}  phase {status.get('phase', '-')}"
+    )
+    print_rows(
+        args, [{**m, "mailbox": m["mailbox"] or "(namespace)"} for m in masters], MASTER_FIELDS
+    )
+    return 0
