@@ -23,11 +23,8 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
+from replicad.store.replica import UNKNOWN_GUID
 from replicad.uidset import UidSet
-
-#: The message GUID recorded in a tombstone when the expunged message was never
-#: seen here (the wire's ``* EXPUNGE`` names UIDs only).
-UNKNOWN_GUID = bytes(16)
 
 
 @dataclass(frozen=True, slots=True)

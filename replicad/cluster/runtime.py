@@ -88,7 +88,6 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
-from replicad.store.replica import MissingBodyError
 from replicad.transport import Link, TlsContexts, open_link, serve_links
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -101,6 +100,8 @@ NAME_ONLY_GUID: Final = bytes(16)  # MBOX "name only" (verbs.md MBOX)
 #: How long a client write may wait for a root, a master or a link before it
 #: fails with a temporary error (exit 75).
 WRITE_DEADLINE: Final = 15.0
+#: Most change records applied in one store transaction.
+MAX_APPLY_BURST: Final = 512
 
 
 LOCAL: Final = DurabilityLevel("local", 1)
@@ -245,6 +246,7 @@ class PeerSession:
         self.outbox = outbox
         self.in_ids: dict[int, MboxBinding] = {}
         self.out_ids: dict[tuple[str, str, bytes], int] = {}
+        self.stream_ids: dict[bytes, int] = {}  # mailbox GUID -> id, for the change stream
         self._next_out_id = 0
         self.pending: dict[str, _Pending] = {}
         self.window_freed = trio.Event()
@@ -288,6 +290,7 @@ class PeerSession:
         if self._next_out_id > 65535:
             # Rebinding from 0 is allowed (verbs.md MBOX); forget the old bindings.
             self.out_ids.clear()
+            self.stream_ids.clear()
             self._next_out_id = 0
         mid = self._next_out_id
         self._next_out_id += 1
@@ -456,9 +459,22 @@ class ClusterNode:
 
     async def _reader(self, session: PeerSession, nursery: trio.Nursery) -> None:
         link = session.link
+        burst: list[c.Change] = []
         while True:
             event = await link.next_event()
             session.last_heard = trio.current_time()
+            if isinstance(event, UntaggedReceived) and isinstance(event.data, c.Change):
+                # Changes already received are applied together: one
+                # transaction and one fsync per burst, one cumulative ACK.
+                burst.append(event.data)
+                if link.has_pending_events and len(burst) < MAX_APPLY_BURST:
+                    continue
+                await self._apply_burst(session, burst)
+                burst = []
+                continue
+            if burst:
+                await self._apply_burst(session, burst)
+                burst = []
             if isinstance(event, ConnectionClosed):
                 return
             if isinstance(event, ReplyReceived):
@@ -894,38 +910,41 @@ class ClusterNode:
             if not entries:
                 outbox.on_sent(head)
                 continue
+            hashes = [ch.body_hash for _, ch in entries if isinstance(ch, MessageAppended)]
+            bodies = await self.store.read_blobs(hashes)
             for seq, change in entries:
-                await self._send_change(session, seq, change)
+                await self._send_change(session, seq, change, bodies)
                 self.stats["changes_sent"] += 1
             await session.link.flush()
             outbox.on_sent(entries[-1][0])
 
-    async def _send_change(self, session: PeerSession, seq: int, change: Any) -> None:
+    async def _send_change(
+        self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, bytes]
+    ) -> None:
         ids: dict[bytes, int] = {}
         for guid in mailboxes_of(change):
-            status = await self.store.mailbox_by_guid(guid)
-            if status is None:
-                return  # deleted since; the DELETE that follows tells the peer
-            mid, new = session.mbox_id(status.user, status.name, status.guid)
-            if new:
-                mbox = c.Mbox(
-                    mid,
-                    status.user,
-                    status.name,
-                    status.guid,
-                    status.uidvalidity,
-                    status.uidnext,
-                    status.messages,
-                    status.highestmodseq,
-                )
-                await self._send_mbox(session, mbox)
+            mid = session.stream_ids.get(guid)
+            if mid is None:
+                status = await self.store.mailbox_by_guid(guid)
+                if status is None:
+                    return  # deleted since; the DELETE that follows tells the peer
+                mid, new = session.mbox_id(status.user, status.name, status.guid)
+                if new:
+                    mbox = c.Mbox(
+                        mid,
+                        status.user,
+                        status.name,
+                        status.guid,
+                        status.uidvalidity,
+                        status.uidnext,
+                        status.messages,
+                        status.highestmodseq,
+                    )
+                    await self._send_mbox(session, mbox)
+                # The stream binds by GUID: a later rename needs no new MBOX.
+                session.stream_ids[guid] = mid
             ids[guid] = mid
-        body = None
-        if isinstance(change, MessageAppended):
-            try:
-                body = await self.store.read_blob(change.body_hash)
-            except ReplicadError:
-                body = None
+        body = bodies.get(change.body_hash) if isinstance(change, MessageAppended) else None
         frame = to_wire(seq, change, ids, body)
         session.link.queue(lambda conn: conn.send_untagged(frame))
 
@@ -940,9 +959,7 @@ class ClusterNode:
         session.pending[tag] = _Pending()
 
     async def _untagged(self, session: PeerSession, data: c.Untagged) -> None:
-        if isinstance(data, c.Change):
-            await self._apply(session, data)
-        elif isinstance(data, c.Ack):
+        if isinstance(data, c.Ack):
             await self._acked(session, data.seq)
         elif isinstance(data, c.Routes):
             vector = {r.node: r.hops for r in data.routes}
@@ -952,15 +969,30 @@ class ClusterNode:
         elif isinstance(data, c.Epoch):
             self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
 
-    async def _apply(self, session: PeerSession, frame: c.Change) -> None:
-        try:
-            guids: dict[int, bytes] | None = None
-            if isinstance(frame, c.ExpungeChange):
-                box = session.in_ids[frame.mbox]
-                guids = await self.store.message_guids(box.guid, frame.uids)
-            change, bodies = from_wire(frame, session.in_ids, guids)
-            result = await self.store.apply_replicated(change, session.peer, bodies)
-            if result.outcome.value == "diverged":
+    async def _apply_burst(self, session: PeerSession, frames: list[c.Change]) -> None:
+        """Apply a master's changes in order, durably, then ACK the last (I1)."""
+        items = []
+        for frame in frames:
+            try:
+                items.append(from_wire(frame, session.in_ids))
+            except KeyError as exc:
+                raise ProtocolError(
+                    f"change {frame.seq} names an unbound mailbox id {exc}"
+                ) from None
+        results = await self.store.apply_replicated_many(items, session.peer)
+        for frame, result in zip(frames, results, strict=True):
+            if isinstance(result, ReplicadError):
+                # Not applied (e.g. a body this node never had): the mailbox
+                # needs the resync layer; the stream goes on.
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "change-not-applied",
+                    peer=session.peer,
+                    seq=frame.seq,
+                    reason=str(result),
+                )
+            elif result.outcome.value == "diverged":
                 log_event(
                     log,
                     logging.WARNING,
@@ -969,18 +1001,9 @@ class ClusterNode:
                     seq=frame.seq,
                     detail=result.detail,
                 )
-        except MissingBodyError as exc:
-            log_event(
-                log, logging.WARNING, "change-missing-body", peer=session.peer, reason=str(exc)
-            )
-        except KeyError as exc:
-            raise ProtocolError(f"change {frame.seq} names an unbound mailbox id {exc}") from None
-        self.stats["changes_applied"] += 1
-        session.applied_seq = frame.seq
-        # Cumulative ACK, batched: one per burst of changes read together.
-        if not session.link.has_pending_events:
-            session.acked_seq = frame.seq
-            await self._send_untagged(session, c.Ack(frame.seq))
+        self.stats["changes_applied"] += len(frames)
+        session.applied_seq = session.acked_seq = frames[-1].seq
+        await self._send_untagged(session, c.Ack(frames[-1].seq))
 
     async def _acked(self, session: PeerSession, seq: int) -> None:
         if session.outbox.on_ack(seq):

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from replicad.errors import ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.changelog import ChangeLog, PeerBacklog, ResyncMark
@@ -255,6 +256,38 @@ class MailStore:
         )
         return await self.writer.submit(lambda t: self._applier.apply(t, change, prepared, source))
 
+    async def apply_replicated_many(
+        self, items: Sequence[tuple[Change, Sequence[bytes]]], source: str
+    ) -> list[ApplyResult | ReplicadError]:
+        """Apply a burst of a master's records in one transaction and one fsync.
+
+        Each record runs in its own nested transaction, so one that fails
+        (a missing body, say) is rolled back alone and reported in its slot;
+        the others are kept.  Order is preserved (records of one stream).
+        """
+        prepared = await self._executor.run_read(
+            lambda: [{p.body_hash: p for p in map(PreparedBody.make, b)} for _, b in items]
+        )
+        env = self._dbs.env
+
+        def op(txn: Any) -> list[ApplyResult | ReplicadError]:
+            out: list[ApplyResult | ReplicadError] = []
+            for (change, _), bodies in zip(items, prepared, strict=True):
+                child = env.begin(write=True, parent=txn)
+                try:
+                    out.append(self._applier.apply(child, change, bodies, source))
+                except ReplicadError as exc:
+                    child.abort()
+                    out.append(exc)
+                except BaseException:
+                    child.abort()
+                    raise
+                else:
+                    child.commit()
+            return out
+
+        return await self.writer.submit(op)
+
     async def missing_bodies(self, change: Change) -> list[bytes]:
         """Body hashes ``change`` needs that are not stored here (so must be sent)."""
         return await self._read(lambda t: self._applier.missing_bodies(t, change))
@@ -292,6 +325,18 @@ class MailStore:
     async def log_cursor(self, peer: str) -> int:
         """The last log sequence ``peer`` acknowledged (durable)."""
         return await self._read(lambda t: self.log.cursor(t, peer))
+
+    async def read_blobs(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The bodies among ``hashes`` that are stored (absent ones are left out)."""
+
+        def read(txn: Any) -> dict[bytes, bytes]:
+            out: dict[bytes, bytes] = {}
+            for h in hashes:
+                if h not in out and blobs.reference_count(txn, self._dbs, h):
+                    out[h] = blobs.read_body(txn, self._dbs, h)
+            return out
+
+        return await self._read(read) if hashes else {}
 
     async def read_blob(self, body_hash: bytes) -> bytes:
         return await self._read(lambda t: blobs.read_body(t, self._dbs, body_hash))

@@ -48,6 +48,9 @@ from replicad.store.schema import (
     unpack,
 )
 
+#: A tombstone's message GUID when the expunged message was never seen here.
+UNKNOWN_GUID = bytes(16)
+
 
 class Outcome(Enum):
     APPLIED = "applied"
@@ -229,7 +232,8 @@ class ReplicaApplier:
             return self._diverged(txn, source, change.mailbox, change.modseq, "missing mailbox")
         for uid, guid in change.expunged:
             msg = self.index._message(txn, change.mailbox, uid)
-            if msg is not None and msg.guid != guid:
+            # UNKNOWN_GUID: the wire names UIDs only; the local message decides.
+            if msg is not None and guid != UNKNOWN_GUID and msg.guid != guid:
                 return self._diverged(
                     txn, source, change.mailbox, change.modseq, f"UID {uid} names another message"
                 )
