@@ -128,6 +128,7 @@ class AdminDispatcher:
             "mailbox_status": self._mailbox_status,
             "list_users": self._list_users,
             "cluster_status": self._cluster_status,
+            "master_move": self._master_move,
         }
 
     @property
@@ -265,6 +266,11 @@ class AdminDispatcher:
 
     async def _list_users(self, _: _Args) -> list[str]:
         return await self._store.list_users()
+
+    async def _master_move(self, a: _Args) -> dict[str, Any]:
+        if self._cluster is None:
+            raise BadInputError("master move: this node has no peers (not in a cluster)")
+        return await self._cluster.move_master(a.text("user"), a.text("mailbox"), a.text("node"))
 
     async def _cluster_status(self, _: _Args) -> dict[str, Any]:
         if self._cluster is None:

@@ -33,6 +33,17 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     mstatus = mactions.add_parser("status", parents=[common], help="root, epoch and masters")
     mstatus.add_argument("-u", "--user", metavar="USER", help="only this user's mailboxes")
     mstatus.set_defaults(handler=cmd_master_status)
+    move = mactions.add_parser(
+        "move",
+        parents=[common],
+        help="make NODE the master of a mailbox",
+        description="Hand the mastership of MAILBOX over to NODE. Writes arriving "
+        "meanwhile are held, not failed; NODE must have a direct link to the current master.",
+    )
+    move.add_argument("-u", "--user", required=True, metavar="USER")
+    move.add_argument("mailbox", metavar="MAILBOX")
+    move.add_argument("node", metavar="NODE")
+    move.set_defaults(handler=cmd_master_move)
 
 
 def _status(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +67,15 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
         for p in status.get("peers", [])
     ]
     print_rows(args, rows, PEER_FIELDS)
+    return 0
+
+
+def cmd_master_move(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result: dict[str, Any] = client.call(
+            "master_move", user=args.user, mailbox=args.mailbox, node=args.node
+        )
+    print_rows(args, [result], ["user", "mailbox", "master", "epoch"])
     return 0
 
 

@@ -122,6 +122,11 @@ class RootElection:
 
     def view_changed(self, reachable: frozenset[str]) -> list[Action]:
         reachable = reachable | {self.me}
+        if not reachable <= set(self.order):
+            # A node reached only through another one (not configured here) is
+            # part of the cluster all the same.  The runtime orders nodes by
+            # name, so inserting in name order keeps every node's order equal.
+            self.order = tuple(sorted({*self.order, *reachable}))
         self._reachable = reachable
         self._claims = {n: c for n, c in self._claims.items() if n in reachable}
         actions: list[Action] = []

@@ -102,6 +102,13 @@ NAME_ONLY_GUID: Final = bytes(16)  # MBOX "name only" (verbs.md MBOX)
 WRITE_DEADLINE: Final = 15.0
 #: Most change records applied in one store transaction.
 MAX_APPLY_BURST: Final = 512
+#: Most received changes waiting to be applied; past it the reader stops
+#: reading, which is the backpressure on the sender (I9: bounded memory).
+MAX_INBOX: Final = 1024
+#: Unacknowledged changes in flight per peer, and changes read per batch: enough
+#: to keep a loopback link busy while the peer commits (W1), within MAX_INBOX.
+OUTBOX_WINDOW: Final = 1024
+OUTBOX_BATCH: Final = 128
 
 
 LOCAL: Final = DurabilityLevel("local", 1)
@@ -256,6 +263,9 @@ class PeerSession:
         self.acked_seq = 0
         self.cancel_scope = trio.CancelScope()
         self.closed = False
+        self.inbox: list[c.Change] = []  # received changes waiting for the applier
+        self.inbox_ready = trio.Event()
+        self.inbox_space = trio.Event()
 
     # -- sending --
 
@@ -341,7 +351,12 @@ class ClusterNode:
         self._failed_waits: set[int] = set()
         self._log_changed = trio.Event()
         self._view_changed = trio.Event()
-        self._root_done: set[tuple[str, int]] = set()
+        # (root, epoch) -> neighbours that got that ROOT over their current link
+        self._root_sent: dict[tuple[str, int], set[str]] = {}
+        self._moving: dict[MasterKey, trio.Event] = {}  # keys whose writes are held
+        self._inflight: dict[MasterKey, int] = {}  # writes executing here, per key
+        self._drained = trio.Event()
+        self._handed_over: set[MasterKey] = set()  # keys given away, commit pending
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
 
@@ -414,7 +429,7 @@ class ClusterNode:
             old.cancel_scope.cancel()
             old.fail_pending()
         acked = await self.store.log_cursor(link.peer)
-        outbox = OutboxStream(link.peer, acked)
+        outbox = OutboxStream(link.peer, acked, window=OUTBOX_WINDOW, batch=OUTBOX_BATCH)
         session = PeerSession(self, link, outbox)
         self.sessions[link.peer] = session
         log_event(log, logging.INFO, "link-up", peer=link.peer, remote=link.remote)
@@ -424,7 +439,9 @@ class ClusterNode:
                     outbox.on_link_up()
                     self._topology_changed()
                     self._send_gossip(session)
+                    self._introduce_root(session)
                     nursery.start_soon(self._pump, session)
+                    nursery.start_soon(self._applier, session)
                     nursery.start_soon(self._pinger, session)
                     await self._reader(session, nursery)
                     nursery.cancel_scope.cancel()
@@ -435,6 +452,8 @@ class ClusterNode:
         finally:
             session.fail_pending()
             outbox.on_link_down()
+            for sent in self._root_sent.values():
+                sent.discard(link.peer)  # it may come back restarted: tell it again
             if self.sessions.get(link.peer) is session:
                 del self.sessions[link.peer]
                 self._topology_changed()
@@ -459,25 +478,20 @@ class ClusterNode:
 
     async def _reader(self, session: PeerSession, nursery: trio.Nursery) -> None:
         link = session.link
-        burst: list[c.Change] = []
         while True:
             event = await link.next_event()
             session.last_heard = trio.current_time()
-            if isinstance(event, UntaggedReceived) and isinstance(event.data, c.Change):
-                # Changes already received are applied together: one
-                # transaction and one fsync per burst, one cumulative ACK.
-                burst.append(event.data)
-                if link.has_pending_events and len(burst) < MAX_APPLY_BURST:
-                    continue
-                await self._apply_burst(session, burst)
-                burst = []
-                continue
-            if burst:
-                await self._apply_burst(session, burst)
-                burst = []
             if isinstance(event, ConnectionClosed):
                 return
-            if isinstance(event, ReplyReceived):
+            if isinstance(event, UntaggedReceived) and isinstance(event.data, c.Change):
+                # Handed to the applier, which takes everything queued as one
+                # transaction; reading goes on meanwhile, so the next burst
+                # is as large as what arrived during the last commit.
+                while len(session.inbox) >= MAX_INBOX:
+                    await session.inbox_space.wait()
+                session.inbox.append(event.data)
+                session.inbox_ready.set()
+            elif isinstance(event, ReplyReceived):
                 waiter = session.pending.pop(event.tag, None)
                 session.window_freed.set()
                 session.window_freed = trio.Event()
@@ -488,6 +502,18 @@ class ClusterNode:
                 await self._command(session, event, nursery)
             elif isinstance(event, UntaggedReceived):
                 await self._untagged(session, event.data)
+
+    async def _applier(self, session: PeerSession) -> None:
+        """Apply the peer's changes in arrival order, a burst per transaction (I1, I8)."""
+        while True:
+            await session.inbox_ready.wait()
+            session.inbox_ready = trio.Event()
+            while session.inbox:
+                burst = session.inbox[:MAX_APPLY_BURST]
+                del session.inbox[:MAX_APPLY_BURST]
+                session.inbox_space.set()
+                session.inbox_space = trio.Event()
+                await self._apply_burst(session, burst)
 
     # -- topology, gossip, root --
 
@@ -502,6 +528,7 @@ class ClusterNode:
     def _view(self) -> None:
         reachable = self.routing.reachable()
         self._act(self.election.view_changed(reachable))
+        self.order = self.election.order  # grows with nodes reached through others
         if self.directory is not None:
             for node in set(self.order) - reachable:
                 self.directory.forget_node(node)
@@ -587,18 +614,40 @@ class ClusterNode:
         if cmd.epoch < self.election.epoch:
             await self._reply_no(session, tag, "CONFLICT", f"epoch {cmd.epoch} is stale")
             return
-        first = (cmd.root, cmd.epoch) not in self._root_done
-        self._root_done.add((cmd.root, cmd.epoch))
         self._act(self.election.root_announced(cmd.root, cmd.epoch))
-        if first:
-            # Flood to our other neighbours and answer once they did (tree ack).
-            async with trio.open_nursery() as nursery:
-                for name, other in list(self.sessions.items()):
-                    if name not in (session.peer, cmd.root):
-                        nursery.start_soon(self._forward_root, other, cmd)
+        # Pass it on to every neighbour that has not had it over its current
+        # link, then answer (tree ack).  Not only on the first receipt: the
+        # root may announce to a newcomer through a node that saw this epoch
+        # long ago, and that node must still forward it.
+        sent = self._root_sent.setdefault((cmd.root, cmd.epoch), set())
+        targets = [
+            other
+            for name, other in list(self.sessions.items())
+            if name not in (session.peer, cmd.root) and name not in sent
+        ]
+        sent.update(t.peer for t in targets)  # before awaiting: cycles end here
+        async with trio.open_nursery() as nursery:
+            for other in targets:
+                nursery.start_soon(self._forward_root, other, cmd)
         await self._reply_ok(session, tag)
         self._view_changed.set()
         self._view_changed = trio.Event()
+
+    def _introduce_root(self, session: PeerSession) -> None:
+        """Tell a new neighbour which root rules, with the root's own ROOT frame.
+
+        The root announces itself to nodes it newly reaches, but through its
+        next hop, which may not have had a link to the newcomer yet; any node
+        that follows a ready root therefore repeats the announcement on each
+        new link (a duplicate ROOT is harmless).
+        """
+        claim = self.election.claim
+        if self.election.root is None or claim is None or claim.root in (self.name, session.peer):
+            return
+        sent = self._root_sent.setdefault((claim.root, claim.epoch), set())
+        if session.peer not in sent:
+            sent.add(session.peer)
+            self._spawn(self._forward_root(session, c.Root(claim.epoch, claim.root)))
 
     async def _forward_root(self, session: PeerSession, cmd: c.Root) -> None:
         with contextlib.suppress(ReplicadError):
@@ -659,6 +708,106 @@ class ClusterNode:
         except ReplicadError as exc:
             await self._reply_no(session, tag, no_code(exc), str(exc))
 
+    # -- MASTER-MOVE --
+
+    async def move_master(
+        self, user: str, mailbox: str, dest: str, *, sender: str | None = None
+    ) -> c.MasterOk:
+        """Make ``dest`` the master of (user, mailbox) without failing writes (seed 001).
+
+        The request travels to the root, which forwards it to the current
+        master M and records the move when M answers.  M holds new writes for
+        the key, lets the running ones finish, waits until ``dest`` has
+        acknowledged M's whole log, hands the key over to ``dest`` (a
+        MASTER-MOVE naming the receiver, sent by the master itself), and only
+        then answers; held writes then go to ``dest``.
+        """
+        deadline = trio.current_time() + WRITE_DEADLINE
+        if dest not in self.order:
+            raise BadInputError(f"unknown node {dest!r}")
+        key = master_key(self.settings.granularity, user, mailbox)
+        cmd = c.MasterMove(key.user, key.mailbox, dest)
+        if dest == self.name and sender is not None:
+            current = await self.master_of(key, deadline)
+            if current in (sender, self.name):
+                self.cache.learn(Assignment(key, self.name, self.cache.epoch))
+                log_event(log, logging.INFO, "master-received", key=str(key), source=sender)
+                return c.MasterOk(self.name, self.cache.epoch)
+        if self.election.root == self.name and self.directory is not None:
+            current = self.directory.lookup(key, dest, self.routing.reachable()).node
+            if current != dest:
+                if current == self.name:
+                    await self._hand_over(key, dest, deadline)
+                else:
+                    session = self._session_towards(current)
+                    ok = await session.request(
+                        cmd, timeout=max(0.1, deadline - trio.current_time())
+                    )
+                    assert isinstance(ok, c.MasterOk)
+                self.directory.move(key, dest)
+            self.cache.learn(Assignment(key, dest, self.directory.epoch))
+            return c.MasterOk(dest, self.directory.epoch)
+        if self.cache.get(key) == self.name:
+            await self._hand_over(key, dest, deadline)
+        elif self.cache.get(key) == dest and key in self._handed_over:
+            # The root forwarded our own commit back to us: confirm it.
+            return c.MasterOk(dest, self.cache.epoch)
+        root = self.election.root
+        if root is None:
+            raise TemporaryError("no root yet; retry")
+        ok = await self._session_towards(root).request(
+            cmd, timeout=max(0.1, deadline - trio.current_time())
+        )
+        assert isinstance(ok, c.MasterOk)
+        self.cache.learn(Assignment(key, ok.node, ok.epoch))
+        self._handed_over.discard(key)
+        return ok
+
+    def _session_towards(self, node: str) -> PeerSession:
+        hop = self.routing.next_hop(node)
+        session = self.sessions.get(hop) if hop else None
+        if session is None:
+            raise UnreachableError(f"no route to {node}")
+        return session
+
+    async def _hand_over(self, key: MasterKey, dest: str, deadline: float) -> None:
+        """As master of ``key``: drain, let ``dest`` catch up, give the key away."""
+        target = self.sessions.get(dest)
+        if target is None:
+            raise UnreachableError(
+                f"{dest} has no direct link to {self.name}, the master of {key}: "
+                "it could not be brought up to date before taking over"
+            )
+        held = self._moving[key] = trio.Event()
+        log_event(log, logging.INFO, "master-moving", key=str(key), to=dest)
+        try:
+            with trio.move_on_at(deadline) as scope:
+                while self._inflight.get(key):
+                    await self._drained.wait()
+                head = await self.store.log_head()
+                while target.outbox.acked < head and not target.closed:
+                    await self._log_changed.wait()
+            if scope.cancelled_caught or target.closed:
+                raise TemporaryError(f"{dest} did not catch up in time; master of {key} unchanged")
+            await target.request(
+                c.MasterMove(key.user, key.mailbox, dest),
+                timeout=max(0.1, deadline - trio.current_time()),
+            )
+            self.cache.learn(Assignment(key, dest, self.cache.epoch))
+            self._handed_over.add(key)
+            log_event(log, logging.INFO, "master-moved", key=str(key), to=dest)
+        finally:
+            del self._moving[key]
+            held.set()
+
+    async def _master_move_command(self, session: PeerSession, tag: str, cmd: c.MasterMove) -> None:
+        try:
+            ok = await self.move_master(cmd.user, cmd.mailbox, cmd.node, sender=session.peer)
+        except ReplicadError as exc:
+            await self._reply_no(session, tag, no_code(exc), str(exc))
+            return
+        await self._reply_ok(session, tag, ok)
+
     # -- writes --
 
     async def execute(self, op: WriteOp) -> Any:
@@ -666,9 +815,27 @@ class ClusterNode:
         deadline = trio.current_time() + WRITE_DEADLINE
         key = master_key(self.settings.granularity, op.user, key_mailbox(op))
         while True:
+            moving = self._moving.get(key)
+            if moving is not None:
+                # MASTER-MOVE in progress: hold, do not fail (seed 001).
+                with trio.move_on_at(deadline):
+                    await moving.wait()
+                if not moving.is_set():
+                    raise TemporaryError(f"master of {key} is moving; retry")
+                continue
             master = await self.master_of(key, deadline)
             if master == self.name:
-                return await self._execute_here(op)
+                if key in self._moving:
+                    continue  # a move started while we looked the master up
+                self._inflight[key] = self._inflight.get(key, 0) + 1
+                try:
+                    return await self._execute_here(op)
+                finally:
+                    self._inflight[key] -= 1
+                    if not self._inflight[key]:
+                        del self._inflight[key]
+                        self._drained.set()
+                        self._drained = trio.Event()
             hop = self.routing.next_hop(master)
             session = self.sessions.get(hop) if hop else None
             if session is None:
@@ -805,6 +972,8 @@ class ClusterNode:
             nursery.start_soon(self._root_command, session, tag, cmd)
         elif isinstance(cmd, c.Master):
             nursery.start_soon(self._master_command, session, tag, cmd)
+        elif isinstance(cmd, c.MasterMove):
+            nursery.start_soon(self._master_move_command, session, tag, cmd)
         else:
             try:
                 op = self._op_from(session, cmd)
@@ -1023,10 +1192,11 @@ class ClusterNode:
         reachable = self.routing.reachable()
         head = await self.store.log_head()
         peers = []
-        for name in sorted(self.peers):
+        for name in sorted((set(self.peers) | reachable) - {self.name}):
             session = self.sessions.get(name)
             route = self.routing.route(name)
-            cursor = await self.store.log_cursor(name)
+            # Only configured peers have an outbox (changes stream over direct links).
+            cursor = await self.store.log_cursor(name) if name in self.peers else None
             peers.append(
                 {
                     "name": name,
@@ -1034,7 +1204,7 @@ class ClusterNode:
                     "reachable": name in reachable,
                     "via": route.next_hop if route else None,
                     "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
-                    "outbox": max(0, head - cursor),
+                    "outbox": max(0, head - cursor) if cursor is not None else None,
                 }
             )
         marks = await self.store.resync_marks()

@@ -178,5 +178,9 @@ class ClusterWrites:
         assert isinstance(result, c.MailboxOk)
         return MailboxRenamed(user, result.guid, old, new)
 
+    async def move_master(self, user: str, mailbox: str, node: str) -> dict[str, Any]:
+        ok = await self.node.move_master(user, mailbox, node)
+        return {"user": user, "mailbox": mailbox, "master": ok.node, "epoch": ok.epoch}
+
     async def status(self) -> dict[str, Any]:
         return await self.node.status()

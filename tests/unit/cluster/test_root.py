@@ -163,3 +163,18 @@ def test_random_crashes_and_partitions_end_with_one_root_per_component(seed: int
         [(root, _)] = roots
         assert root in component
         assert net.nodes[root].is_root
+
+
+def test_a_node_reached_through_another_joins_the_order() -> None:
+    """A-B-C where A and C do not configure each other: both still agree on the root."""
+    a = RootElection("a", ("a", "b"))
+    c = RootElection("c", ("b", "c"))
+    a.view_changed(frozenset({"b", "c"}))
+    c.view_changed(frozenset({"a", "b"}))
+    assert a.order == c.order == ("a", "b", "c")
+    a.settle()
+    c.settle()
+    assert a.claim is not None and a.claim.root == "a"
+    # c elects nobody itself (a comes first) and follows a's claim when it hears it.
+    c.claim_heard("b", a.claim)
+    assert c.claim == a.claim
