@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replicad.cluster.durability import DurabilityLevel
+from replicad.cluster.masters import Granularity
 from replicad.errors import BadInputError, ConfigError
 from replicad.pki import validate_node_name
 
@@ -38,6 +39,7 @@ DEFAULT_MAP_SIZE = 8 * GIB
 MIN_MAP_SIZE = 1 * MIB  # below this LMDB cannot even hold its own metadata and a message
 MAX_MAP_SIZE = 1 << 48
 DEFAULT_MAX_MESSAGE_SIZE = 64 * MIB
+DEFAULT_MAX_OUTBOX = 100_000  # the same bound as the store's change log default
 MIN_MAX_MESSAGE_SIZE = 1 * KIB
 MAX_MAX_MESSAGE_SIZE = 1 * GIB
 DEFAULT_PORT = 7750
@@ -95,6 +97,20 @@ class AdminSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSection:
+    """How the node takes part in the cluster (DESIGN §6)."""
+
+    granularity: Granularity = Granularity.MAILBOX
+    #: Unacknowledged changes kept per peer; past it the peer's mailboxes are
+    #: marked for resync instead (bounded outbox).
+    max_outbox: int = DEFAULT_MAX_OUTBOX
+    ping_interval: float = 1.0
+    dead_after: float = 5.0
+    #: Per-user durability levels overriding node.durability (I1).
+    user_durability: tuple[tuple[str, DurabilityLevel], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node configuration; ``path`` is the file it was read from."""
 
@@ -104,6 +120,7 @@ class NodeConfig:
     tls: TlsSection | None
     peers: tuple[PeerConfig, ...]
     admin: AdminSection
+    cluster: ClusterSection = ClusterSection()
 
     @property
     def name(self) -> str:
@@ -150,7 +167,7 @@ def parse_config(text: str, path: Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     base = path.parent.resolve()
-    _check_keys(doc, ("node", "listen", "tls", "peers", "admin"), "")
+    _check_keys(doc, ("node", "listen", "tls", "peers", "admin", "cluster"), "")
 
     node_tbl = _table(doc, "node", required=True)
     _check_keys(
@@ -224,7 +241,52 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         tls=tls,
         peers=peers,
         admin=AdminSection(max_message_size),
+        cluster=_cluster(doc, cluster_size=1 + len(peers)),
     )
+
+
+def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
+    tbl = _table(doc, "cluster")
+    _check_keys(
+        tbl, ("granularity", "max_outbox", "ping_interval", "dead_after", "durability"), "cluster."
+    )
+    raw = _get(tbl, "cluster.granularity", str, default="mailbox")
+    try:
+        granularity = Granularity(raw)
+    except ValueError:
+        raise ConfigError(
+            f"cluster.granularity must be mailbox, user or global, not {raw!r}"
+        ) from None
+    max_outbox = _get(tbl, "cluster.max_outbox", int, default=DEFAULT_MAX_OUTBOX)
+    if not 1 <= max_outbox <= 100_000_000:
+        raise ConfigError(f"cluster.max_outbox {max_outbox} is outside 1..100000000")
+    ping = _seconds(tbl, "cluster.ping_interval", 1.0)
+    dead = _seconds(tbl, "cluster.dead_after", 5.0)
+    if dead <= ping:
+        raise ConfigError(
+            f"cluster.dead_after ({dead:g}s) must be longer than cluster.ping_interval ({ping:g}s)"
+        )
+    users_tbl = tbl.get("durability", {})
+    if not isinstance(users_tbl, dict):
+        raise ConfigError('cluster.durability must be a table of user = level, e.g. alice = "all"')
+    overrides = []
+    for user, level in sorted(users_tbl.items()):
+        if not isinstance(level, (str, int)) or isinstance(level, bool):
+            raise ConfigError(f"cluster.durability.{user} must be local, quorum, all or a number")
+        try:
+            overrides.append((user, DurabilityLevel.parse(level, cluster_size=cluster_size)))
+        except ConfigError as exc:
+            raise ConfigError(f"cluster.durability.{user}: {exc}") from None
+    return ClusterSection(granularity, max_outbox, ping, dead, tuple(overrides))
+
+
+def _seconds(tbl: Mapping[str, Any], key: str, default: float) -> float:
+    value = tbl.get(key.rpartition(".")[2], default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number of seconds, not {value!r}")
+    if not 0.05 <= value <= 3600:
+        raise ConfigError(f"{key} {value!r} is outside 0.05..3600 seconds")
+    return float(value)
 
 
 def parse_size(value: int | str, key: str) -> int:

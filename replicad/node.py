@@ -225,7 +225,10 @@ async def run_node(config: NodeConfig, *, grace: float = SHUTDOWN_GRACE) -> None
         )
         peers = tuple(p.name for p in config.peers)
         async with MailStore.open(
-            node.data_dir / "store", map_size=node.map_size, peers=peers
+            node.data_dir / "store",
+            map_size=node.map_size,
+            peers=peers,
+            max_lag=config.cluster.max_outbox,
         ) as store:
             cluster = _cluster_node(config, store)
             dispatcher = AdminDispatcher(
@@ -286,7 +289,13 @@ def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
         contexts=contexts,
         listen=(config.listen.address, config.listen.port),
         data_dir=config.node.data_dir,
-        settings=ClusterSettings(durability=config.node.durability),
+        settings=ClusterSettings(
+            granularity=config.cluster.granularity,
+            ping_interval=config.cluster.ping_interval,
+            dead_after=config.cluster.dead_after,
+            durability=config.node.durability,
+            user_durability=dict(config.cluster.user_durability),
+        ),
     )
 
 

@@ -123,6 +123,11 @@ class ClusterSettings:
     backoff_max: float = 3.0
     granularity: Granularity = Granularity.MAILBOX
     durability: DurabilityLevel = LOCAL
+    user_durability: dict[str, DurabilityLevel] = field(default_factory=dict)
+
+    def level_for(self, user: str) -> DurabilityLevel:
+        """The durability level of ``user``'s writes: an override, else the node's (I1)."""
+        return self.user_durability.get(user, self.durability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,7 +908,7 @@ class ClusterNode:
 
     async def _execute_here(self, op: WriteOp) -> Any:
         """Apply ``op`` as master: one logged transaction, then the durability wait (I1)."""
-        level = self.settings.durability
+        level = self.settings.level_for(op.user)
         direct = frozenset(self.sessions) | {self.name}
         level.check_reachable(len(direct))
         store = self.store

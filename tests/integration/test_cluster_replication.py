@@ -661,3 +661,24 @@ def test_replicator_status_shows_the_outbox_of_a_stopped_peer(cluster: LocalClus
     rows = cluster.wait_until("n1 reports an outbox for stopped n3", backlog)
     assert rows["n2"]["link"] == "up" and rows["n2"]["reachable"] is True
     assert rows["n3"]["reachable"] is False and rows["n3"]["resync"] == 0
+
+
+def test_an_overflowing_outbox_marks_the_peer_for_resync(cluster: LocalCluster) -> None:
+    cluster.up("-n", "3")
+    cluster.down()
+    for node in NODES:  # a tiny bound so a few writes overflow it
+        path = cluster.config(node)
+        path.write_text(path.read_text() + "\n[cluster]\nmax_outbox = 3\n")
+    cluster.up()
+    cluster.wait_root()
+    cluster.save("n1", "fred", "before")
+    cluster.stop_node("n3")
+    for i in range(6):
+        cluster.save("n1", "fred", f"while n3 is down {i}")
+
+    rows = {r["peer"]: r for r in cluster.json_on("n1", "replicator", "status")}
+    # n3's backlog was dropped at the bound: the mailbox is marked for resync
+    # with n3 (the resync layer repairs it), and the outbox no longer grows.
+    assert rows["n3"]["resync"] >= 1, rows
+    assert rows["n3"]["outbox"] <= 3, rows
+    assert rows["n2"]["resync"] == 0, rows

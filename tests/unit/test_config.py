@@ -161,3 +161,32 @@ def test_the_shipped_example_config_is_valid() -> None:
     assert config.name == "mail1"
     assert [p.name for p in config.peers] == ["mail2", "mail3"]
     assert config.tls is not None and config.tls.cluster == "example"
+
+
+def test_cluster_section() -> None:
+    config = parse_config(
+        MINIMAL
+        + TLS
+        + '[[peers]]\nname = "n2"\naddress = "10.0.0.2:7750"\n'
+        + '[cluster]\ngranularity = "user"\nmax_outbox = 500\nping_interval = 0.5\n'
+        + 'dead_after = 3\n[cluster.durability]\nceo = "all"\nbob = 1\n',
+        BASE,
+    )
+    cluster = config.cluster
+    assert cluster.granularity.value == "user"
+    assert (cluster.max_outbox, cluster.ping_interval, cluster.dead_after) == (500, 0.5, 3.0)
+    assert [(u, lvl.copies) for u, lvl in cluster.user_durability] == [("bob", 1), ("ceo", 2)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[cluster]\ngranularity = "folder"\n', "cluster.granularity must be mailbox, user or"),
+        ("[cluster]\nmax_outbox = 0\n", "cluster.max_outbox 0 is outside"),
+        ("[cluster]\nping_interval = 2\ndead_after = 1\n", "must be longer than"),
+        ("[cluster]\nmaxoutbox = 5\n", "did you mean cluster.max_outbox"),
+        ('[cluster.durability]\nbob = "most"\n', "cluster.durability.bob"),
+    ],
+)
+def test_bad_cluster_values_name_the_key(text: str, expected: str) -> None:
+    assert expected in error_of(MINIMAL + text)
