@@ -16,7 +16,7 @@ from typing import Any
 from replicad.cli.common import connect, output_format, print_rows, write_line
 from replicad.cli.output import render_document
 
-PEER_FIELDS = ["peer", "link", "reachable", "via", "rtt_ms", "outbox", "resync"]
+PEER_FIELDS = ["peer", "link", "reachable", "via", "rtt_ms", "outbox", "resync", "why"]
 MASTER_FIELDS = ["user", "mailbox", "master"]
 
 
@@ -63,6 +63,7 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
             "rtt_ms": p.get("rtt_ms"),
             "outbox": p.get("outbox"),
             "resync": p.get("resync", 0),
+            "why": p.get("resync_reasons", []),
         }
         for p in status.get("peers", [])
     ]

@@ -77,6 +77,7 @@ from replicad.protocol.connection import (
     ReplyReceived,
     UntaggedReceived,
 )
+from replicad.store.changelog import RESYNC_PARTITION
 from replicad.store.index import AppendRequest, FlagMode
 from replicad.store.mailstore import MailStore
 from replicad.store.records import (
@@ -362,6 +363,7 @@ class ClusterNode:
         self._inflight: dict[MasterKey, int] = {}  # writes executing here, per key
         self._drained = trio.Event()
         self._handed_over: set[MasterKey] = set()  # keys given away, commit pending
+        self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
 
@@ -935,9 +937,28 @@ class ClusterNode:
             result = await store.delete_mailbox(op.user, op.name)
         seq = await store.log_head()
         self.log_changed()
+        await self._record_divergence(result)
         if level.copies > 1:
             await self._wait_copies(seq, level)
         return result
+
+    async def _record_divergence(self, result: Any) -> None:
+        """I7: a write made as master while configured peers are unreachable may
+        diverge from what they do meanwhile (they may have picked another master
+        on their side).  Record it per (peer, mailbox), since the modseq before
+        the write, for the resync layer; the outbox still delivers the change.
+        """
+        unreachable = sorted(set(self.peers) - self.routing.reachable())
+        if not unreachable:
+            self._divergent.clear()
+            return
+        mailbox, since = _divergence_point(result)
+        if mailbox is None:
+            return
+        fresh = [p for p in unreachable if (p, mailbox) not in self._divergent]
+        if fresh:
+            await self.store.mark_resync(fresh, mailbox, RESYNC_PARTITION, since)
+            self._divergent.update((p, mailbox) for p in fresh)
 
     def log_changed(self) -> None:
         """New entries are in the log: wake every peer's pump."""
@@ -1196,7 +1217,7 @@ class ClusterNode:
         claim = self.election.claim
         reachable = self.routing.reachable()
         head = await self.store.log_head()
-        peers = []
+        peers: list[dict[str, Any]] = []
         for name in sorted((set(self.peers) | reachable) - {self.name}):
             session = self.sessions.get(name)
             route = self.routing.route(name)
@@ -1214,7 +1235,9 @@ class ClusterNode:
             )
         marks = await self.store.resync_marks()
         for row in peers:
-            row["resync"] = sum(1 for m in marks if m.peer == row["name"])
+            mine = [m for m in marks if m.peer == row["name"]]
+            row["resync"] = len(mine)  # mailboxes marked for resync with this peer
+            row["resync_reasons"] = sorted({m.reason for m in mine})
         # The root shows its directory (every assignment of its epoch); other
         # nodes show the masters they have cached.
         known = (
@@ -1233,6 +1256,23 @@ class ClusterNode:
             "peers": peers,
             "stats": dict(self.stats),
         }
+
+
+def _divergence_point(result: Any) -> tuple[bytes | None, int]:
+    """(mailbox GUID, modseq before the write) of a master's write result."""
+    if isinstance(result, MessageAppended):
+        return result.mailbox, result.modseq - 1
+    if isinstance(result, MessagesCopied):
+        if not result.appended:
+            return None, 0
+        return result.appended[0].mailbox, min(a.modseq for a in result.appended) - 1
+    if isinstance(result, (FlagsChanged, MessagesExpunged)):
+        return result.mailbox, max(0, result.modseq - 1)
+    if isinstance(result, MailboxCreated):
+        return result.mailbox, 0
+    if isinstance(result, (MailboxRenamed, MailboxDeleted)):
+        return result.mailbox, 0
+    return None, 0
 
 
 def _append_request(op: SaveOp) -> AppendRequest:

@@ -33,6 +33,7 @@ RESYNC_OVERFLOW = "outbox-overflow"
 RESYNC_NEW_PEER = "new-peer"
 RESYNC_CONFLICT = "conflict"
 RESYNC_MISSING = "missing"
+RESYNC_PARTITION = "partition"  # written as master while the peer was unreachable (I7)
 
 
 @dataclass(frozen=True, slots=True)

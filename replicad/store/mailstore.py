@@ -351,6 +351,17 @@ class MailStore:
     async def backlog(self) -> list[PeerBacklog]:
         return await self._read(self.log.backlog)
 
+    async def mark_resync(
+        self, peers: Sequence[str], mailbox: bytes, reason: str, since: int
+    ) -> None:
+        """Record that ``mailbox`` must be resynchronised with each of ``peers``."""
+
+        def op(txn: Any) -> None:
+            for peer in peers:
+                self.log.mark_resync(txn, peer, mailbox, reason, since)
+
+        await self.writer.submit(op)
+
     async def resync_marks(self) -> list[ResyncMark]:
         return await self._read(self.log.resync_marks)
 
