@@ -84,6 +84,14 @@ class RoutingTable:
         """Every node this one can reach now, itself included."""
         return frozenset(self._routes) | {self.me}
 
+    def advertised(self, neighbour: str, target: str) -> int:
+        """Hops at which ``neighbour`` told us it reaches ``target`` (UNREACHABLE if
+        it did not, or routes it through us: poisoned reverse).  1 means the
+        neighbour has a direct link to ``target``."""
+        if neighbour == target:
+            return 0
+        return self._vectors.get(neighbour, {}).get(target, UNREACHABLE)
+
     def vector_for(self, neighbour: str) -> dict[str, int]:
         """The vector to announce to ``neighbour`` (with poisoned reverse)."""
         out = {self.me: 0}

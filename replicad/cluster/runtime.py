@@ -260,6 +260,8 @@ class PeerSession:
         self.in_ids: dict[int, MboxBinding] = {}
         self.out_ids: dict[tuple[str, str, bytes], int] = {}
         self.stream_ids: dict[bytes, int] = {}  # mailbox GUID -> id, for the change stream
+        self.last_sent = outbox.acked  # log seq of the last change frame sent
+        self.skip_to: dict[int, int] = {}  # ACK of seq s also covers skipped entries up to t
         self._next_out_id = 0
         self.pending: dict[str, _Pending] = {}
         self.window_freed = trio.Event()
@@ -363,6 +365,7 @@ class ClusterNode:
         self._inflight: dict[MasterKey, int] = {}  # writes executing here, per key
         self._drained = trio.Event()
         self._handed_over: set[MasterKey] = set()  # keys given away, commit pending
+        self._heard: set[str] = set()  # peers whose first ROUTES arrived (settling)
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
@@ -393,7 +396,13 @@ class ClusterNode:
             task_status.started()
 
     async def _settle(self) -> None:
+        """Elect only once the running cluster had its say (a restarted root must
+        not take over blindly): after ``settle`` seconds, and after every linked
+        peer sent its first ROUTES, which follows its EPOCH on the wire."""
         await trio.sleep(self.settings.settle)
+        with trio.move_on_after(self.settings.settle * 4):
+            while any(s.peer not in self._heard for s in self.sessions.values()):
+                await self._view_changed.wait()
         self._act(self.election.settle())
 
     def _load_epoch(self) -> int:
@@ -444,8 +453,8 @@ class ClusterNode:
             with session.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     outbox.on_link_up()
-                    self._topology_changed()
                     self._send_gossip(session)
+                    self._topology_changed()
                     self._introduce_root(session)
                     nursery.start_soon(self._pump, session)
                     nursery.start_soon(self._applier, session)
@@ -554,9 +563,16 @@ class ClusterNode:
             self._spawn(self._send_untagged(session, c.Routes(routes)))
 
     def _send_gossip(self, session: PeerSession) -> None:
+        """Our claim, then our routes, queued in this order on the new link: a
+        peer that has our ROUTES has also had our EPOCH (see :meth:`_settle`)."""
         claim = self.election.gossip()
         if claim is not None:
-            self._spawn(self._send_untagged(session, c.Epoch(claim.epoch, claim.root)))
+            epoch = c.Epoch(claim.epoch, claim.root)
+            session.link.queue(lambda conn: conn.send_untagged(epoch))
+        vector = self.routing.vector_for(session.peer)
+        routes = c.Routes(tuple(c.Route(n, min(h, 255)) for n, h in sorted(vector.items())))
+        session.link.queue(lambda conn: conn.send_untagged(routes))
+        self._spawn(session.link.flush())
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._nursery is not None
@@ -1101,28 +1117,48 @@ class ClusterNode:
                 with trio.move_on_after(1.0):
                     await changed.wait()
                 continue
-            entries = await self.store.outbox(rng.after, rng.limit)
+            entries = await self.store.outbox_with_origin(rng.after, rng.limit)
             if not entries:
                 outbox.on_sent(head)
                 continue
-            hashes = [ch.body_hash for _, ch in entries if isinstance(ch, MessageAppended)]
+            wanted = [(seq, ch) for seq, ch, origin in entries if self._wants(session, origin)]
+            hashes = [ch.body_hash for _, ch in wanted if isinstance(ch, MessageAppended)]
             bodies = await self.store.read_blobs(hashes)
-            for seq, change in entries:
-                await self._send_change(session, seq, change, bodies)
-                self.stats["changes_sent"] += 1
+            for seq, change in wanted:
+                if await self._send_change(session, seq, change, bodies):
+                    session.last_sent = seq
+                    self.stats["changes_sent"] += 1
             await session.link.flush()
-            outbox.on_sent(entries[-1][0])
+            last = entries[-1][0]
+            outbox.on_sent(last)
+            if last > session.last_sent:
+                # Entries the peer does not need (relayed from it, or from a node
+                # it has a link to): the ACK of our last frame also covers them.
+                if outbox.acked >= session.last_sent:
+                    await self._acked(session, last)
+                else:
+                    session.skip_to[session.last_sent] = last
+
+    def _wants(self, session: PeerSession, origin: str) -> bool:
+        """Does the peer need an entry from ``origin`` ("" = written here) from us?"""
+        if not origin:
+            return True
+        if origin == session.peer:
+            return False
+        # A peer with a direct link to the origin gets it from there.
+        return self.routing.advertised(session.peer, origin) != 1
 
     async def _send_change(
         self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, bytes]
-    ) -> None:
+    ) -> bool:
+        """Queue the frame of one log entry; False if there is nothing to send."""
         ids: dict[bytes, int] = {}
         for guid in mailboxes_of(change):
             mid = session.stream_ids.get(guid)
             if mid is None:
                 status = await self.store.mailbox_by_guid(guid)
                 if status is None:
-                    return  # deleted since; the DELETE that follows tells the peer
+                    return False  # deleted since; the DELETE that follows tells the peer
                 mid, new = session.mbox_id(status.user, status.name, status.guid)
                 if new:
                     mbox = c.Mbox(
@@ -1142,6 +1178,7 @@ class ClusterNode:
         body = bodies.get(change.body_hash) if isinstance(change, MessageAppended) else None
         frame = to_wire(seq, change, ids, body)
         session.link.queue(lambda conn: conn.send_untagged(frame))
+        return True
 
     async def _send_mbox(self, session: PeerSession, mbox: c.Mbox) -> None:
         """Queue an MBOX binding; its reply is consumed, never awaited."""
@@ -1157,6 +1194,10 @@ class ClusterNode:
         if isinstance(data, c.Ack):
             await self._acked(session, data.seq)
         elif isinstance(data, c.Routes):
+            if session.peer not in self._heard:
+                self._heard.add(session.peer)
+                self._view_changed.set()
+                self._view_changed = trio.Event()
             vector = {r.node: r.hops for r in data.routes}
             if self.routing.receive_vector(session.peer, vector):
                 self._broadcast_routes()
@@ -1174,7 +1215,16 @@ class ClusterNode:
                 raise ProtocolError(
                     f"change {frame.seq} names an unbound mailbox id {exc}"
                 ) from None
-        results = await self.store.apply_replicated_many(items, session.peer)
+        # Relay what this link brings to neighbours with no link to its sender
+        # (A-B-C with A-C down: B passes C's changes on to A).
+        relay = any(
+            self.routing.advertised(name, session.peer) != 1
+            for name in self.sessions
+            if name != session.peer
+        )
+        results = await self.store.apply_replicated_many(items, session.peer, relay=relay)
+        if relay:
+            self.log_changed()
         for frame, result in zip(frames, results, strict=True):
             if isinstance(result, ReplicadError):
                 # Not applied (e.g. a body this node never had): the mailbox
@@ -1201,9 +1251,13 @@ class ClusterNode:
         await self._send_untagged(session, c.Ack(frames[-1].seq))
 
     async def _acked(self, session: PeerSession, seq: int) -> None:
-        if session.outbox.on_ack(seq):
-            await self.store.ack(session.peer, seq)
-            for wid in self.acks.acked(session.peer, seq):
+        covered = session.skip_to.pop(seq, seq)
+        if session.outbox.on_ack(covered):
+            await self.store.ack(session.peer, covered)
+            # Sound for durability (I1) even when ``local``: entries are only
+            # skipped if relayed from elsewhere, so every write of ours up to
+            # ``covered`` was sent and acknowledged by the peer itself.
+            for wid in self.acks.acked(session.peer, covered):
                 event = self._ack_waits.pop(wid, None)
                 if event is not None:
                     event.set()

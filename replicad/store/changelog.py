@@ -51,6 +51,15 @@ class ResyncMark:
     since_modseq: int
 
 
+def _entry(origin: str, change: Change) -> bytes:
+    # Node names never contain NUL, so the first NUL ends the origin.
+    return origin.encode() + b"\0" + encode_change(change)
+
+
+def _change_of(raw: bytes) -> Change:
+    return decode_change(raw.partition(b"\0")[2])
+
+
 def _resync_key(peer: str, mailbox: bytes) -> bytes:
     return peer.encode() + b"\0" + mailbox
 
@@ -98,10 +107,14 @@ class ChangeLog:
 
     # -- writing --
 
-    def append(self, txn: Any, change: Change) -> int:
-        """Queue ``change`` for every peer; return its sequence number."""
+    def append(self, txn: Any, change: Change, origin: str = "") -> int:
+        """Queue ``change`` for every peer; return its sequence number.
+
+        ``origin`` is empty for this node's own writes, else the peer a
+        relayed change came from (the stream to that peer skips it).
+        """
         seq = self.head(txn) + 1
-        txn.put(pack_u64(seq), encode_change(change), db=self.dbs.log)
+        txn.put(pack_u64(seq), _entry(origin, change), db=self.dbs.log)
         txn.put(b"log_head", pack_u64(seq), db=self.dbs.meta)
         for digest in body_hashes(change):
             blobs.add_reference_to_existing(txn, self.dbs, digest)
@@ -117,7 +130,7 @@ class ChangeLog:
                 for key, raw in cur:
                     if unpack_u64(bytes(key)) > head:
                         break
-                    change = decode_change(bytes(raw))
+                    change = _change_of(bytes(raw))
                     since = getattr(change, "modseq", 0)
                     self._mark(txn, peer, mailbox_of(change), RESYNC_OVERFLOW, since)
         txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)
@@ -144,7 +157,7 @@ class ChangeLog:
                 key = bytes(cur.key())
                 if not key or unpack_u64(key) > low:
                     break
-                for digest in body_hashes(decode_change(bytes(cur.value()))):
+                for digest in body_hashes(_change_of(bytes(cur.value()))):
                     blobs.drop_reference(txn, self.dbs, digest)
                 if not cur.delete():
                     break
@@ -153,11 +166,18 @@ class ChangeLog:
 
     def entries(self, txn: Any, after: int, limit: int) -> list[tuple[int, Change]]:
         """Up to ``limit`` entries with a sequence number above ``after``."""
-        out: list[tuple[int, Change]] = []
+        return [(seq, change) for seq, change, _ in self.entries_with_origin(txn, after, limit)]
+
+    def entries_with_origin(
+        self, txn: Any, after: int, limit: int
+    ) -> list[tuple[int, Change, str]]:
+        """Like :meth:`entries`, with each entry's origin ("" = written here)."""
+        out: list[tuple[int, Change, str]] = []
         with txn.cursor(db=self.dbs.log) as cur:
             if cur.set_range(pack_u64(after + 1)):
                 for key, raw in cur:
-                    out.append((unpack_u64(bytes(key)), decode_change(bytes(raw))))
+                    origin, _, encoded = bytes(raw).partition(b"\0")
+                    out.append((unpack_u64(bytes(key)), decode_change(encoded), origin.decode()))
                     if len(out) >= limit:
                         break
         return out

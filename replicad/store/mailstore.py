@@ -44,7 +44,7 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
-from replicad.store.replica import ApplyResult, ReplicaApplier
+from replicad.store.replica import ApplyResult, Outcome, ReplicaApplier
 from replicad.store.schema import Databases, MailboxRow, open_environment
 from replicad.store.writer import GroupCommitWriter, StoreExecutor, ThreadExecutor
 from replicad.uidset import UidSet
@@ -257,13 +257,20 @@ class MailStore:
         return await self.writer.submit(lambda t: self._applier.apply(t, change, prepared, source))
 
     async def apply_replicated_many(
-        self, items: Sequence[tuple[Change, Sequence[bytes]]], source: str
+        self,
+        items: Sequence[tuple[Change, Sequence[bytes]]],
+        source: str,
+        *,
+        relay: bool = False,
     ) -> list[ApplyResult | ReplicadError]:
         """Apply a burst of a master's records in one transaction and one fsync.
 
         Each record runs in its own nested transaction, so one that fails
         (a missing body, say) is rolled back alone and reported in its slot;
         the others are kept.  Order is preserved (records of one stream).
+        With ``relay``, every record that was new here is also appended to
+        this node's log (origin ``source``) for peers that cannot get it
+        from ``source`` directly; duplicates are not, which ends floods.
         """
         prepared = await self._executor.run_read(
             lambda: [{p.body_hash: p for p in map(PreparedBody.make, b)} for _, b in items]
@@ -275,7 +282,10 @@ class MailStore:
             for (change, _), bodies in zip(items, prepared, strict=True):
                 child = env.begin(write=True, parent=txn)
                 try:
-                    out.append(self._applier.apply(child, change, bodies, source))
+                    result = self._applier.apply(child, change, bodies, source)
+                    if relay and result.outcome is Outcome.APPLIED and self.log.peers:
+                        self.log.append(child, change, origin=source)
+                    out.append(result)
                 except ReplicadError as exc:
                     child.abort()
                     out.append(exc)
@@ -340,6 +350,10 @@ class MailStore:
 
     async def read_blob(self, body_hash: bytes) -> bytes:
         return await self._read(lambda t: blobs.read_body(t, self._dbs, body_hash))
+
+    async def outbox_with_origin(self, after: int, limit: int) -> list[tuple[int, Change, str]]:
+        """Log entries after ``after`` with their origin ("" = written here)."""
+        return await self._read(lambda t: self.log.entries_with_origin(t, after, limit))
 
     async def outbox(self, after: int, limit: int) -> list[tuple[int, Change]]:
         """Log entries after sequence ``after`` (what a peer acked), oldest first."""

@@ -545,7 +545,9 @@ def test_quorum_refuses_without_a_majority(cluster: LocalCluster) -> None:
 # --- 6. A-B-C chain: writes forwarded hop by hop to the master ---------------------------
 
 
-def test_chain_forwards_writes_through_the_middle_node(cluster: LocalCluster) -> None:
+def test_chain_forwards_writes_and_relays_changes_through_the_middle_node(
+    cluster: LocalCluster,
+) -> None:
     cluster.up("-n", "3")
     cluster.down()
     cluster.keep_peers("n1", ["n2"])
@@ -563,16 +565,20 @@ def test_chain_forwards_writes_through_the_middle_node(cluster: LocalCluster) ->
     third = cluster.save("n2", "grace", "from-n2")
     assert third["uid"] == 3
 
-    # In this version changes stream only over direct links (README "Status"),
-    # so n1 may never get n3's changes: only n2 and n3 are checked, nothing is
-    # assumed about n1's copy of grace's mailboxes.
+    # n2 relays what it gets from n3 to n1 and from n1's master writes to n3:
+    # every node ends with the same mailbox although n1 and n3 share no link.
+    cluster.json_on("n1", "mailbox", "create", "-u", "grace", "Notes")
+    n1_master = cluster.save("n1", "grace", "n1 masters this", mailbox="Notes")
+    assert n1_master["uid"] == 1
     expected = {s["uid"]: s["guid"] for s in (first, second, third)}
     state = cluster.wait_converged(
         "grace",
-        nodes=("n3", "n2"),
-        until=lambda st: len(inbox_uids(st)) == 3,
+        until=lambda st: (
+            len(inbox_uids(st)) == 3 and len(st.get("Notes", {}).get("messages", [])) == 1
+        ),
     )
     assert uid_map(state["INBOX"]["messages"]) == expected
+    assert uid_map(state["Notes"]["messages"]) == {1: n1_master["guid"]}
 
     # Routing: n1 reaches n3 (and n3 reaches n1) through n2.
     def routed() -> tuple[bool, Any]:
