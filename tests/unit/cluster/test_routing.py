@@ -119,3 +119,17 @@ def test_routes_are_shortest_paths_after_any_history(graph: tuple) -> None:  # t
                 assert route is not None and route.hops == hops
                 # The next hop is a neighbour that is one hop closer.
                 assert (min(n, route.next_hop), max(n, route.next_hop)) in edges
+
+
+def test_advertised_distance_tells_who_has_a_direct_link() -> None:
+    """The relay rule's input: in A-B-C, B learns A has no direct link to C."""
+    tables = build(["a", "b", "c"], {("a", "b"), ("b", "c")})
+    converge(tables)
+    b = tables["b"]
+    assert b.advertised("a", "c") != 1  # a reaches c only through b (poisoned: unreachable)
+    assert b.advertised("c", "a") != 1
+    assert b.advertised("a", "a") == 0
+    tables["a"].link_up("c")
+    tables["c"].link_up("a")
+    converge(tables)
+    assert b.advertised("a", "c") == 1  # now direct: b stops relaying c's changes to a
