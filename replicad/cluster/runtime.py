@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ MAX_APPLY_BURST: Final = 512
 MAX_INBOX: Final = 1024
 #: Unacknowledged changes in flight per peer, and changes read per batch: enough
 #: to keep a loopback link busy while the peer commits (W1), within MAX_INBOX.
+MAX_LAG_SAMPLES: Final = 1000  # per peer, for replication lag percentiles
 OUTBOX_WINDOW: Final = 1024
 OUTBOX_BATCH: Final = 128
 
@@ -261,6 +263,8 @@ class PeerSession:
         self.out_ids: dict[tuple[str, str, bytes], int] = {}
         self.stream_ids: dict[bytes, int] = {}  # mailbox GUID -> id, for the change stream
         self.last_sent = outbox.acked  # log seq of the last change frame sent
+        self.ack_dirty = trio.Event()  # acknowledged position not yet on disk
+        self.lag: deque[float] = deque(maxlen=MAX_LAG_SAMPLES)  # write -> peer ack, s
         self.skip_to: dict[int, int] = {}  # ACK of seq s also covers skipped entries up to t
         self._next_out_id = 0
         self.pending: dict[str, _Pending] = {}
@@ -366,6 +370,7 @@ class ClusterNode:
         self._drained = trio.Event()
         self._handed_over: set[MasterKey] = set()  # keys given away, commit pending
         self._heard: set[str] = set()  # peers whose first ROUTES arrived (settling)
+        self._write_times: dict[int, float] = {}  # our log seq -> when it was written
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
@@ -458,6 +463,7 @@ class ClusterNode:
                     self._introduce_root(session)
                     nursery.start_soon(self._pump, session)
                     nursery.start_soon(self._applier, session)
+                    nursery.start_soon(self._persist_acks, session)
                     nursery.start_soon(self._pinger, session)
                     await self._reader(session, nursery)
                     nursery.cancel_scope.cancel()
@@ -952,6 +958,7 @@ class ClusterNode:
         else:
             result = await store.delete_mailbox(op.user, op.name)
         seq = await store.log_head()
+        self._write_times[seq] = trio.current_time()
         self.log_changed()
         await self._record_divergence(result)
         if level.copies > 1:
@@ -1252,17 +1259,50 @@ class ClusterNode:
 
     async def _acked(self, session: PeerSession, seq: int) -> None:
         covered = session.skip_to.pop(seq, seq)
-        if session.outbox.on_ack(covered):
-            await self.store.ack(session.peer, covered)
-            # Sound for durability (I1) even when ``local``: entries are only
-            # skipped if relayed from elsewhere, so every write of ours up to
-            # ``covered`` was sent and acknowledged by the peer itself.
-            for wid in self.acks.acked(session.peer, covered):
-                event = self._ack_waits.pop(wid, None)
-                if event is not None:
-                    event.set()
-            self._log_changed.set()
-            self._log_changed = trio.Event()
+        previous = session.outbox.acked
+        if not session.outbox.on_ack(covered):
+            return
+        # Waiting clients first: the peer has the change on disk now (I1).
+        # Sound even for covered entries: entries are only skipped if relayed
+        # from elsewhere, so every write of ours up to ``covered`` was sent
+        # and acknowledged by the peer itself.
+        for wid in self.acks.acked(session.peer, covered):
+            event = self._ack_waits.pop(wid, None)
+            if event is not None:
+                event.set()
+        now = trio.current_time()
+        for s in range(previous + 1, covered + 1):
+            written = self._write_times.get(s)
+            if written is not None:
+                session.lag.append(now - written)
+        self._prune_write_times()
+        # The durable cursor only decides where a restarted stream resumes
+        # (resending a little more is harmless), so it is written lazily.
+        session.ack_dirty.set()
+        self._log_changed.set()
+        self._log_changed = trio.Event()
+
+    async def _persist_acks(self, session: PeerSession) -> None:
+        """Write the peer's acknowledged position at most every 50 ms (one fsync)."""
+        try:
+            while True:
+                await session.ack_dirty.wait()
+                session.ack_dirty = trio.Event()
+                await self.store.ack(session.peer, session.outbox.acked)
+                await trio.sleep(0.05)
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(ReplicadError):
+                await self.store.ack(session.peer, session.outbox.acked)
+
+    def _prune_write_times(self) -> None:
+        if not self._write_times:
+            return
+        low = min((s.outbox.acked for s in self.sessions.values()), default=0)
+        while self._write_times:
+            first = next(iter(self._write_times))
+            if first > low and len(self._write_times) <= MAX_LAG_SAMPLES * 100:
+                break
+            del self._write_times[first]
 
     # -- status --
 
@@ -1276,7 +1316,13 @@ class ClusterNode:
             session = self.sessions.get(name)
             route = self.routing.route(name)
             # Only configured peers have an outbox (changes stream over direct links).
-            cursor = await self.store.log_cursor(name) if name in self.peers else None
+            cursor = (
+                session.outbox.acked
+                if session is not None
+                else await self.store.log_cursor(name)
+                if name in self.peers
+                else None
+            )
             peers.append(
                 {
                     "name": name,
@@ -1285,6 +1331,8 @@ class ClusterNode:
                     "via": route.next_hop if route else None,
                     "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
                     "outbox": max(0, head - cursor) if cursor is not None else None,
+                    "lag_p50_ms": _percentile_ms(session.lag, 0.50) if session else None,
+                    "lag_p99_ms": _percentile_ms(session.lag, 0.99) if session else None,
                 }
             )
         marks = await self.store.resync_marks()
@@ -1310,6 +1358,13 @@ class ClusterNode:
             "peers": peers,
             "stats": dict(self.stats),
         }
+
+
+def _percentile_ms(samples: deque[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
 def _divergence_point(result: Any) -> tuple[bytes | None, int]:
