@@ -16,7 +16,18 @@ from typing import Any
 from replicad.cli.common import connect, output_format, print_rows, write_line
 from replicad.cli.output import render_document
 
-PEER_FIELDS = ["peer", "link", "reachable", "via", "rtt_ms", "outbox", "resync", "why"]
+PEER_FIELDS = [
+    "peer",
+    "link",
+    "reachable",
+    "via",
+    "rtt_ms",
+    "outbox",
+    "lag_p50_ms",
+    "lag_p99_ms",
+    "resync",
+    "why",
+]
 MASTER_FIELDS = ["user", "mailbox", "master"]
 
 
@@ -62,6 +73,8 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
             "via": p.get("via"),
             "rtt_ms": p.get("rtt_ms"),
             "outbox": p.get("outbox"),
+            "lag_p50_ms": p.get("lag_p50_ms"),
+            "lag_p99_ms": p.get("lag_p99_ms"),
             "resync": p.get("resync", 0),
             "why": p.get("resync_reasons", []),
         }

@@ -26,11 +26,18 @@ and :mod:`replicad.protocol`.  One :class:`ClusterNode` per node process:
   durable acknowledgement (:class:`~replicad.cluster.outbox.OutboxStream`);
   the peer applies idempotently in order and ACKs cumulatively.
 
-Known limits of this version (documented in README "Status"): changes are
-streamed only over direct links (a node with no direct link to a master
-gets that master's changes once a link exists or by resync); a mailbox whose
-master became unreachable is reassigned (I7) and the divergence is left to
-the resync layer.
+* **Relays.** A node that applies changes from S also logs them (origin S)
+  when a neighbour has no direct link to S, and streams them on; a stream
+  skips what its peer gets elsewhere.  In a full mesh nothing is relayed.
+* **MASTER-MOVE** (:meth:`ClusterNode.move_master`) holds the key's writes
+  at the master, drains them, lets the destination catch up, hands over.
+* **Autonomy (I7).** A master unreachable from the root's side is replaced
+  there; writes a master makes while configured peers are unreachable are
+  recorded per (peer, mailbox) as resync marks for the resync layer.
+
+Known limits of this version: a route change can leave a short gap in a
+relayed stream (the resync layer repairs it); a write's durability counts
+only direct peers' acknowledgements.
 """
 
 from __future__ import annotations
