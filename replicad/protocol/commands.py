@@ -28,16 +28,18 @@ go the other way.  Malformed fields raise
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self, TypeVar, cast
 
 from replicad.errors import BadInputError, ProtocolError
-from replicad.flags import normalise_flag
+from replicad.flags import SYSTEM_FLAGS, normalise_flag
 from replicad.protocol.frames import DEFAULT_MAX_FRAME, UNTAGGED, Frame, Value
-from replicad.uidset import UidSet
+from replicad.uidset import MAX_UID, UidSet
 
 PROTOCOL_VERSION: Final = 1
 MAX_U16: Final = 2**16 - 1
@@ -52,18 +54,52 @@ _NODE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ATOM_RE: Final = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9.]{1,16}")
 
+R = TypeVar("R", bound="Record")
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """A function storing field ``name`` on a new instance of ``cls``, past the
+    frozen ``__setattr__`` (what the dataclass ``__init__`` does, one call cheaper)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            descriptor = vars(klass)[name]
+            if isinstance(descriptor, types.MemberDescriptorType):
+                setter: Callable[[Any, Any], None] = descriptor.__set__
+                return setter
+            break
+
+    def set_field(record: Any, value: Any) -> None:
+        object.__setattr__(record, name, value)
+
+    return set_field
+
 
 # --- field types ---------------------------------------------------------------
 
+#: Checks and converts one received wire value; raises ProtocolError naming the field.
+Check = Callable[[Value], Any]
+
 
 class FieldType:
-    """Converts one field between its record value and its wire value."""
+    """Converts one field between its record value and its wire value.
+
+    Subclasses implement :meth:`encode` and :meth:`checker`.  The checker is
+    the one place a type's validation is written: it is built once per
+    record field (see :func:`record_decoder`), so the per-frame cost is one
+    call of a closure whose bounds and error texts are already bound.
+    """
 
     def encode(self, value: Any) -> Value:
         raise NotImplementedError
 
-    def decode(self, value: Value, name: str) -> Any:
+    def checker(self, name: str) -> Check:
+        """A function returning the record value of a valid wire value and
+        raising :class:`ProtocolError` (reason prefixed with ``name``) otherwise."""
         raise NotImplementedError
+
+    def decode(self, value: Value, name: str) -> Any:
+        """``checker(name)(value)``, for one-off use (builds the checker each call)."""
+        return self.checker(name)(value)
 
 
 class UInt(FieldType):
@@ -73,10 +109,17 @@ class UInt(FieldType):
     def encode(self, value: Any) -> Value:
         return int(value)
 
-    def decode(self, value: Value, name: str) -> int:
-        if type(value) is not int or not self.low <= value <= self.high:
-            raise ProtocolError(f"{name}: expected an integer in {self.low}..{self.high}")
-        return value
+    def checker(self, name: str) -> Check:
+        low, high = self.low, self.high
+        reason = f"{name}: expected an integer in {low}..{high}"
+
+        def check(value: Value) -> int:
+            # type() is, not isinstance: bool is an int subclass and not a wire type.
+            if type(value) is int and low <= value <= high:
+                return value
+            raise ProtocolError(reason)
+
+        return check
 
 
 class Text(FieldType):
@@ -86,14 +129,19 @@ class Text(FieldType):
     def encode(self, value: Any) -> Value:
         return str(value)
 
-    def decode(self, value: Value, name: str) -> str:
-        if type(value) is not str or not self.min_len <= len(value) <= self.max_len:
-            raise ProtocolError(
-                f"{name}: expected a string of {self.min_len}..{self.max_len} characters"
-            )
-        if "\x00" in value:
-            raise ProtocolError(f"{name}: NUL in string")
-        return value
+    def checker(self, name: str) -> Check:
+        min_len, max_len = self.min_len, self.max_len
+        reason = f"{name}: expected a string of {min_len}..{max_len} characters"
+        nul = f"{name}: NUL in string"
+
+        def check(value: Value) -> str:
+            if type(value) is not str or not min_len <= len(value) <= max_len:
+                raise ProtocolError(reason)
+            if "\x00" in value:
+                raise ProtocolError(nul)
+            return value
+
+        return check
 
 
 class Pattern(FieldType):
@@ -105,10 +153,16 @@ class Pattern(FieldType):
     def encode(self, value: Any) -> Value:
         return str(value)
 
-    def decode(self, value: Value, name: str) -> str:
-        if type(value) is not str or self.pattern.fullmatch(value) is None:
-            raise ProtocolError(f"{name}: expected {self.what}")
-        return value
+    def checker(self, name: str) -> Check:
+        fullmatch = self.pattern.fullmatch
+        reason = f"{name}: expected {self.what}"
+
+        def check(value: Value) -> str:
+            if type(value) is not str or fullmatch(value) is None:
+                raise ProtocolError(reason)
+            return value
+
+        return check
 
 
 class Octets(FieldType):
@@ -118,16 +172,26 @@ class Octets(FieldType):
     def encode(self, value: Any) -> Value:
         return bytes(value)
 
-    def decode(self, value: Value, name: str) -> bytes:
-        if type(value) is not bytes or not self.min_len <= len(value) <= self.max_len:
-            if self.min_len == self.max_len:
-                raise ProtocolError(f"{name}: expected {self.min_len} bytes")
-            raise ProtocolError(f"{name}: expected {self.min_len}..{self.max_len} bytes")
-        return value
+    def checker(self, name: str) -> Check:
+        min_len, max_len = self.min_len, self.max_len
+        if min_len == max_len:
+            reason = f"{name}: expected {min_len} bytes"
+        else:
+            reason = f"{name}: expected {min_len}..{max_len} bytes"
+
+        def check(value: Value) -> bytes:
+            if type(value) is not bytes or not min_len <= len(value) <= max_len:
+                raise ProtocolError(reason)
+            return value
+
+        return check
 
 
 class Uids(FieldType):
-    """A UID set as its RFC 3501 string; ``*`` only where ``allow_star``."""
+    """A UID set as its RFC 3501 string, in canonical form; ``*`` only where ``allow_star``.
+
+    Canonical: what :class:`UidSet` prints, so every set has one wire form.
+    """
 
     def __init__(self, allow_star: bool) -> None:
         self.allow_star = allow_star
@@ -135,40 +199,132 @@ class Uids(FieldType):
     def encode(self, value: Any) -> Value:
         return str(value)
 
-    def decode(self, value: Value, name: str) -> UidSet:
-        if type(value) is not str or not value or len(value) > MAX_TEXT_LEN * 16:
-            raise ProtocolError(f"{name}: expected a UID set string")
-        try:
-            uids = UidSet.parse(value)
-        except BadInputError as exc:
-            raise ProtocolError(f"{name}: {exc}") from None
-        if uids.has_star and not self.allow_star:
-            raise ProtocolError(f"{name}: '*' not allowed here")
-        if value == "all" or str(uids) != value:
-            raise ProtocolError(f"{name}: UID set {value!r} is not in canonical form")
+    def checker(self, name: str) -> Check:
+        allow_star = self.allow_star
+
+        def check(value: Value) -> UidSet:
+            if type(value) is not str or not value or len(value) > MAX_TEXT_LEN * 16:
+                raise ProtocolError(f"{name}: expected a UID set string")
+            # Fast paths for the shapes a change stream is made of, "n" and
+            # "lo:hi".  Each accepts only strings the general path below
+            # accepts too, with the same result: ASCII digits without a
+            # leading zero (so the string is canonical), in range, lo < hi.
+            if value.isdigit() and value.isascii():
+                if value[0] != "0" and len(value) <= _MAX_UID_DIGITS:
+                    uid = int(value)
+                    if uid <= MAX_UID:
+                        return _make_uid_set(((uid, uid),))
+            else:
+                low, colon, high = value.partition(":")
+                if (
+                    colon
+                    and low.isdigit()
+                    and high.isdigit()
+                    and value.isascii()
+                    and low[0] != "0"
+                    and high[0] != "0"
+                    and len(low) <= _MAX_UID_DIGITS
+                    and len(high) <= _MAX_UID_DIGITS
+                ):
+                    lo, hi = int(low), int(high)
+                    if lo < hi <= MAX_UID:
+                        return _make_uid_set(((lo, hi),))
+            return _parse_uids(value, name, allow_star)
+
+        return check
+
+
+_MAX_UID_DIGITS: Final = len(str(MAX_UID))
+
+
+def _uid_set_maker() -> Callable[[tuple[tuple[int, int], ...]], UidSet]:
+    """``UidSet(ranges)`` for ranges already in normal form, past the frozen
+    dataclass ``__init__`` when UidSet is a plain one-field dataclass (a
+    third of the cost of checking a one-UID field)."""
+    names = [f.name for f in dataclasses.fields(UidSet)]
+    if names != ["ranges"] or hasattr(UidSet, "__post_init__"):
+        return UidSet
+    set_ranges = _slot_setter(UidSet, "ranges")
+    new = object.__new__
+
+    def make(ranges: tuple[tuple[int, int], ...]) -> UidSet:
+        uids = new(UidSet)
+        set_ranges(uids, ranges)
         return uids
+
+    return make
+
+
+_make_uid_set: Final = _uid_set_maker()
+
+
+def _parse_uids(value: str, name: str, allow_star: bool) -> UidSet:
+    """The general path of :class:`Uids`: parse, then insist on the canonical form."""
+    if not value.isascii():
+        # UidSet.parse takes str.isdigit() digits, which include non-ASCII
+        # ones that int() refuses ("²"); no canonical set has them anyway.
+        raise ProtocolError(f"{name}: UID set {value!r} is not ASCII")
+    try:
+        uids = UidSet.parse(value)
+    except BadInputError as exc:
+        raise ProtocolError(f"{name}: {exc}") from None
+    except ValueError:  # int() refusing thousands of digits (sys.int_info)
+        raise ProtocolError(f"{name}: UID set {value[:40]!r}... has an overlong number") from None
+    if uids.has_star and not allow_star:
+        raise ProtocolError(f"{name}: '*' not allowed here")
+    if value == "all" or str(uids) != value:
+        raise ProtocolError(f"{name}: UID set {value!r} is not in canonical form")
+    return uids
+
+
+#: System flags in their canonical spelling; they sort before every keyword.
+_CANONICAL_SYSTEM_FLAGS: Final = frozenset(SYSTEM_FLAGS)
 
 
 class FlagList(FieldType):
-    """Flags and keywords, canonical spelling and order (I5: always a delta or a state)."""
+    """Flags and keywords, canonical order, no repeats (I5: always a delta or a state).
+
+    System flags are accepted in any case and normalised (RFC 3501 §2.3.2);
+    the order is checked on the normalised spelling: system flags first,
+    then keywords, each group sorted (:func:`replicad.flags.sorted_flags`).
+    """
 
     def encode(self, value: Any) -> Value:
         return list(value)
 
-    def decode(self, value: Value, name: str) -> tuple[str, ...]:
-        if type(value) is not list or len(value) > 1000:
-            raise ProtocolError(f"{name}: expected a list of flags")
-        out: list[str] = []
-        for flag in value:
-            if type(flag) is not str:
-                raise ProtocolError(f"{name}: flag is not a string")
-            try:
-                out.append(normalise_flag(flag))
-            except BadInputError as exc:
-                raise ProtocolError(f"{name}: {exc}") from None
-        if out != sorted(set(out), key=lambda f: (not f.startswith("\\"), f)):
-            raise ProtocolError(f"{name}: flags not in canonical order or repeated")
-        return tuple(out)
+    def checker(self, name: str) -> Check:
+        def check(value: Value) -> tuple[str, ...]:
+            if type(value) is not list or len(value) > 1000:
+                raise ProtocolError(f"{name}: expected a list of flags")
+            # Fast path: nothing but canonically spelt system flags, whose
+            # canonical order is plain string order.
+            previous = ""
+            for flag in value:
+                if type(flag) is not str or flag not in _CANONICAL_SYSTEM_FLAGS:
+                    return _check_flags(value, name)
+                if flag <= previous:
+                    return _check_flags(value, name)  # reports the error
+                previous = flag
+            return tuple(value)
+
+        return check
+
+
+def _check_flags(value: list[Any], name: str) -> tuple[str, ...]:
+    """The general path of :class:`FlagList`: keywords and other spellings."""
+    out: list[str] = []
+    for flag in value:
+        if type(flag) is not str:
+            raise ProtocolError(f"{name}: flag is not a string")
+        try:
+            out.append(normalise_flag(flag))
+        except BadInputError as exc:
+            raise ProtocolError(f"{name}: {exc}") from None
+    # Strictly increasing in (keyword?, name) order: sorted and no repeats.
+    keys = [(not flag.startswith("\\"), flag) for flag in out]
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        raise ProtocolError(f"{name}: flags not in canonical order or repeated")
+    return tuple(out)
 
 
 class Optional(FieldType):
@@ -178,8 +334,13 @@ class Optional(FieldType):
     def encode(self, value: Any) -> Value:
         return None if value is None else self.inner.encode(value)
 
-    def decode(self, value: Value, name: str) -> Any:
-        return None if value is None else self.inner.decode(value, name)
+    def checker(self, name: str) -> Check:
+        inner = self.inner.checker(name)
+
+        def check(value: Value) -> Any:
+            return None if value is None else inner(value)
+
+        return check
 
 
 class ListOf(FieldType):
@@ -189,10 +350,16 @@ class ListOf(FieldType):
     def encode(self, value: Any) -> Value:
         return [self.item.encode(v) for v in value]
 
-    def decode(self, value: Value, name: str) -> tuple[Any, ...]:
-        if type(value) is not list or len(value) > self.max_len:
-            raise ProtocolError(f"{name}: expected a list of at most {self.max_len} entries")
-        return tuple(self.item.decode(v, name) for v in value)
+    def checker(self, name: str) -> Check:
+        item, max_len = self.item.checker(name), self.max_len
+        reason = f"{name}: expected a list of at most {max_len} entries"
+
+        def check(value: Value) -> tuple[Any, ...]:
+            if type(value) is not list or len(value) > max_len:
+                raise ProtocolError(reason)
+            return tuple(map(item, value))
+
+        return check
 
 
 class Nested(FieldType):
@@ -204,10 +371,16 @@ class Nested(FieldType):
     def encode(self, value: Any) -> Value:
         return value.to_fields()  # type: ignore[no-any-return]
 
-    def decode(self, value: Value, name: str) -> Any:
-        if type(value) is not list:
-            raise ProtocolError(f"{name}: expected a list")
-        return self.record.from_fields(value)
+    def checker(self, name: str) -> Check:
+        decode = record_decoder(self.record)
+        reason = f"{name}: expected a list"
+
+        def check(value: Value) -> Record:
+            if type(value) is not list:
+                raise ProtocolError(reason)
+            return decode(value)
+
+        return check
 
 
 class OneOf(FieldType):
@@ -219,13 +392,18 @@ class OneOf(FieldType):
     def encode(self, value: Any) -> Value:
         return [value.VERB, *value.to_fields()]
 
-    def decode(self, value: Value, name: str) -> Any:
-        if type(value) is not list or not value or type(value[0]) is not str:
-            raise ProtocolError(f"{name}: expected (KIND fields...)")
-        record = self.records.get(value[0])
-        if record is None:
-            raise ProtocolError(f"{name}: unknown kind {value[0]!r}")
-        return record.from_fields(value[1:])
+    def checker(self, name: str) -> Check:
+        decoders = {verb: record_decoder(record) for verb, record in self.records.items()}
+
+        def check(value: Value) -> Record:
+            if type(value) is not list or not value or type(value[0]) is not str:
+                raise ProtocolError(f"{name}: expected (KIND fields...)")
+            decode = decoders.get(value[0])
+            if decode is None:
+                raise ProtocolError(f"{name}: unknown kind {value[0]!r}")
+            return decode(value[1:])
+
+        return check
 
 
 MBOX_ID: Final = UInt(0, MAX_U16)  # session-local mailbox id (seed 001)
@@ -250,12 +428,24 @@ UIDS_OR_STAR: Final = Uids(allow_star=True)
 REASON: Final = Text(0, MAX_TEXT_LEN)
 
 
+def _check_deltas(add: tuple[str, ...], remove: tuple[str, ...]) -> None:
+    """STORE's cross-field rule: no flag is both added and removed (I5)."""
+    # Most deltas touch one side only; skip building sets for them.
+    if add and remove and not set(add).isdisjoint(remove):
+        raise ValueError("a flag is both added and removed")
+
+
 # --- records -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A list of typed fields.  Subclasses set ``VERB`` and ``SCHEMA``."""
+    """A list of typed fields.  Subclasses set ``VERB`` and ``SCHEMA``.
+
+    Subclasses are frozen dataclasses whose fields are all ``__init__``
+    fields, aligned with ``SCHEMA``; cross-field rules go in
+    ``__post_init__`` and raise ValueError (see :func:`record_decoder`).
+    """
 
     VERB: ClassVar[str] = ""
     SCHEMA: ClassVar[tuple[FieldType, ...]] = ()
@@ -264,28 +454,19 @@ class Record:
 
     def to_fields(self) -> list[Value]:
         return [
-            kind.encode(getattr(self, f.name))
-            for kind, f in zip(self.SCHEMA, dataclasses.fields(self), strict=True)
+            kind.encode(getattr(self, name))
+            for kind, name in zip(self.SCHEMA, _field_names(type(self)), strict=True)
         ]
 
     @classmethod
     def from_fields(cls, fields: Sequence[Value]) -> Self:
-        names = _field_names(cls)
-        if len(fields) != len(names):
-            raise ProtocolError(
-                f"{cls.VERB or cls.__name__}: expected {len(names)} fields, got {len(fields)}"
-            )
-        values = {
-            name: kind.decode(value, name)
-            for name, kind, value in zip(names, cls.SCHEMA, fields, strict=True)
-        }
-        try:
-            return cls(**values)
-        except (ValueError, BadInputError) as exc:  # cross-field checks in __post_init__
-            raise ProtocolError(f"{cls.VERB or cls.__name__}: {exc}") from None
+        """The record whose wire fields are ``fields``; ProtocolError if any is invalid."""
+        decode = _DECODERS.get(cls) or record_decoder(cls)
+        return cast(Self, decode(fields))
 
 
 _NAMES: dict[type, tuple[str, ...]] = {}
+_DECODERS: dict[type, Callable[[Sequence[Value]], Record]] = {}
 
 
 def _field_names(cls: type[Record]) -> tuple[str, ...]:
@@ -296,6 +477,46 @@ def _field_names(cls: type[Record]) -> tuple[str, ...]:
             raise TypeError(f"{cls.__name__}: SCHEMA does not match its fields")
         _NAMES[cls] = names
     return names
+
+
+def record_decoder(cls: type[R]) -> Callable[[Sequence[Value]], R]:
+    """The function behind ``cls.from_fields``, built once per record class.
+
+    It checks the field count and every field with its type's checker, then
+    fills a new instance directly and runs ``__post_init__`` -- the same
+    result as ``cls(*values)`` without the generic ``__init__`` (measurably
+    the larger part of decoding a small frame, tools/bench/bench_protocol.py).
+    A ValueError or BadInputError from ``__post_init__`` (a cross-field
+    rule) becomes a ProtocolError.
+    """
+    cached = _DECODERS.get(cls)
+    if cached is not None:
+        return cast(Callable[[Sequence[Value]], R], cached)
+    names = _field_names(cls)
+    if not all(f.init for f in dataclasses.fields(cls)):
+        raise TypeError(f"{cls.__name__}: every field of a record must be an __init__ field")
+    checks = tuple(kind.checker(name) for kind, name in zip(cls.SCHEMA, names, strict=True))
+    steps = tuple(zip(checks, (_slot_setter(cls, name) for name in names), strict=True))
+    post_init: Callable[[R], None] | None = getattr(cls, "__post_init__", None)
+    label = cls.VERB or cls.__name__
+    count = len(names)
+    new = object.__new__
+
+    def decode(fields: Sequence[Value]) -> R:
+        if len(fields) != count:
+            raise ProtocolError(f"{label}: expected {count} fields, got {len(fields)}")
+        record = new(cls)
+        for (check, set_field), value in zip(steps, fields, strict=True):
+            set_field(record, check(value))
+        if post_init is not None:
+            try:
+                post_init(record)
+            except (ValueError, BadInputError) as exc:
+                raise ProtocolError(f"{label}: {exc}") from None
+        return record
+
+    _DECODERS[cls] = decode
+    return decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,8 +778,7 @@ class Store(Command):
     unchangedsince: int | None
 
     def __post_init__(self) -> None:
-        if set(self.add) & set(self.remove):
-            raise ValueError("a flag is both added and removed")
+        _check_deltas(self.add, self.remove)
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,8 +890,7 @@ class StoreChange(Change):
     modseq: int
 
     def __post_init__(self) -> None:
-        if set(self.add) & set(self.remove):
-            raise ValueError("a flag is both added and removed")
+        _check_deltas(self.add, self.remove)
 
 
 @dataclass(frozen=True, slots=True)
@@ -992,38 +1211,68 @@ class ReplyFrame:
 
 Message = CommandFrame | UntaggedFrame | ReplyFrame
 
-_TAG: Final = Pattern(_TAG_RE, "a tag of 1..16 characters [A-Za-z0-9.]")
+_check_tag: Final = Pattern(_TAG_RE, "a tag of 1..16 characters [A-Za-z0-9.]").checker("tag")
+_check_code: Final = ATOM.checker("code")
+_check_text: Final = REASON.checker("text")
 _STATUSES: Final = {s.value: s for s in Status}
+# Built at import, not on first use: a record class whose checkers cannot be
+# built (SCHEMA out of step with its fields) fails loudly here.
+_COMMAND_DECODERS: Final = {verb: record_decoder(cls) for verb, cls in COMMANDS.items()}
+_UNTAGGED_DECODERS: Final = {verb: record_decoder(cls) for verb, cls in UNTAGGED_RECORDS.items()}
+
+
+_set_frame_tag: Final = _slot_setter(CommandFrame, "tag")
+_set_frame_command: Final = _slot_setter(CommandFrame, "command")
+
+
+def _command_frame(tag: str, command: Command) -> CommandFrame:
+    """``CommandFrame(tag, command)`` without the generic frozen ``__init__``
+    (decode() builds one per received command)."""
+    message = object.__new__(CommandFrame)
+    _set_frame_tag(message, tag)
+    _set_frame_command(message, command)
+    return message
 
 
 def decode(frame: Frame) -> Message:
-    """Type a frame (as returned by the frame decoder) or raise :class:`ProtocolError`."""
-    tag, verb = frame[0], frame[1]
+    """Type a frame (as returned by the frame decoder) or raise :class:`ProtocolError`.
+
+    ``frame`` is a list of at least two values (what FrameDecoder and the
+    text parser guarantee); this checks all of them: the tag (``*`` or
+    1..16 of ``[A-Za-z0-9.]``), the verb (a known one), and every field
+    against the verb's schema (:func:`record_decoder`).
+    """
+    try:
+        tag, verb = frame[0], frame[1]
+    except IndexError:
+        raise ProtocolError("frame has no verb") from None
     if type(tag) is not str or type(verb) is not str:
         raise ProtocolError("frame tag or verb is not a string")
     fields = frame[2:]
     if tag == UNTAGGED:
-        untagged = UNTAGGED_RECORDS.get(verb)
-        if untagged is None:
+        decode_untagged = _UNTAGGED_DECODERS.get(verb)
+        if decode_untagged is None:
             raise ProtocolError(f"unknown untagged verb {verb!r}")
-        return UntaggedFrame(untagged.from_fields(fields))
-    _TAG.decode(tag, "tag")
+        return UntaggedFrame(decode_untagged(fields))
+    # Counter tags ("k2p") are alphanumeric; the regex is for the rest.
+    if not (len(tag) <= MAX_TAG_LEN and tag.isascii() and tag.isalnum()):
+        _check_tag(tag)
     status = _STATUSES.get(verb)
     if status is not None:
         if status is Status.NO:
             if len(fields) != 2:
                 raise ProtocolError("NO: expected a code and a text")
-            ATOM.decode(fields[0], "code")
-            REASON.decode(fields[1], "text")
+            _check_code(fields[0])
+            _check_text(fields[1])
         elif status is Status.BAD:
             if len(fields) != 1:
                 raise ProtocolError("BAD: expected a text")
-            REASON.decode(fields[0], "text")
+            _check_text(fields[0])
         return ReplyFrame(tag, status, tuple(fields))
-    command = COMMANDS.get(verb)
-    if command is None:
+    decode_command = _COMMAND_DECODERS.get(verb)
+    if decode_command is None:
         raise ProtocolError(f"unknown verb {verb!r}")
-    return CommandFrame(tag, command.from_fields(fields))
+    return _command_frame(tag, decode_command(fields))
 
 
 def decode_ok(command: type[Command], reply: ReplyFrame) -> Record:

@@ -47,6 +47,7 @@ unanswered command is a protocol violation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -115,7 +116,10 @@ class LinkConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_inflight: int = 256
     max_inflight_bytes: int = 16 * 1024 * 1024
-    compress_level: int = 3
+    #: zstd level 1: on mail bodies within 1% of level 3's ratio, about a
+    #: third faster (tools/bench/bench_link.py); small change frames cost
+    #: a fraction of a byte more each (bench_protocol.py).
+    compress_level: int = 1
     #: Most decompressed bytes one receive_data() call may produce (bomb bound).
     inflate_limit: int | None = None
 
@@ -186,6 +190,11 @@ Event = (
 )
 
 
+def _size(parts: list[bytes]) -> int:
+    """Bytes on the wire of one frame encoded as ``parts`` (FrameEncoder.encode_parts)."""
+    return sum(map(len, parts))
+
+
 @dataclass(slots=True)
 class _InFlight:
     command: Command
@@ -203,28 +212,42 @@ class _Inflater:
     """
 
     SLICE = 4096
+    #: Frames are cut from the output every this many inflated bytes, and at
+    #: the end of each call: the decoder then holds one partial frame plus
+    #: about this much (and a slice's output), while a network read (one TLS
+    #: record, four slices) costs one pass of the frame decoder, not four.
+    DECODE_EVERY = 256 * 1024
 
     def __init__(self, decoder: FrameDecoder) -> None:
         self.decoder = decoder
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
         self._dobj = dctx.decompressobj()
 
-    def inflate(self, data: bytes, budget: int) -> list[Frame]:
-        frames: list[Frame] = []
+    def inflate(self, data: bytes, budget: int) -> Iterator[Frame]:
+        """The frames completed by ``data``, cut from the output as it grows.
+
+        Raises ProtocolError once more than ``budget`` bytes came out of this
+        call, and then yields nothing more.  Stopping the iteration early
+        (the link closed) leaves the rest of ``data`` uninflated.
+        """
+        decompress, feed = self._dobj.decompress, self.decoder.feed
         view = memoryview(data)
+        undecoded = 0
         for start in range(0, len(view), self.SLICE):
-            out = self._dobj.decompress(view[start : start + self.SLICE])
+            out = decompress(view[start : start + self.SLICE])
             budget -= len(out)
             if budget < 0:
                 raise ProtocolError(
                     "compressed input inflates beyond the limit (decompression bomb)"
                 )
             if out:
-                self.decoder.feed(out)
-                # Decode as output arrives so the decoder buffers at most one
-                # partial frame.
-                frames.extend(self.decoder.frames())
-        return frames
+                feed(out)
+                undecoded += len(out)
+                if undecoded >= self.DECODE_EVERY:
+                    undecoded = 0
+                    yield from self.decoder.iter_frames()
+        if undecoded:
+            yield from self.decoder.iter_frames()
 
 
 class Connection:
@@ -246,6 +269,7 @@ class Connection:
         self._encoder = FrameEncoder(config.max_frame)  # lowered to the peer's limit
         self._out: list[bytes] = []
         self._compressor: zstandard.ZstdCompressionObj | None = None
+        self._compressed_pending = False  # input given to the compressor, not yet flushed
         self._inflater: _Inflater | None = None
         self._inflate_limit = config.inflate_limit or 2 * (config.max_frame + PREFIX_LEN)
         # COMPRESS sent, reply pending: frames queued meanwhile wait here, so
@@ -266,12 +290,24 @@ class Connection:
     # --- outgoing ------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """Bytes to write, in order, ending at a frame boundary (flushed if compressed)."""
-        if self._compressor is not None and self._out:
+        """Bytes to write, in order, ending at a frame boundary.
+
+        Compressed, everything queued since the last call is one zstd block,
+        flushed here: one flush per write, however many frames it carries
+        (compression.md §3).
+        """
+        if self._compressed_pending:
+            assert self._compressor is not None
             self._out.append(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            self._compressed_pending = False
         data = b"".join(self._out)
         self._out.clear()
         return data
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True if :meth:`data_to_send` would return bytes."""
+        return self._compressed_pending or bool(self._out)
 
     @property
     def inflight(self) -> int:
@@ -283,7 +319,7 @@ class Connection:
             return False
         if command is None or not self._outbound:
             return self._outbound_bytes < self.config.max_inflight_bytes or not self._outbound
-        size = len(self._encoder.encode(encode_command("0", command)))
+        size = _size(self._encoder.encode_parts(encode_command("0", command)))
         return self._outbound_bytes + size <= self.config.max_inflight_bytes
 
     def send_command(self, command: Command) -> str:
@@ -304,14 +340,15 @@ class Connection:
             self._check_can_compress()
         tag = self._allocate_tag()
         frame = encode_command(tag, command)
-        data = self._encoder.encode(frame)  # raises if over the peer's max frame
-        if self._outbound and self._outbound_bytes + len(data) > self.config.max_inflight_bytes:
+        parts = self._encoder.encode_parts(frame)  # raises if over the peer's max frame
+        size = _size(parts)
+        if self._outbound and self._outbound_bytes + size > self.config.max_inflight_bytes:
             raise WindowFullError(f"{self._outbound_bytes} bytes of commands in flight")
-        self._outbound[tag] = _InFlight(command, len(data))
-        self._outbound_bytes += len(data)
+        self._outbound[tag] = _InFlight(command, size)
+        self._outbound_bytes += size
         if isinstance(command, Mbox):
             self.mbox_out[command.id] = command
-        self._queue_encoded(frame, data)
+        self._queue_encoded(frame, parts)
         if isinstance(command, Compress):
             self._compress_tag = tag
         return tag
@@ -371,26 +408,27 @@ class Connection:
             self._handle_all(self._inflate(data), events)
             return events
         self._decoder.feed(data)
-        # One plain frame at a time: a frame may switch the input to zstd,
-        # and the bytes after it must then go through the inflater.
-        while (frame := self._decoder.next_frame()) is not None:
+        # A frame may switch the input to zstd: the bytes after it must then
+        # go through the inflater, so the plain frames are taken one by one.
+        for frame in self._decoder.iter_frames():
             self._handle(frame, events)
-            if self.state is State.CLOSED:
+            if self.state is State.CLOSED or self._inflater is not None:
                 break
-            if self._inflater is not None:
-                rest = self._decoder.take_unconsumed()
-                if rest:
-                    self._handle_all(self._inflate(rest), events)
-                break
+        if self._inflater is not None and self.state is not State.CLOSED:
+            rest = self._decoder.take_unconsumed()
+            if rest:
+                self._handle_all(self._inflate(rest), events)
         return events
 
-    def _handle_all(self, frames: list[Frame], events: list[Event]) -> None:
+    def _handle_all(self, frames: Iterator[Frame], events: list[Event]) -> None:
+        # Each frame is handled as soon as it is decoded (FrameDecoder.iter_frames),
+        # and nothing more is decoded, let alone inflated, once one closed the link.
         for frame in frames:
             self._handle(frame, events)
             if self.state is State.CLOSED:
                 return
 
-    def _inflate(self, data: bytes) -> list[Frame]:
+    def _inflate(self, data: bytes) -> Iterator[Frame]:
         assert self._inflater is not None
         return self._inflater.inflate(data, self._inflate_limit)
 
@@ -534,15 +572,21 @@ class Connection:
             raise LinkStateError(f"link is {self.state.value}, not READY")
 
     def _queue_frame(self, frame: Frame) -> None:
-        self._queue_encoded(frame, self._encoder.encode(frame))
+        self._queue_encoded(frame, self._encoder.encode_parts(frame))
 
-    def _queue_encoded(self, frame: Frame, data: bytes) -> None:
+    def _queue_encoded(self, frame: Frame, parts: list[bytes]) -> None:
         if self._compress_tag is not None and frame[1] != Compress.VERB:
             self._deferred.append(frame)
         elif self._compressor is not None:
-            self._out.append(self._compressor.compress(data))
+            # zstd keeps up to a block of input and returns b"" until then;
+            # data_to_send's flush ends the block.
+            compress = self._compressor.compress
+            for part in parts:
+                if out := compress(part):
+                    self._out.append(out)
+            self._compressed_pending = True
         else:
-            self._out.append(data)
+            self._out.extend(parts)
 
     def _fatal_out(self, reason: str) -> None:
         self.close_reason = reason

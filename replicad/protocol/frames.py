@@ -17,6 +17,7 @@ must be closed, because the byte stream has lost its framing.
 from __future__ import annotations
 
 import struct
+from collections.abc import Generator
 from typing import Any, Final, NoReturn
 
 import msgpack
@@ -117,6 +118,8 @@ class FrameEncoder:
         self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
     def encode(self, frame: Frame) -> bytes:
+        """Length prefix + msgpack payload of ``frame``; ProtocolError if it cannot be
+        encoded or exceeds ``max_frame``."""
         try:
             payload: bytes = self._pack(frame)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -126,6 +129,45 @@ class FrameEncoder:
                 f"frame of {len(payload)} bytes exceeds the {self.max_frame}-byte limit"
             )
         return _PREFIX.pack(len(payload)) + payload
+
+    def encode_parts(self, frame: Frame) -> list[bytes]:
+        """:meth:`encode` as pieces whose concatenation is exactly its result.
+
+        A frame ending in a byte string of at least :data:`LARGE_BYTES`
+        (a message body: SAVE, the change stream's SAVE, FETCH data) comes
+        back as ``[prefix + head, body]`` with ``body`` the caller's own
+        object: packing it would copy it twice (into the packer's buffer,
+        out of it) and the prefix a third time, and bodies are nearly all
+        the bytes a link carries.  Anything else is ``[encode(frame)]``.
+        """
+        count = len(frame)
+        body = frame[-1] if count else None
+        # count <= 15: the head is then a msgpack fixarray, one byte to patch.
+        if type(body) is not bytes or len(body) < LARGE_BYTES or count > 15:
+            return [self.encode(frame)]
+        try:
+            head: bytes = self._pack(frame[:-1])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"frame cannot be encoded: {exc}") from None
+        size = len(body)
+        # msgpack's own choice for bytes of this size (use_bin_type): bin 16 or bin 32.
+        body_header = _BIN16.pack(0xC5, size) if size <= 0xFFFF else _BIN32.pack(0xC6, size)
+        total = len(head) + len(body_header) + size
+        if total > self.max_frame:
+            raise ProtocolError(f"frame of {total} bytes exceeds the {self.max_frame}-byte limit")
+        # head[0] is the fixarray header of count - 1 elements (0x90 | n).
+        return [
+            b"".join((_PREFIX.pack(total), _FIXARRAY[count], head[1:], body_header)),
+            body,
+        ]
+
+
+#: Smallest trailing byte string :meth:`FrameEncoder.encode_parts` leaves uncopied:
+#: below it, one more piece to compress and join costs more than the copies.
+LARGE_BYTES: Final = 16 * 1024
+_BIN16: Final = struct.Struct(">BH")
+_BIN32: Final = struct.Struct(">BI")
+_FIXARRAY: Final = tuple(bytes((0x90 | n,)) for n in range(16))
 
 
 def _unpacker_options(max_frame: int) -> dict[str, Any]:
@@ -162,15 +204,17 @@ def unpack_frame(payload: bytes | memoryview, *, max_frame: int = DEFAULT_MAX_FR
 
 
 class FrameDecoder:
-    """Incremental decoder: :meth:`feed` bytes in any slicing, :meth:`next_frame` out.
+    """Incremental decoder: :meth:`feed` bytes in any slicing; frames come out of
+    :meth:`iter_frames` (the hot path), :meth:`frames` or :meth:`next_frame`.
 
-    Contract of a decoded frame: it is an array whose tag and verb are
-    non-empty strings and whose payload was exactly the announced length.
-    The *elements* are checked once, by the consumer, against what it
-    expects: :func:`replicad.protocol.commands.decode` checks every field
-    against the verb's exact schema; generic consumers (the text renderer,
-    capture decoders) call :func:`check_frame`.  Checking both here and
-    there would cost the hot path twice (tools/bench/bench_protocol.py).
+    Contract of a decoded frame: it is an array of at least two values
+    (``[tag, verb, ...]``) whose payload was exactly the announced length.
+    The *elements*, tag and verb included, are checked once, by the
+    consumer, against what it expects: :func:`replicad.protocol.commands.decode`
+    checks the tag, the verb and every field against the verb's exact
+    schema; generic consumers (the text renderer, capture decoders) call
+    :func:`check_frame`.  Checking both here and there would cost the hot
+    path twice (tools/bench/bench_protocol.py).
     Decoding itself never recurses in Python: msgpack's unpacker is
     iterative, so nesting cannot exhaust the interpreter stack.
 
@@ -178,15 +222,16 @@ class FrameDecoder:
     refused as soon as its four bytes have arrived, before any payload is
     buffered, and :meth:`feed` refuses to hold more than
     ``max_buffered`` bytes (default twice a maximal frame): callers drain
-    :meth:`next_frame` after every feed of one network read.  After a
+    the frames after every feed of one network read.  After a
     :class:`ProtocolError` the decoder stays failed: the byte stream has
     lost its framing and the link must be closed.
     """
 
     __slots__ = (
-        "_available",
+        "_end",
         "_expected_end",
         "_failed",
+        "_iterating",
         "_size",
         "_unpacker",
         "max_buffered",
@@ -198,42 +243,46 @@ class FrameDecoder:
         self.max_buffered = max_buffered or 2 * (max_frame + PREFIX_LEN)
         # The unpacker doubles as the input buffer: prefixes are taken out
         # with read_bytes(), payloads decoded in place, no slicing copies.
+        # Positions are stream offsets as the unpacker's tell() counts them:
+        # what is buffered is _end - tell(), with no count to keep up to date
+        # per frame.
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=self.max_buffered, **_unpacker_options(max_frame)
         )
-        self._available = 0  # bytes fed and not yet consumed
+        self._end = 0  # stream offset just past the last byte fed
         self._size = -1  # payload size of a frame whose prefix was consumed, else -1
-        self._expected_end = 0  # stream offset where the current payload must end
+        self._expected_end = 0  # stream offset where that frame's payload must end
         self._failed: str | None = None
+        self._iterating = False  # an iter_frames() generator is running or suspended
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._failed is not None:
             raise ProtocolError(self._failed)
         if not data:
             return
-        if self._available + len(data) > self.max_buffered:
+        if self._end - self._unpacker.tell() + len(data) > self.max_buffered:
             self._fail(f"more than {self.max_buffered} bytes of undecoded input")
         self._unpacker.feed(data)
-        self._available += len(data)
+        self._end += len(data)
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
         if self._failed is not None:
             raise ProtocolError(self._failed)
+        if self._iterating:
+            raise RuntimeError("FrameDecoder.next_frame() during iter_frames()")
         unpacker = self._unpacker
-        size = self._size
-        if size < 0:
-            if self._available < PREFIX_LEN:
+        if self._size < 0:
+            if self._end - unpacker.tell() < PREFIX_LEN:
                 return None
-            size = _PREFIX.unpack(unpacker.read_bytes(PREFIX_LEN))[0]
-            self._available -= PREFIX_LEN
+            (size,) = _PREFIX.unpack(unpacker.read_bytes(PREFIX_LEN))
             if size == 0:
                 self._fail("empty frame")
             if size > self.max_frame:
                 self._fail(f"frame of {size} bytes exceeds the {self.max_frame}-byte limit")
             self._size = size
             self._expected_end = unpacker.tell() + size
-        if self._available < size:
+        if self._end < self._expected_end:
             return None
         try:
             obj = unpacker.unpack()
@@ -243,67 +292,75 @@ class FrameDecoder:
             self._fail(f"frame is not valid msgpack: {type(exc).__name__}")
         if unpacker.tell() != self._expected_end:
             self._fail("frame payload does not match its length prefix")
-        self._available -= size
         self._size = -1
         if type(obj) is not list or len(obj) < 2:
             self._fail("frame is not an array of at least [tag, verb]")
-        tag, verb = obj[0], obj[1]
-        if type(tag) is not str or type(verb) is not str or not tag or not verb:
-            self._fail("frame tag or verb is not a non-empty string")
         frame: Frame = obj
         return frame
 
-    def frames(self) -> list[Frame]:
-        """Every complete frame buffered so far.
+    def iter_frames(self) -> Generator[Frame, None, None]:
+        """Every complete frame buffered when called, each yielded as soon as it is decoded.
 
-        Same checks as :meth:`next_frame`, written as one loop over locals
-        because a network read usually holds many frames (the hot path).
+        The receive hot path (tools/bench/bench_protocol.py): same checks as
+        :meth:`next_frame`, in one loop over locals.  Frames are handed out
+        one by one rather than collected because a read of thousands of small
+        frames, all alive at once, costs CPython's cyclic garbage collector
+        about as much again as decoding them; a consumer that handles each
+        frame before asking for the next never pays that.
+
+        The caller may stop iterating at any frame: the decoder is then left
+        just after the last frame yielded.  Input fed during the iteration
+        is decoded by the next call.  Until the iteration is finished or
+        abandoned, :meth:`next_frame`, :meth:`take_unconsumed` and another
+        iteration raise RuntimeError (they would move the input from under it).
         """
-        if self._failed is not None or self._size >= 0:
-            out: list[Frame] = []
-            while (frame := self.next_frame()) is not None:
-                out.append(frame)
-            return out
+        if self._failed is not None:
+            raise ProtocolError(self._failed)
+        if self._iterating:
+            raise RuntimeError("FrameDecoder.iter_frames() is already in progress")
+        if self._size >= 0:
+            # A prefix read by an earlier call whose payload had not all
+            # arrived: the general path finishes that frame first.
+            frame = self.next_frame()
+            if frame is None:
+                return
+            yield frame
         unpacker, max_frame = self._unpacker, self.max_frame
         read_bytes, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
         prefix = _PREFIX.unpack
-        available = self._available
         position = tell()
-        frames: list[Frame] = []
-        while available >= PREFIX_LEN:
-            size = prefix(read_bytes(PREFIX_LEN))[0]
-            available -= PREFIX_LEN
-            position += PREFIX_LEN
-            if size == 0 or size > max_frame or available < size:
-                # Rare paths (errors, a partial frame) go through next_frame.
-                self._available = available
-                self._size = size
-                self._expected_end = position + size
-                if size == 0:
-                    self._fail("empty frame")
-                if size > max_frame:
-                    self._fail(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
-                return frames
-            try:
-                obj = unpack()
-            except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
-                self._fail(f"frame is not valid msgpack: {type(exc).__name__}")
-            position += size
-            available -= size
-            if tell() != position:
-                self._fail("frame payload does not match its length prefix")
-            if (
-                type(obj) is not list
-                or len(obj) < 2
-                or type(obj[0]) is not str
-                or type(obj[1]) is not str
-                or not obj[0]
-                or not obj[1]
-            ):
-                self._fail("frame is not an array of at least [tag, verb] strings")
-            frames.append(obj)
-        self._available = available
-        return frames
+        end = self._end
+        self._iterating = True
+        try:
+            while end - position >= 4:  # PREFIX_LEN; a literal saves a global lookup per frame
+                (size,) = prefix(read_bytes(4))
+                position += 4
+                if not 0 < size <= max_frame or end - position < size:
+                    # A partial frame (the usual end of a read) or a bad prefix;
+                    # the prefix stays consumed, as in next_frame.
+                    self._size = size
+                    self._expected_end = position + size
+                    if size == 0:
+                        self._fail("empty frame")
+                    if size > max_frame:
+                        self._fail(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
+                    return
+                try:
+                    obj = unpack()
+                except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+                    self._fail(f"frame is not valid msgpack: {type(exc).__name__}")
+                position += size
+                if tell() != position:
+                    self._fail("frame payload does not match its length prefix")
+                if type(obj) is not list or len(obj) < 2:
+                    self._fail("frame is not an array of at least [tag, verb]")
+                yield obj
+        finally:
+            self._iterating = False
+
+    def frames(self) -> list[Frame]:
+        """Every complete frame buffered so far (:meth:`iter_frames`, collected)."""
+        return list(self.iter_frames())
 
     def take_unconsumed(self) -> bytes:
         """Remove and return the raw bytes not yet decoded.
@@ -313,18 +370,21 @@ class FrameDecoder:
         """
         if self._failed is not None:
             raise ProtocolError(self._failed)
+        if self._iterating:
+            raise RuntimeError("FrameDecoder.take_unconsumed() during iter_frames()")
         head = b""
         if self._size >= 0:
             head = _PREFIX.pack(self._size)
             self._size = -1
-        rest = self._unpacker.read_bytes(self._available) if self._available else b""
-        self._available = 0
+        left = self._end - self._unpacker.tell()
+        rest: bytes = self._unpacker.read_bytes(left) if left else b""
         return head + rest
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded into frames."""
-        return self._available + (PREFIX_LEN if self._size >= 0 else 0)
+        left: int = self._end - self._unpacker.tell()
+        return left + (PREFIX_LEN if self._size >= 0 else 0)
 
     def _fail(self, reason: str) -> NoReturn:
         self._failed = reason

@@ -40,6 +40,7 @@ _NUMBER_RE: Final = re.compile(r"-?[0-9]+")
 _CANONICAL_NUMBER_RE: Final = re.compile(r"0|-?[1-9][0-9]*")
 _HEX_RE: Final = re.compile(rb"[0-9a-f]+")
 _LITERAL_RE: Final = re.compile(rb"(~?)\{([0-9]{1,10})\}\r\n")
+_MAX_NUMBER_LEN: Final = max(len(str(MAX_INT)), len(str(MIN_INT)))
 
 
 def _is_atom(text: str) -> bool:
@@ -237,6 +238,10 @@ class _Parser:
         if _NUMBER_RE.fullmatch(word):
             if not _CANONICAL_NUMBER_RE.fullmatch(word):
                 raise self.error(f"number {word!r} is not canonical")
+            # Checked before int(): it refuses thousands of digits with a
+            # ValueError (sys.int_info), and no longer number is in range.
+            if len(word) > _MAX_NUMBER_LEN:
+                raise self.error(f"number of {len(word)} characters out of range")
             number = int(word)
             if not MIN_INT <= number <= MAX_INT:
                 raise self.error(f"number {word} out of range")

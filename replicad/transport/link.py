@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from typing import Final, TypeVar
 
@@ -77,11 +78,16 @@ def _hello_reason(message: str) -> str:
 class Link:
     """An established, authenticated link: a TLS stream driven by a Connection.
 
-    One task may read (:meth:`next_event`) while others send; sends are
+    One task may read (:meth:`next_event`) while others send.  Writes are
     serialised by a lock because the byte order of the (possibly zstd)
-    stream must follow the order in which the connection queued frames.
-    Sending awaits the socket, which is the backpressure: nothing buffers
-    without bound here.
+    stream must follow the order in which the connection queued frames;
+    whoever holds the lock writes everything queued, including frames
+    queued by other tasks while it was writing.  Sending awaits the
+    socket, which is the backpressure: nothing buffers without bound here.
+
+    Throughput comes from writing many frames at once (one zstd flush, one
+    run of full TLS records, one ``send_all``): queue a batch with
+    :meth:`queue` and write it with one :meth:`flush`.
     """
 
     def __init__(
@@ -90,7 +96,7 @@ class Link:
         assert connection.peer is not None
         self.channel = channel
         self.connection = connection
-        self._pending = pending
+        self._pending = deque(pending)
         self._send_lock = trio.Lock()
 
     @property
@@ -121,14 +127,28 @@ class Link:
     async def flush(self) -> None:
         """Write everything the connection has queued, in queue order.
 
-        Frames queued by other tasks while a write was in progress go out
-        together in the next write: one TLS record and one zstd flush for a
-        burst of frames instead of one per frame.
+        Returns once the frames queued before the call are written: by this
+        call, or by the task that was writing when it was made (this call
+        waits for it).  Frames other tasks queue while a write is in
+        progress go out in the next write of the same flush: one zstd
+        flush, one run of TLS records and one ``send_all`` for a burst of
+        frames instead of one per frame.  Nothing queued and nobody
+        writing: returns at once, without a checkpoint.
         """
-        async with self._send_lock:
-            data = self.connection.data_to_send()
-            if data:
+        lock = self._send_lock
+        if not lock.locked():
+            if not self.connection.has_data_to_send:
+                return
+            # Free lock: take it without the scheduler round trip that
+            # ``async with`` costs; send_all below is the checkpoint.
+            lock.acquire_nowait()
+        else:
+            await lock.acquire()
+        try:
+            while data := self.connection.data_to_send():
                 await self.channel.stream.send_all(data)
+        finally:
+            lock.release()
 
     def queue(self, queue: Callable[[Connection], T]) -> T:
         """Queue frames with ``queue(connection)`` without writing; :meth:`flush` writes."""
@@ -146,24 +166,37 @@ class Link:
     async def next_event(self) -> Event:
         """The next protocol event; ConnectionClosed once the peer is gone.
 
+        Before waiting for input, and after input produced answers of the
+        connection's own, it writes what is queued -- so answers queued
+        with :meth:`queue` go out once the events already received are
+        handled -- unless another task is writing: that task writes it.
+        Never waiting for that task is what keeps two nodes that both write
+        a lot from blocking each other's reads.
+
         A protocol violation by the peer raises ProtocolError after our
         ``* BAD reason`` was sent (I9); the caller then closes the link.
         """
-        while not self._pending:
-            if self.connection.close_reason is not None and not self._pending:
+        pending = self._pending
+        while not pending:
+            if self.connection.close_reason is not None:
                 return ConnectionClosed(self.connection.close_reason)
+            if self.connection.has_data_to_send and not self._send_lock.locked():
+                await self.flush()
             try:
                 data = await self.channel.stream.receive_some(RECEIVE_SIZE)
             except trio.BrokenResourceError:
                 data = b""
             try:
-                self._pending.extend(self.connection.receive_data(bytes(data)))
+                pending.extend(self.connection.receive_data(bytes(data)))
             except ProtocolError:
                 with trio.move_on_after(_GOODBYE_TIMEOUT):
                     await self.flush()
                 raise
-            await self.flush()
-        return self._pending.pop(0)
+            # What the connection answered by itself (COMPRESS) goes out now,
+            # not after the caller has handled the events just received.
+            if self.connection.has_data_to_send and not self._send_lock.locked():
+                await self.flush()
+        return pending.popleft()
 
     async def start_compression(self) -> bool:
         """Switch both directions to zstd (dialling side only); False if refused.
@@ -184,7 +217,7 @@ class Link:
                     raise UnreachableError(f"link to {self.peer} closed: {event.reason}")
                 held.append(event)
         finally:
-            self._pending[:0] = held
+            self._pending.extendleft(reversed(held))
 
     async def aclose(self) -> None:
         await self.channel.stream.aclose()

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from replicad.protocol.commands import (
     Ping,
     Save,
     SaveOk,
+    Status,
     encode_command,
     encode_untagged,
 )
@@ -39,6 +41,7 @@ from replicad.protocol.frames import FrameEncoder
 from replicad.protocol.text import parse_stream
 from replicad.transport import (
     Link,
+    LinkHandler,
     LinkRefusedError,
     TlsContexts,
     client_context,
@@ -100,7 +103,22 @@ class Server:
     certs: Pki
 
 
-async def _start(nursery: trio.Nursery, certs: Pki, timeout: float) -> Server:
+async def queueing_server(link: Link) -> None:
+    """Answer every command OK without ever flushing: the answers must go out
+    when next_event is about to wait for more input."""
+    while True:
+        event = await link.next_event()
+        if isinstance(event, ConnectionClosed):
+            return
+        if isinstance(event, CommandReceived):
+            tag = event.tag
+            payload = SaveOk(1, 1, "n1") if isinstance(event.command, Save) else None
+            link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+
+async def _start(
+    nursery: trio.Nursery, certs: Pki, timeout: float, handler: LinkHandler = ping_server
+) -> Server:
     listeners = await nursery.start(
         lambda task_status: serve_links(
             load_tls_contexts(
@@ -110,7 +128,7 @@ async def _start(nursery: trio.Nursery, certs: Pki, timeout: float) -> Server:
                 node="n1",
                 cluster=CLUSTER,
             ),
-            ping_server,
+            handler,
             host="127.0.0.1",
             port=0,
             handshake_timeout=timeout,
@@ -323,6 +341,75 @@ async def test_compressed_link_carries_save_frames(server: Server, certs: Pki) -
         assert tags < replies
     finally:
         await link.aclose()
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["zstd", "plain"])
+async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
+    certs: Pki, compress: bool
+) -> None:
+    """The runtime's way (queue a batch, flush once) with bodies of every size,
+    incompressible ones included; the server's answers are only queued."""
+    rng = random.Random(3)
+    sizes = [rng.choice([10, 4000, 20_000, 200_000, 1_500_000]) for _ in range(120)]
+    bodies = [
+        rng.randbytes(n) if i % 2 else b"mail text\r\n" * (n // 11) for i, n in enumerate(sizes)
+    ]
+    received: list[bytes] = []
+
+    async def recording_server(link: Link) -> None:
+        while True:
+            event = await link.next_event()
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, CommandReceived):
+                payload = None
+                if isinstance(event.command, Save):
+                    received.append(event.command.body)
+                    payload = SaveOk(1, 1, "n1")
+                tag = event.tag
+                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+    async with trio.open_nursery() as nursery:
+        server = await _start(nursery, certs, timeout=5, handler=recording_server)
+        link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+        try:
+            if compress:
+                assert await link.start_compression()
+            link.queue(
+                lambda c: c.send_command(Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0))
+            )
+            saves = [Save(1, 0, b"\x02" * 16, (), body) for body in bodies]
+            answered = 0
+            with trio.fail_after(30):
+                while answered < len(bodies) + 1:
+                    # As replicad.cluster.runtime does: queue what the window
+                    # takes, write it with one flush.
+                    while saves and link.connection.can_send(saves[0]):
+                        save = saves.pop(0)
+                        link.queue(lambda c, s=save: c.send_command(s))  # type: ignore[misc]
+                    await link.flush()
+                    event = await link.next_event()
+                    assert isinstance(event, ReplyReceived) and event.status is Status.OK
+                    answered += 1
+        finally:
+            await link.aclose()
+            nursery.cancel_scope.cancel()
+    assert received == bodies
+
+
+async def test_answers_queued_by_a_handler_go_out_before_it_waits(certs: Pki) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await _start(nursery, certs, timeout=5, handler=queueing_server)
+        link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+        try:
+            with trio.fail_after(10):
+                tags = [link.queue(lambda c: c.send_command(Ping())) for _ in range(5)]
+                await link.flush()
+                replies = [await link.next_event() for _ in tags]
+            assert [r.tag for r in replies if isinstance(r, ReplyReceived)] == tags
+        finally:
+            await link.aclose()
+            nursery.cancel_scope.cancel()
 
 
 def test_protocol_error_is_what_refusals_are() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from replicad.errors import ProtocolError
@@ -316,3 +318,36 @@ def test_a_large_compressed_body_arrives_in_one_receive() -> None:
     saves = [e for e in events if isinstance(e, UntaggedReceived)]
     assert len(saves) == 1
     assert isinstance(saves[0].data, c.SaveChange) and saves[0].data.body == body
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None:
+    """Many SAVEs queued, one data_to_send (one zstd flush), read back in TLS-sized
+    pieces: every body intact and in order, answers the same way back."""
+    rng = random.Random(7)
+    a, b = pair()
+    if compress:
+        a.start_compression()
+        b.receive_data(a.data_to_send())
+        a.receive_data(b.data_to_send())
+    a.send_command(mbox(1))
+    sizes = [rng.choice([0, 100, 5000, 16_384, 70_000, 300_000]) for _ in range(64)]
+    text = b"line of mail text\r\n" * (300_000 // 19 + 1)
+    # Every third body random (incompressible), the rest text.
+    bodies = [rng.randbytes(n) if i % 3 == 0 else text[:n] for i, n in enumerate(sizes)]
+    tags = [a.send_command(c.Save(1, 0, GUID, ("\\Seen",), body)) for body in bodies]
+    assert a.has_data_to_send
+    wire = a.data_to_send()
+    assert not a.has_data_to_send and a.data_to_send() == b""
+    events = []
+    for i in range(0, len(wire), 16_384):
+        events += b.receive_data(wire[i : i + 16_384])
+    saves = [e for e in events if isinstance(e, CommandReceived) and isinstance(e.command, c.Save)]
+    assert [e.tag for e in saves] == tags
+    assert [e.command.body for e in saves if isinstance(e.command, c.Save)] == bodies
+    for event in events:
+        assert isinstance(event, CommandReceived)
+        b.send_ok(event.tag, c.SaveOk(1, 1, "n2") if event.tag in tags else None)
+    replies = a.receive_data(b.data_to_send())
+    assert [r.tag for r in replies if isinstance(r, ReplyReceived)][1:] == tags
+    assert a.inflight == 0
