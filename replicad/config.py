@@ -108,6 +108,8 @@ class ClusterSection:
     dead_after: float = 5.0
     #: Per-user durability levels overriding node.durability (I1).
     user_durability: tuple[tuple[str, DurabilityLevel], ...] = ()
+    #: zstd on the links this node dials (compression.md).
+    compress: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +250,9 @@ def parse_config(text: str, path: Path) -> NodeConfig:
 def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     tbl = _table(doc, "cluster")
     _check_keys(
-        tbl, ("granularity", "max_outbox", "ping_interval", "dead_after", "durability"), "cluster."
+        tbl,
+        ("granularity", "max_outbox", "ping_interval", "dead_after", "durability", "compress"),
+        "cluster.",
     )
     raw = _get(tbl, "cluster.granularity", str, default="mailbox")
     try:
@@ -277,7 +281,8 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
             overrides.append((user, DurabilityLevel.parse(level, cluster_size=cluster_size)))
         except ConfigError as exc:
             raise ConfigError(f"cluster.durability.{user}: {exc}") from None
-    return ClusterSection(granularity, max_outbox, ping, dead, tuple(overrides))
+    compress = _get(tbl, "cluster.compress", bool, default=True)
+    return ClusterSection(granularity, max_outbox, ping, dead, tuple(overrides), compress)
 
 
 def _seconds(tbl: Mapping[str, Any], key: str, default: float) -> float:

@@ -295,6 +295,7 @@ def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
             dead_after=config.cluster.dead_after,
             durability=config.node.durability,
             user_durability=dict(config.cluster.user_durability),
+            compress=config.cluster.compress,
         ),
     )
 

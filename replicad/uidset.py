@@ -117,7 +117,14 @@ class UidSet:
 def _parse_uid(text: str, whole: str) -> int:
     if text == "*":
         return STAR
-    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+    # isdigit() alone accepts "²" and other Unicode digits int() refuses; the
+    # length bound keeps int() off huge inputs (a UID has at most 10 digits).
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 10
+        or (len(text) > 1 and text[0] == "0")
+    ):
         raise BadInputError(f"bad UID set {whole!r}: {text!r} is not a UID")
     value = int(text)
     if not 1 <= value <= MAX_UID:

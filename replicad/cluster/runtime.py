@@ -134,6 +134,7 @@ class ClusterSettings:
     granularity: Granularity = Granularity.MAILBOX
     durability: DurabilityLevel = LOCAL
     user_durability: dict[str, DurabilityLevel] = field(default_factory=dict)
+    compress: bool = True
 
     def level_for(self, user: str) -> DurabilityLevel:
         """The durability level of ``user``'s writes: an override, else the node's (I1)."""
@@ -438,7 +439,11 @@ class ClusterNode:
                 link = await open_link(
                     peer.host, peer.port, peer.name, self.contexts, config=self.link_config
                 )
-            except (ReplicadError, OSError) as exc:
+                if self.settings.compress:
+                    # The dialling side asks (compression.md); a refusal keeps
+                    # the link uncompressed.
+                    await link.start_compression()
+            except (ReplicadError, OSError, trio.BrokenResourceError) as exc:
                 log_event(log, logging.DEBUG, "dial-failed", peer=peer.name, reason=str(exc))
             else:
                 delay = self.settings.backoff_min
