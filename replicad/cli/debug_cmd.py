@@ -47,9 +47,12 @@ from replicad.protocol.commands import (
     encode_untagged,
 )
 from replicad.protocol.connection import (
+    CAP_COMPRESS_ZSTD,
+    CAP_DEBUG,
     CommandReceived,
     ConnectionClosed,
     Event,
+    LinkConfig,
     ReplyReceived,
     UntaggedReceived,
 )
@@ -258,8 +261,18 @@ async def _connect_and_speak(args: argparse.Namespace) -> None:
         raise NotFoundError(f"no peer {args.node!r} in {config.path} (peers: {known})")
     tls = config.tls
     contexts = load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+    # DEBUG tells the node this is a person at a terminal, not the node of the
+    # same name: it serves the commands without replacing the real link.
+    link_config = LinkConfig(
+        cluster=tls.cluster, node=config.name, capabilities=(CAP_COMPRESS_ZSTD, CAP_DEBUG)
+    )
     link = await open_link(
-        peer.host, peer.port, peer.name, contexts, handshake_timeout=args.timeout
+        peer.host,
+        peer.port,
+        peer.name,
+        contexts,
+        config=link_config,
+        handshake_timeout=args.timeout,
     )
     try:
         hello = link.hello

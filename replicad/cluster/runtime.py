@@ -79,6 +79,7 @@ from replicad.errors import (
 )
 from replicad.protocol import commands as c
 from replicad.protocol.connection import (
+    CAP_DEBUG,
     CommandReceived,
     ConnectionClosed,
     LinkConfig,
@@ -453,7 +454,54 @@ class ClusterNode:
             delay = min(delay * 2, self.settings.backoff_max)
 
     async def _accepted(self, link: Link) -> None:
-        await self._run_session(link)
+        if CAP_DEBUG in link.hello.capabilities:
+            await self._debug_session(link)
+        else:
+            await self._run_session(link)
+
+    async def _debug_session(self, link: Link) -> None:
+        """``replicad debug connect``: serve typed commands, never as a peer.
+
+        The session is not registered (no routes, no change stream, the real
+        link of the node with that certificate is left alone); ROOT and
+        untagged frames (changes, routes) are refused, since a person
+        typing them would corrupt the cluster's view.
+        """
+        session = PeerSession(self, link, OutboxStream(link.peer, 0))
+        log_event(log, logging.INFO, "debug-session", peer=link.peer, remote=link.remote)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    event = await link.next_event()
+                    if isinstance(event, ConnectionClosed):
+                        break
+                    if isinstance(event, CommandReceived):
+                        if isinstance(event.command, c.Root):
+                            await self._reply_no(
+                                session, event.tag, "UNSUPPORTED", "ROOT is not taken from debug"
+                            )
+                        else:
+                            await self._command(session, event, nursery)
+                    elif isinstance(event, UntaggedReceived):
+                        log_event(
+                            log,
+                            logging.WARNING,
+                            "debug-untagged-ignored",
+                            peer=link.peer,
+                            verb=event.data.VERB,
+                        )
+                    elif isinstance(event, ReplyReceived):
+                        waiter = session.pending.pop(event.tag, None)
+                        if waiter is not None:
+                            waiter.reply = event
+                            waiter.done.set()
+                nursery.cancel_scope.cancel()
+        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log_event(log, logging.INFO, "debug-session-error", peer=link.peer, reason=str(exc))
+        finally:
+            session.fail_pending()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(link.channel.stream)
 
     async def _run_session(self, link: Link) -> None:
         old = self.sessions.get(link.peer)

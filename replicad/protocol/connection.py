@@ -87,6 +87,9 @@ from replicad.protocol.frames import (
 
 ZSTD: Final = "ZSTD"
 CAP_COMPRESS_ZSTD: Final = "COMPRESS-ZSTD"
+#: A person speaking the protocol by hand (``replicad debug connect``): the
+#: accepting node serves its commands but does not treat it as a peer link.
+CAP_DEBUG: Final = "DEBUG"
 #: Largest zstd window a peer may make us allocate (compression.md §3).
 MAX_ZSTD_WINDOW: Final = 8 * 1024 * 1024
 

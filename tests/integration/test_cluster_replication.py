@@ -696,3 +696,28 @@ def test_an_overflowing_outbox_marks_the_peer_for_resync(cluster: LocalCluster) 
     assert "outbox-overflow" in rows["n3"]["why"], rows
     assert rows["n3"]["outbox"] <= 3, rows
     assert rows["n2"]["resync"] == 0, rows
+
+
+def test_debug_connect_speaks_to_a_live_node_without_disturbing_its_links(
+    cluster: LocalCluster,
+) -> None:
+    cluster.up("-n", "3")
+    root, epoch = cluster.wait_root()
+    cluster.save("n1", "hank", "one")
+    typed = b"a PING\r\nb MASTER hank INBOX\r\nc ROOT 99 n1\r\n"
+    result = cluster.cli("-c", cluster.config("n1"), "debug", "connect", "n2", input=typed)
+    assert result.returncode == 0, result.stderr.decode()
+    # The link numbers its own tags 1, 2, 3 in send order; replies may come in any order.
+    replies = dict(line.split(" ", 1) for line in result.stdout.decode().splitlines())
+    assert replies == {
+        '"1"': "OK",  # PING
+        '"2"': f"OK n1 {epoch}",  # n1 asked first: it masters hank/INBOX
+        '"3"': 'NO UNSUPPORTED "ROOT is not taken from debug"',
+    }, replies
+    # The debug link came in with n1's certificate; n1's real link to n2 stayed up.
+    rows = {r["peer"]: r for r in cluster.json_on("n2", "replicator", "status")}
+    assert rows["n1"]["link"] == "up"
+    assert cluster.wait_root() == (root, epoch)
+    cluster.save("n2", "hank", "two")
+    state = cluster.wait_converged("hank", until=lambda st: len(inbox_uids(st)) == 2)
+    assert inbox_uids(state) == [1, 2]
