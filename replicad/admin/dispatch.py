@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+import trio
 
 from replicad.admin.framing import error_response, ok_response
 from replicad.cluster.writes import ClusterWrites
@@ -94,6 +98,35 @@ class _Args:
 Handler = Callable[[_Args], Awaitable[Any]]
 
 
+class BatchOrder:
+    """Commits the batches of a pipelined import in the order the client numbered
+    them (``stream``, ``seq`` from 0), so UIDs follow the Maildir's order even
+    with two batches in flight on two connections."""
+
+    WAIT = 120.0  # a batch whose predecessor never comes fails instead of hanging
+    MAX_STREAMS = 1024
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+        self._changed = trio.Event()
+
+    @asynccontextmanager
+    async def turn(self, stream: str, seq: int) -> AsyncIterator[None]:
+        with trio.move_on_after(self.WAIT) as scope:
+            while self._next.get(stream, 0) != seq:
+                await self._changed.wait()
+        if scope.cancelled_caught:
+            raise TemporaryError(f"import batch {seq} of {stream}: earlier batch never arrived")
+        try:
+            yield
+        finally:
+            self._next[stream] = seq + 1
+            if len(self._next) > self.MAX_STREAMS:
+                del self._next[next(iter(self._next))]
+            self._changed.set()
+            self._changed = trio.Event()
+
+
 class AdminDispatcher:
     """Runs one admin request against ``store`` and returns the response map."""
 
@@ -109,6 +142,7 @@ class AdminDispatcher:
         # Writes go to the mailbox master in a cluster; reads are always local.
         self._writes: MailStore | ClusterWrites = cluster if cluster is not None else store
         self._cluster = cluster
+        self._batch_order = BatchOrder()
         self._identity = identity
         self._max_message_size = max_message_size
         self._handlers: dict[str, Handler] = {
@@ -203,7 +237,13 @@ class AdminDispatcher:
             items.append(AppendRequest(body, item.flags("flags"), item.opt_number("internaldate")))
         if not items:
             return []
-        appended = await self._writes.append_many(a.text("user"), a.text("mailbox"), items)
+        stream, seq = a._get("stream", str, None, False), a.opt_number("seq")
+        in_turn = None
+        if stream is not None and seq is not None:
+            in_turn = partial(self._batch_order.turn, stream, seq)
+        appended = await self._writes.append_many(
+            a.text("user"), a.text("mailbox"), items, in_turn=in_turn
+        )
         return [appended_map(m) for m in appended]
 
     async def _fetch(self, a: _Args) -> list[dict[str, Any]]:

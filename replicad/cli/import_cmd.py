@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,62 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     imp.set_defaults(handler=cmd_import)
 
 
+class _Sender:
+    """Sends batches on two admin connections, so the node commits one batch
+    while the next is read, sent and compressed (two batches in flight).
+
+    Each batch carries (stream, seq): the node prepares both at once but
+    commits them in order, so UIDs follow the Maildir's order.
+    """
+
+    IN_FLIGHT = 2
+
+    def __init__(self, path: Path) -> None:
+        self._clients = [AdminClient(path).connect() for _ in range(self.IN_FLIGHT)]
+        self._pool = ThreadPoolExecutor(max_workers=self.IN_FLIGHT)
+        self._free = list(self._clients)
+        self._pending: list[tuple[Future[list[Any]], AdminClient]] = []
+        self._stream = uuid.uuid4().hex  # the node commits our batches in `seq` order
+        self._seq = 0
+
+    def submit(self, user: str, mailbox: str, items: list[dict[str, Any]]) -> list[int]:
+        """Queue one batch; returns counts of batches that completed meanwhile."""
+        done = []
+        if not self._free:
+            done.append(self._wait_oldest())
+        client = self._free.pop()
+        future = self._pool.submit(
+            client.call,
+            "append_many",
+            user=user,
+            mailbox=mailbox,
+            items=items,
+            stream=self._stream,
+            seq=self._seq,
+        )
+        self._seq += 1
+        self._pending.append((future, client))
+        return done
+
+    def _wait_oldest(self) -> int:
+        future, client = self._pending.pop(0)
+        self._free.append(client)
+        return len(future.result())  # re-raises the node's error, if any
+
+    def drain(self) -> list[int]:
+        return [self._wait_oldest() for _ in range(len(self._pending))]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for client in self._clients:
+            client.close()
+
+
 class _Batcher:
     """Accumulates append items for one mailbox and flushes them within the bounds."""
 
-    def __init__(self, client: AdminClient, user: str, mailbox: str) -> None:
-        self._client = client
+    def __init__(self, sender: _Sender, user: str, mailbox: str) -> None:
+        self._sender = sender
         self._user = user
         self._mailbox = mailbox
         self._items: list[dict[str, Any]] = []
@@ -60,21 +113,21 @@ class _Batcher:
         self._bytes += len(body)
 
     def flush(self) -> None:
-        if not self._items:
-            return
-        appended = self._client.call(
-            "append_many", user=self._user, mailbox=self._mailbox, items=self._items
-        )
-        self.imported += len(appended)
-        self._items = []
-        self._bytes = 0
+        if self._items:
+            self.imported += sum(self._sender.submit(self._user, self._mailbox, self._items))
+            self._items = []
+            self._bytes = 0
+
+    def finish(self) -> None:
+        self.flush()
+        self.imported += sum(self._sender.drain())
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     limit = node_config(args).admin.max_message_size
     rows: list[dict[str, Any]] = []
     skipped = 0
-    with connect(args) as client:
+    with connect(args) as client, contextlib.closing(_Sender(client.path)) as sender:
         try:
             existing = {s["name"] for s in client.call("mailbox_list", user=args.user)}
         except NoSuchUserError:
@@ -84,14 +137,14 @@ def cmd_import(args: argparse.Namespace) -> int:
                 # Created meanwhile (e.g. INBOX by a concurrent delivery) is fine.
                 with contextlib.suppress(AlreadyExistsError):
                     client.call("mailbox_create", user=args.user, name=folder.mailbox)
-            batcher = _Batcher(client, args.user, folder.mailbox)
+            batcher = _Batcher(sender, args.user, folder.mailbox)
             for message in messages:
                 body = _read(message, limit)
                 if body is None:
                     skipped += 1
                     continue
                 batcher.add(body, message)
-            batcher.flush()
+            batcher.finish()
             rows.append({"mailbox": folder.mailbox, "messages": batcher.imported})
     print_rows(args, rows, ["mailbox", "messages"])
     if skipped:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import trio
@@ -87,21 +88,27 @@ class ClusterWrites:
         )
 
     async def append_many(
-        self, user: str, mailbox: str, items: Sequence[AppendRequest]
+        self,
+        user: str,
+        mailbox: str,
+        items: Sequence[AppendRequest],
+        *,
+        in_turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> list[MessageAppended]:
         """A batch in one transaction when this node masters the mailbox, else one by one."""
         key = master_key(self.node.settings.granularity, user, mailbox)
         master = await self.node.master_of(key, trio.current_time() + WRITE_DEADLINE)
         if master == self.node.name:
-            appended = await self.node.store.append_many(user, mailbox, items)
+            appended = await self.node.store.append_many(user, mailbox, items, in_turn=in_turn)
             self.node.log_changed()
             return appended
-        return [
-            await self.append(
-                user, mailbox, i.body, flags=i.flags, internaldate=i.internaldate, guid=i.guid
-            )
-            for i in items
-        ]
+        async with in_turn() if in_turn is not None else nullcontext():
+            return [
+                await self.append(
+                    user, mailbox, i.body, flags=i.flags, internaldate=i.internaldate, guid=i.guid
+                )
+                for i in items
+            ]
 
     async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
         result = await self.node.execute(CopyOp(user, source, dest, uids))

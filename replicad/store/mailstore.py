@@ -10,7 +10,7 @@ from mailbox masters are applied through :meth:`MailStore.apply_replicated`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,9 +184,19 @@ class MailStore:
         return appended
 
     async def append_many(
-        self, user: str, mailbox: str, items: Sequence[AppendRequest]
+        self,
+        user: str,
+        mailbox: str,
+        items: Sequence[AppendRequest],
+        *,
+        in_turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> list[MessageAppended]:
-        """Append several messages in one transaction (all or none)."""
+        """Append several messages in one transaction (all or none).
+
+        ``in_turn`` orders batches that arrive concurrently (a pipelined
+        import): the bodies are hashed and compressed at once, in parallel
+        with the batch before, and only the write waits for its turn.
+        """
         prepared = await self._prepare_all(items)
         index = self.index
 
@@ -199,7 +209,8 @@ class MailStore:
             changes.extend(index.append(txn, user, mailbox, prepared, autocreate_inbox=False))
             return changes
 
-        result = await self._write(op)
+        async with in_turn() if in_turn is not None else nullcontext():
+            result = await self._write(op)
         return [c for c in result if isinstance(c, MessageAppended)]
 
     async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
