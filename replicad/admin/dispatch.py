@@ -198,7 +198,15 @@ class AdminDispatcher:
 
     async def _usage(self, _: _Args) -> dict[str, Any]:
         usage = self._store.usage()
-        return {"map_size": usage.map_size, "used_bytes": usage.used_bytes}
+        stats = self._store.writer.stats
+        return {
+            "map_size": usage.map_size,
+            "used_bytes": usage.used_bytes,
+            # Group commit at work: operations per transaction (one fsync each).
+            "commits": stats.batches,
+            "write_operations": stats.operations,
+            "largest_commit": stats.largest_batch,
+        }
 
     # -- messages --
 

@@ -23,7 +23,7 @@ from replicad.cli.common import connect, node_config, print_rows
 from replicad.errors import AlreadyExistsError, ExitCode, NoSuchUserError
 from replicad.maildir import MaildirMessage, walk
 
-MAX_BATCH_BYTES = 8 << 20
+MAX_BATCH_BYTES = 4 << 20
 MAX_BATCH_MESSAGES = 500
 
 
