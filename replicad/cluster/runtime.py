@@ -1175,22 +1175,29 @@ class ClusterNode:
         outbox = session.outbox
         while True:
             changed = self._log_changed
-            cursor = await self.store.log_cursor(session.peer)
-            if cursor > outbox.acked:
-                outbox.on_resync_jump(cursor)  # the log dropped this peer's backlog
-            head = await self.store.log_head()
-            rng = outbox.next_range(head)
-            if rng is None:
+            room = outbox.window - (outbox.sent - outbox.acked)
+            if room <= 0:
                 with trio.move_on_after(1.0):
                     await changed.wait()
                 continue
-            entries = await self.store.outbox_with_origin(rng.after, rng.limit)
+            # One read transaction (one thread hop) for positions, entries and
+            # bodies: the hops, not the work, dominate a single change's latency.
+            batch = await self.store.outbox_batch(
+                session.peer, outbox.sent, min(room, outbox.batch)
+            )
+            if batch.cursor > outbox.acked:
+                outbox.on_resync_jump(batch.cursor)  # the log dropped this peer's backlog
+                continue
+            entries = batch.entries
             if not entries:
-                outbox.on_sent(head)
+                if batch.head > outbox.sent:
+                    outbox.on_sent(batch.head)  # the range was truncated away
+                else:
+                    with trio.move_on_after(1.0):
+                        await changed.wait()
                 continue
             wanted = [(seq, ch) for seq, ch, origin in entries if self._wants(session, origin)]
-            hashes = [ch.body_hash for _, ch in wanted if isinstance(ch, MessageAppended)]
-            bodies = await self.store.read_blobs(hashes)
+            bodies = batch.bodies
             for seq, change in wanted:
                 if await self._send_change(session, seq, change, bodies):
                     session.last_sent = seq
