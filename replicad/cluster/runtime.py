@@ -380,6 +380,8 @@ class ClusterNode:
         self._handed_over: set[MasterKey] = set()  # keys given away, commit pending
         self._heard: set[str] = set()  # peers whose first ROUTES arrived (settling)
         self._write_times: dict[int, float] = {}  # our log seq -> when it was written
+        self._caught_up_at: dict[str, float] = {}  # peer -> when it last had everything
+        self._started_at = 0.0
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
@@ -388,6 +390,7 @@ class ClusterNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial, elect; runs until cancelled."""
+        self._started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             host, port = self.listen
@@ -1343,11 +1346,29 @@ class ClusterNode:
             if written is not None:
                 session.lag.append(now - written)
         self._prune_write_times()
+        self._caught_up_at[session.peer] = now  # its last acknowledgement
         # The durable cursor only decides where a restarted stream resumes
         # (resending a little more is harmless), so it is written lazily.
         session.ack_dirty.set()
         self._log_changed.set()
         self._log_changed = trio.Event()
+
+    def _lag_seconds(self, peer: str, head: int, cursor: int | None) -> float | None:
+        """How far behind ``peer`` is, in seconds: the age of the oldest change it
+        has not acknowledged when this process wrote it, else (a backlog
+        older than this process) the time since the peer's last
+        acknowledgement or since start-up.  0 when it is caught up."""
+        if cursor is None:
+            return None
+        now = trio.current_time()
+        if cursor >= head:
+            self._caught_up_at[peer] = now
+            return 0.0
+        for seq, written in self._write_times.items():
+            if seq > cursor:
+                return round(now - written, 3)
+        since = self._caught_up_at.get(peer, self._started_at)
+        return round(now - since, 3)
 
     async def _persist_acks(self, session: PeerSession) -> None:
         """Write the peer's acknowledged position at most every 50 ms (one fsync)."""
@@ -1398,6 +1419,8 @@ class ClusterNode:
                     "via": route.next_hop if route else None,
                     "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
                     "outbox": max(0, head - cursor) if cursor is not None else None,
+                    "acked": cursor,  # the last log entry the peer acknowledged
+                    "lag_s": self._lag_seconds(name, head, cursor),
                     "lag_p50_ms": _percentile_ms(session.lag, 0.50) if session else None,
                     "lag_p99_ms": _percentile_ms(session.lag, 0.99) if session else None,
                 }

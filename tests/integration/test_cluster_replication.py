@@ -672,6 +672,8 @@ def test_replicator_status_shows_the_outbox_of_a_stopped_peer(cluster: LocalClus
     rows = cluster.wait_until("n1 reports an outbox for stopped n3", backlog)
     assert rows["n2"]["link"] == "up" and rows["n2"]["reachable"] is True
     assert rows["n3"]["reachable"] is False
+    assert rows["n3"]["lag_s"] > 0 and rows["n2"]["lag_s"] == 0, rows
+    assert isinstance(rows["n3"]["acked"], int) and rows["n3"]["acked"] < rows["n2"]["acked"], rows
     # I7: writes made while n3 was unreachable are recorded as possible divergence.
     assert rows["n3"]["resync"] == 1 and rows["n3"]["why"] == ["partition"], rows
     assert rows["n2"]["resync"] == 0, rows
@@ -721,3 +723,22 @@ def test_debug_connect_speaks_to_a_live_node_without_disturbing_its_links(
     cluster.save("n2", "hank", "two")
     state = cluster.wait_converged("hank", until=lambda st: len(inbox_uids(st)) == 2)
     assert inbox_uids(state) == [1, 2]
+
+
+def test_user_granularity_gives_one_master_per_user(cluster: LocalCluster) -> None:
+    cluster.up("-n", "3")
+    cluster.down()
+    for node in NODES:
+        path = cluster.config(node)
+        path.write_text(path.read_text() + '\n[cluster]\ngranularity = "user"\n')
+    cluster.up()
+    root, _ = cluster.wait_root()
+    cluster.save("n2", "ivy", "first")  # n2 asks first: it masters all of ivy
+    cluster.json_on("n3", "mailbox", "create", "-u", "ivy", "Work")
+    cluster.save("n3", "ivy", "work", mailbox="Work")
+    masters = cluster.json_on(root, "master", "status", "-u", "ivy")["masters"]
+    assert masters == [{"user": "ivy", "mailbox": "", "master": "n2"}], masters
+    state = cluster.wait_converged(
+        "ivy", until=lambda st: len(st.get("Work", {}).get("messages", [])) == 1
+    )
+    assert set(state) == {"INBOX", "Work"}
