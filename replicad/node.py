@@ -39,7 +39,7 @@ import trio
 
 from replicad.admin.dispatch import AdminDispatcher, default_identity
 from replicad.admin.server import AdminServer
-from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
+from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress, TlsNetwork
 from replicad.cluster.writes import ClusterWrites
 from replicad.config import NodeConfig
 from replicad.errors import ReplicadError
@@ -286,8 +286,7 @@ def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
         name=config.name,
         peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),
         store=store,
-        contexts=contexts,
-        listen=(config.listen.address, config.listen.port),
+        network=TlsNetwork(contexts, (config.listen.address, config.listen.port)),
         data_dir=config.node.data_dir,
         settings=ClusterSettings(
             granularity=config.cluster.granularity,

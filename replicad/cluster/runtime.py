@@ -47,10 +47,10 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -147,6 +147,56 @@ class PeerAddress:
     name: str
     host: str
     port: int
+
+
+# --- how links are made --------------------------------------------------------------
+
+
+class Network(Protocol):
+    """Where links come from: TLS over TCP (:class:`TlsNetwork`), or the
+    simulator's in-memory network (tests/sim), which can partition nodes."""
+
+    cluster: str
+
+    async def dial(self, peer: PeerAddress, config: LinkConfig) -> Link: ...
+
+    async def serve(
+        self,
+        handler: Callable[[Link], Awaitable[None]],
+        config: LinkConfig,
+        known_peers: tuple[str, ...],
+        task_status: trio.TaskStatus[Any],
+    ) -> None: ...
+
+
+class TlsNetwork:
+    """Mutually authenticated TLS links (replicad.transport)."""
+
+    def __init__(self, contexts: TlsContexts, listen: tuple[str, int]) -> None:
+        self.contexts = contexts
+        self.cluster = contexts.cluster
+        self.listen = listen
+
+    async def dial(self, peer: PeerAddress, config: LinkConfig) -> Link:
+        return await open_link(peer.host, peer.port, peer.name, self.contexts, config=config)
+
+    async def serve(
+        self,
+        handler: Callable[[Link], Awaitable[None]],
+        config: LinkConfig,
+        known_peers: tuple[str, ...],
+        task_status: trio.TaskStatus[Any],
+    ) -> None:
+        host, port = self.listen
+        await serve_links(
+            self.contexts,
+            handler,
+            host=host,
+            port=port,
+            config=config,
+            known_peers=known_peers,
+            task_status=task_status,
+        )
 
 
 # --- what travels between hops: writes by name -------------------------------------
@@ -348,18 +398,16 @@ class ClusterNode:
         name: str,
         peers: tuple[PeerAddress, ...],
         store: MailStore,
-        contexts: TlsContexts,
-        listen: tuple[str, int],
+        network: Network,
         data_dir: Path,
         settings: ClusterSettings | None = None,
     ) -> None:
         self.name = name
         self.peers = {p.name: p for p in peers}
         self.store = store
-        self.contexts = contexts
-        self.listen = listen
+        self.network = network
         self.settings = settings or ClusterSettings()
-        self.link_config = LinkConfig(cluster=contexts.cluster, node=name)
+        self.link_config = LinkConfig(cluster=network.cluster, node=name)
         self.order = tuple(sorted([name, *self.peers]))
         self._epoch_file = data_dir / "cluster-epoch"
         self.routing = RoutingTable(name)
@@ -393,16 +441,9 @@ class ClusterNode:
         self._started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            host, port = self.listen
             await nursery.start(
-                lambda task_status: serve_links(
-                    self.contexts,
-                    self._accepted,
-                    host=host,
-                    port=port,
-                    config=self.link_config,
-                    known_peers=tuple(self.peers),
-                    task_status=task_status,
+                lambda task_status: self.network.serve(
+                    self._accepted, self.link_config, tuple(self.peers), task_status
                 )
             )
             for peer in self.peers.values():
@@ -440,9 +481,7 @@ class ClusterNode:
         delay = self.settings.backoff_min
         while True:
             try:
-                link = await open_link(
-                    peer.host, peer.port, peer.name, self.contexts, config=self.link_config
-                )
+                link = await self.network.dial(peer, self.link_config)
                 if self.settings.compress:
                     # The dialling side asks (compression.md); a refusal keeps
                     # the link uncompressed.
@@ -530,10 +569,11 @@ class ClusterNode:
                     nursery.start_soon(self._pinger, session)
                     await self._reader(session, nursery)
                     nursery.cancel_scope.cancel()
-        except ProtocolError as exc:
-            log_event(log, logging.WARNING, "link-error", peer=link.peer, reason=str(exc))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* ProtocolError as group:
+            reason = "; ".join(str(e) for e in group.exceptions)
+            log_event(log, logging.WARNING, "link-error", peer=link.peer, reason=reason)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, UnreachableError):
+            pass  # the link died under one of its tasks: the peer is down or gone
         finally:
             session.fail_pending()
             outbox.on_link_down()

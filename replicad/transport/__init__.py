@@ -6,6 +6,7 @@ from replicad.transport.link import (
     Link,
     LinkHandler,
     accept_link,
+    link_over,
     open_link,
     serve_links,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "TlsContexts",
     "accept_link",
     "client_context",
+    "link_over",
     "load_tls_contexts",
     "open_link",
     "peer_node_name",

@@ -33,7 +33,9 @@ class SecureChannel:
     from the certificate, never from the address.
     """
 
-    stream: trio.SSLStream[trio.SocketStream]
+    #: A TLS stream on the network; any trio stream in the simulator
+    #: (tests/sim), where identity is given rather than proved.
+    stream: trio.abc.Stream
     peer: str
     remote: str
 

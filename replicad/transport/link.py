@@ -184,8 +184,8 @@ class Link:
                 await self.flush()
             try:
                 data = await self.channel.stream.receive_some(RECEIVE_SIZE)
-            except trio.BrokenResourceError:
-                data = b""
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""  # the link is gone, whoever closed it: report it closed
             try:
                 pending.extend(self.connection.receive_data(bytes(data)))
             except ProtocolError:
@@ -278,6 +278,18 @@ async def _exchange_hello(channel: SecureChannel, config: LinkConfig, *, is_clie
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def link_over(
+    stream: trio.abc.Stream, peer: str, config: LinkConfig, *, is_client: bool, remote: str = "-"
+) -> Link:
+    """HELLO over an already authenticated ``stream`` to node ``peer``.
+
+    The network path authenticates with TLS first (:func:`open_link`,
+    :func:`serve_links`); the deterministic simulator gives in-memory
+    streams whose peer identity it knows, and calls this directly.
+    """
+    return await _exchange_hello(SecureChannel(stream, peer, remote), config, is_client=is_client)
 
 
 async def open_link(
