@@ -33,6 +33,15 @@ def free_port() -> int:
         return port
 
 
+def alive(pid: int) -> bool:
+    """A live process, not a zombie (an orphaned node may never be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def run_cli(
     *args: str | Path, input: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:

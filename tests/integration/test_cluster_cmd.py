@@ -39,19 +39,11 @@ from replicad.admin.framing import (
 from replicad.cli import cluster_cmd
 from replicad.config import load_config
 from replicad.errors import ProtocolError
-from tests.conftest import run_cli
+from tests.conftest import alive, run_cli
 
 NODES = ("n1", "n2", "n3")
 MESSAGE = b"From: a@example.org\r\nTo: alice@example.net\r\nSubject: kept\r\n\r\nbody\r\n"
 
-
-def alive(pid: int) -> bool:
-    """A live process, not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def pid_file(directory: Path, node: str) -> Path:

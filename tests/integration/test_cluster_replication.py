@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import alive, run_cli
 
 NODES = ("n1", "n2", "n3")
 #: How long replication, failover or a restart may take before a test fails.
@@ -55,14 +55,6 @@ def message(subject: str) -> bytes:
         f"Message-ID: <{subject}@example.org>\r\n\r\nbody of {subject}\r\n"
     ).encode()
 
-
-def alive(pid: int) -> bool:
-    """A live process, not a zombie (an orphaned node may never be reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class LocalCluster:
