@@ -88,6 +88,10 @@ class RootElection:
         self._pending_acks: set[str] = set()
         self._announced: frozenset[str] = frozenset()  # nodes told of this node's epoch
         self._flushed_for: int | None = None
+        # ROOT announcements received, kept even when their root was not yet
+        # reachable: a node that adopts the claim later must not wait for an
+        # announcement that already came (it would never come again).
+        self._announcements: set[Claim] = set()
 
     # -- queries --
 
@@ -160,6 +164,7 @@ class RootElection:
         if self.claim is not None and epoch < self.claim.epoch:
             return []  # a stale root: fenced
         self._claims[root] = Claim(epoch, root)
+        self._announcements.add(Claim(epoch, root))
         actions = self._decide()
         if self.claim == Claim(epoch, root) and root != self.me:
             actions += self._flush(epoch)
@@ -207,7 +212,11 @@ class RootElection:
             self._pending_acks = set(others)
             self.phase = Phase.CONFIRMING if others else Phase.READY
             return [*self._flush(claim.epoch), AnnounceRoot(frozenset(others), claim.epoch)]
-        # Following another root: flush now, acknowledge when its ROOT arrives.
+        # Following another root: flush now, acknowledge when its ROOT arrives
+        # (or at once, if it arrived before this node could reach the root).
+        if claim in self._announcements:
+            self.phase = Phase.READY
+            return [*self._flush(claim.epoch), AckRoot(claim.root, claim.epoch)]
         self.phase = Phase.WAITING
         return self._flush(claim.epoch)
 

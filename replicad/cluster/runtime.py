@@ -65,7 +65,15 @@ from replicad.cluster.masters import (
     master_key,
 )
 from replicad.cluster.outbox import OutboxStream
-from replicad.cluster.root import AckRoot, Action, AnnounceRoot, Claim, FlushMasters, RootElection
+from replicad.cluster.root import (
+    AckRoot,
+    Action,
+    AnnounceRoot,
+    Claim,
+    FlushMasters,
+    Phase,
+    RootElection,
+)
 from replicad.cluster.routing import RoutingTable
 from replicad.errors import (
     AlreadyExistsError,
@@ -450,6 +458,7 @@ class ClusterNode:
                 if self.name < peer.name:
                     nursery.start_soon(self._dial_loop, peer)
             nursery.start_soon(self._settle)
+            nursery.start_soon(self._confirm_root)
             log_event(log, logging.INFO, "cluster-started", node=self.name, peers=len(self.peers))
             task_status.started()
 
@@ -727,6 +736,27 @@ class ClusterNode:
             for session in list(self.sessions.values()):
                 self._spawn(self._send_untagged(session, c.Epoch(after.epoch, after.root)))
 
+    async def _confirm_root(self) -> None:
+        """While this node is a new root waiting for confirmations, announce
+        again to every node still pending, through its current next hop.
+
+        An announcement can be lost with a link, or confirmed for the wrong
+        subtree when routes change under it (simulator seed 12); repeating it
+        is harmless, since a node answers a ROOT it has already seen at once.
+        """
+        while True:
+            await trio.sleep(self.settings.ping_interval)
+            claim = self.election.claim
+            if self.election.phase is not Phase.CONFIRMING or claim is None:
+                continue
+            hops = {self.routing.next_hop(n) for n in self.election.pending_acks}
+            for name in sorted(h for h in hops if h is not None):
+                session = self.sessions.get(name)
+                if session is not None:
+                    for sent in self._root_sent.values():
+                        sent.discard(name)
+                    self._spawn(self._announce(session, claim.epoch))
+
     async def _announce(self, session: PeerSession, epoch: int) -> None:
         try:
             await session.request(c.Root(epoch, self.name), timeout=self.settings.dead_after * 2)
@@ -782,8 +812,11 @@ class ClusterNode:
             self._spawn(self._forward_root(session, c.Root(claim.epoch, claim.root)))
 
     async def _forward_root(self, session: PeerSession, cmd: c.Root) -> None:
-        with contextlib.suppress(ReplicadError):
+        try:
             await session.request(cmd, timeout=self.settings.dead_after * 2)
+        except ReplicadError:
+            # Not delivered: forget it was sent, so a repeated ROOT goes out again.
+            self._root_sent.get((cmd.root, cmd.epoch), set()).discard(session.peer)
 
     # -- masters --
 

@@ -178,3 +178,18 @@ def test_a_node_reached_through_another_joins_the_order() -> None:
     # c elects nobody itself (a comes first) and follows a's claim when it hears it.
     c.claim_heard("b", a.claim)
     assert c.claim == a.claim
+
+
+def test_an_announcement_heard_before_its_root_was_reachable_is_not_waited_for() -> None:
+    """Simulator seed 5: ROOT(4, c) reached a before a could route to c; when a
+    later adopts that claim it must be ready at once, not wait for a ROOT that
+    nobody will send again."""
+    a = RootElection("a", ("a", "b", "c"))
+    a.view_changed(frozenset({"b"}))
+    a.settle()
+    assert a.claim is not None and a.claim.root == "a"
+    a.root_announced("c", a.claim.epoch + 3)  # c not reachable yet: not adopted
+    assert a.claim.root == "a"
+    a.view_changed(frozenset({"b", "c"}))  # now c is reachable: its higher epoch wins
+    assert a.claim is not None and a.claim.root == "c"
+    assert a.root == "c"  # ready: the announcement already came
