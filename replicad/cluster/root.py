@@ -92,6 +92,10 @@ class RootElection:
         # reachable: a node that adopts the claim later must not wait for an
         # announcement that already came (it would never come again).
         self._announcements: set[Claim] = set()
+        # The claim this node followed until its root became unreachable.
+        # Claims older than it are stale: that root had been replaced, so it
+        # is never followed again (simulator seed 26); a new epoch starts.
+        self._lost: Claim | None = None
 
     # -- queries --
 
@@ -113,8 +117,13 @@ class RootElection:
         return frozenset(self._pending_acks)
 
     def gossip(self) -> Claim | None:
-        """The claim to tell peers (None while settling)."""
-        return self.claim
+        """The claim to tell peers (None while settling).
+
+        A node whose root became unreachable keeps telling the claim it lost:
+        that epoch is what tells a stale root (one the others had replaced) to
+        start a newer epoch instead of being followed again.
+        """
+        return self.claim or self._lost
 
     # -- inputs --
 
@@ -183,8 +192,19 @@ class RootElection:
     # -- decision --
 
     def _decide(self) -> list[Action]:
-        valid = [c for c in self._claims.values() if c.root in self._reachable]
+        if self.claim is not None and self.claim.root not in self._reachable:
+            self._lost = max(self._lost or self.claim, self.claim)
+        floor = self._lost.epoch if self._lost is not None else 0
+        valid = [
+            c for c in self._claims.values() if c.root in self._reachable and c.epoch >= floor
+        ]
         if self.claim is not None and self.claim.root in self._reachable:
+            if self.claim.root == self.me and self.claim.epoch < self.max_epoch and not any(
+                c.epoch > self.claim.epoch for c in valid
+            ):
+                # Others followed a newer root since this one was elected: this
+                # claim is stale; start an epoch above every epoch seen.
+                return self._adopt(Claim(self.max_epoch + 1, self.me))
             valid.append(self.claim)
         if valid:
             best = max(valid, key=lambda c: (c.epoch, -self.order.index(c.root)))

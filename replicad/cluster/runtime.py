@@ -943,6 +943,8 @@ class ClusterNode:
                 f"{dest} has no direct link to {self.name}, the master of {key}: "
                 "it could not be brought up to date before taking over"
             )
+        if key in self._moving:
+            raise TemporaryError(f"a move of {key} is already in progress; retry")
         held = self._moving[key] = trio.Event()
         log_event(log, logging.INFO, "master-moving", key=str(key), to=dest)
         try:
@@ -962,7 +964,8 @@ class ClusterNode:
             self._handed_over.add(key)
             log_event(log, logging.INFO, "master-moved", key=str(key), to=dest)
         finally:
-            del self._moving[key]
+            if self._moving.get(key) is held:
+                del self._moving[key]
             held.set()
 
     async def _master_move_command(self, session: PeerSession, tag: str, cmd: c.MasterMove) -> None:

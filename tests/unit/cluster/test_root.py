@@ -184,12 +184,31 @@ def test_an_announcement_heard_before_its_root_was_reachable_is_not_waited_for()
     """Simulator seed 5: ROOT(4, c) reached a before a could route to c; when a
     later adopts that claim it must be ready at once, not wait for a ROOT that
     nobody will send again."""
-    a = RootElection("a", ("a", "b", "c"))
+    a = RootElection("a", ("b", "a", "c"))
     a.view_changed(frozenset({"b"}))
     a.settle()
-    assert a.claim is not None and a.claim.root == "a"
-    a.root_announced("c", a.claim.epoch + 3)  # c not reachable yet: not adopted
-    assert a.claim.root == "a"
+    a.claim_heard("b", Claim(1, "b"))
+    a.root_announced("b", 1)
+    assert a.root == "b"
+    a.root_announced("c", 4)  # c not reachable yet: not adopted
+    assert a.root == "b"
     a.view_changed(frozenset({"b", "c"}))  # now c is reachable: its higher epoch wins
-    assert a.claim is not None and a.claim.root == "c"
+    assert a.claim == Claim(4, "c")
     assert a.root == "c"  # ready: the announcement already came
+
+
+def test_a_replaced_root_is_not_followed_again() -> None:
+    """Simulator seed 26: when the newest root dies, its followers must not fall
+    back to an older root they had replaced; a new epoch starts, and the old
+    root, told of the newer epoch, moves above it."""
+    a = RootElection("a", ("a", "b", "c"))
+    a.view_changed(frozenset({"b", "c"}))
+    a.settle()
+    assert a.claim == Claim(1, "a")
+    # c took over at epoch 4 while a was away; a followed it.
+    a.root_announced("c", 4)
+    assert a.claim == Claim(4, "c")
+    # b still gossips the stale (2, b) claim when c dies.
+    a.claim_heard("b", Claim(2, "b"))
+    a.view_changed(frozenset({"b"}))
+    assert a.claim is not None and a.claim.root == "a" and a.claim.epoch > 4
