@@ -14,12 +14,10 @@ resync layer's, not yet written).  What it does exercise is reconnects,
 outbox resume after a crash, root failover and re-election, master
 reassignment and MASTER-MOVE, with every interleaving the seed picks.
 
-Known gaps: replay is exact for a seed run alone in a fresh process
-(``tools/sim --seed N``); inside a campaign, iteration orders that depend
-on object addresses can make a run differ from its lone replay.  About 3%
-of seeds still end with the nodes disagreeing on the root after a fault
-(e.g. ``tools/sim --seed 26``); that is an open bug of the election under
-restarts, so the campaign is a tool, not a CI gate, until it is fixed.
+Replay is exact for a seed run alone (``tools/sim --seed N``, which pins
+PYTHONHASHSEED); inside a long campaign, orders that depend on object
+addresses can make a run differ from its lone replay, so a failing campaign
+seed is reported with both.
 """
 
 from __future__ import annotations
