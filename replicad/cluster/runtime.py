@@ -6,7 +6,9 @@ and :mod:`replicad.protocol`.  One :class:`ClusterNode` per node process:
 
 * **Links.** The node keeps one authenticated link per configured peer: the
   node whose name sorts first dials, the other accepts (so a pair never
-  holds two links), with exponential backoff.  PING every ``ping_interval``;
+  holds two links), with exponential backoff.  Links come from a
+  :class:`Network`: mutual TLS (:class:`TlsNetwork`), or the simulator's
+  in-memory network (tests/sim).  PING every ``ping_interval``;
   a peer silent for ``dead_after`` is dropped.  ROUTES (distance vectors)
   let a node reach peers it has no direct link to (A-B-C with A-C down).
 * **Root.** EPOCH gossip and the ROOT announcement drive
@@ -25,7 +27,6 @@ and :mod:`replicad.protocol`.  One :class:`ClusterNode` per node process:
 * **Change streams.** Per peer, the master streams its log from the peer's
   durable acknowledgement (:class:`~replicad.cluster.outbox.OutboxStream`);
   the peer applies idempotently in order and ACKs cumulatively.
-
 * **Relays.** A node that applies changes from S also logs them (origin S)
   when a neighbour has no direct link to S, and streams them on; a stream
   skips what its peer gets elsewhere.  In a full mesh nothing is relayed.
