@@ -12,9 +12,8 @@ import pytest
 
 from tests.conftest import NodeProcess
 
-GEN_CORPUS = Path("/work/shared/tools/gen_corpus.py")
-if not GEN_CORPUS.exists():  # the project copy, when run from a checkout
-    GEN_CORPUS = Path(__file__).resolve().parents[2] / "tools" / "gen_corpus.py"
+# The project's copy of the benchmark corpus generator (DESIGN §10).
+GEN_CORPUS = Path(__file__).resolve().parents[2] / "tools" / "gen_corpus.py"
 
 LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered", "D": "\\Draft", "T": "\\Deleted"}
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GEN_CORPUS = ROOT.parent / "shared" / "tools" / "gen_corpus.py"
+GEN_CORPUS = ROOT / "tools" / "gen_corpus.py"
 USER = "user00000"
 RD = [sys.executable, "-m", "replicad"]
 

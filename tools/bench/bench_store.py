@@ -15,7 +15,7 @@ Measures, in one run:
 Usage:
     tools/bench/bench_store.py [--corpus DIR] [--messages 10000] [--runs 3]
 
-Without --corpus the W1 corpus is generated with shared/tools/gen_corpus.py
+Without --corpus the W1 corpus is generated with tools/gen_corpus.py
 into a temporary directory.  Medians over --runs are reported.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import lmdb
 
 ROOT = Path(__file__).resolve().parents[2]
-GEN_CORPUS = ROOT.parent / "shared" / "tools" / "gen_corpus.py"
+GEN_CORPUS = ROOT / "tools" / "gen_corpus.py"
 BATCH_MESSAGES = 500  # the import's batch bound (messages); see replicad/cli import
 BATCH_BYTES = 4 << 20  # ... and bytes
 
