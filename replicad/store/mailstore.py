@@ -96,6 +96,7 @@ class MailStore:
         self.index = MailIndex(dbs)
         self.log = log
         self._applier = ReplicaApplier(self.index, log)
+        self.last_logged_seq = 0  # newest log entry written by this process
 
     @classmethod
     @asynccontextmanager
@@ -155,6 +156,10 @@ class MailStore:
                 for change in changes:
                     if isinstance(change, Change) and _is_effective(change):
                         seq = self.log.append(txn, change)
+            if seq:
+                # Read without a transaction by the replication runtime right
+                # after its write returns: at least that write's sequence.
+                self.last_logged_seq = seq
             return result, seq
 
         return await self.writer.submit(run)
