@@ -56,6 +56,7 @@ def to_wire(seq: int, change: Change, ids: dict[bytes, int], body: bytes | None 
             change.modseq,
             change.internaldate,
             change.flags,
+            change.stamp,
             change.size,
             change.body_hash,
             body,
@@ -69,6 +70,7 @@ def to_wire(seq: int, change: Change, ids: dict[bytes, int], body: bytes | None 
                 a.modseq,
                 a.internaldate,
                 a.flags,
+                a.stamp,
                 a.size,
                 a.body_hash,
             )
@@ -85,6 +87,7 @@ def to_wire(seq: int, change: Change, ids: dict[bytes, int], body: bytes | None 
             change.added,
             change.removed,
             change.modseq,
+            change.stamp,
         )
     if isinstance(change, MessagesExpunged):
         uids = UidSet.of([uid for uid, _ in change.expunged])
@@ -118,6 +121,7 @@ def from_wire(
             frame.internaldate,
             frame.size,
             frame.body_hash,
+            frame.stamp,
         )
         return record, [frame.body] if frame.body is not None else []
     if isinstance(frame, c.CopyChange):
@@ -133,6 +137,7 @@ def from_wire(
                 e.internaldate,
                 e.size,
                 e.body_hash,
+                e.stamp,
             )
             for e in frame.entries
         )
@@ -144,7 +149,13 @@ def from_wire(
         box = ids[frame.mbox]
         return (
             FlagsChanged(
-                box.user, box.guid, tuple(frame.uids), frame.add, frame.remove, frame.modseq
+                box.user,
+                box.guid,
+                tuple(frame.uids),
+                frame.add,
+                frame.remove,
+                frame.modseq,
+                stamp=frame.stamp,
             ),
             [],
         )

@@ -414,6 +414,7 @@ MODSEQ: Final = UInt(0, MAX_U63)
 SEQ: Final = UInt(1, MAX_U63)
 EPOCH_T: Final = UInt(1, MAX_U63)
 TIME: Final = UInt(0, MAX_U63)  # seconds since the epoch, UTC
+STAMP: Final = UInt(0, MAX_U63)  # hybrid logical clock: ms << 16 | counter (I5)
 SIZE: Final = UInt(0, DEFAULT_MAX_FRAME)
 GUID: Final = Octets(16, 16)  # random message / mailbox GUID
 HASH: Final = Octets(32, 32)  # SHA-256 of a body: the blob key
@@ -830,7 +831,7 @@ class SaveChange(Change):
     """A new message; ``body`` may be NIL when the master knows the peer holds it."""
 
     VERB = "SAVE"
-    SCHEMA = (SEQ, MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
+    SCHEMA = (SEQ, MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, STAMP, SIZE, HASH, Optional(BODY))
     MBOX_FIELDS = ("mbox",)
     mbox: int
     uid: int
@@ -838,6 +839,7 @@ class SaveChange(Change):
     modseq: int
     internaldate: int
     flags: tuple[str, ...]
+    stamp: int  # of the flags' registers (I5)
     size: int
     body_hash: bytes
     body: bytes | None
@@ -845,13 +847,14 @@ class SaveChange(Change):
 
 @dataclass(frozen=True, slots=True)
 class CopyEntry(Record):
-    SCHEMA = (UID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH)
+    SCHEMA = (UID, UID, GUID, MODSEQ, TIME, FLAGS, STAMP, SIZE, HASH)
     source_uid: int
     uid: int
     guid: bytes  # kept by COPY: the same message identity in both mailboxes
     modseq: int
     internaldate: int
     flags: tuple[str, ...]
+    stamp: int
     size: int
     body_hash: bytes
 
@@ -881,13 +884,14 @@ class ExpungeChange(Change):
 @dataclass(frozen=True, slots=True)
 class StoreChange(Change):
     VERB = "STORE"
-    SCHEMA = (SEQ, MBOX_ID, UIDS, FLAGS, FLAGS, MODSEQ)
+    SCHEMA = (SEQ, MBOX_ID, UIDS, FLAGS, FLAGS, MODSEQ, STAMP)
     MBOX_FIELDS = ("mbox",)
     mbox: int
     uids: UidSet
     add: tuple[str, ...]
     remove: tuple[str, ...]
     modseq: int
+    stamp: int  # per-flag last writer wins after a partition (I5)
 
     def __post_init__(self) -> None:
         _check_deltas(self.add, self.remove)

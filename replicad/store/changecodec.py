@@ -34,11 +34,12 @@ def _appended_fields(r: MessageAppended) -> list[Any]:
         r.internaldate,
         r.size,
         r.body_hash,
+        r.stamp,
     ]
 
 
 def _appended_from(f: list[Any]) -> MessageAppended:
-    user, mailbox, uid, guid, modseq, flags, date, size, body_hash = f
+    user, mailbox, uid, guid, modseq, flags, date, size, body_hash, *rest = f
     return MessageAppended(
         user=user,
         mailbox=mailbox,
@@ -49,6 +50,7 @@ def _appended_from(f: list[Any]) -> MessageAppended:
         internaldate=date,
         size=size,
         body_hash=body_hash,
+        stamp=rest[0] if rest else 0,
     )
 
 
@@ -75,6 +77,7 @@ def encode_change(change: Change) -> bytes:
             list(change.removed),
             change.modseq,
             list(change.rejected),
+            change.stamp,
         ]
     elif isinstance(change, MessagesExpunged):
         fields = [
@@ -110,7 +113,7 @@ def decode_change(raw: bytes) -> Change:
                 appended=tuple(_appended_from(a) for a in appended),
             )
         if kind == "F":
-            user, mailbox, uids, added, removed, modseq, rejected = f
+            user, mailbox, uids, added, removed, modseq, rejected, *rest = f
             return FlagsChanged(
                 user=user,
                 mailbox=mailbox,
@@ -119,6 +122,7 @@ def decode_change(raw: bytes) -> Change:
                 removed=tuple(removed),
                 modseq=modseq,
                 rejected=tuple(rejected),
+                stamp=rest[0] if rest else 0,
             )
         if kind == "X":
             user, mailbox, expunged, modseq = f

@@ -34,6 +34,8 @@ from replicad.errors import (
 from replicad.flags import normalise_flags
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
+from replicad.store.clock import HybridClock
+from replicad.store.marks import apply_delta, present, stamped
 from replicad.store.records import (
     ChangeSet,
     FlagsChanged,
@@ -150,6 +152,8 @@ class MailIndex:
 
     def __init__(self, dbs: Databases) -> None:
         self.dbs = dbs
+        #: Stamps flag registers; only the single writer uses it (I5).
+        self.clock = HybridClock()
 
     # -- lookups --
 
@@ -440,6 +444,7 @@ class MailIndex:
         if row.uidnext + len(items) - 1 > MAX_UID:
             raise BadInputError(f"mailbox {name!r} has run out of UIDs; it needs a new UIDVALIDITY")
         modseq = row.highestmodseq + 1
+        stamp = self.clock.now()
         uid = row.uidnext
         out = []
         vsize = row.vsize
@@ -452,10 +457,11 @@ class MailIndex:
                 item.internaldate,
                 item.prepared.size,
                 item.prepared.body_hash,
+                stamped(item.flags, stamp),
             )
             txn.put(message_key(guid, uid), msg.encode(), db=self.dbs.messages)
             txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
-            out.append(_appended(row.user, guid, uid, msg))
+            out.append(_appended(row.user, guid, uid, msg, stamp))
             vsize += msg.size
             uid += 1
         txn.put(
@@ -482,6 +488,7 @@ class MailIndex:
             raise BadInputError(f"mailbox {dest!r} has run out of UIDs")
         # Re-read the destination row: with source == dest it is the same row.
         modseq = dst_row.highestmodseq + 1
+        stamp = self.clock.now()
         uid = dst_row.uidnext
         appended = []
         vsize = dst_row.vsize
@@ -489,10 +496,11 @@ class MailIndex:
             msg = self._message(txn, src_guid, src_uid)
             assert msg is not None
             blobs.add_reference_to_existing(txn, self.dbs, msg.body_hash)
-            new = replace(msg, modseq=modseq)
+            # The copy is a new message: its flags are stamped now (I5).
+            new = replace(msg, modseq=modseq, marks=stamped(msg.flags, stamp))
             txn.put(message_key(dst_guid, uid), new.encode(), db=self.dbs.messages)
             txn.put(change_key(dst_guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
-            appended.append(_appended(dst_row.user, dst_guid, uid, new))
+            appended.append(_appended(dst_row.user, dst_guid, uid, new, stamp))
             vsize += new.size
             uid += 1
         txn.put(
@@ -531,7 +539,8 @@ class MailIndex:
         wanted = normalise_flags(flags)
         guid, row = self._resolve(txn, user, name)
         modseq = row.highestmodseq + 1
-        changed: list[int] = []
+        stamp = self.clock.now()
+        targets: list[tuple[int, MessageRow]] = []
         rejected: list[int] = []
         removed_any: set[str] = set()
         for uid in self._uids_in(txn, guid, uids, row.uidnext):
@@ -548,22 +557,28 @@ class MailIndex:
             else:
                 new = wanted
                 removed_any |= old - wanted
-            if new == old:
-                continue
-            txn.delete(change_key(guid, msg.modseq, uid), db=self.dbs.changes)
-            txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
-            txn.put(
-                message_key(guid, uid),
-                replace(msg, flags=flags_tuple(new), modseq=modseq).encode(),
-                db=self.dbs.messages,
-            )
-            changed.append(uid)
+            if new != old:
+                targets.append((uid, msg))
         if mode == "add":
             added, removed = wanted, frozenset[str]()
         elif mode == "remove":
             added, removed = frozenset[str](), wanted
         else:
             added, removed = wanted, frozenset(removed_any)
+        # Each message's registers take the same deltas a replica applies, so
+        # master and replicas hold identical registers (I4, I5).
+        for uid, msg in targets:
+            marks = apply_delta(msg.registers(), added, removed, stamp)
+            txn.delete(change_key(guid, msg.modseq, uid), db=self.dbs.changes)
+            txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
+            txn.put(
+                message_key(guid, uid),
+                replace(
+                    msg, flags=flags_tuple(present(marks)), modseq=modseq, marks=marks
+                ).encode(),
+                db=self.dbs.messages,
+            )
+        changed = [uid for uid, _ in targets]
         if changed:
             txn.put(guid, replace(row, highestmodseq=modseq).encode(), db=self.dbs.mailboxes)
         else:
@@ -576,6 +591,7 @@ class MailIndex:
             removed=flags_tuple(removed),
             modseq=modseq,
             rejected=tuple(rejected),
+            stamp=stamp,
         )
 
     def expunge(self, txn: Any, user: str, name: str, uids: UidSet) -> MessagesExpunged:
@@ -653,7 +669,9 @@ def _info(uid: int, msg: MessageRow) -> MessageInfo:
     )
 
 
-def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow) -> MessageAppended:
+def _appended(
+    user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int
+) -> MessageAppended:
     return MessageAppended(
         user=user,
         mailbox=mailbox,
@@ -664,4 +682,5 @@ def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow) -> MessageAp
         internaldate=msg.internaldate,
         size=msg.size,
         body_hash=msg.body_hash,
+        stamp=stamp,
     )

@@ -91,6 +91,8 @@ class MessageAppended(Change):
     internaldate: int
     size: int
     body_hash: bytes
+    #: Hybrid-clock stamp of the flags' registers (replicad.store.marks, I5).
+    stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ class FlagsChanged(Change):
     removed: tuple[str, ...]
     modseq: int
     rejected: tuple[int, ...] = ()
+    #: Hybrid-clock stamp of the deltas: per-flag last writer wins (I5).
+    stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)

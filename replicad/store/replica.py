@@ -25,6 +25,7 @@ from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, ChangeLog
 from replicad.store.index import MailIndex
+from replicad.store.marks import apply_delta, present, stamped
 from replicad.store.records import (
     Change,
     FlagsChanged,
@@ -167,6 +168,7 @@ class ReplicaApplier:
                 blobs.add_reference_to_existing(txn, self.dbs, rec.body_hash)
             else:
                 raise MissingBodyError(f"body {rec.body_hash.hex()} needed for UID {rec.uid}")
+            self.index.clock.observe(rec.stamp)
             msg = MessageRow(
                 rec.guid,
                 rec.modseq,
@@ -174,6 +176,7 @@ class ReplicaApplier:
                 rec.internaldate,
                 rec.size,
                 rec.body_hash,
+                stamped(rec.flags, rec.stamp),
             )
             txn.put(message_key(mailbox, rec.uid), msg.encode(), db=self.dbs.messages)
             txn.put(change_key(mailbox, rec.modseq, rec.uid), CHANGE_MESSAGE, db=self.dbs.changes)
@@ -204,17 +207,21 @@ class ReplicaApplier:
                 )
             targets.append((uid, msg))
         applied = 0
+        self.index.clock.observe(change.stamp)
         for uid, msg in targets:
             if msg.modseq >= change.modseq:
                 continue  # already applied (or superseded)
-            new = (frozenset(msg.flags) | added) - removed  # I5: deltas, not states
+            # I5: deltas, not states, into the per-flag registers.
+            marks = apply_delta(msg.registers(), added, removed, change.stamp)
             txn.delete(change_key(change.mailbox, msg.modseq, uid), db=self.dbs.changes)
             txn.put(
                 change_key(change.mailbox, change.modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes
             )
             txn.put(
                 message_key(change.mailbox, uid),
-                replace(msg, flags=flags_tuple(new), modseq=change.modseq).encode(),
+                replace(
+                    msg, flags=flags_tuple(present(marks)), modseq=change.modseq, marks=marks
+                ).encode(),
                 db=self.dbs.messages,
             )
             applied += 1

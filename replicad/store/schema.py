@@ -134,16 +134,36 @@ class MessageRow:
     internaldate: int
     size: int
     body_hash: bytes
+    #: The per-flag last-writer-wins registers (I5): ``(flag, stamp, present)``
+    #: sorted by flag, one per flag ever set or cleared on this message; ``flags``
+    #: is the set of present ones.  Empty in rows written before stamps existed,
+    #: which :meth:`registers` reads as every flag present at stamp 0.
+    marks: tuple[tuple[str, int, bool], ...] = ()
 
     def encode(self) -> bytes:
         return pack(
-            [self.guid, self.modseq, list(self.flags), self.internaldate, self.size, self.body_hash]
+            [
+                self.guid,
+                self.modseq,
+                list(self.flags),
+                self.internaldate,
+                self.size,
+                self.body_hash,
+                [[f, s, p] for f, s, p in self.marks],
+            ]
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> MessageRow:
-        guid, modseq, flags, internaldate, size, body_hash = unpack(raw)
-        return cls(guid, modseq, tuple(flags), internaldate, size, body_hash)
+        guid, modseq, flags, internaldate, size, body_hash, *rest = unpack(raw)
+        marks = tuple((f, s, bool(p)) for f, s, p in rest[0]) if rest else ()
+        return cls(guid, modseq, tuple(flags), internaldate, size, body_hash, marks)
+
+    def registers(self) -> tuple[tuple[str, int, bool], ...]:
+        """Every register, including the implicit ones of a row without marks."""
+        if self.marks or not self.flags:
+            return self.marks
+        return tuple((f, 0, True) for f in sorted(self.flags))
 
 
 @dataclass(frozen=True, slots=True)
