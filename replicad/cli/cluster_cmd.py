@@ -27,6 +27,12 @@ Contract:
 * ``status DIR`` lists each node: state, pid, port, and, where the node
   supports the ``cluster_status`` admin op, root, epoch and peer links.
   Exit 68 if DIR holds no cluster.
+* ``up --faults`` makes a cluster whose node-to-node links all pass through
+  one fault-injecting proxy process (:mod:`replicad.faultproxy`, files in
+  ``DIR/proxy/``); ``up`` starts it (before the nodes) whenever it is not
+  running, ``down`` stops it, ``status`` shows it as a ``proxy`` row.  The
+  fault commands (``partition``, ``heal``, ``delay``, ``faults``, ``kill``,
+  ``restart``) are in :mod:`replicad.cli.chaos_cmd`.
 
 A node is "running" when the pid in its lock file (``DATA_DIR/replicad.pid``)
 is a live ``replicad serve`` process of *this* node's config: a pid file
@@ -51,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replicad import pki
+from replicad import faultproxy, pki
 from replicad.admin.client import AdminClient
 from replicad.cli.node_cmds import CONFIG_NAME, node_config_text
 from replicad.cli.output import FORMATS, render_rows
@@ -135,6 +141,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="P",
         help="node nK listens on 127.0.0.1:P+K-1 (default: free ports)",
     )
+    up.add_argument(
+        "--faults",
+        action="store_true",
+        help="when creating the cluster, route every node-to-node link through a "
+        "fault-injecting proxy (see `cluster partition`, `heal`, `delay`)",
+    )
     up.set_defaults(handler=cmd_up)
 
     down = actions.add_parser(
@@ -155,6 +167,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     status.add_argument("directory", metavar="DIR", type=Path)
     status.set_defaults(handler=cmd_status)
+
+    # Imported here, not at the top: chaos_cmd builds on this module.
+    from replicad.cli.chaos_cmd import register as register_faults
+
+    register_faults(actions, fmt)
 
 
 # --- the cluster directory ------------------------------------------------------
@@ -437,9 +454,11 @@ def _cluster_sections(name: str, peers: Sequence[tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def node_text(name: str, ports: dict[str, int]) -> str:
-    """The config of node ``name`` in a cluster whose nodes listen on ``ports``."""
-    peers = [(peer, port) for peer, port in ports.items() if peer != name]
+def node_text(name: str, ports: dict[str, int], peer_ports: dict[str, int] | None = None) -> str:
+    """The config of node ``name`` in a cluster whose nodes listen on ``ports``;
+    with ``peer_ports`` (``--faults``), the peers are dialled there instead."""
+    dial = peer_ports if peer_ports is not None else ports
+    peers = [(peer, dial[peer]) for peer in ports if peer != name]
     return node_config_text(
         name,
         ports[name],
@@ -448,23 +467,37 @@ def node_text(name: str, ports: dict[str, int]) -> str:
     )
 
 
-def create_cluster(directory: Path, count: int, base_port: int | None) -> list[ClusterNode]:
+def create_cluster(
+    directory: Path, count: int, base_port: int | None, *, faults: bool = False
+) -> list[ClusterNode]:
     """Write the CA, certificates and configs of a new ``count``-node cluster in ``directory``.
 
     Every config is validated before anything is written (a socket path too
     long for a unix socket fails here, not at start-up), and anything this
     call created is removed again if it fails half-way, so a failed ``up``
-    never leaves a directory that later looks like a cluster.
+    never leaves a directory that later looks like a cluster.  With ``faults``,
+    the peers' addresses are the fault proxy's ports (:mod:`replicad.faultproxy`).
     """
     names = node_names(count)
-    leftovers = [p for p in [directory / PKI_DIR, *(directory / n for n in names)] if p.exists()]
+    reserved = [directory / PKI_DIR, directory / faultproxy.PROXY_DIR]
+    leftovers = [p for p in [*reserved, *(directory / n for n in names)] if p.exists()]
     if leftovers:
         raise BadInputError(
             f"{', '.join(map(str, leftovers))} already exist(s) but {directory} holds no "
             "cluster config (an interrupted `cluster up`?); remove them or use another DIR"
         )
     ports = dict(zip(names, pick_ports(count, base_port), strict=True))
-    texts = {name: node_text(name, ports) for name in names}
+    routes: list[faultproxy.Route] = []
+    if faults:
+        faultproxy.check_socket_path(directory)
+        # count*count ports held open together are distinct, and at most
+        # `count` of them can be node ports: enough remain for every route.
+        spare = [p for p in pick_ports(count * count, None) if p not in ports.values()]
+        routes = faultproxy.plan_routes(ports, spare[: faultproxy.route_count(count)])
+    texts = {
+        name: node_text(name, ports, faultproxy.peer_ports(routes, name) if faults else None)
+        for name in names
+    }
     for name, text in texts.items():
         parse_config(text, directory / name / CONFIG_NAME)
 
@@ -487,6 +520,9 @@ def create_cluster(directory: Path, count: int, base_port: int | None) -> list[C
             write(node_dir / "ca.pem", ca_pem, mode=0o644, force=False)
             write(node_dir / f"{name}.pem", cert_pem, mode=0o644, force=False)
             write(node_dir / f"{name}.key", key_pem, mode=0o600, force=False)
+        if faults:
+            created.append(directory / faultproxy.PROXY_DIR)
+            faultproxy.write_routes(directory, routes)
         # Configs last: their presence is what makes the directory a cluster.
         for name in names:
             write(directory / name / CONFIG_NAME, texts[name].encode(), mode=0o640, force=False)
@@ -531,17 +567,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     nodes = find_nodes(directory)
     if nodes:
         _check_same_cluster(directory, nodes, count, base_port)
+        if args.faults and not faultproxy.is_proxied(directory):
+            raise BadInputError(
+                f"the cluster in {directory} was made without --faults (its peers' addresses "
+                "are fixed in the configs); use another DIR for a --faults cluster"
+            )
     else:
-        nodes = create_cluster(directory, count or DEFAULT_NODES, base_port)
+        nodes = create_cluster(directory, count or DEFAULT_NODES, base_port, faults=args.faults)
 
+    # A --faults cluster's links all pass through its proxy: it must run
+    # whenever nodes do, and it starts first so that they link at once.
+    proxied = faultproxy.is_proxied(directory)
+    proxy_pid = faultproxy.running_pid(directory) if proxied else None
     running = {node.name: running_pid(node) for node in nodes}
     to_start = [node for node in nodes if running[node.name] is None]
-    if not to_start:
+    if not to_start and (proxy_pid is not None or not proxied):
         raise BadInputError(
             f"the cluster in {directory} is already running "
             f"(stop it with `replicad cluster down {directory}`)"
         )
-    started = start_and_wait(to_start)
+    proxy_started = faultproxy.start_proxy(directory) if proxied and proxy_pid is None else None
+    try:
+        started = start_and_wait(to_start)
+    except BaseException:
+        if proxy_started is not None:
+            faultproxy.stop_proxy(directory)
+        raise
 
     rows: list[dict[str, Any]] = []
     for node in nodes:
@@ -555,11 +606,23 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "config": str(node.config_path),
             }
         )
+    if proxied:
+        rows.append(
+            {
+                "node": "proxy",
+                "state": "running" if proxy_started is None else "started",
+                "pid": proxy_pid if proxy_started is None else proxy_started,
+                "port": None,
+                "config": str(faultproxy.proxy_dir(directory)),
+            }
+        )
     fmt = _format(args)
     _print(render_rows(rows, UP_FIELDS, fmt))
     if fmt == "table":
         _print(f"logs: {directory}/nK/{LOG_NAME}; stop with: replicad cluster down {directory}")
         _print(f"try: replicad -c {nodes[0].config_path} save -u alice < msg")
+        if proxied:
+            _print(f"faults: replicad cluster partition {directory} n1  (isolates n1; then heal)")
     return 0
 
 
@@ -653,6 +716,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         }
         for node in nodes
     ]
+    if faultproxy.is_proxied(directory):
+        # After the nodes, which may still talk to each other while stopping.
+        proxy_pid, result = faultproxy.stop_proxy(directory)
+        rows.append({"node": "proxy", "pid": proxy_pid, "result": result})
     _print(render_rows(_dashes(rows, _format(args)), DOWN_FIELDS, _format(args)))
     return 0
 
@@ -662,6 +729,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     directory: Path = args.directory.absolute()
     fmt = _format(args)
     rows = [status_row(node, fmt) for node in require_cluster(directory)]
+    if faultproxy.is_proxied(directory):
+        proxy_pid = faultproxy.running_pid(directory)
+        state = "stopped" if proxy_pid is None else "running"
+        unknown = dict.fromkeys(["port", "root", "epoch", "peers"])
+        rows.append({"node": "proxy", "state": state, "pid": proxy_pid, **unknown})
     _print(render_rows(_dashes(rows, fmt), STATUS_FIELDS, fmt))
     return 0
 
