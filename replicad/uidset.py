@@ -93,6 +93,10 @@ class UidSet:
             out.append((min(lo, highest_uid), max(lo, highest_uid)))
         return UidSet._normalise(out)
 
+    def count(self) -> int:
+        """How many UIDs the set holds, without expanding it (``*`` counts as one)."""
+        return sum(1 if hi == STAR else hi - lo + 1 for lo, hi in self.ranges)
+
     def __contains__(self, uid: object) -> bool:
         if not isinstance(uid, int):
             return False

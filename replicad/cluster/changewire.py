@@ -10,20 +10,30 @@ calling it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from replicad.cluster.merge import (
+    FlagMark,
+    MergePlan,
+    MessageState,
+    PlanOp,
+    PutMessage,
+    PutTombstone,
+    Tombstone,
+)
+from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
 from replicad.store.records import (
     Change,
     FlagsChanged,
     MailboxCreated,
     MailboxDeleted,
+    MailboxMerged,
     MailboxRenamed,
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
 )
-from replicad.store.replica import UNKNOWN_GUID
 from replicad.uidset import UidSet
 
 
@@ -40,13 +50,90 @@ def mailboxes_of(change: Change) -> list[bytes]:
     """Mailbox GUIDs a change frame references by MBOX id, in field order."""
     if isinstance(change, MessagesCopied):
         return [change.source_mailbox, change.appended[0].mailbox]
-    if isinstance(change, (MessageAppended, FlagsChanged, MessagesExpunged)):
+    if isinstance(change, (MessageAppended, FlagsChanged, MessagesExpunged, MailboxMerged)):
         return [change.mailbox]
     return []
 
 
-def to_wire(seq: int, change: Change, ids: dict[bytes, int], body: bytes | None = None) -> c.Change:
-    """The frame for log entry ``seq``; ``ids`` maps every mailbox it references."""
+def ops_to_wire(
+    ops: tuple[PlanOp, ...], bodies: dict[bytes, bytes], flags_only: frozenset[int] = frozenset()
+) -> tuple[c.UpdateOp, ...]:
+    """UPDATE operations for a merge plan: a put message is an APPEND (with the
+    body from ``bodies``, else NIL), or a FLAGS when its UID is in ``flags_only``
+    (the receiver holds that very message there); a tombstone is an EXPUNGE."""
+    out: list[c.UpdateOp] = []
+    for op in ops:
+        if isinstance(op, PutMessage):
+            m = op.message
+            marks = tuple((k.flag, k.stamp, k.present) for k in m.marks)
+            if m.uid in flags_only:
+                out.append(c.UpdateFlags(m.uid, m.modseq, marks))
+            else:
+                out.append(
+                    c.UpdateAppend(
+                        m.uid,
+                        m.guid,
+                        m.modseq,
+                        m.internaldate,
+                        m.size,
+                        m.body_hash,
+                        marks,
+                        bodies.get(m.body_hash),
+                    )
+                )
+        else:
+            t = op.tombstone
+            moved = tuple(c.UidGuid(u, g) for g, u in t.moved)
+            out.append(c.UpdateExpunge(t.uid, t.modseq, tuple(sorted(t.guids)), moved))
+    return tuple(out)
+
+
+def ops_from_wire(
+    ops: tuple[c.UpdateOp, ...], held: dict[int, MessageState] | None = None
+) -> tuple[tuple[PlanOp, ...], list[bytes]]:
+    """Plan operations and carried bodies of UPDATE operations.  A FLAGS
+    operation needs ``held``: the receiver's message at that UID."""
+    out: list[PlanOp] = []
+    carried: list[bytes] = []
+    for op in ops:
+        if isinstance(op, c.UpdateAppend):
+            marks = tuple(FlagMark(f, s, p) for f, s, p in op.marks)
+            try:
+                message = MessageState(
+                    op.uid, op.guid, op.modseq, op.internaldate, op.size, op.body_hash, marks
+                )
+            except ValueError as exc:
+                raise ProtocolError(f"UPDATE: {exc}") from None
+            out.append(PutMessage(message))
+            if op.body is not None:
+                carried.append(op.body)
+        elif isinstance(op, c.UpdateFlags):
+            base = (held or {}).get(op.uid)
+            if base is None:
+                raise ProtocolError(f"UPDATE: FLAGS for UID {op.uid}, which is not held here")
+            marks = tuple(FlagMark(f, s, p) for f, s, p in op.marks)
+            out.append(PutMessage(replace(base, modseq=op.modseq, marks=marks)))
+        else:
+            moved = tuple(sorted((m.guid, m.uid) for m in op.moved))
+            try:
+                tomb = Tombstone(op.uid, frozenset(op.guids), op.modseq, moved)
+            except ValueError as exc:
+                raise ProtocolError(f"UPDATE: {exc}") from None
+            out.append(PutTombstone(tomb))
+    return tuple(out), carried
+
+
+def to_wire(
+    seq: int,
+    change: Change,
+    ids: dict[bytes, int],
+    body: bytes | None = None,
+    bodies: dict[bytes, bytes] | None = None,
+) -> c.Change:
+    """The frame for log entry ``seq``; ``ids`` maps every mailbox it references.
+
+    ``body`` goes with a SAVE; ``bodies`` (by hash) with the messages a merge puts.
+    """
     if isinstance(change, MessageAppended):
         return c.SaveChange(
             seq,
@@ -90,14 +177,30 @@ def to_wire(seq: int, change: Change, ids: dict[bytes, int], body: bytes | None 
             change.stamp,
         )
     if isinstance(change, MessagesExpunged):
-        uids = UidSet.of([uid for uid, _ in change.expunged])
-        return c.ExpungeChange(seq, ids[change.mailbox], uids, change.modseq)
+        pairs = sorted(change.expunged)
+        uids = UidSet.of([uid for uid, _ in pairs])
+        return c.ExpungeChange(
+            seq, ids[change.mailbox], uids, change.modseq, tuple(g for _, g in pairs)
+        )
     if isinstance(change, MailboxCreated):
         return c.CreateChange(seq, change.user, change.name, change.mailbox, change.uidvalidity)
     if isinstance(change, MailboxRenamed):
         return c.RenameChange(seq, change.user, change.mailbox, change.old_name, change.new_name)
     if isinstance(change, MailboxDeleted):
         return c.DeleteChange(seq, change.user, change.mailbox, change.name)
+    if isinstance(change, MailboxMerged):
+        p = change.plan
+        return c.UpdateChange(
+            seq,
+            ids[change.mailbox],
+            p.uidvalidity,
+            p.uidnext,
+            p.highestmodseq,
+            change.expected,
+            change.expected_digest,
+            change.result_digest,
+            ops_to_wire(p.ops, bodies or {}),
+        )
     raise TypeError(f"not a change record: {change!r}")
 
 
@@ -161,8 +264,7 @@ def from_wire(
         )
     if isinstance(frame, c.ExpungeChange):
         box = ids[frame.mbox]
-        known = guids or {}
-        pairs = tuple((uid, known.get(uid, UNKNOWN_GUID)) for uid in frame.uids)
+        pairs = tuple(zip(frame.uids, frame.guids, strict=True))
         return MessagesExpunged(box.user, box.guid, pairs, frame.modseq), []
     if isinstance(frame, c.CreateChange):
         return MailboxCreated(frame.user, frame.name, frame.guid, frame.uidvalidity), []
@@ -170,4 +272,17 @@ def from_wire(
         return MailboxRenamed(frame.user, frame.guid, frame.old_name, frame.new_name), []
     if isinstance(frame, c.DeleteChange):
         return MailboxDeleted(frame.user, frame.guid, frame.name), []
+    if isinstance(frame, c.UpdateChange):
+        box = ids[frame.mbox]
+        # The stream always ships whole messages (APPEND), never FLAGS: a
+        # follower's copy is not known to the master when it logs the merge.
+        ops, carried = ops_from_wire(frame.ops)
+        try:
+            plan = MergePlan(frame.uidvalidity, frame.uidnext, frame.highestmodseq, ops)
+        except ValueError as exc:
+            raise ProtocolError(f"UPDATE: {exc}") from None
+        merged = MailboxMerged(
+            box.user, box.guid, frame.expected, plan, frame.expected_digest, frame.result_digest
+        )
+        return merged, carried
     raise TypeError(f"not a change frame: {frame!r}")

@@ -195,12 +195,12 @@ class RootElection:
         if self.claim is not None and self.claim.root not in self._reachable:
             self._lost = max(self._lost or self.claim, self.claim)
         floor = self._lost.epoch if self._lost is not None else 0
-        valid = [
-            c for c in self._claims.values() if c.root in self._reachable and c.epoch >= floor
-        ]
+        valid = [c for c in self._claims.values() if c.root in self._reachable and c.epoch >= floor]
         if self.claim is not None and self.claim.root in self._reachable:
-            if self.claim.root == self.me and self.claim.epoch < self.max_epoch and not any(
-                c.epoch > self.claim.epoch for c in valid
+            if (
+                self.claim.root == self.me
+                and self.claim.epoch < self.max_epoch
+                and not any(c.epoch > self.claim.epoch for c in valid)
             ):
                 # Others followed a newer root since this one was elected: this
                 # claim is stale; start an epoch above every epoch seen.

@@ -66,6 +66,7 @@ from replicad.cluster.masters import (
     master_key,
 )
 from replicad.cluster.outbox import OutboxStream
+from replicad.cluster.resync import Resyncer
 from replicad.cluster.root import (
     AckRoot,
     Action,
@@ -81,6 +82,7 @@ from replicad.errors import (
     BadInputError,
     DurabilityError,
     NoSuchMailboxError,
+    NoSuchMessageError,
     ProtocolError,
     ReplicadError,
     TemporaryError,
@@ -92,6 +94,7 @@ from replicad.protocol.connection import (
     CommandReceived,
     ConnectionClosed,
     LinkConfig,
+    LinkStateError,
     ReplyReceived,
     UntaggedReceived,
 )
@@ -145,6 +148,8 @@ class ClusterSettings:
     durability: DurabilityLevel = LOCAL
     user_durability: dict[str, DurabilityLevel] = field(default_factory=dict)
     compress: bool = True
+    #: How often resync marks are turned into work (replicad.cluster.resync).
+    resync_interval: float = 1.0
 
     def level_for(self, user: str) -> DurabilityLevel:
         """The durability level of ``user``'s writes: an override, else the node's (I1)."""
@@ -221,12 +226,17 @@ class SaveOp:
     body: bytes
 
 
+#: UID -> message GUID as the client's node sees them (forwarded commands, I6).
+Expect = tuple[tuple[int, bytes], ...] | None
+
+
 @dataclass(frozen=True, slots=True)
 class CopyOp:
     user: str
     source: str
     dest: str
     uids: UidSet
+    expect: Expect = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +244,7 @@ class ExpungeOp:
     user: str
     mailbox: str
     uids: UidSet
+    expect: Expect = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +255,7 @@ class StoreOp:
     add: tuple[str, ...]
     remove: tuple[str, ...]
     unchangedsince: int | None
+    expect: Expect = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +372,10 @@ class PeerSession:
                 raise UnreachableError(f"link to {self.peer} closed")
             tag = self.link.queue(lambda conn: conn.send_command(command))
             waiter = self.pending[tag] = _Pending()
-            await self.link.flush()
+            try:
+                await self.link.flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise UnreachableError(f"link to {self.peer} closed") from None
             await waiter.done.wait()
         if scope.cancelled_caught:
             raise TemporaryError(f"{command.VERB} to {self.peer}: no reply in {timeout:g}s")
@@ -442,6 +457,7 @@ class ClusterNode:
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
+        self.resync = Resyncer(self)
 
     # -- lifecycle --
 
@@ -460,6 +476,7 @@ class ClusterNode:
                     nursery.start_soon(self._dial_loop, peer)
             nursery.start_soon(self._settle)
             nursery.start_soon(self._confirm_root)
+            nursery.start_soon(self.resync.scan_loop, self.settings.resync_interval)
             log_event(log, logging.INFO, "cluster-started", node=self.name, peers=len(self.peers))
             task_status.started()
 
@@ -577,6 +594,7 @@ class ClusterNode:
                     nursery.start_soon(self._applier, session)
                     nursery.start_soon(self._persist_acks, session)
                     nursery.start_soon(self._pinger, session)
+                    nursery.start_soon(self.resync.worker, session)
                     await self._reader(session, nursery)
                     nursery.cancel_scope.cancel()
         except* ProtocolError as group:
@@ -707,7 +725,10 @@ class ClusterNode:
     async def _send_untagged(self, session: PeerSession, data: c.Untagged) -> None:
         if session.closed:
             return
-        session.link.queue(lambda conn: conn.send_untagged(data))
+        try:
+            session.link.queue(lambda conn: conn.send_untagged(data))
+        except LinkStateError:
+            return
         await session.link.flush()
 
     def _act(self, actions: list[Action]) -> None:
@@ -1049,20 +1070,38 @@ class ClusterNode:
         if isinstance(op, CopyOp):
             src = await mbox(op.source)
             dst = await mbox(op.dest)
-            return await session.request(c.Copy(src, dst, op.uids), timeout=timeout)
+            expect = await self._expect(op.user, op.source, op.uids, op.expect)
+            return await session.request(c.Copy(src, dst, op.uids, expect), timeout=timeout)
         if isinstance(op, ExpungeOp):
             mid = await mbox(op.mailbox)
-            return await session.request(c.Expunge(mid, op.uids), timeout=timeout)
+            expect = await self._expect(op.user, op.mailbox, op.uids, op.expect)
+            return await session.request(c.Expunge(mid, op.uids, expect), timeout=timeout)
         if isinstance(op, StoreOp):
             mid = await mbox(op.mailbox)
+            expect = await self._expect(op.user, op.mailbox, op.uids, op.expect)
             return await session.request(
-                c.Store(mid, op.uids, op.add, op.remove, op.unchangedsince), timeout=timeout
+                c.Store(mid, op.uids, op.add, op.remove, op.unchangedsince, expect),
+                timeout=timeout,
             )
         if isinstance(op, CreateOp):
             return await session.request(c.CreateMailbox(op.user, op.name), timeout=timeout)
         if isinstance(op, RenameOp):
             return await session.request(c.RenameMailbox(op.user, op.old, op.new), timeout=timeout)
         return await session.request(c.DeleteMailbox(op.user, op.name), timeout=timeout)
+
+    async def _expect(
+        self, user: str, name: str, uids: UidSet, relayed: Expect
+    ) -> tuple[c.UidGuid, ...] | None:
+        """What the client meant by these UIDs: the GUIDs its node holds under
+        them (relayed as they came when this node only passes the command on).
+        The master refuses when it holds other messages there (I6)."""
+        if relayed is None:
+            try:
+                infos = await self.store.fetch(user, name, uids)
+            except ReplicadError:
+                return None
+            relayed = tuple((i.uid, i.guid) for i in infos)
+        return tuple(c.UidGuid(uid, guid) for uid, guid in relayed)
 
     async def _local_status(self, user: str, name: str) -> Any:
         try:
@@ -1086,9 +1125,9 @@ class ClusterNode:
             result = appended
             self.stats["saves"] += 1
         elif isinstance(op, CopyOp):
-            result = await store.copy(op.user, op.source, op.uids, op.dest)
+            result = await store.copy(op.user, op.source, op.uids, op.dest, _mapping(op.expect))
         elif isinstance(op, ExpungeOp):
-            result = await store.expunge(op.user, op.mailbox, op.uids)
+            result = await store.expunge(op.user, op.mailbox, op.uids, _mapping(op.expect))
         elif isinstance(op, StoreOp):
             result = await _store_deltas(store, op)
         elif isinstance(op, CreateOp):
@@ -1165,6 +1204,16 @@ class ClusterNode:
             nursery.start_soon(self._master_command, session, tag, cmd)
         elif isinstance(cmd, c.MasterMove):
             nursery.start_soon(self._master_move_command, session, tag, cmd)
+        elif isinstance(cmd, c.Sync):
+            nursery.start_soon(self.resync.serve, self.resync.serve_sync, session, tag, cmd)
+        elif isinstance(cmd, c.Fetch):
+            nursery.start_soon(self.resync.serve, self.resync.serve_fetch, session, tag, cmd)
+        elif isinstance(cmd, c.Have):
+            nursery.start_soon(self.resync.serve, self.resync.serve_have, session, tag, cmd)
+        elif isinstance(cmd, c.Update):
+            nursery.start_soon(self.resync.serve, self.resync.serve_update, session, tag, cmd)
+        elif isinstance(cmd, c.Resync):
+            nursery.start_soon(self.resync.serve, self.resync.serve_resync, session, tag, cmd)
         else:
             try:
                 op = self._op_from(session, cmd)
@@ -1191,12 +1240,20 @@ class ClusterNode:
                 user(cmd.mbox), name(cmd.mbox), cmd.guid, cmd.internaldate, cmd.flags, cmd.body
             )
         if isinstance(cmd, c.Copy):
-            return CopyOp(user(cmd.source), name(cmd.source), name(cmd.dest), cmd.uids)
+            return CopyOp(
+                user(cmd.source), name(cmd.source), name(cmd.dest), cmd.uids, _pairs(cmd.expect)
+            )
         if isinstance(cmd, c.Expunge):
-            return ExpungeOp(user(cmd.mbox), name(cmd.mbox), cmd.uids)
+            return ExpungeOp(user(cmd.mbox), name(cmd.mbox), cmd.uids, _pairs(cmd.expect))
         if isinstance(cmd, c.Store):
             return StoreOp(
-                user(cmd.mbox), name(cmd.mbox), cmd.uids, cmd.add, cmd.remove, cmd.unchangedsince
+                user(cmd.mbox),
+                name(cmd.mbox),
+                cmd.uids,
+                cmd.add,
+                cmd.remove,
+                cmd.unchangedsince,
+                _pairs(cmd.expect),
             )
         if isinstance(cmd, c.CreateMailbox):
             return CreateOp(cmd.user, cmd.name)
@@ -1209,10 +1266,11 @@ class ClusterNode:
     async def _serve_write(self, session: PeerSession, tag: str, op: WriteOp) -> None:
         try:
             result = await self.execute(op)
+            payload = self._ok_payload(op, result)
         except ReplicadError as exc:
             await self._reply_no(session, tag, no_code(exc), str(exc))
             return
-        await self._reply_ok(session, tag, self._ok_payload(op, result))
+        await self._reply_ok(session, tag, payload)
 
     def _ok_payload(self, op: WriteOp, result: Any) -> c.Record:
         if isinstance(result, c.Record):
@@ -1220,6 +1278,9 @@ class ClusterNode:
         if isinstance(result, MessageAppended):
             return c.SaveOk(result.uid, result.modseq, self.name)
         if isinstance(result, MessagesCopied):
+            if not result.appended:
+                # COPYUID cannot name an empty set (RFC 4315); nothing matched.
+                raise NoSuchMessageError("no message matched the UID set")
             modseq = max((a.modseq for a in result.appended), default=0)
             return c.CopyOk(
                 UidSet.of(result.source_uids), UidSet.of(a.uid for a in result.appended), modseq
@@ -1241,13 +1302,19 @@ class ClusterNode:
     ) -> None:
         if session.closed:
             return
-        session.link.queue(lambda conn: conn.send_ok(tag, payload))
+        try:
+            session.link.queue(lambda conn: conn.send_ok(tag, payload))
+        except LinkStateError:
+            return  # the link closed under us (the peer said goodbye): no one to answer
         await session.link.flush()
 
     async def _reply_no(self, session: PeerSession, tag: str, code: str, text: str) -> None:
         if session.closed:
             return
-        session.link.queue(lambda conn: conn.send_no(tag, code, text[:900]))
+        try:
+            session.link.queue(lambda conn: conn.send_no(tag, code, text[:900]))
+        except LinkStateError:
+            return
         await session.link.flush()
 
     # -- change streams --
@@ -1332,7 +1399,7 @@ class ClusterNode:
                 session.stream_ids[guid] = mid
             ids[guid] = mid
         body = bodies.get(change.body_hash) if isinstance(change, MessageAppended) else None
-        frame = to_wire(seq, change, ids, body)
+        frame = to_wire(seq, change, ids, body, bodies)
         session.link.queue(lambda conn: conn.send_untagged(frame))
         return True
 
@@ -1360,6 +1427,8 @@ class ClusterNode:
                 self._view()
         elif isinstance(data, c.Epoch):
             self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
+        elif isinstance(data, (c.SyncData, c.FetchData)):
+            self.resync.on_data(session, data)
 
     async def _apply_burst(self, session: PeerSession, frames: list[c.Change]) -> None:
         """Apply a master's changes in order, durably, then ACK the last (I1)."""
@@ -1557,12 +1626,27 @@ def _append_request(op: SaveOp) -> AppendRequest:
     return AppendRequest(op.body, op.flags, op.internaldate or None, op.guid)
 
 
+def _pairs(expect: tuple[c.UidGuid, ...] | None) -> Expect:
+    return None if expect is None else tuple((e.uid, e.guid) for e in expect)
+
+
+def _mapping(expect: Expect) -> dict[int, bytes] | None:
+    return None if expect is None else dict(expect)
+
+
 async def _store_deltas(store: MailStore, op: StoreOp) -> FlagsChanged:
     """Apply +add and -remove as the master (I5: deltas); one or two transactions."""
     mode: FlagMode
+    expect = _mapping(op.expect)
     if op.add and op.remove:
         first = await store.store_flags(
-            op.user, op.mailbox, op.uids, "add", op.add, unchangedsince=op.unchangedsince
+            op.user,
+            op.mailbox,
+            op.uids,
+            "add",
+            op.add,
+            unchangedsince=op.unchangedsince,
+            expect=expect,
         )
         second = await store.store_flags(op.user, op.mailbox, op.uids, "remove", op.remove)
         return FlagsChanged(
@@ -1576,5 +1660,11 @@ async def _store_deltas(store: MailStore, op: StoreOp) -> FlagsChanged:
         )
     mode = "add" if op.add else "remove"
     return await store.store_flags(
-        op.user, op.mailbox, op.uids, mode, op.add or op.remove, unchangedsince=op.unchangedsince
+        op.user,
+        op.mailbox,
+        op.uids,
+        mode,
+        op.add or op.remove,
+        unchangedsince=op.unchangedsince,
+        expect=expect,
     )

@@ -727,14 +727,27 @@ class CopyOk(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class UidGuid(Record):
+    SCHEMA = (UID, GUID)
+    uid: int
+    guid: bytes
+
+
+#: ``((uid guid)…)|NIL``: the message GUIDs the sender sees under the UIDs it
+#: names; the master refuses (NO TEMPFAIL) when it holds other messages there.
+EXPECT: Final = Optional(ListOf(Nested(UidGuid), 100_000))
+
+
+@dataclass(frozen=True, slots=True)
 class Copy(Command):
     VERB = "COPY"
-    SCHEMA = (MBOX_ID, MBOX_ID, UIDS_OR_STAR)
+    SCHEMA = (MBOX_ID, MBOX_ID, UIDS_OR_STAR, EXPECT)
     REPLY = CopyOk
     MBOX_FIELDS = ("source", "dest")
     source: int
     dest: int
     uids: UidSet
+    expect: tuple[UidGuid, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,11 +760,12 @@ class ExpungeOk(Record):
 @dataclass(frozen=True, slots=True)
 class Expunge(Command):
     VERB = "EXPUNGE"
-    SCHEMA = (MBOX_ID, UIDS_OR_STAR)
+    SCHEMA = (MBOX_ID, UIDS_OR_STAR, EXPECT)
     REPLY = ExpungeOk
     MBOX_FIELDS = ("mbox",)
     mbox: int
     uids: UidSet
+    expect: tuple[UidGuid, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,7 +783,7 @@ class Store(Command):
     """Flag deltas, never states (I5); ``unchangedsince`` is RFC 7162 CONDSTORE."""
 
     VERB = "STORE"
-    SCHEMA = (MBOX_ID, UIDS_OR_STAR, FLAGS, FLAGS, Optional(MODSEQ))
+    SCHEMA = (MBOX_ID, UIDS_OR_STAR, FLAGS, FLAGS, Optional(MODSEQ), EXPECT)
     REPLY = StoreOk
     MBOX_FIELDS = ("mbox",)
     mbox: int
@@ -777,6 +791,7 @@ class Store(Command):
     add: tuple[str, ...]
     remove: tuple[str, ...]
     unchangedsince: int | None
+    expect: tuple[UidGuid, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_deltas(self.add, self.remove)
@@ -873,12 +888,20 @@ class CopyChange(Change):
 
 @dataclass(frozen=True, slots=True)
 class ExpungeChange(Change):
+    """``guids[i]`` is the message GUID of the i-th UID (ascending): a copy
+    that holds another message there diverged and must not expunge it (I6)."""
+
     VERB = "EXPUNGE"
-    SCHEMA = (SEQ, MBOX_ID, UIDS, MODSEQ)
+    SCHEMA = (SEQ, MBOX_ID, UIDS, MODSEQ, ListOf(GUID, 100_000))
     MBOX_FIELDS = ("mbox",)
     mbox: int
     uids: UidSet
     modseq: int
+    guids: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.guids) != self.uids.count():
+            raise ValueError("one message GUID per expunged UID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -929,25 +952,130 @@ class DeleteChange(Change):
 # --- resync --------------------------------------------------------------------
 
 
+class MarkList(FieldType):
+    """Per-flag registers ``((flag stamp 0|1)…)`` sorted by flag, one per flag (I5).
+
+    ``flag`` is any system flag or keyword (normalised spelling), ``stamp``
+    the hybrid-clock value of its last change, then 1 when the flag is set
+    and 0 when it was cleared.
+    """
+
+    def encode(self, value: Any) -> Value:
+        return [[f, stamp, 1 if present else 0] for f, stamp, present in value]
+
+    def checker(self, name: str) -> Check:
+        stamp_check = STAMP.checker(name)
+
+        def check(value: Value) -> tuple[tuple[str, int, bool], ...]:
+            if type(value) is not list or len(value) > 1000:
+                raise ProtocolError(f"{name}: expected a list of flag registers")
+            out: list[tuple[str, int, bool]] = []
+            for item in value:
+                if type(item) is not list or len(item) != 3 or type(item[0]) is not str:
+                    raise ProtocolError(f"{name}: a register is (flag stamp 0|1)")
+                try:
+                    flag = normalise_flag(item[0])
+                except BadInputError as exc:
+                    raise ProtocolError(f"{name}: {exc}") from None
+                if item[2] not in (0, 1) or type(item[2]) is not int:
+                    raise ProtocolError(f"{name}: a register ends in 0 or 1")
+                if out and out[-1][0] >= flag:
+                    raise ProtocolError(f"{name}: registers not sorted by flag or repeated")
+                out.append((flag, stamp_check(item[1]), item[2] == 1))
+            return tuple(out)
+
+        return check
+
+
+MARKS: Final = MarkList()
+#: Most entries in one ``* SYNC`` frame (keeps frames far below the maximum).
+SYNC_CHUNK: Final = 512
+
+
 @dataclass(frozen=True, slots=True)
-class SyncEntry(Record):
-    SCHEMA = (UID, GUID, MODSEQ, FLAGS, TIME)
+class StateMessage(Record):
+    """One live message of a mailbox state, as the merge needs it (resync.md)."""
+
+    SCHEMA = (UID, GUID, MODSEQ, TIME, SIZE, HASH, MARKS)
     uid: int
     guid: bytes
     modseq: int
-    flags: tuple[str, ...]
     internaldate: int
+    size: int
+    body_hash: bytes
+    marks: tuple[tuple[str, int, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateGone(Record):
+    """One tombstone: the UID, its modseq, every message GUID it ever named and
+    where a UID collision moved them (``(new-uid guid)``, resync.md rule 6)."""
+
+    SCHEMA = (UID, MODSEQ, ListOf(GUID, 64), ListOf(Nested(UidGuid), 64))
+    uid: int
+    modseq: int
+    guids: tuple[bytes, ...]
+    moved: tuple[UidGuid, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState(Record):
+    """``guid``: the mailbox the state is of.  Another GUID than the SYNC's
+    binding means the receiver holds another mailbox under that name (both
+    sides of a partition created it): resync.md, mailbox conflicts."""
+
+    SCHEMA = (UIDVALIDITY, UID, MODSEQ, GUID)
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    guid: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Sync(Command):
-    """The sender's full state of a mailbox (seed 001 SYNC); UIDVALIDITY etc. are in MBOX."""
+    """Send me your state of ``mbox``: every message and tombstone whose modseq
+    is above ``since`` (0: all), as ``* SYNC`` frames; OK carries the mailbox's
+    UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ (QRESYNC-like, RFC 7162 §3.2)."""
 
     VERB = "SYNC"
-    SCHEMA = (MBOX_ID, ListOf(Nested(SyncEntry)))
+    SCHEMA = (MBOX_ID, MODSEQ)
     MBOX_FIELDS = ("mbox",)
+    REPLY = SyncState
     mbox: int
-    messages: tuple[SyncEntry, ...]
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncData(Untagged):
+    VERB = "SYNC"
+    # ``mbox`` is the id the SYNC named, in the *requester's* table: a
+    # reply's data, not a binding of the sender's (so no MBOX_FIELDS).
+    SCHEMA = (
+        MBOX_ID,
+        ListOf(Nested(StateMessage), SYNC_CHUNK),
+        ListOf(Nested(StateGone), SYNC_CHUNK),
+    )
+    mbox: int
+    messages: tuple[StateMessage, ...]
+    gone: tuple[StateGone, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxName(Record):
+    SCHEMA = (USER, MAILBOX)
+    user: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync(Command):
+    """The sender holds resync marks for these mailboxes, of which the receiver
+    is the master: please SYNC them (OK at once; the work is queued).  Named,
+    not by GUID: the two copies may be different mailboxes of one name."""
+
+    VERB = "RESYNC"
+    SCHEMA = (ListOf(Nested(MailboxName), 10_000),)
+    mailboxes: tuple[MailboxName, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -965,8 +1093,8 @@ class Fetch(Command):
 @dataclass(frozen=True, slots=True)
 class FetchData(Untagged):
     VERB = "FETCH"
+    # ``mbox``: the FETCH's id, in the requester's table (see SyncData).
     SCHEMA = (MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
-    MBOX_FIELDS = ("mbox",)
     mbox: int
     uid: int
     guid: bytes
@@ -1051,65 +1179,83 @@ class Reserve(Command):
 
 @dataclass(frozen=True, slots=True)
 class UpdateAppend(Record):
+    """Put a message at ``uid`` (new, or moved here by a conflict resolution)."""
+
     VERB = "APPEND"
-    SCHEMA = (UID, GUID, MODSEQ, TIME, FLAGS, SIZE, HASH, Optional(BODY))
+    SCHEMA = (UID, GUID, MODSEQ, TIME, SIZE, HASH, MARKS, Optional(BODY))
     uid: int
     guid: bytes
     modseq: int
     internaldate: int
-    flags: tuple[str, ...]
     size: int
     body_hash: bytes
-    body: bytes | None  # NIL: the body was RESERVEd or is present
+    marks: tuple[tuple[str, int, bool], ...]
+    body: bytes | None  # NIL: the receiver holds the body (HAVE)
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateFlags(Record):
-    """Resync sets the *state* decided by the master after merging (I5 merge is done)."""
+    """The registers the master's merge decided (resync ships results; live
+    changes ship deltas, I5) for the message the receiver holds at ``uid``."""
 
     VERB = "FLAGS"
-    SCHEMA = (UID, MODSEQ, FLAGS)
+    SCHEMA = (UID, MODSEQ, MARKS)
     uid: int
     modseq: int
-    flags: tuple[str, ...]
+    marks: tuple[tuple[str, int, bool], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateExpunge(Record):
+    """Tombstone ``uid`` (removing a live message there), naming every GUID it had (I3)."""
+
     VERB = "EXPUNGE"
-    SCHEMA = (UID, GUID, MODSEQ)
+    SCHEMA = (UID, MODSEQ, ListOf(GUID, 64), ListOf(Nested(UidGuid), 64))
     uid: int
-    guid: bytes
     modseq: int
+    guids: tuple[bytes, ...]
+    moved: tuple[UidGuid, ...]
 
 
 UpdateOp = UpdateAppend | UpdateFlags | UpdateExpunge
+UPDATE_OPS: Final = ListOf(OneOf(UpdateAppend, UpdateFlags, UpdateExpunge), 100_000)
 
 
 @dataclass(frozen=True, slots=True)
 class Update(Command):
-    """All changes bringing one mailbox up to date, applied in one transaction
-    (seed 004 UPDATE).  ``expected``: apply only if the receiver's HIGHESTMODSEQ
-    still equals it, else NO CONFLICT (CONDSTORE-style)."""
+    """All changes bringing one mailbox to the merged state, applied in one
+    transaction (seed 004 UPDATE).  Applied only if the receiver's
+    HIGHESTMODSEQ still equals ``expected``, else NO CONFLICT."""
 
     VERB = "UPDATE"
-    SCHEMA = (
-        USER,
-        MAILBOX,
-        GUID,
-        UIDVALIDITY,
-        UID,
-        MODSEQ,
-        Optional(MODSEQ),
-        ListOf(OneOf(UpdateAppend, UpdateFlags, UpdateExpunge)),
-    )
-    user: str
-    name: str
-    guid: bytes
+    SCHEMA = (MBOX_ID, UIDVALIDITY, UID, MODSEQ, MODSEQ, Optional(GUID), UPDATE_OPS)
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    expected: int | None
+    expected: int
+    #: The receiver's mailbox of that GUID, holding the name, is merged into
+    #: this one and goes (its HIGHESTMODSEQ is ``expected``).
+    replaces: bytes | None
+    ops: tuple[UpdateOp, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateChange(Change):
+    """The master applied a merge to its own copy: its followers that hold
+    the state it merged from (``expected_digest``) apply the same ops."""
+
+    VERB = "UPDATE"
+    SCHEMA = (SEQ, MBOX_ID, UIDVALIDITY, UID, MODSEQ, MODSEQ, HASH, HASH, UPDATE_OPS)
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    expected: int
+    expected_digest: bytes  # state digest the plan applies to (resync.md)
+    result_digest: bytes  # state digest it produces
     ops: tuple[UpdateOp, ...]
 
 
@@ -1160,6 +1306,7 @@ COMMANDS: Final[dict[str, type[Command]]] = {
         Have,
         Reserve,
         Update,
+        Resync,
     )
 }
 UNTAGGED_RECORDS: Final[dict[str, type[Untagged]]] = {
@@ -1177,6 +1324,8 @@ UNTAGGED_RECORDS: Final[dict[str, type[Untagged]]] = {
         CreateChange,
         RenameChange,
         DeleteChange,
+        UpdateChange,
+        SyncData,
         FetchData,
         MailboxData,
         DigestData,
@@ -1316,8 +1465,11 @@ ALL_RECORDS: Final[tuple[type[Record], ...]] = (
     *UNTAGGED_RECORDS.values(),
     *{c.REPLY for c in COMMANDS.values()},
     Route,
+    UidGuid,
+    MailboxName,
     CopyEntry,
-    SyncEntry,
+    StateMessage,
+    StateGone,
     UpdateAppend,
     UpdateFlags,
     UpdateExpunge,

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from replicad.cluster.merge import (
+    FlagMark,
+    MergePlan,
+    MessageState,
+    PlanOp,
+    PutMessage,
+    PutTombstone,
+    Tombstone,
+)
 from replicad.errors import ReplicadError
 from replicad.store.records import (
     Change,
     FlagsChanged,
     MailboxCreated,
     MailboxDeleted,
+    MailboxMerged,
     MailboxRenamed,
     MessageAppended,
     MessagesCopied,
@@ -52,6 +62,27 @@ def _appended_from(f: list[Any]) -> MessageAppended:
         body_hash=body_hash,
         stamp=rest[0] if rest else 0,
     )
+
+
+def _op_fields(op: PlanOp) -> list[Any]:
+    if isinstance(op, PutMessage):
+        m = op.message
+        marks = [[k.flag, k.stamp, k.present] for k in m.marks]
+        return ["P", m.uid, m.guid, m.modseq, m.internaldate, m.size, m.body_hash, marks]
+    t = op.tombstone
+    return ["T", t.uid, t.modseq, sorted(t.guids), [[g, u] for g, u in t.moved]]
+
+
+def _op_from(f: list[Any]) -> PlanOp:
+    if f[0] == "P":
+        _, uid, guid, modseq, date, size, body_hash, marks = f
+        return PutMessage(
+            MessageState(
+                uid, guid, modseq, date, size, body_hash, tuple(FlagMark(*k) for k in marks)
+            )
+        )
+    _, uid, modseq, guids, moved = f
+    return PutTombstone(Tombstone(uid, frozenset(guids), modseq, tuple((g, u) for g, u in moved)))
 
 
 def encode_change(change: Change) -> bytes:
@@ -93,6 +124,20 @@ def encode_change(change: Change) -> bytes:
         fields = ["R", change.user, change.mailbox, change.old_name, change.new_name]
     elif isinstance(change, MailboxDeleted):
         fields = ["D", change.user, change.mailbox, change.name]
+    elif isinstance(change, MailboxMerged):
+        p = change.plan
+        fields = [
+            "U",
+            change.user,
+            change.mailbox,
+            change.expected,
+            change.expected_digest,
+            change.result_digest,
+            p.uidvalidity,
+            p.uidnext,
+            p.highestmodseq,
+            [_op_fields(op) for op in p.ops],
+        ]
     else:
         raise TypeError(f"not a change record: {change!r}")
     return pack(fields)
@@ -141,6 +186,10 @@ def decode_change(raw: bytes) -> Change:
         if kind == "D":
             user, mailbox, name = f
             return MailboxDeleted(user=user, mailbox=mailbox, name=name)
+        if kind == "U":
+            user, mailbox, expected, before, after, uidvalidity, uidnext, hms, ops = f
+            plan = MergePlan(uidvalidity, uidnext, hms, tuple(_op_from(op) for op in ops))
+            return MailboxMerged(user, mailbox, expected, plan, before, after)
     except (ValueError, TypeError) as exc:
         raise ReplicadError(f"store corrupt: undecodable change log entry: {exc}") from exc
     raise ReplicadError(f"store corrupt: unknown change kind {kind!r}")
@@ -152,6 +201,8 @@ def body_hashes(change: Change) -> list[bytes]:
         return [change.body_hash]
     if isinstance(change, MessagesCopied):
         return [a.body_hash for a in change.appended]
+    if isinstance(change, MailboxMerged):
+        return [op.message.body_hash for op in change.plan.ops if isinstance(op, PutMessage)]
     return []
 
 

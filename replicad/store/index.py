@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from replicad.errors import (
     AlreadyExistsError,
     BadInputError,
+    ConflictError,
     NoSuchMailboxError,
     NoSuchMessageError,
     NoSuchUserError,
@@ -62,6 +63,7 @@ from replicad.store.schema import (
     pack_u64,
     split_change_key,
     uid_of_message_key,
+    unpack_tombstone,
     unpack_u64,
     user_prefix,
 )
@@ -477,10 +479,36 @@ class MailIndex:
         )
         return out
 
-    def copy(self, txn: Any, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
+    def check_expected(self, txn: Any, mailbox: bytes, expect: Mapping[int, bytes] | None) -> None:
+        """Refuse a forwarded command whose sender sees other messages under these
+        UIDs than this master does (its copy diverged in a partition and is not
+        resynced yet): acting on the master's messages would touch ones the
+        client never meant (I6).  A UID already expunged here is fine."""
+        for uid, guid in (expect or {}).items():
+            msg = self._message(txn, mailbox, uid)
+            if msg is not None and msg.guid == guid:
+                continue
+            raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
+            if msg is None and raw is not None and guid in unpack_tombstone(bytes(raw))[0]:
+                continue
+            raise ConflictError(
+                f"UID {uid} names another message on the mailbox master; "
+                "this node's copy is being resynchronised, retry shortly"
+            )
+
+    def copy(
+        self,
+        txn: Any,
+        user: str,
+        source: str,
+        uids: UidSet,
+        dest: str,
+        expect: Mapping[int, bytes] | None = None,
+    ) -> MessagesCopied:
         """Copy messages: same message GUID and body, new UIDs (RFC 4315 COPYUID)."""
         src_guid, src_row = self._resolve(txn, user, source)
         dst_guid, dst_row = self._resolve(txn, user, dest)
+        self.check_expected(txn, src_guid, expect)
         src_uids = self._uids_in(txn, src_guid, uids, src_row.uidnext)
         if not src_uids:
             return MessagesCopied(src_row.user, src_guid, (), ())
@@ -526,6 +554,7 @@ class MailIndex:
         flags: Iterable[str],
         *,
         unchangedsince: int | None = None,
+        expect: Mapping[int, bytes] | None = None,
     ) -> FlagsChanged:
         """Change flags; messages whose flags do not change keep their modseq.
 
@@ -538,6 +567,7 @@ class MailIndex:
             raise BadInputError(f"bad flag mode {mode!r}")
         wanted = normalise_flags(flags)
         guid, row = self._resolve(txn, user, name)
+        self.check_expected(txn, guid, expect)
         modseq = row.highestmodseq + 1
         stamp = self.clock.now()
         targets: list[tuple[int, MessageRow]] = []
@@ -594,9 +624,17 @@ class MailIndex:
             stamp=stamp,
         )
 
-    def expunge(self, txn: Any, user: str, name: str, uids: UidSet) -> MessagesExpunged:
+    def expunge(
+        self,
+        txn: Any,
+        user: str,
+        name: str,
+        uids: UidSet,
+        expect: Mapping[int, bytes] | None = None,
+    ) -> MessagesExpunged:
         """Remove messages, leaving tombstones so their UIDs are never reused (I3)."""
         guid, row = self._resolve(txn, user, name)
+        self.check_expected(txn, guid, expect)
         targets = self._uids_in(txn, guid, uids, row.uidnext)
         if not targets:
             return MessagesExpunged(row.user, guid, (), row.highestmodseq)
@@ -638,10 +676,8 @@ class MailIndex:
 
 
 def _unpack_tombstone(raw: bytes) -> tuple[bytes, int]:
-    from replicad.store.schema import unpack
-
-    msg_guid, modseq = unpack(raw)
-    return bytes(msg_guid), int(modseq)
+    guids, modseq, _ = unpack_tombstone(raw)
+    return guids[0], modseq
 
 
 def _status(guid: bytes, row: MailboxRow) -> MailboxStatus:
@@ -669,9 +705,7 @@ def _info(uid: int, msg: MessageRow) -> MessageInfo:
     )
 
 
-def _appended(
-    user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int
-) -> MessageAppended:
+def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int) -> MessageAppended:
     return MessageAppended(
         user=user,
         mailbox=mailbox,

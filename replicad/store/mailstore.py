@@ -9,7 +9,7 @@ from mailbox masters are applied through :meth:`MailStore.apply_replicated`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from replicad.errors import ReplicadError
-from replicad.store import blobs
+from replicad.cluster.digest import state_digest
+from replicad.cluster.merge import MergePlan, MessageState, Tombstone
+from replicad.errors import ConflictError, NoSuchMailboxError, ReplicadError
+from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
+from replicad.store.changecodec import body_hashes
 from replicad.store.changelog import ChangeLog, PeerBacklog, ResyncMark
 from replicad.store.index import (
     INBOX,
@@ -37,6 +40,7 @@ from replicad.store.records import (
     FlagsChanged,
     MailboxCreated,
     MailboxDeleted,
+    MailboxMerged,
     MailboxRenamed,
     MailboxStatus,
     MessageAppended,
@@ -230,8 +234,16 @@ class MailStore:
             result = await self._write(op)
         return [c for c in result if isinstance(c, MessageAppended)]
 
-    async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
-        return await self._write(lambda t: self.index.copy(t, user, source, uids, dest))
+    async def copy(
+        self,
+        user: str,
+        source: str,
+        uids: UidSet,
+        dest: str,
+        expect: Mapping[int, bytes] | None = None,
+    ) -> MessagesCopied:
+        """``expect``: the UID -> message GUID a forwarding node saw (check_expected)."""
+        return await self._write(lambda t: self.index.copy(t, user, source, uids, dest, expect))
 
     async def store_flags(
         self,
@@ -242,16 +254,19 @@ class MailStore:
         flags: Iterable[str],
         *,
         unchangedsince: int | None = None,
+        expect: Mapping[int, bytes] | None = None,
     ) -> FlagsChanged:
         flags = tuple(flags)
         return await self._write(
             lambda t: self.index.store_flags(
-                t, user, mailbox, uids, mode, flags, unchangedsince=unchangedsince
+                t, user, mailbox, uids, mode, flags, unchangedsince=unchangedsince, expect=expect
             )
         )
 
-    async def expunge(self, user: str, mailbox: str, uids: UidSet) -> MessagesExpunged:
-        return await self._write(lambda t: self.index.expunge(t, user, mailbox, uids))
+    async def expunge(
+        self, user: str, mailbox: str, uids: UidSet, expect: Mapping[int, bytes] | None = None
+    ) -> MessagesExpunged:
+        return await self._write(lambda t: self.index.expunge(t, user, mailbox, uids, expect))
 
     async def fetch(self, user: str, mailbox: str, uids: UidSet) -> list[MessageInfo]:
         return await self._read(lambda t: self.index.fetch(t, user, mailbox, uids))
@@ -300,6 +315,7 @@ class MailStore:
         this node's log (origin ``source``) for peers that cannot get it
         from ``source`` directly; duplicates are not, which ends floods.
         """
+
         def prepare() -> list[dict[bytes, PreparedBody]]:
             return [{p.body_hash: p for p in map(PreparedBody.make, b)} for _, b in items]
 
@@ -382,6 +398,19 @@ class MailStore:
 
         return await self._read(read) if hashes else {}
 
+    def _digest(self, txn: Any, mailbox: bytes) -> bytes:
+        state = statesync.full_state(self.index, txn, mailbox)
+        assert state is not None
+        return state_digest(state)
+
+    async def present_bodies(self, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of these bodies this node stores (HAVE, seed 004)."""
+
+        def read(txn: Any) -> set[bytes]:
+            return {h for h in hashes if blobs.reference_count(txn, self._dbs, h)}
+
+        return await self._read(read)
+
     async def read_blob(self, body_hash: bytes) -> bytes:
         return await self._read(lambda t: blobs.read_body(t, self._dbs, body_hash))
 
@@ -394,12 +423,11 @@ class MailStore:
             entries = self.log.entries_with_origin(txn, after, limit)
             bodies: dict[bytes, bytes] = {}
             for _, change, _ in entries:
-                if (
-                    isinstance(change, MessageAppended)
-                    and change.body_hash not in bodies
-                    and blobs.reference_count(txn, self._dbs, change.body_hash)
-                ):
-                    bodies[change.body_hash] = blobs.read_body(txn, self._dbs, change.body_hash)
+                if not isinstance(change, (MessageAppended, MailboxMerged)):
+                    continue
+                for body_hash in body_hashes(change):
+                    if body_hash not in bodies and blobs.reference_count(txn, self._dbs, body_hash):
+                        bodies[body_hash] = blobs.read_body(txn, self._dbs, body_hash)
             return OutboxBatch(self.log.cursor(txn, peer), self.log.head(txn), entries, bodies)
 
         return await self._read(read)
@@ -431,6 +459,80 @@ class MailStore:
 
     async def resync_marks(self) -> list[ResyncMark]:
         return await self._read(self.log.resync_marks)
+
+    async def clear_resync(self, peers: Sequence[str], mailbox: bytes) -> None:
+        def op(txn: Any) -> None:
+            for peer in peers:
+                self.log.clear_resync(txn, peer, mailbox)
+
+        await self.writer.submit(op)
+
+    # -- resync (the store side of replicad.cluster.merge) --
+
+    async def mailbox_state(
+        self, mailbox: bytes, since: int = 0
+    ) -> tuple[MailboxRow, list[MessageState], list[Tombstone]] | None:
+        """The mailbox's row and its entries with modseq above ``since`` (0: all)."""
+        return await self._read(lambda txn: statesync.read_state(self.index, txn, mailbox, since))
+
+    async def apply_merge(
+        self,
+        mailbox: bytes,
+        expected: int,
+        plan: MergePlan,
+        bodies: Sequence[bytes] = (),
+        *,
+        log: bool,
+        clear_marks: Sequence[str] | None = None,
+        replaces: bytes | None = None,
+    ) -> MailboxRow:
+        """Apply a merge plan in one transaction if the mailbox's HIGHESTMODSEQ
+        is still ``expected`` (else :class:`ConflictError`, nothing applied).
+
+        ``log``: the master merging its own copy logs it as a
+        :class:`MailboxMerged` for its followers.  ``clear_marks``: the peers
+        whose resync marks on this mailbox the merge settles (``[]``: all).
+        ``replaces``: this node's mailbox of that GUID holds the name and was
+        merged into ``mailbox``, which takes its place (``expected`` is its
+        HIGHESTMODSEQ; resync.md, mailbox conflicts).
+        """
+        prepared_list = await self._executor.run_read(
+            lambda: [PreparedBody.make(b) for b in bodies]
+        )
+        prepared = {p.body_hash: p for p in prepared_list}
+
+        def op(txn: Any) -> MailboxRow:
+            raw = txn.get(replaces or mailbox, db=self._dbs.mailboxes)
+            if raw is None:
+                raise NoSuchMailboxError(f"mailbox {mailbox.hex()} does not exist here")
+            row = MailboxRow.decode(bytes(raw))
+            if row.highestmodseq != expected:
+                raise ConflictError(f"highestmodseq is {row.highestmodseq}, not {expected}")
+            if replaces is not None:
+                if txn.get(mailbox, db=self._dbs.mailboxes) is not None:
+                    raise ConflictError(f"mailbox {mailbox.hex()} exists here already")
+                statesync.create_detached(
+                    self.index, txn, mailbox, row.user, row.name, plan.uidvalidity
+                )
+            before = self._digest(txn, mailbox) if log else b""
+            new = statesync.apply_plan(self.index, txn, mailbox, plan, prepared)
+            if replaces is not None:
+                statesync.replace_mailbox(self.index, txn, replaces, mailbox, plan.uidvalidity)
+                for mark in self.log.resync_marks(txn):
+                    if mark.mailbox == replaces:
+                        self.log.clear_resync(txn, mark.peer, replaces)
+            if log:
+                after = self._digest(txn, mailbox)
+                self.log.append(
+                    txn, MailboxMerged(row.user, mailbox, expected, plan, before, after)
+                )
+            if clear_marks is not None:
+                for mark in self.log.resync_marks(txn):
+                    if mark.mailbox == mailbox and (not clear_marks or mark.peer in clear_marks):
+                        self.log.clear_resync(txn, mark.peer, mailbox)
+            return new
+
+        return await self.writer.submit(op)
 
     def usage(self) -> StoreUsage:
         info = self._dbs.env.info()

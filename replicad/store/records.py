@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from replicad.cluster.merge import MergePlan
 from replicad.flags import sorted_flags
 
 
@@ -130,6 +131,27 @@ class MessagesExpunged(Change):
     mailbox: bytes
     expunged: tuple[tuple[int, bytes], ...]
     modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxMerged(Change):
+    """The master applied a resync merge to its own copy of ``mailbox``.
+
+    ``plan`` holds absolute operations (put this message at this UID,
+    tombstone this UID) computed against the state with digest
+    ``expected_digest`` (HIGHESTMODSEQ ``expected``): a follower holding
+    exactly that state applies the same plan and reaches the merged state
+    (I4); a follower already at ``result_digest`` has nothing to do; any
+    other marks the mailbox for a resync with the master instead.
+    """
+
+    mailbox: bytes
+    expected: int
+    plan: MergePlan
+    #: :func:`replicad.cluster.digest.state_digest` of the state the plan was
+    #: computed from, and of the state it produces.
+    expected_digest: bytes = b""
+    result_digest: bytes = b""
 
 
 def flags_tuple(flags: frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -2,10 +2,11 @@
 
 A replica applies the master's records exactly: the UID, MODSEQ, message
 GUID and flags the master chose, so every node ends with the same state
-(I4).  Application is idempotent, because a record may arrive twice (the
-forwarding node applies the master's reply at once, then gets the same
-record again from the master's outbox; an outbox is resent from the last
-acknowledgement after a reconnect).
+(I4).  Application is idempotent, because a record may arrive twice (an
+outbox is resent from the last acknowledgement after a reconnect).  A new
+record must carry a MODSEQ above the mailbox's HIGHESTMODSEQ here: one
+master's records arrive in MODSEQ order, so a lower one was made by another
+master during a partition, and goes through the resync merge (I3).
 
 Nothing is ever silently overwritten (I2, I6): a record that contradicts
 local state (the UID names another message, the mailbox name belongs to
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from replicad.cluster.digest import state_digest
 from replicad.errors import ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
@@ -31,6 +33,7 @@ from replicad.store.records import (
     FlagsChanged,
     MailboxCreated,
     MailboxDeleted,
+    MailboxMerged,
     MailboxRenamed,
     MessageAppended,
     MessagesCopied,
@@ -46,8 +49,9 @@ from replicad.store.schema import (
     message_key,
     name_key,
     pack,
-    unpack,
+    unpack_tombstone,
 )
+from replicad.store.statesync import MissingBodyError, apply_plan, full_state
 
 #: A tombstone's message GUID when the expunged message was never seen here.
 UNKNOWN_GUID = bytes(16)
@@ -57,10 +61,6 @@ class Outcome(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # already had it: an idempotent no-op
     DIVERGED = "diverged"  # contradicts local state: marked for resync, not applied
-
-
-class MissingBodyError(ReplicadError):
-    """An append arrived without its body and the node has no blob with that hash."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,8 @@ class ReplicaApplier:
             return self._renamed(txn, change, source)
         if isinstance(change, MailboxDeleted):
             return self._deleted(txn, change)
+        if isinstance(change, MailboxMerged):
+            return self._merged(txn, change, bodies, source)
         raise TypeError(f"not a change record: {change!r}")
 
     def missing_bodies(self, txn: Any, change: Change) -> list[bytes]:
@@ -115,16 +117,33 @@ class ReplicaApplier:
         self.log.mark_resync(txn, source, mailbox, reason, since)
         return ApplyResult(Outcome.DIVERGED, why)
 
+    def _stale(
+        self, txn: Any, source: str, mailbox: bytes, modseq: int, row: MailboxRow
+    ) -> ApplyResult:
+        """A new change at a MODSEQ this copy already passed: it comes from
+        another lineage (the other side of a partition), and applying it would
+        hide it from clients that synced past that MODSEQ (I3).  The merge of
+        the resync gives it a fresh MODSEQ instead."""
+        return self._diverged(
+            txn,
+            source,
+            mailbox,
+            row.highestmodseq,
+            f"modseq {modseq} is not above HIGHESTMODSEQ {row.highestmodseq}",
+        )
+
     def _row(self, txn: Any, mailbox: bytes) -> MailboxRow | None:
         raw = txn.get(mailbox, db=self.dbs.mailboxes)
         return None if raw is None else MailboxRow.decode(raw)
 
-    def _tombstone(self, txn: Any, mailbox: bytes, uid: int) -> tuple[bytes, int] | None:
+    def _tombstone(
+        self, txn: Any, mailbox: bytes, uid: int
+    ) -> tuple[tuple[bytes, ...], int] | None:
         raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
         if raw is None:
             return None
-        guid, modseq = unpack(bytes(raw))
-        return bytes(guid), int(modseq)
+        guids, modseq, _ = unpack_tombstone(bytes(raw))
+        return guids, modseq
 
     # -- messages --
 
@@ -153,13 +172,15 @@ class ReplicaApplier:
                 )
             tomb = self._tombstone(txn, mailbox, rec.uid)
             if tomb is not None:
-                if tomb[0] == rec.guid:
+                if rec.guid in tomb[0]:
                     continue  # appended and already expunged here
                 # The seed's FIXME: this node expunged UID n, the sender reused it.
                 return self._diverged(
                     txn, source, mailbox, rec.modseq, f"UID {rec.uid} reused after expunge"
                 )
             fresh.append(rec)
+        if fresh and fresh[0].modseq <= row.highestmodseq:
+            return self._stale(txn, source, mailbox, fresh[0].modseq, row)
         for rec in fresh:
             prepared = bodies.get(rec.body_hash)
             if prepared is not None:
@@ -208,6 +229,10 @@ class ReplicaApplier:
             targets.append((uid, msg))
         applied = 0
         self.index.clock.observe(change.stamp)
+        if change.modseq <= row.highestmodseq and any(
+            msg.modseq < change.modseq for _, msg in targets
+        ):
+            return self._stale(txn, source, change.mailbox, change.modseq, row)
         for uid, msg in targets:
             if msg.modseq >= change.modseq:
                 continue  # already applied (or superseded)
@@ -244,6 +269,11 @@ class ReplicaApplier:
                 return self._diverged(
                     txn, source, change.mailbox, change.modseq, f"UID {uid} names another message"
                 )
+        fresh = [
+            uid for uid, _ in change.expunged if self._tombstone(txn, change.mailbox, uid) is None
+        ]
+        if fresh and change.modseq <= row.highestmodseq:
+            return self._stale(txn, source, change.mailbox, change.modseq, row)
         applied = 0
         for uid, guid in change.expunged:
             msg = self.index._message(txn, change.mailbox, uid)
@@ -284,6 +314,31 @@ class ReplicaApplier:
             txn.put(change.mailbox, row.encode(), db=self.dbs.mailboxes)
         return ApplyResult(Outcome.APPLIED if applied else Outcome.DUPLICATE)
 
+    def _merged(
+        self, txn: Any, change: MailboxMerged, bodies: dict[bytes, PreparedBody], source: str
+    ) -> ApplyResult:
+        row = self._row(txn, change.mailbox)
+        if row is None:
+            return self._diverged(txn, source, change.mailbox, 0, "missing mailbox")
+        state = full_state(self.index, txn, change.mailbox)
+        assert state is not None
+        digest = state_digest(state)
+        if digest == change.result_digest:
+            return ApplyResult(Outcome.DUPLICATE)  # merged here already (a resync UPDATE)
+        if digest != change.expected_digest:
+            # Not the state the master merged from: only a resync can tell what
+            # this copy holds that the master lacks (I6).
+            return self._diverged(
+                txn,
+                source,
+                change.mailbox,
+                0,
+                f"merge from another state (HIGHESTMODSEQ {change.expected}, "
+                f"here {row.highestmodseq})",
+            )
+        apply_plan(self.index, txn, change.mailbox, change.plan, bodies)
+        return ApplyResult(Outcome.APPLIED)
+
     # -- mailboxes --
 
     def _created(self, txn: Any, change: MailboxCreated, source: str) -> ApplyResult:
@@ -291,9 +346,11 @@ class ReplicaApplier:
             return ApplyResult(Outcome.DUPLICATE)
         existing = txn.get(name_key(change.user, change.name), db=self.dbs.names)
         if existing is not None:
-            # The same name created independently on both sides of a partition.
+            # The same name created independently on both sides of a partition:
+            # the mark is on the mailbox this node knows, which the resync of
+            # that name with the master merges (resync.md, mailbox conflicts).
             return self._diverged(
-                txn, source, change.mailbox, 0, f"name {change.name!r} taken by another mailbox"
+                txn, source, bytes(existing), 0, f"name {change.name!r} taken by another mailbox"
             )
         self.index.create_mailbox(
             txn, change.user, change.name, guid=change.mailbox, uidvalidity=change.uidvalidity

@@ -11,7 +11,7 @@ mailboxes      mailbox guid (16)                           MailboxRow
 names          user NUL name (utf-8)                       mailbox guid (16, raw)
 messages       mailbox guid (16) + uid (u32)               MessageRow
 changes        mailbox guid (16) + modseq (u64) + uid      kind (1 byte, raw): M or X
-tombstones     mailbox guid (16) + uid (u32)               [message guid, modseq]
+tombstones     mailbox guid (16) + uid (u32)               [message guid, modseq, [guid...]]
 blobs          body hash (32)                              codec byte + data (raw)
 blob_refs      body hash (32)                              refcount (u64, raw)
 log            sequence number (u64)                       encoded change record
@@ -95,6 +95,27 @@ def pack(value: Any) -> bytes:
 
 def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
+
+
+def pack_tombstone(
+    guids: tuple[bytes, ...], modseq: int, moved: tuple[tuple[bytes, int], ...] = ()
+) -> bytes:
+    """A tombstone names the message GUID it had; after a UID collision was
+    resolved, every GUID the UID ever named (so a late copy of any of them is
+    recognised as expunged, never as a new conflict) and where each moved
+    message went (``moved``: (guid, new uid), replicad.cluster.merge rule 6)."""
+    first, *more = sorted(guids)
+    if moved:
+        return pack([first, modseq, more, [[g, u] for g, u in moved]])
+    return pack([first, modseq, more]) if more else pack([first, modseq])
+
+
+def unpack_tombstone(raw: bytes) -> tuple[tuple[bytes, ...], int, tuple[tuple[bytes, int], ...]]:
+    """``(guids, modseq, moved)`` of a tombstone value (see :func:`pack_tombstone`)."""
+    first, modseq, *rest = unpack(raw)
+    more = rest[0] if rest else ()
+    moved = tuple((bytes(g), int(u)) for g, u in rest[1]) if len(rest) > 1 else ()
+    return (bytes(first), *(bytes(g) for g in more)), int(modseq), moved
 
 
 @dataclass(frozen=True, slots=True)

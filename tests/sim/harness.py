@@ -8,11 +8,12 @@ phases* (a node crashed and restarted, or cut off and healed, while the
 clients wait).  Then the network heals, writes stop, and :func:`check`
 verifies I1-I6 on every node.
 
-Scope of this version: clients do not write while a fault is active, so no
-two sides of a partition write concurrently (split-brain repair is the
-resync layer's, not yet written).  What it does exercise is reconnects,
-outbox resume after a crash, root failover and re-election, master
-reassignment and MASTER-MOVE, with every interleaving the seed picks.
+While a node is crashed clients wait; while a partition is up they keep
+writing on both sides (I7), so both sides' masters hand out the same UIDs
+and change the same flags, and the resync layer must merge them after the
+heal (I2, I5, I6).  Besides split brain a run exercises reconnects, outbox
+resume after a crash, root failover and re-election, master reassignment
+and MASTER-MOVE, with every interleaving the seed picks.
 
 Replay is exact for a seed run alone (``tools/sim --seed N``, which pins
 PYTHONHASHSEED); inside a long campaign, orders that depend on object
@@ -63,8 +64,9 @@ class RunResult:
 class Node:
     """One simulated node: its store survives crashes; its runtime does not."""
 
-    def __init__(self, name: str, names: tuple[str, ...], store: MailStore, data: Path,
-                 net: SimNetwork) -> None:
+    def __init__(
+        self, name: str, names: tuple[str, ...], store: MailStore, data: Path, net: SimNetwork
+    ) -> None:
         self.name = name
         self.names = names
         self.store = store
@@ -135,31 +137,92 @@ async def cluster(tmp: Path, n: int, net: SimNetwork) -> AsyncIterator[dict[str,
 
 @dataclass
 class Model:
-    """What clients were told (the ground truth the checker holds nodes to)."""
+    """What clients were told (the ground truth the checker holds nodes to).
 
-    saved: dict[tuple[str, str], dict[int, bytes]] = field(default_factory=dict)  # uid -> guid
-    expunged: dict[tuple[str, str], set[int]] = field(default_factory=dict)
-    modseqs: dict[tuple[str, str], int] = field(default_factory=dict)
+    Messages are tracked by GUID, as instance counts per mailbox: after a
+    partition a message may live on under a new UID (I2), and COPY keeps the
+    GUID, so one GUID can be live at several UIDs.  ``low``/``high`` bound
+    how many live instances of a GUID a mailbox must end with: an
+    acknowledged SAVE or COPY raises both, an acknowledged EXPUNGE lowers
+    both, and a refused operation (it may or may not have happened at the
+    master) moves only the bound it could affect.  ``seen`` keeps which GUID
+    each UID was acknowledged with, by whichever node (I2).
+    """
+
+    low: dict[tuple[str, str], dict[bytes, int]] = field(default_factory=dict)
+    high: dict[tuple[str, str], dict[bytes, int]] = field(default_factory=dict)
+    # (user, mailbox, UIDVALIDITY) -> UID -> GUIDs acknowledged under it (I2 holds
+    # per UIDVALIDITY: a mailbox merged into another one of its name gets a new one).
+    seen: dict[tuple[str, str, int], dict[int, set[bytes]]] = field(default_factory=dict)
+    top_modseq: dict[tuple[str, str], int] = field(default_factory=dict)
+    top_uid: dict[tuple[str, str], int] = field(default_factory=dict)
+    history: dict[bytes, list[str]] = field(default_factory=dict)  # for failure reports
+
+    def bound(self, key: tuple[str, str], guid: bytes, low: int, high: int, what: str) -> None:
+        lows, highs = self.low.setdefault(key, {}), self.high.setdefault(key, {})
+        lows[guid] = max(0, lows.get(guid, 0) + low)
+        highs[guid] = max(0, highs.get(guid, 0) + high)
+        self.history.setdefault(guid, []).append(what)
+
+    def acked(
+        self,
+        key: tuple[str, str],
+        uid: int,
+        guid: bytes,
+        modseq: int,
+        what: str,
+        uidvalidity: int | None,
+    ) -> None:
+        self.bound(key, guid, 1, 1, what)
+        if uidvalidity is not None:
+            self.seen.setdefault((*key, uidvalidity), {}).setdefault(uid, set()).add(guid)
+        self.top_modseq[key] = max(self.top_modseq.get(key, 0), modseq)
+        self.top_uid[key] = max(self.top_uid.get(key, 0), uid)
 
 
-async def client_op(rng: random.Random, nodes: dict[str, Node], model: Model, i: int) -> str:
-    name = rng.choice(sorted(n for n, node in nodes.items() if node.runtime is not None))
+async def client_op(
+    rng: random.Random,
+    nodes: dict[str, Node],
+    model: Model,
+    i: int,
+    among: set[str] | None = None,
+    moves: bool = True,
+) -> str:
+    """One client operation through a random running node (of ``among``).
+
+    Flags, expunges and copies name UIDs of the node's own copy, as an IMAP
+    client of that node would see them.
+    """
+    names = sorted(n for n, node in nodes.items() if node.runtime is not None)
+    if among is not None:
+        names = [n for n in names if n in among] or names
+    name = rng.choice(names)
     node = nodes[name]
     user, mailbox = rng.choice(USERS), rng.choice(MAILBOXES)
     key = (user, mailbox)
-    known = sorted(set(model.saved.get(key, {})) - model.expunged.get(key, set()))
-    kind = rng.choices(["save", "flags", "expunge", "copy", "move"], [6, 3, 1, 1, 1])[0]
+    try:
+        local = await node.store.fetch(user, mailbox, UidSet.parse("1:*"))
+    except ReplicadError:
+        local = []
+    known = [m.uid for m in local]
+    local_guid = {m.uid: m.guid for m in local}
+    uid = 0
+    kinds = ["save", "flags", "expunge", "copy", "move"][: 5 if moves else 4]
+    kind = rng.choices(kinds, [6, 3, 1, 1, 1][: len(kinds)])[0]
     if not known and kind in ("flags", "expunge", "copy"):
         kind = "save"
     try:
         if kind == "save":
             body = f"Subject: {i}\r\n\r\n{rng.random()}\r\n".encode()
             appended = await node.writes.append(user, mailbox, body)
-            uids = model.saved.setdefault(key, {})
-            if appended.uid in uids and uids[appended.uid] != appended.guid:
-                raise AssertionError(f"I2: UID {appended.uid} of {key} given to two messages")
-            uids[appended.uid] = appended.guid
-            _modseq(model, key, appended.modseq)
+            model.acked(
+                key,
+                appended.uid,
+                appended.guid,
+                appended.modseq,
+                f"op {i}: {name} save",
+                await _uidvalidity(node, key),
+            )
             return f"{name} save {user}/{mailbox} -> uid {appended.uid}"
         if kind == "flags":
             uid = rng.choice(known)
@@ -169,31 +232,51 @@ async def client_op(rng: random.Random, nodes: dict[str, Node], model: Model, i:
             return f"{name} flags {mode} {flag} {user}/{mailbox} uid {uid} -> {changed.modseq}"
         if kind == "expunge":
             uid = rng.choice(known)
-            await node.writes.expunge(user, mailbox, UidSet.of([uid]))
-            model.expunged.setdefault(key, set()).add(uid)
-            return f"{name} expunge {user}/{mailbox} uid {uid}"
+            gone = await node.writes.expunge(user, mailbox, UidSet.of([uid]))
+            for gone_uid, guid in gone.expunged:
+                # A forwarded EXPUNGE's reply names UIDs only; the master
+                # checked its UID is the message the client saw (expect).
+                what = f"op {i}: {name} expunge UID {gone_uid}"
+                model.bound(key, guid or local_guid[gone_uid], -1, -1, what)
+            return f"{name} expunge {user}/{mailbox} uid {uid} -> {len(gone.expunged)}"
         if kind == "copy":
             uid = rng.choice(known)
             dest = "Work" if mailbox == "INBOX" else "INBOX"
             copied = await node.writes.copy(user, mailbox, UidSet.of([uid]), dest)
-            dest_uids = model.saved.setdefault((user, dest), {})
-            for a in copied.appended:
-                dest_uids[a.uid] = a.guid or model.saved[key][uid]
+            for src_uid, a in zip(copied.source_uids, copied.appended, strict=True):
+                # A forwarded COPY's reply names UIDs only (COPYUID); the master
+                # checked that its source UID is the message the client saw.
+                guid = a.guid or local_guid[src_uid]
+                model.acked(
+                    (user, dest),
+                    a.uid,
+                    guid,
+                    a.modseq,
+                    f"op {i}: {name} copy",
+                    await _uidvalidity(node, (user, dest)),
+                )
             return f"{name} copy {user}/{mailbox} uid {uid} -> {dest}"
         to = rng.choice(sorted(nodes))
         await node.writes.node.move_master(user, mailbox, to)
         return f"{name} master move {user}/{mailbox} -> {to}"
     except ReplicadError as exc:
         # A refused operation is allowed (e.g. the master just moved away);
-        # an acknowledged one must hold.  Nothing was promised here.
+        # an acknowledged one must hold.  Nothing was promised here, but the
+        # master may have done it before the answer was lost.
+        if kind == "expunge":
+            model.bound(key, local_guid[uid], -1, 0, f"op {i}: {name} expunge refused")
+        elif kind == "copy":
+            dest_key = (user, "Work" if mailbox == "INBOX" else "INBOX")
+            model.bound(dest_key, local_guid[uid], 0, 1, f"op {i}: {name} copy refused")
         return f"{name} {kind} {user}/{mailbox} refused: {type(exc).__name__}: {exc}"
 
 
-def _modseq(model: Model, key: tuple[str, str], modseq: int) -> None:
-    last = model.modseqs.get(key, 0)
-    if modseq <= last:
-        raise AssertionError(f"I3: modseq {modseq} of {key} after {last}")
-    model.modseqs[key] = modseq
+async def _uidvalidity(node: Node, key: tuple[str, str]) -> int | None:
+    """The UIDVALIDITY the client's node shows (None: it has no copy yet)."""
+    try:
+        return (await node.store.mailbox_status(*key)).uidvalidity
+    except ReplicadError:
+        return None
 
 
 # --- checks --------------------------------------------------------------------------
@@ -205,28 +288,46 @@ async def converged(nodes: dict[str, Node]) -> bool:
 
 
 async def check(nodes: dict[str, Node], model: Model) -> None:
-    """I4 identical state; I1/I6 every acknowledged, unexpunged message everywhere;
-    I2 no UID names two messages; I3 UIDNEXT above every UID handed out."""
+    """I4 identical state; I1/I6 every acknowledged message not expunged by a
+    client is live (by GUID); an expunged one is not; I2 a UID acknowledged
+    with two GUIDs (two sides of a partition) ends as a tombstone, and one
+    acknowledged with one GUID names no other; I3 UIDNEXT and HIGHESTMODSEQ
+    above everything acknowledged."""
     states = {name: await node.store.logical_state() for name, node in nodes.items()}
     first = next(iter(states.values()))
     for name, state in states.items():
         if state != first:
             raise AssertionError(f"I4: {name} differs from {next(iter(states))}")
     by_name = {(row[0], row[1]): row for row in first}
-    for key, uids in model.saved.items():
+    for key in sorted(model.low.keys() | {k[:2] for k in model.seen}):
         row = by_name.get(key)
         if row is None:
             raise AssertionError(f"I6: mailbox {key} missing")
-        present = {m[0]: m[1] for m in row[8]}
-        for uid, guid in uids.items():
-            if uid in model.expunged.get(key, set()):
-                if uid in present:
-                    raise AssertionError(f"expunged UID {uid} of {key} came back")
-                continue
-            if present.get(uid) != guid:
-                raise AssertionError(f"I1/I6: UID {uid} of {key} lost or changed")
-        if uids and row[4] <= max(uids):
-            raise AssertionError(f"I3: uidnext {row[4]} of {key} not above {max(uids)}")
+        counts: dict[bytes, int] = {}
+        for m in row[8]:
+            counts[m[1]] = counts.get(m[1], 0) + 1
+        by_uid = {m[0]: m[1] for m in row[8]}
+        tombs = {t[0] for t in row[9]}
+        for guid, low in model.low.get(key, {}).items():
+            high, have = model.high[key][guid], counts.get(guid, 0)
+            # Two copies of one message (COPY keeps the GUID) made on both sides
+            # of a partition at one UID are one message after the merge.
+            if not min(low, 1) <= have <= high:
+                story = "; ".join(model.history[guid])
+                what = "lost (I1/I6)" if have < low else "came back after an expunge"
+                raise AssertionError(
+                    f"message {guid.hex()} of {key}: {have} live, expected {low}..{high}: "
+                    f"{what} [{story}]; UIDs now {sorted(by_uid)}, tombstones {sorted(tombs)}"
+                )
+        for uid, named in model.seen.get((*key, row[3]), {}).items():
+            if uid in by_uid and by_uid[uid] not in named:
+                raise AssertionError(f"I2: UID {uid} of {key} names another message")
+            if len(named) > 1 and uid not in tombs:
+                raise AssertionError(f"I2: UID {uid} of {key} named two messages, not retired")
+        if row[4] <= model.top_uid.get(key, 0):
+            raise AssertionError(f"I3: uidnext {row[4]} of {key} not above acknowledged UIDs")
+        if row[5] < model.top_modseq.get(key, 0):
+            raise AssertionError(f"I3: highestmodseq {row[5]} of {key} below an acknowledged one")
 
 
 # --- one run -------------------------------------------------------------------------
@@ -252,9 +353,21 @@ async def _run(seed: int, n: int, phases: int, tmp: Path, result: RunResult) -> 
                 await trio.sleep(rng.uniform(0.1, 8))
                 await nodes[victim].start(faults)
             elif fault == "cut":
-                net.partition({victim}, set(nodes) - {victim})
-                await trio.sleep(rng.uniform(0.1, 8))
+                # Split brain on purpose: clients keep writing on both sides
+                # (I7), each side through its own master once it has one.
+                minority = set(rng.sample(sorted(nodes), rng.randint(1, (len(nodes) - 1) // 2)))
+                net.partition(minority, set(nodes) - minority)
+                deadline = trio.current_time() + rng.uniform(0.1, 20)
+                while trio.current_time() < deadline:
+                    side = minority if rng.random() < 0.5 else set(nodes) - minority
+                    result.operations += 1
+                    result.trace.append(
+                        "  cut: "
+                        + await client_op(rng, nodes, model, result.operations, side, moves=False)
+                    )
+                    await trio.sleep(rng.random() * 2)
                 net.heal()
+                victim = ",".join(sorted(minority))
             if fault != "none":
                 result.faults += 1
                 result.trace.append(f"phase {phase}: {fault} {victim}")
@@ -313,9 +426,7 @@ def run_seed(seed: int, nodes: int = 3, phases: int = 6) -> RunResult:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             result.ok = False
-            result.failure = "; ".join(
-                f"{type(e).__name__}: {e}" for e in _leaves(exc)
-            )
+            result.failure = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(exc))
     result.sim_seconds = clock.current_time()
     return result
 

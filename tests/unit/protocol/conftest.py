@@ -60,6 +60,11 @@ def strategy_for(kind: c.FieldType) -> st.SearchStrategy[Any]:
         return _uids(kind.allow_star)
     if isinstance(kind, c.FlagList):
         return _flags()
+    if isinstance(kind, c.MarkList):
+        register = st.tuples(st.integers(0, 2**63 - 1), st.booleans())
+        return st.dictionaries(st.sampled_from(SYSTEM_FLAGS + _KEYWORDS), register, max_size=4).map(
+            lambda d: tuple((f, s, p) for f, (s, p) in sorted(d.items()))
+        )
     if isinstance(kind, c.Optional):
         return st.none() | strategy_for(kind.inner)
     if isinstance(kind, c.ListOf):
@@ -77,6 +82,16 @@ def record_strategy(record: type[c.Record]) -> st.SearchStrategy[Any]:
     strategy = st.fixed_dictionaries(fields)
     if "add" in fields and "remove" in fields:
         strategy = strategy.filter(lambda d: not set(d["add"]) & set(d["remove"]))
+    if record is c.ExpungeChange:
+        # One GUID per UID: draw the GUIDs, then that many UIDs.
+        uids = st.sets(st.integers(1, 2**32 - 1), min_size=1, max_size=6)
+        strategy = st.fixed_dictionaries({**fields, "uids": uids}).map(
+            lambda d: {
+                **d,
+                "uids": UidSet.of(d["uids"]),
+                "guids": tuple(bytes([i]) * 16 for i in range(len(d["uids"]))),
+            }
+        )
     return strategy.map(lambda d: record(**d))
 
 

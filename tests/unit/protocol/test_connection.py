@@ -196,7 +196,9 @@ def test_mbox_ids_per_direction() -> None:
         b.send_command(store(1))
     # A peer referencing an id it never defined is a protocol violation.
     with pytest.raises(ProtocolError, match="not defined"):
-        a.receive_data(encode_frame(c.encode_untagged(c.ExpungeChange(1, 5, UidSet.of([1]), 9))))
+        a.receive_data(
+            encode_frame(c.encode_untagged(c.ExpungeChange(1, 5, UidSet.of([1]), 9, (bytes(16),))))
+        )
 
 
 def test_change_stream_and_ack_are_untagged() -> None:

@@ -55,23 +55,23 @@ def test_untagged_frame_round_trip(untagged: type[c.Untagged], data: st.DataObje
 
 def test_store_rejects_flag_in_both_deltas() -> None:
     with pytest.raises(c.ProtocolError, match="both added and removed"):
-        c.Store.from_fields([1, "1", ["\\Seen"], ["\\Seen"], None])
+        c.Store.from_fields([1, "1", ["\\Seen"], ["\\Seen"], None, None])
 
 
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ([1, "1", ["\\Seen"], [], None, 5], "expected 5 fields"),
-        ([70000, "1", [], [], None], "mbox"),
-        ([1, "0", [], [], None], "UID"),
-        ([1, "3,1", [], [], None], "canonical"),
-        ([1, "1", ["\\Bogus"], [], None], "system flag"),
-        ([1, "1", ["b", "a"], [], None], "canonical order"),
-        ([1, "1", [], [], -1], "unchangedsince"),
-        ([1, "1", [], [], 2**63], "unchangedsince"),
-        ([True, "1", [], [], None], "mbox"),
-        ([1.0, "1", [], [], None], "mbox"),
-        ([1, b"1", [], [], None], "uids"),
+        ([1, "1", ["\\Seen"], [], None, None, 5], "expected 6 fields"),
+        ([70000, "1", [], [], None, None], "mbox"),
+        ([1, "0", [], [], None, None], "UID"),
+        ([1, "3,1", [], [], None, None], "canonical"),
+        ([1, "1", ["\\Bogus"], [], None, None], "system flag"),
+        ([1, "1", ["b", "a"], [], None, None], "canonical order"),
+        ([1, "1", [], [], -1, None], "unchangedsince"),
+        ([1, "1", [], [], 2**63, None], "unchangedsince"),
+        ([True, "1", [], [], None, None], "mbox"),
+        ([1.0, "1", [], [], None, None], "mbox"),
+        ([1, b"1", [], [], None, None], "uids"),
     ],
 )
 def test_store_field_validation(fields: list[object], reason: str) -> None:

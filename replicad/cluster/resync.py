@@ -1,0 +1,558 @@
+"""Resync: bring a peer's copy of a mailbox and the master's to one merged state.
+
+The trio glue around :mod:`replicad.cluster.merge` (pure) and the store's
+:mod:`~replicad.store.statesync` (DESIGN §7, protocol-spec/resync.md).
+
+**Who resyncs what.**  A resync always runs at the mailbox's *master*
+``M`` with one directly linked peer ``P``, so conflicts are resolved in one
+place and shipped as ordinary results, never chosen twice (seed 001: "the
+conflicts must be handled at the same time on both sides").  Work comes
+from resync marks (the store's ``resync`` table):
+
+* a mark ``(P, X)`` held by the master of ``X``: queued for ``P``;
+* a mark held by another node (it applied something that contradicted its
+  copy, or it was master of ``X`` on its side of a partition): it sends
+  ``RESYNC X`` to the master, which queues ``X`` for it;
+* ``RESYNC`` from a peer.
+
+**One resync** (:meth:`Resyncer.resync_one`): ``SYNC`` pulls P's state of
+``X`` (every message with its flag registers, every tombstone); the master
+merges it with its own (:func:`~replicad.cluster.merge.merge`); if its own
+copy changes it FETCHes the bodies it lacks and applies the plan in one
+transaction, logged as a ``MailboxMerged`` that its followers apply as the
+same plan; then it sends P one ``UPDATE`` with P's plan (bodies P does not
+``HAVE`` included), which P applies in one transaction if its
+HIGHESTMODSEQ has not moved.  P then drops its marks on ``X``, the master
+its mark ``(P, X)``.  Any failure (link down, a write raced the merge)
+leaves the marks in place and the work is retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
+from replicad.cluster.masters import MasterKey, master_key
+from replicad.cluster.merge import (
+    MailboxState,
+    MergePlan,
+    MessageState,
+    PutMessage,
+    Tombstone,
+    merge,
+    plan,
+)
+from replicad.errors import (
+    ConflictError,
+    NotFoundError,
+    ProtocolError,
+    ReplicadError,
+    TemporaryError,
+    UnreachableError,
+)
+from replicad.protocol import commands as c
+from replicad.transport.logfmt import log_event
+from replicad.uidset import UidSet
+
+if TYPE_CHECKING:
+    from replicad.cluster.runtime import ClusterNode, PeerSession
+
+log = logging.getLogger("replicad.resync")
+
+#: Mark of a whole peer (a new peer): every mailbox (changelog.register_peers).
+ALL_MAILBOXES: Final = bytes(16)
+#: Most bodies FETCHed or shipped in one command (bounded frames, I9).
+BODY_BATCH: Final = 64
+#: How long one resync step may wait for the peer.
+STEP_TIMEOUT: Final = 60.0
+
+
+class Resyncer:
+    """Resync work of one node: queues per peer, the master's side, the peer's side."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.store = node.store
+        self.queued: dict[str, list[bytes]] = {}  # FIFO: a failing one waits its turn
+        self.running: dict[str, bytes] = {}
+        self._wake: dict[str, trio.Event] = {}
+        self.done = 0
+        self.failed = 0
+        self.merged_here = 0
+        #: Data frames of a SYNC or FETCH in progress, by (verb, mbox id).
+        self.collect: dict[tuple[str, str, int], list[c.Untagged]] = {}
+
+    # -- queueing --
+
+    def enqueue(self, peer: str, mailboxes: Sequence[bytes]) -> None:
+        queue = self.queued.setdefault(peer, [])
+        fresh = [m for m in dict.fromkeys(mailboxes) if m not in queue]
+        if not fresh:
+            return
+        queue.extend(fresh)
+        self._wake.setdefault(peer, trio.Event()).set()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "running": {p: m.hex() for p, m in self.running.items()},
+            "queued": {p: len(q) for p, q in self.queued.items() if q},
+            "done": self.done,
+            "failed": self.failed,
+            "merged_here": self.merged_here,
+        }
+
+    async def scan_marks(self) -> None:
+        """Turn resync marks into work: queued here, or asked of the master (RESYNC)."""
+        node = self.node
+        marks = await self.store.resync_marks()
+        ask: dict[str, set[tuple[str, str]]] = {}
+        keys: dict[str, list[MasterKey]] = {}
+        for mark in marks:
+            if mark.mailbox == ALL_MAILBOXES:
+                continue  # a new peer: the digest comparison finds what it lacks
+            status = await self.store.mailbox_by_guid(mark.mailbox)
+            if status is None:
+                continue
+            key = master_key(node.settings.granularity, status.user, status.name)
+            try:
+                with trio.fail_after(2.0):
+                    master = await node.master_of(key, trio.current_time() + 2.0)
+            except (ReplicadError, trio.TooSlowError):
+                continue
+            if master == node.name:
+                if mark.peer in node.sessions:
+                    self.enqueue(mark.peer, [mark.mailbox])
+            elif master in node.sessions:
+                ask.setdefault(master, set()).add((status.user, status.name))
+                keys.setdefault(master, []).append(key)
+        for master, mailboxes in ask.items():
+            session = node.sessions.get(master)
+            if session is None:
+                continue
+            try:
+                names = tuple(c.MailboxName(u, n) for u, n in sorted(mailboxes))
+                await session.request(c.Resync(names), timeout=STEP_TIMEOUT)
+            except ReplicadError as exc:
+                for key in keys[master]:
+                    node.cache.drop(key)  # perhaps no longer the master: look it up again
+                log_event(log, logging.INFO, "resync-ask-failed", peer=master, reason=str(exc))
+
+    async def scan_loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.scan_marks()
+            except (ReplicadError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # A link died under a RESYNC: the next scan asks again.
+                log_event(log, logging.WARNING, "resync-scan-failed", reason=str(exc))
+            await trio.sleep(interval)
+
+    async def worker(self, session: PeerSession) -> None:
+        """Run the peer's queued resyncs one at a time (started per link)."""
+        peer = session.peer
+        while True:
+            queue = self.queued.get(peer)
+            if not queue:
+                wake = self._wake[peer] = trio.Event()
+                await wake.wait()
+                continue
+            mailbox = queue.pop(0)
+            self.running[peer] = mailbox
+            try:
+                await self.resync_one(session, mailbox)
+                self.done += 1
+            except (ReplicadError, trio.TooSlowError) as exc:
+                self.failed += 1
+                log_event(
+                    log,
+                    logging.INFO,
+                    "resync-failed",
+                    peer=peer,
+                    mailbox=mailbox.hex(),
+                    reason=str(exc) or type(exc).__name__,
+                )
+                if session.closed:
+                    raise UnreachableError(f"link to {peer} closed") from None
+                await trio.sleep(1.0)  # marks stay; the next scan queues it again
+            finally:
+                self.running.pop(peer, None)
+
+    # -- the master's side --
+
+    async def resync_one(self, session: PeerSession, mailbox: bytes) -> None:
+        """Merge ``mailbox`` between this node (its master) and the peer (module doc)."""
+        node, store = self.node, self.store
+        status = await store.mailbox_by_guid(mailbox)
+        if status is None:
+            raise NotFoundError(f"mailbox {mailbox.hex()} is not here")
+        key = master_key(node.settings.granularity, status.user, status.name)
+        if await node.master_of(key, trio.current_time() + STEP_TIMEOUT) != node.name:
+            raise TemporaryError(f"no longer the master of {key}")
+        mid, new = session.mbox_id(status.user, status.name, status.guid)
+        if new:
+            await node._send_mbox(
+                session,
+                c.Mbox(
+                    mid,
+                    status.user,
+                    status.name,
+                    status.guid,
+                    status.uidvalidity,
+                    status.uidnext,
+                    status.messages,
+                    status.highestmodseq,
+                ),
+            )
+        with trio.fail_after(STEP_TIMEOUT):
+            theirs, their_guid = await self._pull_state(session, mid)
+        # Another GUID: the peer holds another mailbox of this name (both sides
+        # of a partition created it).  This one stays; the peer's is merged in
+        # as a foreign UID space (merge rule 3: UIDVALIDITY 0 always loses), so
+        # every message of both survives (I6) and the peer's mailbox goes.
+        replaces = None if their_guid == mailbox else their_guid
+        side = replace(theirs, uidvalidity=0) if replaces else theirs
+        for attempt in range(5):
+            ours = await self._own_state(mailbox)
+            merged = merge([ours, side])
+            if replaces:
+                # Clients of either mailbox may have seen either UIDVALIDITY
+                # with other UIDs (the two were numbered independently, and the
+                # sides may have merged differently before): only a new one is
+                # safe for both (I2).  Every client of the name resyncs.
+                top = max(ours.uidvalidity, theirs.uidvalidity)
+                merged = replace(merged, uidvalidity=_next(top))
+            if merged == ours:
+                break
+            own_plan = plan(ours, merged)
+            bodies = await self._bodies_for(own_plan, session, mid, theirs)
+            try:
+                await store.apply_merge(mailbox, ours.highestmodseq, own_plan, bodies, log=True)
+            except ConflictError:
+                if attempt == 4:
+                    raise
+                continue  # a write landed meanwhile: merge again
+            self.merged_here += 1
+            node.log_changed()
+            log_event(
+                log,
+                logging.INFO,
+                "resync-merged",
+                peer=session.peer,
+                mailbox=mailbox.hex(),
+                ops=len(own_plan.ops),
+                highestmodseq=merged.highestmodseq,
+            )
+            break
+        peer_plan = plan(side, merged)
+        await self._push_update(session, mid, theirs, peer_plan, replaces)
+        await store.clear_resync([session.peer], mailbox)
+
+    async def _own_state(self, mailbox: bytes) -> MailboxState:
+        found = await self.store.mailbox_state(mailbox)
+        if found is None:
+            raise NotFoundError(f"mailbox {mailbox.hex()} was deleted")
+        row, messages, gone = found
+        return MailboxState(
+            row.uidvalidity, row.uidnext, row.highestmodseq, tuple(messages), tuple(gone)
+        )
+
+    async def _pull_state(self, session: PeerSession, mid: int) -> tuple[MailboxState, bytes]:
+        key = ("SYNC", session.peer, mid)
+        self.collect[key] = []
+        try:
+            done = await session.request(c.Sync(mid, 0), timeout=STEP_TIMEOUT)
+            chunks = self.collect[key]
+        finally:
+            self.collect.pop(key, None)
+        messages: list[MessageState] = []
+        gone: list[Tombstone] = []
+        for chunk in chunks:
+            assert isinstance(chunk, c.SyncData)
+            messages.extend(_message_of(m) for m in chunk.messages)
+            for t in chunk.gone:
+                moved = tuple(sorted((m.guid, m.uid) for m in t.moved))
+                try:
+                    gone.append(Tombstone(t.uid, frozenset(t.guids), t.modseq, moved))
+                except ValueError as exc:
+                    raise ProtocolError(f"SYNC from {session.peer}: {exc}") from None
+        try:
+            state = MailboxState(
+                done.uidvalidity,
+                done.uidnext,
+                done.highestmodseq,
+                tuple(sorted(messages, key=lambda m: m.uid)),
+                tuple(sorted(gone, key=lambda t: t.uid)),
+            )
+            return state, done.guid
+        except ValueError as exc:
+            raise ProtocolError(f"SYNC from {session.peer}: {exc}") from None
+
+    async def _bodies_for(
+        self, own_plan: MergePlan, session: PeerSession, mid: int, theirs: MailboxState
+    ) -> list[bytes]:
+        """Bodies the plan puts that this node lacks, FETCHed from the peer."""
+        hashes = {op.message.body_hash for op in own_plan.ops if isinstance(op, PutMessage)}
+        have = await self.store.present_bodies(sorted(hashes))
+        lacking = hashes - have
+        if not lacking:
+            return []
+        by_hash = {m.body_hash: m.uid for m in theirs.messages if m.body_hash in lacking}
+        missing = lacking - set(by_hash)
+        if missing:
+            raise TemporaryError(f"{len(missing)} bodies are on neither side yet")
+        out: list[bytes] = []
+        uids = sorted(by_hash.values())
+        for start in range(0, len(uids), BODY_BATCH):
+            part = uids[start : start + BODY_BATCH]
+            key = ("FETCH", session.peer, mid)
+            self.collect[key] = []
+            try:
+                await session.request(c.Fetch(mid, UidSet.of(part), "BODY"), timeout=STEP_TIMEOUT)
+                frames = self.collect[key]
+            finally:
+                self.collect.pop(key, None)
+            for frame in frames:
+                assert isinstance(frame, c.FetchData)
+                if frame.body is not None:
+                    out.append(frame.body)
+        return out
+
+    async def _push_update(
+        self,
+        session: PeerSession,
+        mid: int,
+        theirs: MailboxState,
+        peer_plan: MergePlan,
+        replaces: bytes | None,
+    ) -> None:
+        puts = [op.message for op in peer_plan.ops if isinstance(op, PutMessage)]
+        held = {m.uid: m for m in theirs.messages}
+        same = frozenset(
+            m.uid
+            for m in puts
+            if m.uid in held
+            and held[m.uid].guid == m.guid
+            and held[m.uid].body_hash == m.body_hash
+            and held[m.uid].internaldate == m.internaldate
+            and held[m.uid].size == m.size
+        )
+        if peer_plan.uidvalidity != theirs.uidvalidity or replaces:
+            same = frozenset()  # the peer drops its old UID space first
+        shipped = {m.body_hash for m in puts if m.uid not in same}
+        bodies: dict[bytes, bytes] = {}
+        if shipped:
+            have = await session.request(c.Have(tuple(sorted(shipped))), timeout=STEP_TIMEOUT)
+            wanted = sorted(shipped - set(have.hashes))
+            if wanted:
+                bodies = await self.store.read_blobs(wanted)
+        update = c.Update(
+            mid,
+            peer_plan.uidvalidity,
+            peer_plan.uidnext,
+            peer_plan.highestmodseq,
+            theirs.highestmodseq,
+            replaces,
+            ops_to_wire(peer_plan.ops, bodies, same),
+        )
+        await session.request(update, timeout=STEP_TIMEOUT)
+
+    # -- the peer's side --
+
+    async def serve(
+        self,
+        handler: Callable[[PeerSession, str, Any], Awaitable[None]],
+        session: PeerSession,
+        tag: str,
+        cmd: c.Command,
+    ) -> None:
+        """Run one of the ``serve_*`` handlers; a store error is a NO, a dead link ends it."""
+        try:
+            await handler(session, tag, cmd)
+        except ProtocolError:
+            raise  # the peer broke the protocol: the link goes (I9)
+        except ReplicadError as exc:
+            if not session.closed:
+                with contextlib.suppress(ReplicadError):
+                    await self.node._reply_no(session, tag, "TEMPFAIL", str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the link died: the master retries on the next one
+
+    def binding(self, session: PeerSession, mid: int) -> MboxBinding:
+        found = session.in_ids.get(mid)
+        if found is None:
+            raise ProtocolError(f"mailbox id {mid} is not bound")
+        return found
+
+    async def _here(self, box: MboxBinding) -> bytes | None:
+        """The mailbox a binding names here: by GUID, else the one holding its name."""
+        if await self.store.mailbox_by_guid(box.guid) is not None:
+            return box.guid
+        try:
+            return (await self.store.mailbox_status(box.user, box.name)).guid
+        except ReplicadError:
+            return None
+
+    async def serve_sync(self, session: PeerSession, tag: str, cmd: c.Sync) -> None:
+        box = self.binding(session, cmd.mbox)
+        here = await self._here(box)
+        found = None if here is None else await self.store.mailbox_state(here, cmd.since)
+        if found is None:
+            await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
+            return
+        row, messages, gone = found
+        wire_messages = [_wire_message(m) for m in messages]
+        wire_gone = [
+            c.StateGone(
+                t.uid,
+                t.modseq,
+                tuple(sorted(t.guids)),
+                tuple(c.UidGuid(u, g) for g, u in t.moved),
+            )
+            for t in gone
+        ]
+        step = c.SYNC_CHUNK
+        for start in range(0, max(len(wire_messages), len(wire_gone)), step):
+            chunk = c.SyncData(
+                cmd.mbox,
+                tuple(wire_messages[start : start + step]),
+                tuple(wire_gone[start : start + step]),
+            )
+            await self.node._send_untagged(session, chunk)
+        assert here is not None
+        await self.node._reply_ok(
+            session, tag, c.SyncState(row.uidvalidity, row.uidnext, row.highestmodseq, here)
+        )
+
+    async def serve_fetch(self, session: PeerSession, tag: str, cmd: c.Fetch) -> None:
+        box = self.binding(session, cmd.mbox)
+        here = await self._here(box)
+        status = None if here is None else await self.store.mailbox_by_guid(here)
+        if status is None:
+            await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
+            return
+        infos = await self.store.fetch(status.user, status.name, cmd.uids)
+        bodies = (
+            await self.store.read_blobs(sorted({i.body_hash for i in infos}))
+            if cmd.what == "BODY"
+            else {}
+        )
+        for info in infos:
+            await self.node._send_untagged(
+                session,
+                c.FetchData(
+                    cmd.mbox,
+                    info.uid,
+                    info.guid,
+                    info.modseq,
+                    info.internaldate,
+                    info.flags,
+                    info.size,
+                    info.body_hash,
+                    bodies.get(info.body_hash),
+                ),
+            )
+        await self.node._reply_ok(session, tag)
+
+    async def serve_have(self, session: PeerSession, tag: str, cmd: c.Have) -> None:
+        have = await self.store.present_bodies(cmd.hashes)
+        await self.node._reply_ok(
+            session, tag, c.HashList(tuple(h for h in cmd.hashes if h in have))
+        )
+
+    async def serve_update(self, session: PeerSession, tag: str, cmd: c.Update) -> None:
+        box = self.binding(session, cmd.mbox)
+        held: dict[int, MessageState] = {}
+        if cmd.replaces is None:
+            found = await self.store.mailbox_state(box.guid)
+            if found is None:
+                await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
+                return
+            held = {m.uid: m for m in found[1]}
+        ops, carried = ops_from_wire(cmd.ops, held)
+        try:
+            update_plan = MergePlan(cmd.uidvalidity, cmd.uidnext, cmd.highestmodseq, ops)
+        except ValueError as exc:
+            raise ProtocolError(f"UPDATE: {exc}") from None
+        try:
+            # From the master: this copy now holds everything it had (I6), so
+            # every mark on the mailbox is settled.
+            await self.store.apply_merge(
+                box.guid,
+                cmd.expected,
+                update_plan,
+                carried,
+                log=False,
+                clear_marks=[],
+                replaces=cmd.replaces,
+            )
+        except ConflictError as exc:
+            await self.node._reply_no(session, tag, "CONFLICT", str(exc))
+            return
+        except ReplicadError as exc:
+            await self.node._reply_no(session, tag, "TEMPFAIL", str(exc))
+            return
+        self.node.log_changed()
+        await self.node._reply_ok(session, tag)
+
+    async def serve_resync(self, session: PeerSession, tag: str, cmd: c.Resync) -> None:
+        node = self.node
+        found = []
+        for named in cmd.mailboxes:
+            key = master_key(node.settings.granularity, named.user, named.name)
+            master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
+            if master != node.name:
+                # The asker's master cache is stale: it drops the entry and asks again.
+                await node._reply_no(session, tag, "NOTMASTER", f"{master} masters {key}")
+                return
+            try:
+                found.append((await self.store.mailbox_status(named.user, named.name)).guid)
+            except ReplicadError:
+                continue  # not here: the peer's copy reaches us through its stream
+        await node._reply_ok(session, tag)
+        self.enqueue(session.peer, found)
+
+    def on_data(self, session: PeerSession, data: c.Untagged) -> None:
+        """A ``* SYNC`` or ``* FETCH`` frame: for the request in progress."""
+        mid = getattr(data, "mbox", -1)
+        found = self.collect.get((data.VERB, session.peer, mid))
+        if found is None:
+            raise ProtocolError(f"unexpected * {data.VERB} for mailbox id {mid}")
+        found.append(data)
+
+
+def _next(uidvalidity: int) -> int:
+    return uidvalidity + 1 if uidvalidity < 0xFFFFFFFF else 1
+
+
+def _message_of(m: c.StateMessage) -> MessageState:
+    from replicad.cluster.merge import FlagMark
+
+    try:
+        return MessageState(
+            m.uid,
+            m.guid,
+            m.modseq,
+            m.internaldate,
+            m.size,
+            m.body_hash,
+            tuple(FlagMark(f, s, p) for f, s, p in m.marks),
+        )
+    except ValueError as exc:
+        raise ProtocolError(f"SYNC: {exc}") from None
+
+
+def _wire_message(m: MessageState) -> c.StateMessage:
+    return c.StateMessage(
+        m.uid,
+        m.guid,
+        m.modseq,
+        m.internaldate,
+        m.size,
+        m.body_hash,
+        tuple((k.flag, k.stamp, k.present) for k in m.marks),
+    )
