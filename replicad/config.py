@@ -110,6 +110,10 @@ class ClusterSection:
     user_durability: tuple[tuple[str, DurabilityLevel], ...] = ()
     #: zstd on the links this node dials (compression.md).
     compress: bool = True
+    #: How often resync marks become work (resync.md §1).
+    resync_interval: float = 1.0
+    #: How often every peer's digests are compared (anti-entropy, I8); 0: never.
+    verify_interval: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +255,16 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     tbl = _table(doc, "cluster")
     _check_keys(
         tbl,
-        ("granularity", "max_outbox", "ping_interval", "dead_after", "durability", "compress"),
+        (
+            "granularity",
+            "max_outbox",
+            "ping_interval",
+            "dead_after",
+            "durability",
+            "compress",
+            "resync_interval",
+            "verify_interval",
+        ),
         "cluster.",
     )
     raw = _get(tbl, "cluster.granularity", str, default="mailbox")
@@ -282,7 +295,13 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
         except ConfigError as exc:
             raise ConfigError(f"cluster.durability.{user}: {exc}") from None
     compress = _get(tbl, "cluster.compress", bool, default=True)
-    return ClusterSection(granularity, max_outbox, ping, dead, tuple(overrides), compress)
+    resync = _seconds(tbl, "cluster.resync_interval", 1.0)
+    verify = tbl.get("verify_interval", 300.0)
+    if verify != 0:
+        verify = _seconds(tbl, "cluster.verify_interval", 300.0)
+    return ClusterSection(
+        granularity, max_outbox, ping, dead, tuple(overrides), compress, resync, float(verify)
+    )
 
 
 def _seconds(tbl: Mapping[str, Any], key: str, default: float) -> float:

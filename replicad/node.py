@@ -295,6 +295,8 @@ def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
             durability=config.node.durability,
             user_durability=dict(config.cluster.user_durability),
             compress=config.cluster.compress,
+            resync_interval=config.cluster.resync_interval,
+            verify_interval=config.cluster.verify_interval,
         ),
     )
 

@@ -163,6 +163,9 @@ class AdminDispatcher:
             "list_users": self._list_users,
             "cluster_status": self._cluster_status,
             "master_move": self._master_move,
+            "sync": self._sync,
+            "verify": self._verify,
+            "dsync_status": self._dsync_status,
         }
 
     @property
@@ -319,6 +322,35 @@ class AdminDispatcher:
         if self._cluster is None:
             raise BadInputError("master move: this node has no peers (not in a cluster)")
         return await self._cluster.move_master(a.text("user"), a.text("mailbox"), a.text("node"))
+
+    def _require_cluster(self, what: str) -> Any:
+        """The node's :class:`~replicad.cluster.runtime.ClusterNode`."""
+        if self._cluster is None:
+            raise BadInputError(f"{what}: this node has no peers (not in a cluster)")
+        return self._cluster.node
+
+    def _users(self, a: _Args) -> list[str] | None:
+        user = a.text("user", "")
+        return [user] if user else None
+
+    async def _sync(self, a: _Args) -> dict[str, Any]:
+        peer = a.text("peer", "")
+        result: dict[str, Any] = await self._require_cluster("sync").sync(
+            self._users(a), peer or None
+        )
+        return result
+
+    async def _verify(self, a: _Args) -> dict[str, Any]:
+        result: dict[str, Any] = await self._require_cluster("verify").verify_mailboxes(
+            self._users(a)
+        )
+        return result
+
+    async def _dsync_status(self, _: _Args) -> dict[str, Any]:
+        result: dict[str, Any] = await self._require_cluster(
+            "replicator dsync-status"
+        ).dsync_status()
+        return result
 
     async def _cluster_status(self, _: _Args) -> dict[str, Any]:
         if self._cluster is None:

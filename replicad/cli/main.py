@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from replicad import __version__
-from replicad.cli import import_cmd, mail_cmds, mailbox_cmd, node_cmds, replication_cmd
+from replicad.cli import (
+    import_cmd,
+    mail_cmds,
+    mailbox_cmd,
+    node_cmds,
+    replication_cmd,
+    resync_cmd,
+)
 from replicad.cli.output import FORMATS
 from replicad.errors import ExitCode, ReplicadError, UsageError
 
@@ -77,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     mailbox_cmd.register(subparsers, common)
     import_cmd.register(subparsers, common)
     replication_cmd.register(subparsers, common)
+    resync_cmd.register(subparsers, common)
     for command, module_name in EXTERNAL_COMMANDS.items():
         _register_external(command, module_name, subparsers)
     return parser

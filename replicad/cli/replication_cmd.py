@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from replicad.cli import resync_cmd
 from replicad.cli.common import connect, output_format, print_rows, write_line
 from replicad.cli.output import render_document
 
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     actions = replicator.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser("status", parents=[common], help="links, lag and outboxes")
     status.set_defaults(handler=cmd_replicator_status)
+    resync_cmd.register_replicator(actions, common)
 
     master = subparsers.add_parser("master", parents=[common], help="root, epoch, masters")
     mactions = master.add_subparsers(dest="action", metavar="ACTION", required=True)

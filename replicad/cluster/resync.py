@@ -98,6 +98,22 @@ class Resyncer:
         queue.extend(fresh)
         self._wake.setdefault(peer, trio.Event()).set()
 
+    async def enqueue_mastered(self, peer: str, users: Sequence[str] | None = None) -> int:
+        """Queue every mailbox (of ``users``) this node masters for a resync with ``peer``."""
+        node = self.node
+        found = []
+        for user in users if users is not None else await self.store.list_users():
+            for status in await self.store.list_mailboxes(user):
+                key = master_key(node.settings.granularity, status.user, status.name)
+                try:
+                    master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
+                except ReplicadError:
+                    continue
+                if master == node.name:
+                    found.append(status.guid)
+        self.enqueue(peer, found)
+        return len(found)
+
     def status(self) -> dict[str, object]:
         return {
             "running": {p: m.hex() for p, m in self.running.items()},
@@ -115,7 +131,12 @@ class Resyncer:
         keys: dict[str, list[MasterKey]] = {}
         for mark in marks:
             if mark.mailbox == ALL_MAILBOXES:
-                continue  # a new peer: the digest comparison finds what it lacks
+                # A new peer, or one whose backlog the log dropped: every
+                # mailbox this node masters is resynced with it.
+                if mark.peer in node.sessions:
+                    await self.enqueue_mastered(mark.peer)
+                    await self.store.clear_resync([mark.peer], ALL_MAILBOXES)
+                continue
             status = await self.store.mailbox_by_guid(mark.mailbox)
             if status is None:
                 continue
@@ -209,7 +230,16 @@ class Resyncer:
                 ),
             )
         with trio.fail_after(STEP_TIMEOUT):
-            theirs, their_guid = await self._pull_state(session, mid)
+            pulled = await self._pull_state(session, mid)
+        if pulled is None:
+            # The peer has no such mailbox (lost, or never got the CREATE): it
+            # gets ours whole, created by the UPDATE.
+            ours = await self._own_state(mailbox)
+            empty = MailboxState(ours.uidvalidity, 1, 0, (), ())
+            await self._push_update(session, mid, empty, plan(empty, ours), None, create=True)
+            await store.clear_resync([session.peer], mailbox)
+            return
+        theirs, their_guid = pulled
         # Another GUID: the peer holds another mailbox of this name (both sides
         # of a partition created it).  This one stays; the peer's is merged in
         # as a foreign UID space (merge rule 3: UIDVALIDITY 0 always loses), so
@@ -261,12 +291,17 @@ class Resyncer:
             row.uidvalidity, row.uidnext, row.highestmodseq, tuple(messages), tuple(gone)
         )
 
-    async def _pull_state(self, session: PeerSession, mid: int) -> tuple[MailboxState, bytes]:
+    async def _pull_state(
+        self, session: PeerSession, mid: int
+    ) -> tuple[MailboxState, bytes] | None:
+        """The peer's state of the mailbox and its GUID there; None if it has none."""
         key = ("SYNC", session.peer, mid)
         self.collect[key] = []
         try:
             done = await session.request(c.Sync(mid, 0), timeout=STEP_TIMEOUT)
             chunks = self.collect[key]
+        except NotFoundError:
+            return None
         finally:
             self.collect.pop(key, None)
         messages: list[MessageState] = []
@@ -329,6 +364,8 @@ class Resyncer:
         theirs: MailboxState,
         peer_plan: MergePlan,
         replaces: bytes | None,
+        *,
+        create: bool = False,
     ) -> None:
         puts = [op.message for op in peer_plan.ops if isinstance(op, PutMessage)]
         held = {m.uid: m for m in theirs.messages}
@@ -341,7 +378,7 @@ class Resyncer:
             and held[m.uid].internaldate == m.internaldate
             and held[m.uid].size == m.size
         )
-        if peer_plan.uidvalidity != theirs.uidvalidity or replaces:
+        if peer_plan.uidvalidity != theirs.uidvalidity or replaces or create:
             same = frozenset()  # the peer drops its old UID space first
         shipped = {m.body_hash for m in puts if m.uid not in same}
         bodies: dict[bytes, bytes] = {}
@@ -467,12 +504,15 @@ class Resyncer:
     async def serve_update(self, session: PeerSession, tag: str, cmd: c.Update) -> None:
         box = self.binding(session, cmd.mbox)
         held: dict[int, MessageState] = {}
+        create = None
         if cmd.replaces is None:
             found = await self.store.mailbox_state(box.guid)
             if found is None:
-                await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
-                return
-            held = {m.uid: m for m in found[1]}
+                # The master's mailbox is missing here (lost, or its CREATE
+                # never arrived): the UPDATE recreates it under its GUID.
+                create = (box.user, box.name)
+            else:
+                held = {m.uid: m for m in found[1]}
         ops, carried = ops_from_wire(cmd.ops, held)
         try:
             update_plan = MergePlan(cmd.uidvalidity, cmd.uidnext, cmd.highestmodseq, ops)
@@ -489,6 +529,7 @@ class Resyncer:
                 log=False,
                 clear_marks=[],
                 replaces=cmd.replaces,
+                create=create,
             )
         except ConflictError as exc:
             await self.node._reply_no(session, tag, "CONFLICT", str(exc))

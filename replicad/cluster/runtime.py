@@ -55,6 +55,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
+from replicad.cluster.antientropy import AntiEntropy
 from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
 from replicad.cluster.durability import AckTracker, DurabilityLevel
 from replicad.cluster.masters import (
@@ -98,7 +99,7 @@ from replicad.protocol.connection import (
     ReplyReceived,
     UntaggedReceived,
 )
-from replicad.store.changelog import RESYNC_PARTITION
+from replicad.store.changelog import RESYNC_PARTITION, RESYNC_REQUESTED
 from replicad.store.index import AppendRequest, FlagMode
 from replicad.store.mailstore import MailStore
 from replicad.store.records import (
@@ -150,6 +151,8 @@ class ClusterSettings:
     compress: bool = True
     #: How often resync marks are turned into work (replicad.cluster.resync).
     resync_interval: float = 1.0
+    #: How often every peer's digests are compared (anti-entropy); 0: never.
+    verify_interval: float = 300.0
 
     def level_for(self, user: str) -> DurabilityLevel:
         """The durability level of ``user``'s writes: an override, else the node's (I1)."""
@@ -458,6 +461,7 @@ class ClusterNode:
         self._nursery: trio.Nursery | None = None
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
         self.resync = Resyncer(self)
+        self.verify = AntiEntropy(self)
 
     # -- lifecycle --
 
@@ -477,6 +481,7 @@ class ClusterNode:
             nursery.start_soon(self._settle)
             nursery.start_soon(self._confirm_root)
             nursery.start_soon(self.resync.scan_loop, self.settings.resync_interval)
+            nursery.start_soon(self.verify.check_loop, self.settings.verify_interval)
             log_event(log, logging.INFO, "cluster-started", node=self.name, peers=len(self.peers))
             task_status.started()
 
@@ -1164,6 +1169,69 @@ class ClusterNode:
             await self.store.mark_resync(fresh, mailbox, RESYNC_PARTITION, since)
             self._divergent.update((p, mailbox) for p in fresh)
 
+    # -- resync and verification (replicad sync / verify / replicator dsync-status) --
+
+    async def sync(self, users: list[str] | None, peer: str | None) -> dict[str, Any]:
+        """Resync the mailboxes of ``users`` (None: all) with ``peer`` (None: every
+        linked one): queued here for the mailboxes this node masters, marked
+        (and so asked of their masters, RESYNC) for the others."""
+        peers = [peer] if peer is not None else sorted(self.sessions)
+        for p in peers:
+            if p not in self.sessions:
+                raise UnreachableError(f"no link to {p}")
+        names = users if users is not None else await self.store.list_users()
+        queued = marked = 0
+        for user in names:
+            for status in await self.store.list_mailboxes(user):
+                key = master_key(self.settings.granularity, status.user, status.name)
+                master = await self.master_of(key, trio.current_time() + WRITE_DEADLINE)
+                if master == self.name:
+                    for p in peers:
+                        self.resync.enqueue(p, [status.guid])
+                        queued += 1
+                elif master in self.sessions:
+                    await self.store.mark_resync([master], status.guid, RESYNC_REQUESTED, 0)
+                    marked += 1
+        await self.resync.scan_marks()
+        return {**self.resync.status(), "queued_here": queued, "asked_masters": marked}
+
+    async def verify_mailboxes(self, users: list[str] | None) -> dict[str, Any]:
+        """Compare digests with every linked peer; the differing mailboxes (I8)."""
+        rows: list[dict[str, Any]] = []
+        trips = size = 0
+        for peer in sorted(self.sessions):
+            found = await self.verify.compare(
+                self.sessions[peer], set(users) if users is not None else None
+            )
+            trips += found.round_trips
+            size += found.bytes_in
+            for d in found.differences:
+                rows.append(
+                    {
+                        "peer": d.peer,
+                        "user": d.user,
+                        "mailbox": d.name,
+                        "why": d.why,
+                        "here": d.local.digest.hex()[:16] if d.local else None,
+                        "there": d.remote.digest.hex()[:16] if d.remote else None,
+                    }
+                )
+        return {
+            "differences": rows,
+            "peers": len(self.sessions),
+            "round_trips": trips,
+            "bytes": size,
+        }
+
+    async def dsync_status(self) -> dict[str, Any]:
+        marks = await self.store.resync_marks()
+        return {
+            **self.resync.status(),
+            "marks": [{"peer": m.peer, "mailbox": m.mailbox.hex(), "why": m.reason} for m in marks],
+            "verify_runs": self.verify.runs,
+            "verify_found": self.verify.found,
+        }
+
     def log_changed(self) -> None:
         """New entries are in the log: wake every peer's pump."""
         self._log_changed.set()
@@ -1214,6 +1282,10 @@ class ClusterNode:
             nursery.start_soon(self.resync.serve, self.resync.serve_update, session, tag, cmd)
         elif isinstance(cmd, c.Resync):
             nursery.start_soon(self.resync.serve, self.resync.serve_resync, session, tag, cmd)
+        elif isinstance(cmd, c.Digest):
+            nursery.start_soon(self.resync.serve, self.verify.serve_digest, session, tag, cmd)
+        elif isinstance(cmd, c.Mailboxes):
+            nursery.start_soon(self.resync.serve, self.verify.serve_mailboxes, session, tag, cmd)
         else:
             try:
                 op = self._op_from(session, cmd)
@@ -1429,6 +1501,8 @@ class ClusterNode:
             self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
         elif isinstance(data, (c.SyncData, c.FetchData)):
             self.resync.on_data(session, data)
+        elif isinstance(data, (c.DigestData, c.MailboxData)):
+            self.verify.on_data(session, data)
 
     async def _apply_burst(self, session: PeerSession, frames: list[c.Change]) -> None:
         """Apply a master's changes in order, durably, then ACK the last (I1)."""

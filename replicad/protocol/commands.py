@@ -1108,16 +1108,17 @@ class FetchData(Untagged):
 
 @dataclass(frozen=True, slots=True)
 class Mailboxes(Command):
-    """State of every mailbox of ``users`` (seed 004 MAILBOXES): ``* MAILBOX``s, then OK."""
+    """State of every mailbox of the users in these buckets (seed 004
+    MAILBOXES): ``* MAILBOX``s, then OK."""
 
     VERB = "MAILBOXES"
-    SCHEMA = (ListOf(USER, 10_000),)
-    users: tuple[str, ...]
+    SCHEMA = (ListOf(UInt(0, 0xFFFF), 65_536),)
+    buckets: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class MailboxData(Untagged):
-    """``digest``: SHA-256 over the mailbox's (uid, guid, flags, modseq) in UID order."""
+    """``digest``: the mailbox's state digest (resync.md §6)."""
 
     VERB = "MAILBOX"
     SCHEMA = (USER, MAILBOX, GUID, UIDVALIDITY, UID, MODSEQ, U32, HASH)
@@ -1133,10 +1134,11 @@ class MailboxData(Untagged):
 
 @dataclass(frozen=True, slots=True)
 class Digest(Command):
-    """Digests of user buckets; ``()`` asks for the single whole-cluster digest (I8)."""
+    """Digests of user buckets (< 65536) or groups (65536 + first octet);
+    ``()`` asks for the node's whole digest (I8, resync.md §6)."""
 
     VERB = "DIGEST"
-    SCHEMA = (ListOf(U32, 65_536),)
+    SCHEMA = (ListOf(UInt(0, 0x100FF), 65_536),)
     buckets: tuple[int, ...]
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from replicad.cluster.digest import state_digest
+from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
 from replicad.cluster.merge import MergePlan, MessageState, Tombstone
 from replicad.errors import ConflictError, NoSuchMailboxError, ReplicadError
 from replicad.store import blobs, statesync
@@ -403,6 +403,39 @@ class MailStore:
         assert state is not None
         return state_digest(state)
 
+    async def mailbox_digests(
+        self, buckets: set[int] | None = None, users: set[str] | None = None
+    ) -> list[MailboxDigest]:
+        """Every mailbox (of users in ``buckets``, or of ``users``) with its
+        state digest (resync.md §6), in one read transaction."""
+
+        def read(txn: Any) -> list[MailboxDigest]:
+            out = []
+            for key, guid in txn.cursor(db=self._dbs.names):
+                user, name = bytes(key).decode().split("\0", 1)
+                if users is not None and user not in users:
+                    continue
+                if buckets is not None and bucket_of(user) not in buckets:
+                    continue
+                state = statesync.full_state(self.index, txn, bytes(guid))
+                if state is None:
+                    continue
+                out.append(
+                    MailboxDigest(
+                        user,
+                        name,
+                        bytes(guid),
+                        state.uidvalidity,
+                        state.uidnext,
+                        state.highestmodseq,
+                        len(state.messages),
+                        state_digest(state),
+                    )
+                )
+            return out
+
+        return await self._read(read)
+
     async def present_bodies(self, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these bodies this node stores (HAVE, seed 004)."""
 
@@ -485,6 +518,7 @@ class MailStore:
         log: bool,
         clear_marks: Sequence[str] | None = None,
         replaces: bytes | None = None,
+        create: tuple[str, str] | None = None,
     ) -> MailboxRow:
         """Apply a merge plan in one transaction if the mailbox's HIGHESTMODSEQ
         is still ``expected`` (else :class:`ConflictError`, nothing applied).
@@ -494,7 +528,8 @@ class MailStore:
         whose resync marks on this mailbox the merge settles (``[]``: all).
         ``replaces``: this node's mailbox of that GUID holds the name and was
         merged into ``mailbox``, which takes its place (``expected`` is its
-        HIGHESTMODSEQ; resync.md, mailbox conflicts).
+        HIGHESTMODSEQ; resync.md, mailbox conflicts).  ``create``: (user,
+        name) of ``mailbox``, missing here: it is created (the name must be free).
         """
         prepared_list = await self._executor.run_read(
             lambda: [PreparedBody.make(b) for b in bodies]
@@ -502,11 +537,20 @@ class MailStore:
         prepared = {p.body_hash: p for p in prepared_list}
 
         def op(txn: Any) -> MailboxRow:
+            if create is not None:
+                if txn.get(mailbox, db=self._dbs.mailboxes) is not None:
+                    raise ConflictError(f"mailbox {mailbox.hex()} exists here already")
+                self.index.create_mailbox(
+                    txn, create[0], create[1], guid=mailbox, uidvalidity=plan.uidvalidity
+                )
+                expected_here = 1  # a new mailbox's HIGHESTMODSEQ
+            else:
+                expected_here = expected
             raw = txn.get(replaces or mailbox, db=self._dbs.mailboxes)
             if raw is None:
                 raise NoSuchMailboxError(f"mailbox {mailbox.hex()} does not exist here")
             row = MailboxRow.decode(bytes(raw))
-            if row.highestmodseq != expected:
+            if row.highestmodseq != expected_here:
                 raise ConflictError(f"highestmodseq is {row.highestmodseq}, not {expected}")
             if replaces is not None:
                 if txn.get(mailbox, db=self._dbs.mailboxes) is not None:

@@ -52,14 +52,22 @@ class MissingBodyError(ReplicadError):
 
 
 def message_state(uid: int, row: MessageRow) -> MessageState:
+    """The row as the merge sees it.  A row whose flags disagree with its
+    registers was damaged or edited by hand: it shows no registers and
+    modseq 0, so its digest differs (the background check finds it) and a
+    healthy copy's registers decide the repaired row."""
+    registers = row.registers()
+    modseq = row.modseq
+    if frozenset(row.flags) != frozenset(f for f, _, p in registers if p):
+        registers, modseq = (), 0
     return MessageState(
         uid=uid,
         guid=row.guid,
-        modseq=row.modseq,
+        modseq=modseq,
         internaldate=row.internaldate,
         size=row.size,
         body_hash=row.body_hash,
-        marks=tuple(FlagMark(f, s, p) for f, s, p in row.registers()),
+        marks=tuple(FlagMark(f, s, p) for f, s, p in registers),
     )
 
 

@@ -34,7 +34,9 @@ class SimNode:
 
 
 @asynccontextmanager
-async def sim_cluster(tmp: Path, net: SimNetwork) -> AsyncIterator[dict[str, SimNode]]:
+async def sim_cluster(
+    tmp: Path, net: SimNetwork, settings: ClusterSettings | None = None
+) -> AsyncIterator[dict[str, SimNode]]:
     async with AsyncExitStack() as stack:
         stores: dict[str, MailStore] = {}
         for name in NAMES:
@@ -57,7 +59,7 @@ async def sim_cluster(tmp: Path, net: SimNetwork) -> AsyncIterator[dict[str, Sim
                     store=stores[name],
                     network=net.node(name),
                     data_dir=tmp / name,
-                    settings=ClusterSettings(compress=False),
+                    settings=settings or ClusterSettings(compress=False),
                 )
                 await nursery.start(node.run)
                 nodes[name] = SimNode(name, stores[name], node, ClusterWrites(node))

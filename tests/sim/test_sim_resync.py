@@ -7,14 +7,26 @@ every node to one state in which nothing acknowledged is lost.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 
+from replicad.cluster.runtime import ClusterSettings
+from replicad.errors import ReplicadError
+from replicad.store.schema import message_key
 from replicad.uidset import UidSet
 from tests.sim.network import SimNetwork
-from tests.sim.test_sim_cluster import NAMES, body, converged, sim_cluster, wait_for
+from tests.sim.test_sim_cluster import (
+    NAMES,
+    SimNode,
+    body,
+    converged,
+    sim_cluster,
+    wait_for,
+)
 
 
 async def test_w4_partition_writes_on_both_sides_converge(
@@ -85,3 +97,128 @@ async def test_w4_partition_writes_on_both_sides_converge(
         for name in NAMES:
             status = await nodes[name].store.mailbox_status("alice", "INBOX")
             assert status.uidnext == 26 and status.messages == 20
+
+
+async def rooted_and_linked(nodes: dict[str, SimNode]) -> bool:
+    roots = {n.node.election.root for n in nodes.values()}
+    linked = all(len(n.node.sessions) == len(NAMES) - 1 for n in nodes.values())
+    return linked and len(roots) == 1 and None not in roots
+
+
+async def test_the_expunged_uid_case_of_the_seed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Seed 001's FIXME: one side expunged UID n, the other reused it (I2, I3)."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        for i in range(3):
+            await nodes["n1"].writes.append("alice", "INBOX", body(i))
+        await wait_for("convergence", lambda: converged(nodes))
+        net.partition({"n1"}, {"n2", "n3"})
+        await trio.sleep(12)
+        gone = await nodes["n1"].writes.append("alice", "INBOX", body(10))
+        await nodes["n1"].writes.expunge("alice", "INBOX", UidSet.of([gone.uid]))
+        reused = await nodes["n2"].writes.append("alice", "INBOX", body(20))
+        assert gone.uid == reused.uid == 4
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+        infos = await nodes["n3"].store.fetch("alice", "INBOX", UidSet.parse("1:*"))
+        by_guid = {i.guid: i.uid for i in infos}
+        assert gone.guid not in by_guid  # the expunge holds
+        assert by_guid[reused.guid] >= 5  # moved above every UID either side used
+        assert 4 not in by_guid.values()  # UID 4 named two messages: retired (I2)
+
+
+async def test_the_same_mailbox_created_on_both_sides_is_merged(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """INBOX created by the first delivery on each side: one mailbox after the
+    heal, every message in it, under a UIDVALIDITY neither side had (I2, I6)."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        net.partition({"n1"}, {"n2", "n3"})
+        await trio.sleep(12)
+        a = [await nodes["n1"].writes.append("carol", "INBOX", body(i)) for i in range(3)]
+        b = [await nodes["n3"].writes.append("carol", "INBOX", body(10 + i)) for i in range(2)]
+
+        async def replicated() -> bool:
+            try:
+                status = await nodes["n2"].store.mailbox_status("carol", "INBOX")
+            except ReplicadError:
+                return False
+            return status.messages == 2
+
+        await wait_for("the majority side's copies", replicated)
+        side_a = await nodes["n1"].store.mailbox_status("carol", "INBOX")
+        side_b = await nodes["n2"].store.mailbox_status("carol", "INBOX")
+        assert side_a.guid != side_b.guid
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+        status = await nodes["n2"].store.mailbox_status("carol", "INBOX")
+        assert status.guid in (side_a.guid, side_b.guid)
+        assert status.uidvalidity > max(side_a.uidvalidity, side_b.uidvalidity)
+        infos = await nodes["n2"].store.fetch("carol", "INBOX", UidSet.parse("1:*"))
+        assert {i.guid for i in infos} == {x.guid for x in [*a, *b]}
+        assert [m.name for m in await nodes["n1"].store.list_mailboxes("carol")] == ["INBOX"]
+
+
+async def test_a_renamed_mailbox_keeps_the_other_side_s_writes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        await nodes["n1"].writes.create_mailbox("alice", "Work")
+        await nodes["n1"].writes.append("alice", "Work", body(1))
+        await wait_for("convergence", lambda: converged(nodes))
+        net.partition({"n1"}, {"n2", "n3"})
+        await trio.sleep(12)
+        await nodes["n1"].writes.rename_mailbox("alice", "Work", "Projects")
+        written = await nodes["n2"].writes.append("alice", "Work", body(2))
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+        infos = await nodes["n3"].store.fetch("alice", "Projects", UidSet.parse("1:*"))
+        assert written.guid in {i.guid for i in infos}
+        names = [m.name for m in await nodes["n3"].store.list_mailboxes("alice")]
+        assert "Work" not in names
+
+
+async def test_the_background_check_repairs_a_lost_mailbox_and_a_damaged_flag(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Seed goal 2: silent damage and manual edits, which leave no mark (I8)."""
+    net = SimNetwork()
+    settings = ClusterSettings(compress=False, verify_interval=5.0)
+    async with sim_cluster(tmp_path, net, settings) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        await nodes["n1"].writes.create_mailbox("alice", "Work")
+        for i in range(3):
+            await nodes["n1"].writes.append("alice", "Work", body(i))
+            await nodes["n1"].writes.append("alice", "INBOX", body(10 + i))
+        await nodes["n1"].writes.store_flags("alice", "INBOX", UidSet.of([2]), "add", ["\\Seen"])
+        await wait_for("convergence", lambda: converged(nodes))
+        healthy = await nodes["n1"].store.logical_state()
+        victim = nodes["n3"].store
+
+        def damage(txn: Any) -> None:
+            # By hand, behind replication's back: no change record, no mark.
+            victim.index.delete_mailbox(txn, "alice", "Work")
+            guid = victim.index._mailbox_guid(txn, "alice", "INBOX")
+            row = victim.index._message(txn, guid, 2)
+            assert row is not None
+            txn.put(
+                message_key(guid, 2),
+                replace(row, flags=("\\Deleted",)).encode(),
+                db=victim.index.dbs.messages,
+            )
+
+        await victim.writer.submit(damage)
+        assert not await converged(nodes)
+        assert not await victim.resync_marks()
+        await wait_for("the background check's repair", lambda: converged(nodes), timeout=60)
+        repaired = await victim.fetch("alice", "INBOX", UidSet.of([2]))
+        assert repaired[0].flags == ("\\Seen",)
+        assert len(await victim.fetch("alice", "Work", UidSet.parse("1:*"))) == 3
+        assert [m[:3] for m in await victim.logical_state()] == [m[:3] for m in healthy]
