@@ -47,7 +47,8 @@ Rules of :func:`merge`:
    winning sides is moved (new UID, after the collision moves, ordered by
    ``(old uid, guid, uidvalidity)``; copies of one message at the same
    ``(uidvalidity, uid, guid)`` on several such sides are joined into one).
-   A message whose GUID the winning sides expunged is not brought back.
+   A message whose GUID the winning sides expunged is not brought back, and
+   one a losing side expunged is expunged on the winning side too.
    Their flag changes to messages the winning sides have are not merged: a
    GUID can be live at several UIDs (COPY keeps it), so there is no single
    message to carry them to.  Nothing is lost; clients of the losing side see
@@ -368,11 +369,27 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
             result[uid] = Tombstone(uid, frozenset(known | (tomb_all & {UNKNOWN_GUID})), 0, earlier)
             moved += [_join_versions(uid, live[g]) for g in sorted(live) if g not in tomb_guids]
 
+    # Rule 3: a GUID a losing side expunged is expunged on the winning side
+    # too (I6 "expunge wins"): it is the same message, brought into both UID
+    # spaces by an earlier merge of the two mailboxes or by COPY.
+    # (Per side: a GUID its collision tombstones moved, or that it still has
+    # live at another UID, was not expunged by it.)
+    lost: set[bytes] = set()
+    for s in losers:
+        gone = {g for t in s.tombstones for g in t.guids}
+        kept = {g for t in s.tombstones for g, _ in t.moved} | {m.guid for m in s.messages}
+        lost |= gone - kept - {UNKNOWN_GUID}
+    if lost:
+        for uid, e in list(result.items()):
+            if isinstance(e, MessageState) and e.guid in lost:
+                result[uid] = Tombstone(uid, frozenset({e.guid}), 0)
+        moved = [m for m in moved if m.guid not in lost]
     # Rule 3: messages of losing sides that the winners do not have live.
     winner_guids = {e.guid for e in (*result.values(), *moved) if isinstance(e, MessageState)}
     # A GUID the winners expunged stays expunged (I6 "expunge wins"): it is the
     # same message, brought into both UID spaces by an earlier merge or COPY.
     winner_guids |= {g for e in result.values() if isinstance(e, Tombstone) for g in e.guids}
+    winner_guids |= lost
     orphans: dict[tuple[int, bytes, int], list[MessageState]] = defaultdict(list)
     for s in losers:
         for m in s.messages:
@@ -384,9 +401,17 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
     moved.sort(key=lambda m: (m.uid, m.guid))
     collided = len(moved)  # the rest are orphans of other UID spaces
     moved += [_join_versions(key[0], orphans[key]) for key in sorted(orphans)]
-    if moved and floor + len(moved) - 1 > MAX_UID:
+    # A losing side's message expunged by another losing side, of which the
+    # winners hold no trace: a tombstone at a fresh UID records it in the
+    # winning UID space, so merging the result again with the side that still
+    # has it does not bring it back (rule 5 idempotent).
+    traced = {g for e in result.values() for g in _guids(e)}
+    buried = sorted({m.guid for s in losers for m in s.messages if m.guid in lost} - traced)
+    if floor + len(moved) + len(buried) - 1 > MAX_UID:
         raise ValueError("mailbox has run out of UIDs: cannot move the colliding messages")
-    used_base = bool(moved)
+    for i, g in enumerate(buried, start=floor + len(moved)):
+        result[i] = Tombstone(i, frozenset({g}), base)
+    used_base = bool(moved) or bool(buried)
     new_moves: dict[int, dict[bytes, int]] = defaultdict(dict)
     for i, m in enumerate(moved):
         result[floor + i] = replace(m, uid=floor + i, modseq=base)
@@ -429,6 +454,10 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
         messages=tuple(e for e in final.values() if isinstance(e, MessageState)),
         tombstones=tuple(e for e in final.values() if isinstance(e, Tombstone)),
     )
+
+
+def _guids(entry: _Entry) -> frozenset[bytes]:
+    return entry.guids if isinstance(entry, Tombstone) else frozenset({entry.guid})
 
 
 def _moves(tombstones: Iterable[Tombstone]) -> tuple[tuple[bytes, int], ...]:

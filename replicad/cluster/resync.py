@@ -139,6 +139,9 @@ class Resyncer:
                 continue
             status = await self.store.mailbox_by_guid(mark.mailbox)
             if status is None:
+                # Not here yet (its CREATE comes on another stream): acted on
+                # once it is.  A mark on a mailbox replaced under its name
+                # stays unused (replicator dsync-status shows it).
                 continue
             key = master_key(node.settings.granularity, status.user, status.name)
             try:

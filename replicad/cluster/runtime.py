@@ -99,7 +99,13 @@ from replicad.protocol.connection import (
     ReplyReceived,
     UntaggedReceived,
 )
-from replicad.store.changelog import RESYNC_PARTITION, RESYNC_REQUESTED
+from replicad.store.changecodec import mailbox_of
+from replicad.store.changelog import (
+    RESYNC_CONFLICT,
+    RESYNC_MISSING,
+    RESYNC_PARTITION,
+    RESYNC_REQUESTED,
+)
 from replicad.store.index import AppendRequest, FlagMode
 from replicad.store.mailstore import MailStore
 from replicad.store.records import (
@@ -1524,10 +1530,15 @@ class ClusterNode:
         results = await self.store.apply_replicated_many(items, session.peer, relay=relay)
         if relay:
             self.log_changed()
-        for frame, result in zip(frames, results, strict=True):
+        for (change, _), frame, result in zip(items, frames, results, strict=True):
             if isinstance(result, ReplicadError):
-                # Not applied (e.g. a body this node never had): the mailbox
-                # needs the resync layer; the stream goes on.
+                # Not applied (e.g. a COPY of a body this node never had): the
+                # mailbox needs the resync layer, whose UPDATE carries what is
+                # missing (I6); the stream goes on.
+                with contextlib.suppress(TypeError):
+                    await self.store.mark_resync(
+                        [session.peer], mailbox_of(change), RESYNC_MISSING, 0
+                    )
                 log_event(
                     log,
                     logging.WARNING,
@@ -1537,6 +1548,8 @@ class ClusterNode:
                     reason=str(result),
                 )
             elif result.outcome.value == "diverged":
+                if result.detail == "missing mailbox":
+                    await self._mark_by_name(session, frame)
                 log_event(
                     log,
                     logging.WARNING,
@@ -1548,6 +1561,21 @@ class ClusterNode:
         self.stats["changes_applied"] += len(frames)
         session.applied_seq = session.acked_seq = frames[-1].seq
         await self._send_untagged(session, c.Ack(frames[-1].seq))
+
+    async def _mark_by_name(self, session: PeerSession, frame: c.Change) -> None:
+        """A change for a mailbox GUID this node lacks: if it holds another
+        mailbox under that name (both sides of a partition created it), mark
+        that one, which the mark scan can act on (RESYNC by name)."""
+        for mid in c.mbox_ids(frame):
+            binding = session.in_ids.get(mid)
+            if binding is None:
+                continue
+            try:
+                status = await self.store.mailbox_status(binding.user, binding.name)
+            except ReplicadError:
+                continue
+            if status.guid != binding.guid:
+                await self.store.mark_resync([session.peer], status.guid, RESYNC_CONFLICT, 0)
 
     async def _acked(self, session: PeerSession, seq: int) -> None:
         covered = session.skip_to.pop(seq, seq)

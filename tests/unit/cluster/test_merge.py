@@ -538,10 +538,12 @@ def test_a_uidvalidity_conflict_keeps_every_message() -> None:
     )
     r = merge([winner, loser])
     assert r.uidvalidity == 20
-    assert live_guids(r) == {g1, g2, g3, g4}  # nothing lost; the loser's tombstone is ignored
+    # Nothing lost but what a side expunged: the loser expunged g1, which the
+    # winner holds (the same message: expunge wins across UID spaces too).
+    assert live_guids(r) == {g2, g3, g4}
     # The winner's messages stay; the loser's others follow in (old uid, guid) order.
-    assert [(m.uid, m.guid) for m in r.messages] == [(1, g1), (2, g2), (5, g4), (6, g3)]
-    assert r.tombstones == ()
+    assert [(m.uid, m.guid) for m in r.messages] == [(2, g2), (5, g4), (6, g3)]
+    assert [(t.uid, t.guids) for t in r.tombstones] == [(1, frozenset({g1}))]
     # Everything is new to the loser, whose clients resync: modseqs above its own.
     assert all(m.modseq > loser.highestmodseq for m in r.messages)
     assert r.uidnext == 7
