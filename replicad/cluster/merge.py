@@ -377,8 +377,8 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
     lost: set[bytes] = set()
     for s in losers:
         gone = {g for t in s.tombstones for g in t.guids}
-        kept = {g for t in s.tombstones for g, _ in t.moved} | {m.guid for m in s.messages}
-        lost |= gone - kept - {UNKNOWN_GUID}
+        alive = {g for t in s.tombstones for g, _ in t.moved} | {m.guid for m in s.messages}
+        lost |= gone - alive - {UNKNOWN_GUID}
     if lost:
         for uid, e in list(result.items()):
             if isinstance(e, MessageState) and e.guid in lost:
