@@ -216,7 +216,9 @@ class Resyncer:
             raise NotFoundError(f"mailbox {mailbox.hex()} is not here")
         key = master_key(node.settings.granularity, status.user, status.name)
         if await node.master_of(key, trio.current_time() + STEP_TIMEOUT) != node.name:
-            raise TemporaryError(f"no longer the master of {key}")
+            node.cache.drop(key)  # perhaps stale: ask the root again
+            if await node.master_of(key, trio.current_time() + STEP_TIMEOUT) != node.name:
+                raise TemporaryError(f"no longer the master of {key}")
         mid, new = session.mbox_id(status.user, status.name, status.guid)
         if new:
             await node._send_mbox(
@@ -549,6 +551,10 @@ class Resyncer:
         for named in cmd.mailboxes:
             key = master_key(node.settings.granularity, named.user, named.name)
             master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
+            if master != node.name:
+                # One of the two caches is stale: ours first (ask the root again).
+                node.cache.drop(key)
+                master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
             if master != node.name:
                 # The asker's master cache is stale: it drops the entry and asks again.
                 await node._reply_no(session, tag, "NOTMASTER", f"{master} masters {key}")

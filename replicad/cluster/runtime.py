@@ -34,11 +34,16 @@ and :mod:`replicad.protocol`.  One :class:`ClusterNode` per node process:
   at the master, drains them, lets the destination catch up, hands over.
 * **Autonomy (I7).** A master unreachable from the root's side is replaced
   there; writes a master makes while configured peers are unreachable are
-  recorded per (peer, mailbox) as resync marks for the resync layer.
+  recorded per (peer, mailbox) as resync marks.
+* **Resync** (:mod:`replicad.cluster.resync`, :mod:`~replicad.cluster.antientropy`):
+  marks, and digest comparisons on a schedule, become merges run by each
+  mailbox's master (protocol-spec/resync.md).  A change that contradicts
+  this node's copy (another lineage's, after a partition) is not applied
+  but marked.
 
 Known limits of this version: a route change can leave a short gap in a
-relayed stream (the resync layer repairs it); a write's durability counts
-only direct peers' acknowledgements.
+relayed stream (anti-entropy repairs it); a write's durability counts only
+direct peers' acknowledgements.
 """
 
 from __future__ import annotations
@@ -1688,6 +1693,10 @@ class ClusterNode:
             else self.cache.entries()
         )
         masters = [{"user": k.user, "mailbox": k.mailbox, "master": node} for k, node in known]
+        masters_by_node: dict[str, int] = {}
+        for _key, node in known:
+            masters_by_node[node] = masters_by_node.get(node, 0) + 1
+        level = self.settings.durability
         return {
             "node": self.name,
             "root": self.election.root,
@@ -1697,6 +1706,15 @@ class ClusterNode:
             "masters": len(self.cache.keys_mastered_by(self.name)),
             "peers": peers,
             "stats": dict(self.stats),
+            # What `replicad top` needs besides the above (it warns from them):
+            "masters_by_node": masters_by_node,  # mailboxes per master, as far as known here
+            "max_outbox": self.store.log.max_lag,  # cluster.max_outbox
+            "cluster_size": len(self.order),
+            "durability": {"level": level.name, "copies": level.copies},
+            "user_durability": [
+                {"user": user, "level": lv.name, "copies": lv.copies}
+                for user, lv in sorted(self.settings.user_durability.items())
+            ],
         }
 
 

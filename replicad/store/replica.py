@@ -229,15 +229,24 @@ class ReplicaApplier:
             targets.append((uid, msg))
         applied = 0
         self.index.clock.observe(change.stamp)
-        if change.modseq <= row.highestmodseq and any(
-            msg.modseq < change.modseq for _, msg in targets
-        ):
+        # I5: deltas, not states, into the per-flag registers.  A delta that
+        # leaves the registers as they are was applied already (or a later
+        # change covers it): the registers, not the modseq, tell duplicates.
+        fresh = [
+            (uid, msg, marks)
+            for uid, msg in targets
+            if (marks := apply_delta(msg.registers(), added, removed, change.stamp))
+            != msg.registers()
+        ]
+        if any(msg.modseq >= change.modseq for _, msg, _ in fresh):
+            # Not applied here, yet this copy is past its modseq: another
+            # master changed the message in between (a partition).
+            return self._diverged(
+                txn, source, change.mailbox, 0, "flag change missing under a later modseq"
+            )
+        if fresh and change.modseq <= row.highestmodseq:
             return self._stale(txn, source, change.mailbox, change.modseq, row)
-        for uid, msg in targets:
-            if msg.modseq >= change.modseq:
-                continue  # already applied (or superseded)
-            # I5: deltas, not states, into the per-flag registers.
-            marks = apply_delta(msg.registers(), added, removed, change.stamp)
+        for uid, msg, marks in fresh:
             txn.delete(change_key(change.mailbox, msg.modseq, uid), db=self.dbs.changes)
             txn.put(
                 change_key(change.mailbox, change.modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes

@@ -8,7 +8,10 @@ is what the real network adds, and it is tested over real sockets.
 
 Faults: :meth:`SimNetwork.partition` cuts every link between two groups
 (both ends see the stream break, as with a dead TCP connection) and makes
-dials across the cut fail until :meth:`heal`.
+dials across the cut fail until :meth:`heal`; :attr:`SimNetwork.delay`
+holds every chunk that long before delivery (order kept); :meth:`drop`
+breaks one link in the middle of a chunk, so the receiver gets part of a
+frame and then EOF.
 """
 
 from __future__ import annotations
@@ -27,6 +30,73 @@ from replicad.transport import Link, link_over
 Handler = Callable[[Link], Awaitable[None]]
 
 
+class _Wire:
+    """One direction of a link: what is sent arrives ``net.delay`` later, in order."""
+
+    def __init__(self, net: SimNetwork) -> None:
+        self.net = net
+        self.send = trio.testing.MemorySendStream(send_all_hook=self._sent, close_hook=self._closed)
+        self.receive = trio.testing.MemoryReceiveStream()
+        self.queue: list[tuple[float, bytes]] = []  # (due, data); b"" is EOF
+        self.wake = trio.Event()
+        self.drop_next = False
+        self.done = False  # the pump has ended: the direction is gone
+
+    def cut(self) -> None:
+        """Like a TCP connection killed in the middle: the receiver reads EOF
+        now, and what was in flight or is still sent is lost."""
+        self.queue.clear()
+        self.queue.append((trio.current_time(), b""))
+        self.send.close()
+        self.wake.set()
+
+    async def _sent(self) -> None:
+        self._take()
+
+    def _closed(self) -> None:
+        if self.queue and not self.queue[-1][1]:
+            return  # already cut
+        self._take()
+        self.queue.append((trio.current_time() + self.net.delay, b""))
+        self.wake.set()
+
+    def _take(self) -> None:
+        try:
+            data = self.send.get_data_nowait()
+        except trio.WouldBlock:
+            return
+        if data:
+            self.queue.append((trio.current_time() + self.net.delay, data))
+            self.wake.set()
+
+    async def pump(self) -> None:
+        try:
+            await self._pump()
+        finally:
+            self.done = True
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                while not self.queue:
+                    self.wake = trio.Event()
+                    await self.wake.wait()
+                due, data = self.queue.pop(0)
+                if due > trio.current_time():
+                    await trio.sleep_until(due)
+                if not data:
+                    self.receive.put_eof()
+                    return
+                if self.drop_next:
+                    # Mid-frame: half the chunk, then the link is gone.
+                    self.receive.put_data(data[: max(1, len(data) // 2)])
+                    self.receive.put_eof()
+                    return
+                self.receive.put_data(data)
+        except trio.ClosedResourceError:
+            return  # the receiving end was closed (its node crashed)
+
+
 class SimNetwork:
     """The network all simulated nodes share."""
 
@@ -34,7 +104,9 @@ class SimNetwork:
         self.cluster = cluster
         self._servers: dict[str, tuple[Handler, LinkConfig, trio.Nursery]] = {}
         self._cut: set[frozenset[str]] = set()
-        self._streams: list[tuple[str, str, trio.abc.Stream, trio.abc.Stream]] = []
+        self._wires: list[tuple[str, str, _Wire, _Wire]] = []
+        #: Seconds every chunk takes to arrive (0: at once).
+        self.delay = 0.0
 
     def node(self, name: str) -> NodeNetwork:
         return NodeNetwork(self, name)
@@ -48,22 +120,26 @@ class SimNetwork:
                 for x in a:
                     for y in b:
                         self._cut.add(frozenset((x, y)))
-        for x, y, s1, s2 in list(self._streams):
+        for x, y, w1, w2 in self._wires:
             if frozenset((x, y)) in self._cut:
-                self._break(s1, s2)
+                w1.cut()
+                w2.cut()
 
     def heal(self) -> None:
         self._cut.clear()
 
+    def drop(self, a: str, b: str) -> bool:
+        """Break the link between ``a`` and ``b`` in the middle of its next chunk
+        in each direction (the nodes redial at once).  False if there is none."""
+        found = False
+        for x, y, w1, w2 in self._wires:
+            if {x, y} == {a, b}:
+                w1.drop_next = w2.drop_next = True
+                found = True
+        return found
+
     def crashed(self, name: str) -> None:
         self._servers.pop(name, None)
-
-    @staticmethod
-    def _break(*streams: trio.abc.Stream) -> None:
-        for stream in streams:
-            # Like a TCP connection killed in the middle: each end reads EOF,
-            # and what it still sends is lost.
-            stream.send_stream.close()  # type: ignore[attr-defined]
 
     # -- links --
 
@@ -73,8 +149,13 @@ class SimNetwork:
         if target is None or frozenset((me, peer.name)) in self._cut:
             raise UnreachableError(f"sim: {peer.name} unreachable from {me}")
         handler, target_config, nursery = target
-        ours, theirs = trio.testing.memory_stream_pair()
-        self._streams.append((me, peer.name, ours, theirs))
+        out, back = _Wire(self), _Wire(self)
+        ours = trio.StapledStream(out.send, back.receive)
+        theirs = trio.StapledStream(back.send, out.receive)
+        self._wires = [w for w in self._wires if not (w[2].done and w[3].done)]
+        self._wires.append((me, peer.name, out, back))
+        nursery.start_soon(out.pump)
+        nursery.start_soon(back.pump)
 
         async def accept() -> None:
             try:

@@ -37,7 +37,11 @@ def test_regression_seed_replays_clean(seed: int) -> None:
 
 @pytest.mark.slow
 def test_campaign_slice_runs_clean() -> None:
-    for args in (("--seeds", "100", "--nodes", "3"), ("--seeds", "10", "--nodes", "5")):
+    for args in (
+        ("--seeds", "100", "--nodes", "3"),
+        ("--seeds", "50", "--nodes", "3", "--link-faults"),
+        ("--seeds", "10", "--nodes", "5"),
+    ):
         result = sim(*args, "--first-seed", "1")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "0 failed" in result.stdout
