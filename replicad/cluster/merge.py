@@ -49,9 +49,9 @@ Rules of :func:`merge`:
    ``(uidvalidity, uid, guid)`` on several such sides are joined into one).
    A message whose GUID the winning sides expunged is not brought back, and
    one a losing side expunged is expunged on the winning side too.
-   Their flag changes to messages the winning sides have are not merged: a
-   GUID can be live at several UIDs (COPY keeps it), so there is no single
-   message to carry them to.  Nothing is lost; clients of the losing side see
+   Their flag changes to a message the winning sides hold exactly once are
+   joined into it; with several copies of the GUID (COPY keeps it) there is
+   no single message to carry them to.  Nothing is lost; clients of the losing side see
    a new UIDVALIDITY and resync.
 
 4. **MODSEQs (I3).** The *content* of an entry (live message or tombstone) is
@@ -391,10 +391,21 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
     winner_guids |= {g for e in result.values() if isinstance(e, Tombstone) for g in e.guids}
     winner_guids |= lost
     orphans: dict[tuple[int, bytes, int], list[MessageState]] = defaultdict(list)
+    # Where a losing side's message is one the winners hold exactly once, its
+    # flag changes are joined into it (I5); with several copies of the GUID
+    # there is no telling which one it was.
+    at: dict[bytes, list[int]] = defaultdict(list)
+    for uid, e in result.items():
+        if isinstance(e, MessageState):
+            at[e.guid].append(uid)
     for s in losers:
         for m in s.messages:
             if m.guid not in winner_guids:
                 orphans[(m.uid, m.guid, s.uidvalidity)].append(m)
+            elif len(at.get(m.guid, ())) == 1:
+                target = result[at[m.guid][0]]
+                assert isinstance(target, MessageState)
+                result[target.uid] = replace(target, marks=join_marks(target.marks, m.marks))
 
     # Canonical order so that every node assigns the same new UIDs (I2):
     # collision moves by (old uid, guid), then the orphans of losing sides.

@@ -483,14 +483,18 @@ class MailIndex:
         """Refuse a forwarded command whose sender sees other messages under these
         UIDs than this master does (its copy diverged in a partition and is not
         resynced yet): acting on the master's messages would touch ones the
-        client never meant (I6).  A UID already expunged here is fine."""
+        client never meant (I6).  A UID already expunged here is fine; one whose
+        message a conflict resolution moved to a new UID is refused too (the
+        change would be lost at the old UID, I5)."""
         for uid, guid in (expect or {}).items():
             msg = self._message(txn, mailbox, uid)
             if msg is not None and msg.guid == guid:
                 continue
             raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
-            if msg is None and raw is not None and guid in unpack_tombstone(bytes(raw))[0]:
-                continue
+            if msg is None and raw is not None:
+                guids, _, moved = unpack_tombstone(bytes(raw))
+                if guid in guids and guid not in dict(moved):
+                    continue  # expunged meanwhile: nothing to do, as IMAP has it
             raise ConflictError(
                 f"UID {uid} names another message on the mailbox master; "
                 "this node's copy is being resynchronised, retry shortly"

@@ -229,21 +229,22 @@ class ReplicaApplier:
             targets.append((uid, msg))
         applied = 0
         self.index.clock.observe(change.stamp)
-        # I5: deltas, not states, into the per-flag registers.  A delta that
-        # leaves the registers as they are was applied already (or a later
-        # change covers it): the registers, not the modseq, tell duplicates.
-        fresh = [
-            (uid, msg, marks)
+        # I5: deltas, not states, into the per-flag registers.  A message past
+        # the change's modseq had it already, which its registers confirm: if
+        # they would change, another master's change hides under that modseq.
+        stepped = [
+            (uid, msg, apply_delta(msg.registers(), added, removed, change.stamp))
             for uid, msg in targets
-            if (marks := apply_delta(msg.registers(), added, removed, change.stamp))
-            != msg.registers()
         ]
-        if any(msg.modseq >= change.modseq for _, msg, _ in fresh):
+        if any(
+            msg.modseq >= change.modseq and marks != msg.registers() for _, msg, marks in stepped
+        ):
             # Not applied here, yet this copy is past its modseq: another
             # master changed the message in between (a partition).
             return self._diverged(
                 txn, source, change.mailbox, 0, "flag change missing under a later modseq"
             )
+        fresh = [(uid, msg, marks) for uid, msg, marks in stepped if msg.modseq < change.modseq]
         if fresh and change.modseq <= row.highestmodseq:
             return self._stale(txn, source, change.mailbox, change.modseq, row)
         for uid, msg, marks in fresh:

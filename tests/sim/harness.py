@@ -87,7 +87,8 @@ class Node:
             store=self.store,
             network=self.net.node(self.name),
             data_dir=self.data,
-            settings=ClusterSettings(compress=False),
+            # Anti-entropy on, as in production (its default is 300 s; runs are shorter).
+            settings=ClusterSettings(compress=False, verify_interval=30.0),
         )
         self.runtime = runtime
         scope = self.scope = trio.CancelScope()
@@ -157,6 +158,14 @@ class Model:
     top_modseq: dict[tuple[str, str], int] = field(default_factory=dict)
     top_uid: dict[tuple[str, str], int] = field(default_factory=dict)
     history: dict[bytes, list[str]] = field(default_factory=dict)  # for failure reports
+    #: I5: per (mailbox, GUID) and flag, what the last flag change asked for
+    #: (None: a change whose effect is unknown touched it since).  Client
+    #: operations are sequential in simulated time, and stamps follow that
+    #: time, so per-flag last-writer-wins must end on the last one.
+    intent: dict[tuple[str, str, bytes], dict[str, bool | None]] = field(default_factory=dict)
+    #: (mailbox, GUID)s that ever had several instances: which one a flag change
+    #: or an expunge took cannot be told from the GUID.
+    multi: set[tuple[str, str, bytes]] = field(default_factory=set)
 
     def bound(self, key: tuple[str, str], guid: bytes, low: int, high: int, what: str) -> None:
         lows, highs = self.low.setdefault(key, {}), self.high.setdefault(key, {})
@@ -173,6 +182,8 @@ class Model:
         what: str,
         uidvalidity: int | None,
     ) -> None:
+        if guid in self.high.get(key, {}):
+            self.multi.add((*key, guid))  # a second instance (COPY keeps the GUID)
         self.bound(key, guid, 1, 1, what)
         if uidvalidity is not None:
             self.seen.setdefault((*key, uidvalidity), {}).setdefault(uid, set()).add(guid)
@@ -228,7 +239,17 @@ async def client_op(
             uid = rng.choice(known)
             flag = rng.choice(["\\Seen", "\\Flagged", "$Work"])
             mode = rng.choice(["add", "remove"])
+            # Certain only if it changes what the client sees: a STORE that
+            # changes nothing stamps nothing (RFC 7162: no new modseq).
+            had = flag in next(m.flags for m in local if m.uid == uid)
+            wants = mode == "add"
+            marks = model.intent.setdefault((*key, local_guid[uid]), {})
+            marks[flag] = None
             changed = await node.writes.store_flags(user, mailbox, UidSet.of([uid]), mode, [flag])
+            marks[flag] = wants if had != wants else None
+            model.history.setdefault(local_guid[uid], []).append(
+                f"op {i}: {name} {mode} {flag} (saw {'set' if had else 'clear'})"
+            )
             return f"{name} flags {mode} {flag} {user}/{mailbox} uid {uid} -> {changed.modseq}"
         if kind == "expunge":
             uid = rng.choice(known)
@@ -255,6 +276,8 @@ async def client_op(
                     f"op {i}: {name} copy",
                     await _uidvalidity(node, (user, dest)),
                 )
+                # The copy's flags are the source's at copy time: unknown here.
+                model.intent.pop((user, dest, guid), None)
             return f"{name} copy {user}/{mailbox} uid {uid} -> {dest}"
         to = rng.choice(sorted(nodes))
         await node.writes.node.move_master(user, mailbox, to)
@@ -268,6 +291,7 @@ async def client_op(
         elif kind == "copy":
             dest_key = (user, "Work" if mailbox == "INBOX" else "INBOX")
             model.bound(dest_key, local_guid[uid], 0, 1, f"op {i}: {name} copy refused")
+            model.multi.add((*dest_key, local_guid[uid]))
         return f"{name} {kind} {user}/{mailbox} refused: {type(exc).__name__}: {exc}"
 
 
@@ -324,6 +348,17 @@ async def check(nodes: dict[str, Node], model: Model) -> None:
                     f"message {guid.hex()} of {key}: {have} live, expected {low}..{high}: "
                     f"{what} [{story}]; UIDs now {sorted(by_uid)}, tombstones {sorted(tombs)}"
                 )
+        flags_of = {m[1]: set(m[3]) for m in row[8]}
+        for (user, name, guid), marks in model.intent.items():
+            if (user, name) != key or counts.get(guid) != 1 or (user, name, guid) in model.multi:
+                continue  # gone, or several instances (the checker cannot tell which)
+            for flag, wanted in marks.items():
+                if wanted is not None and (flag in flags_of[guid]) != wanted:
+                    raise AssertionError(
+                        f"I5: {key} message {guid.hex()} should {'' if wanted else 'not '}"
+                        f"have {flag} (the last change asked so), has {sorted(flags_of[guid])} "
+                        f"[{'; '.join(model.history.get(guid, []))}]"
+                    )
         for uid, named in model.seen.get((*key, row[3]), {}).items():
             if uid in by_uid and by_uid[uid] not in named:
                 raise AssertionError(f"I2: UID {uid} of {key} names another message")
