@@ -73,9 +73,16 @@ def seed_mail(cluster: LocalCluster) -> None:
 
 
 def verify(cluster: LocalCluster, node: str, *who: str) -> tuple[int, dict[str, Any]]:
-    result = cluster.on(node, "verify", *(who or ("--all",)))
-    assert result.returncode in (0, 1), result.stderr.decode(errors="replace")
-    return result.returncode, json.loads(result.stdout)
+    """``verify`` once every peer is linked (it compares with linked peers only)."""
+
+    def probe() -> tuple[bool, Any]:
+        result = cluster.on(node, "verify", *(who or ("--all",)))
+        assert result.returncode in (0, 1), result.stderr.decode(errors="replace")
+        found = json.loads(result.stdout)
+        return found["peers"] == len(NODES) - 1, (result.returncode, found)
+
+    code, found = cluster.wait_until(f"{node} linked to every peer", probe)
+    return int(code), dict(found)
 
 
 def set_cluster_option(config: Path, key: str, value: str) -> None:

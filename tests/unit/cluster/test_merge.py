@@ -395,14 +395,17 @@ def test_i3_modseqs_and_uidnext_only_grow(states: list[MailboxState]) -> None:
 def test_i5_every_flag_ends_as_its_last_writer_left_it(states: list[MailboxState]) -> None:
     r = merge(states)
     # Messages are identified by GUID: histories never copy one within the mailbox.
+    winners: set[bytes] = set()
     versions: dict[bytes, list[MessageState]] = {}
     for s in states:
         if s.uidvalidity == r.uidvalidity:
-            for m in s.messages:
-                versions.setdefault(m.guid, []).append(m)
+            winners |= {m.guid for m in s.messages}
+        for m in s.messages:
+            versions.setdefault(m.guid, []).append(m)
     for m in r.messages:
-        if m.guid not in versions:
-            continue  # only on a side with an older UIDVALIDITY (rule 3)
+        if m.guid not in winners:
+            continue  # only on sides with an older UIDVALIDITY: moved in (rule 3)
+        # A losing side's copy of a message the winners hold counts too (rule 3).
         assert m.marks == join_marks(*(v.marks for v in versions[m.guid]))
         for flag in FLAGS:
             marks = [k for v in versions[m.guid] for k in v.marks if k.flag == flag]
