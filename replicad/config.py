@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +44,11 @@ MIN_MAX_MESSAGE_SIZE = 1 * KIB
 MAX_MAX_MESSAGE_SIZE = 1 * GIB
 DEFAULT_PORT = 7750
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: How long SIGTERM waits for in-flight client operations and outbox sends.
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+MAX_SHUTDOWN_TIMEOUT = 600.0
+#: A shorter health token is guessable by anyone who can reach the listener.
+MIN_HEALTH_TOKEN = 16
 # AF_UNIX paths are limited to 108 bytes including the NUL on Linux (sun_path).
 MAX_SOCKET_PATH_BYTES = 107
 
@@ -62,6 +67,8 @@ class NodeSection:
     map_size: int
     durability: DurabilityLevel
     log_level: str
+    #: SIGTERM: the bound on draining client operations and outbox sends (s).
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,20 @@ class ClusterSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSection:
+    """The HTTP listener serving ``/metrics`` and ``/health`` (absent: no listener)."""
+
+    host: str
+    port: int
+    #: Bearer token that unlocks ``/health`` details for non-local clients.
+    health_token: str | None = field(default=None, repr=False)  # never in a repr or log
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node configuration; ``path`` is the file it was read from."""
 
@@ -127,6 +148,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     admin: AdminSection
     cluster: ClusterSection = ClusterSection()
+    metrics: MetricsSection | None = None
 
     @property
     def name(self) -> str:
@@ -173,12 +195,20 @@ def parse_config(text: str, path: Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     base = path.parent.resolve()
-    _check_keys(doc, ("node", "listen", "tls", "peers", "admin", "cluster"), "")
+    _check_keys(doc, ("node", "listen", "tls", "peers", "admin", "cluster", "metrics"), "")
 
     node_tbl = _table(doc, "node", required=True)
     _check_keys(
         node_tbl,
-        ("name", "data_dir", "admin_socket", "map_size", "durability", "log_level"),
+        (
+            "name",
+            "data_dir",
+            "admin_socket",
+            "map_size",
+            "durability",
+            "log_level",
+            "shutdown_timeout",
+        ),
         "node.",
     )
     peers = _peers(doc, base)
@@ -205,7 +235,16 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         raise ConfigError(
             f"node.log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
-    node = NodeSection(name, data_dir, admin_socket, map_size, durability, log_level)
+    shutdown_timeout = _seconds(
+        node_tbl,
+        "node.shutdown_timeout",
+        DEFAULT_SHUTDOWN_TIMEOUT,
+        low=0.0,
+        high=MAX_SHUTDOWN_TIMEOUT,
+    )
+    node = NodeSection(
+        name, data_dir, admin_socket, map_size, durability, log_level, shutdown_timeout
+    )
 
     listen_tbl = _table(doc, "listen")
     _check_keys(listen_tbl, ("address", "port"), "listen.")
@@ -248,7 +287,42 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         peers=peers,
         admin=AdminSection(max_message_size),
         cluster=_cluster(doc, cluster_size=1 + len(peers)),
+        metrics=_metrics(doc, listen),
     )
+
+
+def _metrics(doc: Mapping[str, Any], listen: ListenSection) -> MetricsSection | None:
+    """``[metrics]``: off unless ``listen`` is given (an HTTP port is opt-in)."""
+    if "metrics" not in doc:
+        return None
+    tbl = _table(doc, "metrics")
+    _check_keys(tbl, ("listen", "health_token"), "metrics.")
+    address = _get(tbl, "metrics.listen", str, required=True)
+    host, port = split_host_port(address, "metrics.listen")
+    wildcard = ("0.0.0.0", "::")
+    if port == listen.port and (
+        host == listen.address or host in wildcard or listen.address in wildcard
+    ):
+        raise ConfigError(
+            f"metrics.listen {address!r} uses port {port}, the port of listen.port "
+            "(the node-to-node listener); choose another port"
+        )
+    # The token is never echoed back: a config error message may be logged.
+    token = tbl.get("health_token")
+    if token is not None:
+        if not isinstance(token, str):
+            raise ConfigError(f"metrics.health_token must be a string, not {_type_name(token)}")
+        if len(token) < MIN_HEALTH_TOKEN:
+            raise ConfigError(
+                f"metrics.health_token is shorter than {MIN_HEALTH_TOKEN} characters "
+                "(e.g. `openssl rand -hex 24`)"
+            )
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise ConfigError(
+                "metrics.health_token must be printable ASCII without spaces "
+                "(it is sent in an HTTP header)"
+            )
+    return MetricsSection(host, port, token)
 
 
 def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
@@ -304,12 +378,19 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     )
 
 
-def _seconds(tbl: Mapping[str, Any], key: str, default: float) -> float:
+def _seconds(
+    tbl: Mapping[str, Any],
+    key: str,
+    default: float,
+    *,
+    low: float = 0.05,
+    high: float = 3600.0,
+) -> float:
     value = tbl.get(key.rpartition(".")[2], default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number of seconds, not {value!r}")
-    if not 0.05 <= value <= 3600:
-        raise ConfigError(f"{key} {value!r} is outside 0.05..3600 seconds")
+    if not low <= value <= high:
+        raise ConfigError(f"{key} {value!r} is outside {low:g}..{high:g} seconds")
     return float(value)
 
 

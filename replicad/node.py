@@ -9,20 +9,35 @@ Startup order matters and each step says why:
 2. the admin socket path is checked: a stale file left by a killed node is
    removed, a live node answering on it makes this one refuse to start;
 3. the store is opened (its group-commit writer starts);
-4. the admin socket is bound under a restrictive umask, so it is never
+4. the HTTP listener (``[metrics] listen``) is bound, if configured, so a port
+   in use fails the start before the node joins the cluster;
+5. the cluster runtime starts (its TLS listener, dialling the peers);
+6. the admin socket is bound under a restrictive umask, so it is never
    reachable with wider permissions than 0600, not even for a moment; only
-   then does it answer, so "the socket answers" means "the node is ready".
+   then does it answer, so "the socket answers" means "the node is ready";
+7. systemd is told ``READY=1`` (:mod:`replicad.sdnotify`), the watchdog pings
+   start, and ``STATUS=`` follows the node's health.
 
-SIGTERM/SIGINT: stop accepting, let in-flight requests finish within
-:data:`SHUTDOWN_GRACE` seconds, cancel what is left, close the store, exit 0.
-Every write a client saw acknowledged was durable before the reply (I1), so a
-``kill -9`` instead loses nothing acknowledged either; the clean path just
-avoids failing requests needlessly.
+SIGTERM/SIGINT: ``STOPPING=1``; stop accepting client operations (the admin
+socket is closed; ``/health`` says down), let in-flight ones finish, then
+wait until every linked peer acknowledged this node's change log, the two
+together within ``node.shutdown_timeout`` seconds; cancel what is left,
+close the store, exit 0.  A second SIGTERM/SIGINT cuts the wait short.
+Every write a client saw acknowledged was durable before the reply (I1), so
+a ``kill -9`` instead loses nothing acknowledged either; the clean path
+avoids failing requests needlessly and leaves peers up to date.
+
+SIGHUP: the config file is read again; ``node.log_level``,
+``node.shutdown_timeout`` and ``metrics.health_token`` take effect at once.
+Other changes (the peer list among them) are reported as needing a restart:
+the cluster runtime, the store's change log (one cursor per peer) and the
+TLS listener's list of known peers are built for a fixed set of peers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -31,7 +46,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +56,25 @@ from replicad.admin.dispatch import AdminDispatcher, default_identity
 from replicad.admin.server import AdminServer
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress, TlsNetwork
 from replicad.cluster.writes import ClusterWrites
-from replicad.config import NodeConfig
+from replicad.config import DEFAULT_SHUTDOWN_TIMEOUT, NodeConfig, load_config
 from replicad.errors import ReplicadError
+from replicad.health import evaluate
+from replicad.httpd import HttpServer
+from replicad.metrics import LogEventCounter, NodeMetrics
+from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Phase, Snapshot
+from replicad.sdnotify import Notifier
 from replicad.store.mailstore import MailStore
 from replicad.transport import load_tls_contexts
 from replicad.transport.logfmt import format_value
 
 log = logging.getLogger("replicad.node")
 
-SHUTDOWN_GRACE = 10.0
+#: The default drain bound (``node.shutdown_timeout``); ``cluster down`` waits longer.
+SHUTDOWN_GRACE = DEFAULT_SHUTDOWN_TIMEOUT
+#: How often the systemd STATUS= line is brought up to date (sent only on change).
+STATUS_INTERVAL = 5.0
+#: How often the drain checks whether the peers acknowledged everything.
+DRAIN_POLL = 0.05
 # Room for the msgpack envelope around a body of admin.max_message_size bytes.
 FRAME_OVERHEAD = 1 << 20
 ADMIN_BACKLOG = 128
@@ -94,8 +119,23 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger("replicad")
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
     root.propagate = False
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """Print events at ``level`` and above (also on SIGHUP).
+
+    The level is set on the printing handlers; the logger itself stays at
+    warning or lower, so warning events still reach the metrics'
+    :class:`~replicad.metrics.LogEventCounter` when only errors are printed.
+    """
+    numeric = logging.getLevelName(level.upper())
+    root = logging.getLogger("replicad")
+    for handler in root.handlers:
+        if not isinstance(handler, LogEventCounter):
+            handler.setLevel(numeric)
+    root.setLevel(min(numeric, logging.WARNING))
 
 
 # --- the data directory lock --------------------------------------------------
@@ -183,99 +223,271 @@ def remove_socket_if_ours(path: Path, inode: int) -> None:
             path.unlink()
 
 
-# --- systemd readiness ----------------------------------------------------------
+# --- the node -------------------------------------------------------------------------
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) about ``state``; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract namespace
-    with (
-        contextlib.suppress(OSError),
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
-    ):
-        sock.sendto(state.encode(), address)
-
-
-# --- the node -------------------------------------------------------------------
-
-
-async def run_node(config: NodeConfig, *, grace: float = SHUTDOWN_GRACE) -> None:
+async def run_node(config: NodeConfig, *, notifier: Notifier | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly (see the module docstring)."""
+    notify = notifier if notifier is not None else Notifier.from_environment()
+    overrides = dict(config.cluster.user_durability)
+    metrics = NodeMetrics(lambda user: overrides.get(user, config.node.durability).name)
+    counter = LogEventCounter(metrics)
+    logging.getLogger("replicad").addHandler(counter)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            notify.status("starting: opening the store")
+            with data_dir_lock(config.lock_path):
+                await _run_locked(config, signals, notify, metrics)
+    finally:
+        logging.getLogger("replicad").removeHandler(counter)
+        notify.close()
+
+
+async def _run_locked(
+    config: NodeConfig,
+    signals: AsyncIterator[int],
+    notify: Notifier,
+    metrics: NodeMetrics,
+) -> None:
     node = config.node
-    with (
-        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
-        data_dir_lock(config.lock_path),
-    ):
-        clear_stale_socket(node.admin_socket)
-        log.info(
-            "node.starting",
-            extra={
-                "kv": {
-                    "node": node.name,
-                    "pid": os.getpid(),
-                    "data_dir": node.data_dir,
-                    "map_size": node.map_size,
-                    "durability": node.durability.name,
-                }
-            },
+    clear_stale_socket(node.admin_socket)
+    log.info(
+        "node.starting",
+        extra={
+            "kv": {
+                "node": node.name,
+                "pid": os.getpid(),
+                "data_dir": node.data_dir,
+                "map_size": node.map_size,
+                "durability": node.durability.name,
+            }
+        },
+    )
+    peers = tuple(p.name for p in config.peers)
+    state = NodeState()
+    async with MailStore.open(
+        node.data_dir / "store",
+        map_size=node.map_size,
+        peers=peers,
+        max_lag=config.cluster.max_outbox,
+    ) as store:
+        meter = LinkMeter()
+        cluster = _cluster_node(config, store, meter)
+        dispatcher = AdminDispatcher(
+            store,
+            default_identity(node.name),
+            config.admin.max_message_size,
+            cluster=ClusterWrites(cluster) if cluster is not None else None,
         )
-        peers = tuple(p.name for p in config.peers)
-        async with MailStore.open(
-            node.data_dir / "store",
-            map_size=node.map_size,
-            peers=peers,
-            max_lag=config.cluster.max_outbox,
-        ) as store:
-            cluster = _cluster_node(config, store)
-            dispatcher = AdminDispatcher(
-                store,
-                default_identity(node.name),
-                config.admin.max_message_size,
-                cluster=ClusterWrites(cluster) if cluster is not None else None,
-            )
-            server = AdminServer(
-                dispatcher.handle, max_frame=config.admin.max_message_size + FRAME_OVERHEAD
-            )
+        server = AdminServer(
+            metrics.instrument(dispatcher.handle, dispatcher.operations),
+            max_frame=config.admin.max_message_size + FRAME_OVERHEAD,
+        )
+        observer = Observer(config, store, cluster, meter, state)
+        httpd = (
+            HttpServer(metrics, observer, health_token=config.metrics.health_token)
+            if config.metrics is not None
+            else None
+        )
+        live = _LiveConfig(config, httpd)
+        async with trio.open_nursery() as nursery:
+            if httpd is not None:
+                assert config.metrics is not None
+                await nursery.start(httpd.run, config.metrics.host, config.metrics.port)
+            if cluster is not None:
+                # Peer links come up before the admin socket answers, so
+                # "the socket answers" still means "the node is ready".
+                await nursery.start(cluster.run)
             raw = bind_admin_socket(node.admin_socket)
             inode = node.admin_socket.lstat().st_ino
             try:
                 listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-                async with trio.open_nursery() as nursery:
-                    if cluster is not None:
-                        # Peer links come up before the admin socket answers, so
-                        # "the socket answers" still means "the node is ready".
-                        await nursery.start(cluster.run)
-                    await nursery.start(server.run, listener)
-                    log.info(
-                        "node.ready", extra={"kv": {"node": node.name, "socket": node.admin_socket}}
-                    )
-                    sd_notify("READY=1")
-                    async for signum in signals:
-                        log.info(
-                            "node.stopping",
-                            extra={"kv": {"signal": signal.Signals(signum).name}},
-                        )
-                        break
-                    sd_notify("STOPPING=1")
-                    server.drain()
-                    with trio.move_on_after(grace) as grace_scope:
-                        await server.closed.wait()
-                    if grace_scope.cancelled_caught:
-                        log.warning(
-                            "node.requests_cancelled",
-                            extra={"kv": {"connections": server.connection_count, "grace": grace}},
-                        )
-                    nursery.cancel_scope.cancel()
+                await nursery.start(server.run, listener)
+                state.phase = Phase.SERVING
+                log.info(
+                    "node.ready", extra={"kv": {"node": node.name, "socket": node.admin_socket}}
+                )
+                notify.ready(status_line(await observer.snapshot()))
+                nursery.start_soon(notify.watchdog_loop, store.log_head)
+                if notify.enabled:
+                    nursery.start_soon(_status_loop, observer, notify)
+                await _serve_until_stop(signals, live, notify, observer)
+                state.phase = Phase.STOPPING
+                notify.stopping("stopping: draining client requests and outbox sends")
+                await _drain(server, cluster, store, live.config.node.shutdown_timeout, signals)
+                nursery.cancel_scope.cancel()
             finally:
                 remove_socket_if_ours(node.admin_socket, inode)
-        log.info("node.stopped", extra={"kv": {"node": node.name}})
+    log.info("node.stopped", extra={"kv": {"node": node.name}})
 
 
-def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
+async def _serve_until_stop(
+    signals: AsyncIterator[int], live: _LiveConfig, notify: Notifier, observer: Observer
+) -> None:
+    """Serve (the other tasks do) until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            notify.reloading()
+            live.reload()
+            notify.ready(status_line(await observer.snapshot()))
+            continue
+        log.info("node.stopping", extra={"kv": {"signal": signal.Signals(signum).name}})
+        return
+
+
+async def _drain(
+    server: AdminServer,
+    cluster: ClusterNode | None,
+    store: MailStore,
+    timeout: float,
+    signals: AsyncIterator[int],
+) -> None:
+    """Let client operations finish, then outbox sends, within ``timeout`` in all.
+
+    A second SIGTERM/SIGINT (an impatient operator, Ctrl-C twice) ends the
+    wait at once; what is cut off then is what the timeout would have cut.
+    """
+    deadline = trio.current_time() + timeout
+    async with trio.open_nursery() as nursery:
+
+        async def cut_short() -> None:
+            async for signum in signals:
+                if signum != signal.SIGHUP:
+                    name = signal.Signals(signum).name
+                    log.warning("node.drain_cut_short", extra={"kv": {"signal": name}})
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(cut_short)
+        server.drain()
+        with trio.move_on_at(deadline):
+            await server.closed.wait()
+        if not server.closed.is_set():
+            log.warning(
+                "node.requests_cancelled",
+                extra={"kv": {"connections": server.connection_count, "timeout": timeout}},
+            )
+        if cluster is not None:
+            await _drain_outbox(cluster, store, deadline)
+        nursery.cancel_scope.cancel()
+
+
+async def _drain_outbox(cluster: ClusterNode, store: MailStore, deadline: float) -> None:
+    """Until every linked peer acknowledged the whole change log, or ``deadline``.
+
+    Peers without a link are not waited for: their changes stay in the
+    durable log and stream when they are back.  Writes forwarded here by
+    peers are still served meanwhile, and are waited for too.
+    """
+    behind: dict[str, int] = {}
+    with trio.move_on_at(deadline):
+        while True:
+            head = await store.log_head()
+            behind = {
+                name: head - session.outbox.acked
+                for name, session in cluster.sessions.items()
+                if not session.closed and session.outbox.acked < head
+            }
+            if not behind:
+                return
+            await trio.sleep(DRAIN_POLL)
+    log.warning(
+        "node.outbox_not_drained",
+        extra={"kv": {"peers": ",".join(f"{p}:{n}" for p, n in sorted(behind.items()))}},
+    )
+
+
+def status_line(snap: Snapshot) -> str:
+    """The one line ``systemctl status`` shows: health, links, root, reasons."""
+    health = evaluate(snap)
+    parts = [f"{snap.phase.value}, health {health.status.label}"]
+    if snap.cluster is not None:
+        root = snap.cluster.get("root") or "none"
+        parts.append(
+            f"{len(snap.linked_peers)}/{len(snap.configured_peers)} peers linked, "
+            f"root {root} epoch {snap.cluster.get('epoch')}"
+        )
+    parts.extend(health.reasons[:3])
+    return "; ".join(parts)
+
+
+async def _status_loop(observer: Observer, notify: Notifier) -> None:
+    last = ""
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        try:
+            line = status_line(await observer.snapshot())
+        except ReplicadError as exc:
+            line = f"status unavailable: {exc}"
+        if line != last:
+            notify.status(line)
+            last = line
+
+
+class _LiveConfig:
+    """The configuration in force, and what a SIGHUP may change in it."""
+
+    def __init__(self, config: NodeConfig, httpd: HttpServer | None) -> None:
+        self.config = config
+        self.httpd = httpd
+
+    def reload(self) -> None:
+        """Read the config file again; apply what can change live, report the rest."""
+        old = self.config
+        try:
+            new = load_config(old.path)
+        except ReplicadError as exc:
+            log.error("node.reload_failed", extra={"kv": {"config": old.path, "reason": str(exc)}})
+            return
+        applied: list[str] = []
+        node = old.node
+        if new.node.log_level != node.log_level:
+            set_log_level(new.node.log_level)
+            applied.append("node.log_level")
+        if new.node.shutdown_timeout != node.shutdown_timeout:
+            applied.append("node.shutdown_timeout")
+        node = dataclasses.replace(
+            node, log_level=new.node.log_level, shutdown_timeout=new.node.shutdown_timeout
+        )
+        metrics = old.metrics
+        if (
+            self.httpd is not None
+            and metrics is not None
+            and new.metrics is not None
+            and (new.metrics.host, new.metrics.port) == (metrics.host, metrics.port)
+            and new.metrics.health_token != metrics.health_token
+        ):
+            self.httpd.health_token = new.metrics.health_token
+            metrics = new.metrics
+            applied.append("metrics.health_token")
+        self.config = dataclasses.replace(old, node=node, metrics=metrics)
+        pending = _needs_restart(self.config, new)
+        log.info(
+            "node.reloaded",
+            extra={
+                "kv": {
+                    "applied": ",".join(applied) or "-",
+                    "needs_restart": ",".join(pending) or "-",
+                }
+            },
+        )
+        if pending:
+            log.warning(
+                "node.reload_needs_restart",
+                extra={"kv": {"changed": ",".join(pending), "config": old.path}},
+            )
+
+
+def _needs_restart(running: NodeConfig, new: NodeConfig) -> list[str]:
+    """Sections of ``new`` that differ from the running config (none apply live)."""
+    return [
+        name
+        for name in ("node", "listen", "tls", "peers", "admin", "cluster", "metrics")
+        if getattr(running, name) != getattr(new, name)
+    ]
+
+
+def _cluster_node(config: NodeConfig, store: MailStore, meter: LinkMeter) -> ClusterNode | None:
     """The cluster runtime, if the config names peers (a [tls] section is then required)."""
     if not config.peers:
         return None
@@ -286,7 +498,9 @@ def _cluster_node(config: NodeConfig, store: MailStore) -> ClusterNode | None:
         name=config.name,
         peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),
         store=store,
-        network=TlsNetwork(contexts, (config.listen.address, config.listen.port)),
+        network=MeteredNetwork(
+            TlsNetwork(contexts, (config.listen.address, config.listen.port)), meter
+        ),
         data_dir=config.node.data_dir,
         settings=ClusterSettings(
             granularity=config.cluster.granularity,

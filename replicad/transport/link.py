@@ -24,6 +24,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import trio
@@ -75,6 +76,17 @@ def _hello_reason(message: str) -> str:
     return "protocol"
 
 
+@dataclass(slots=True)
+class LinkTraffic:
+    """Bytes a link wrote and read since it came up (after HELLO), counted as
+    the protocol sees them: compressed when zstd is on, before TLS.  A separate
+    object so that an observer holding it still reads the final counts after
+    the link is gone (replicad.metrics sums them per peer)."""
+
+    sent: int = 0
+    received: int = 0
+
+
 class Link:
     """An established, authenticated link: a TLS stream driven by a Connection.
 
@@ -98,6 +110,7 @@ class Link:
         self.connection = connection
         self._pending = deque(pending)
         self._send_lock = trio.Lock()
+        self.traffic = LinkTraffic()
 
     @property
     def peer(self) -> str:
@@ -147,6 +160,7 @@ class Link:
         try:
             while data := self.connection.data_to_send():
                 await self.channel.stream.send_all(data)
+                self.traffic.sent += len(data)
         finally:
             lock.release()
 
@@ -186,6 +200,7 @@ class Link:
                 data = await self.channel.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""  # the link is gone, whoever closed it: report it closed
+            self.traffic.received += len(data)
             try:
                 pending.extend(self.connection.receive_data(bytes(data)))
             except ProtocolError:
