@@ -35,6 +35,7 @@ EXTERNAL_COMMANDS = {
     "pki": "replicad.cli.pki_cmd",
     "debug": "replicad.cli.debug_cmd",
     "cluster": "replicad.cli.cluster_cmd",
+    "top": "replicad.cli.top_cmd",
 }
 
 

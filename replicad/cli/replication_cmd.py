@@ -5,7 +5,8 @@ this node sees it.  ``replicator status`` is one row per peer (the
 doveadm ``replicator status`` of this system): link, route, round trip,
 outbox depth (log entries the peer has not acknowledged) and mailboxes
 marked for resync with it.  ``master status`` shows the root, its epoch
-and the masters this node knows, optionally for one user.
+and the masters this node knows, optionally for one user.  ``replicad top``
+(top_cmd) reads the same operation through :func:`cluster_status`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from replicad.admin.client import AdminClient
 from replicad.cli import resync_cmd
 from replicad.cli.common import connect, output_format, print_rows, write_line
 from replicad.cli.output import render_document
@@ -61,10 +63,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     move.set_defaults(handler=cmd_master_move)
 
 
+def cluster_status(client: AdminClient) -> dict[str, Any]:
+    """The node's view of the cluster: the one data source of ``replicator status``,
+    ``master status`` and ``top``."""
+    status: dict[str, Any] = client.call("cluster_status")
+    return status
+
+
 def _status(args: argparse.Namespace) -> dict[str, Any]:
     with connect(args) as client:
-        status: dict[str, Any] = client.call("cluster_status")
-    return status
+        return cluster_status(client)
 
 
 def cmd_replicator_status(args: argparse.Namespace) -> int:
