@@ -35,7 +35,10 @@ class SimNode:
 
 @asynccontextmanager
 async def sim_cluster(
-    tmp: Path, net: SimNetwork, settings: ClusterSettings | None = None
+    tmp: Path,
+    net: SimNetwork,
+    settings: ClusterSettings | None = None,
+    max_lag: int | None = None,
 ) -> AsyncIterator[dict[str, SimNode]]:
     async with AsyncExitStack() as stack:
         stores: dict[str, MailStore] = {}
@@ -48,6 +51,7 @@ async def sim_cluster(
                     executor=InlineExecutor(),
                     sync=False,
                     peers=tuple(p for p in NAMES if p != name),
+                    **({"max_lag": max_lag} if max_lag is not None else {}),
                 )
             )
         async with trio.open_nursery() as nursery:

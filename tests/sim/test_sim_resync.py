@@ -222,3 +222,31 @@ async def test_the_background_check_repairs_a_lost_mailbox_and_a_damaged_flag(
         assert repaired[0].flags == ("\\Seen",)
         assert len(await victim.fetch("alice", "Work", UidSet.parse("1:*"))) == 3
         assert [m[:3] for m in await victim.logical_state()] == [m[:3] for m in healthy]
+
+
+async def test_a_peer_whose_outbox_overflowed_is_resynced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its stream dropped changes (cluster.max_outbox) and resumed after them:
+    the resync marks bring back what it missed (I4, I6)."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net, max_lag=10) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        for i in range(20):
+            await nodes["n1"].writes.append("alice", "INBOX", body(i))
+        await wait_for("convergence", lambda: converged(nodes))
+        net.partition({"n1", "n2"}, {"n3"})
+        await trio.sleep(12)
+        for i in range(30):  # more than max_lag: n3's backlog is dropped
+            await nodes["n1"].writes.store_flags(
+                "alice", "INBOX", UidSet.of([1 + i % 20]), "add", [f"$K{i}"]
+            )
+        await nodes["n1"].writes.expunge("alice", "INBOX", UidSet.of([3]))
+        reasons = {
+            m.reason for n in ("n1", "n2") for m in await nodes[n].store.resync_marks()
+        }
+        assert "outbox-overflow" in reasons
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+        status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
+        assert status.messages == 19
