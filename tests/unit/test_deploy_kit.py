@@ -1,0 +1,272 @@
+"""The deployment kit stays true to the code: the Grafana dashboard queries only
+metrics a node exports, and deploy/README.md names only commands that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from replicad.cluster.durability import DurabilityLevel
+from replicad.metrics import NodeMetrics
+from replicad.observe import PeerTraffic, Phase, Snapshot
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "replicad-dashboard.json"
+GUIDE = DEPLOY / "README.md"
+
+METRIC = re.compile(r"\breplicad_[a-z_]+")
+# Sample names prometheus-client derives from a family name, by family type.
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def full_snapshot() -> Snapshot:
+    """A node with two peers and every optional figure present."""
+    peer = {
+        "name": "n2",
+        "link": "up",
+        "reachable": True,
+        "via": "n2",
+        "rtt_ms": 1.0,
+        "outbox": 3,
+        "lag_s": 0.5,
+        "lag_p50_ms": 2.0,
+        "lag_p99_ms": 9.0,
+        "resync": 1,
+    }
+    return Snapshot(
+        node="n1",
+        version="0",
+        phase=Phase.SERVING,
+        uptime=1.0,
+        store_used_bytes=1 << 20,
+        store_map_size=1 << 30,
+        fs_free_bytes=1 << 30,
+        fs_size_bytes=2 << 30,
+        commits=1,
+        write_operations=1,
+        log_head=1,
+        max_message_size=1 << 20,
+        max_outbox=100,
+        durability=(("node", DurabilityLevel("local", 1)),),
+        configured_peers=("n2", "n3"),
+        cluster={
+            "root": "n1",
+            "epoch": 1,
+            "masters": 1,
+            "stats": {"saves": 1, "changes_applied": 1, "changes_sent": 1, "forwarded": 1},
+            "peers": [peer, {**peer, "name": "n3"}],
+        },
+        resync={
+            "running": {"n2": 1},
+            "queued": {"n3": 1},
+            "done": 1,
+            "failed": 0,
+            "merged_here": 1,
+        },
+        verify_runs=1,
+        verify_found=0,
+        traffic={"n2": PeerTraffic(10, 20)},
+    )
+
+
+def exported_names() -> set[str]:
+    """Every sample name a node's /metrics may carry, from a real registry.
+
+    Rendered by :class:`NodeMetrics` exactly as ``/metrics`` does and read
+    back with prometheus-client's parser. Labelled families with no child
+    yet have no samples, so the names come from each family's name and type.
+    """
+    body, _ = NodeMetrics(lambda user: "local").render(full_snapshot())
+    names: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) for every panel target and every variable query."""
+    doc = json.loads(DASHBOARD.read_text())
+    found: list[tuple[str, str]] = []
+    for panel in walk(doc.get("panels", [])):
+        for target in panel.get("targets", []) if isinstance(panel.get("targets"), list) else []:
+            found.append((f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"]))
+    for variable in doc["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        if variable.get("type") == "query":
+            found.append((f"variable {variable['name']}", str(query)))
+            found.append((f"variable {variable['name']}", str(variable.get("definition", ""))))
+    return found
+
+
+def test_exported_names_come_from_the_registry() -> None:
+    names = exported_names()
+    # A few the dashboard relies on, in the form the exposition spells them.
+    assert {
+        "replicad_saves_total",
+        "replicad_write_ack_seconds_bucket",
+        "replicad_outbox_depth",
+        "replicad_replication_lag_seconds",
+    } <= names
+    assert "replicad_saves" not in names  # a counter is queried as ..._total
+
+
+def test_dashboard_is_a_grafana_dashboard_on_a_prometheus_variable() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    assert 36 <= doc["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    everything = [*doc["panels"], *(p for row in doc["panels"] for p in row.get("panels", []))]
+    panels = [p for p in everything if p["type"] != "row"]
+    assert panels
+    ids = [p["id"] for p in everything]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+def test_every_dashboard_query_uses_only_exported_metrics() -> None:
+    exported = exported_names()
+    queries = dashboard_queries()
+    assert len(queries) > 20
+    used: set[str] = set()
+    for where, expr in queries:
+        names = set(METRIC.findall(expr))
+        assert names, f"{where} queries no replicad metric: {expr}"
+        missing = names - exported
+        assert not missing, f"{where} uses {sorted(missing)}, not exported: {expr}"
+        used |= names
+    # What the deployment issue asks the dashboard to show.
+    for wanted in (
+        "replicad_saves_total",
+        "replicad_changes_applied_total",
+        "replicad_changes_sent_total",
+        "replicad_replication_lag_seconds",
+        "replicad_outbox_depth",
+        "replicad_write_ack_seconds_bucket",
+        "replicad_resyncs_total",
+        "replicad_conflicts_resolved_total",
+        "replicad_store_used_bytes",
+        "replicad_store_filesystem_free_bytes",
+        "replicad_frame_errors_total",
+        "replicad_link_sent_bytes_total",
+        "replicad_link_received_bytes_total",
+    ):
+        assert wanted in used, wanted
+
+
+def test_ack_latency_is_a_quantile_by_durability() -> None:
+    exprs = [expr for _, expr in dashboard_queries() if "replicad_write_ack_seconds_bucket" in expr]
+    assert exprs
+    assert all("histogram_quantile(" in e and "durability" in e and "le" in e for e in exprs)
+
+
+# --- deploy/README.md ----------------------------------------------------------------
+
+
+def help_actions(*command: str) -> set[str]:
+    """The sub-commands ``replicad COMMAND --help`` lists under positional arguments."""
+    result = subprocess.run(
+        [sys.executable, "-m", "replicad", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    section = result.stdout.partition("positional arguments:")[2].partition("options:")[0]
+    return set(re.findall(r"^    ([a-z][a-z-]*)(?:\s{2,}|$)", section, re.MULTILINE))
+
+
+def guide_code() -> str:
+    """Fenced blocks and inline code spans of the guide: where commands are."""
+    text = GUIDE.read_text()
+    fence = re.compile(r"^[ \t]*```[a-z]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
+    blocks = fence.findall(text)
+    spans = re.findall(r"`([^`\n]+)`", fence.sub("", text))
+    return "\n".join(blocks + spans)
+
+
+# `replicad [-c FILE] [-f FMT] COMMAND [ACTION]`, not `-u replicad` (a user name).
+INVOCATION = re.compile(
+    r"(?<![\w./-])(?<!-u )(?<!-g )(?<!-o )replicad((?:[ \t]+-[cf][ \t]+\S+)*)[ \t]+"
+    r"([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?"
+)
+
+
+def test_guide_names_only_existing_commands() -> None:
+    commands = help_actions()
+    assert {"pki", "top", "replicator", "sync", "serve"} <= commands
+    actions: dict[str, set[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    for match in INVOCATION.finditer(guide_code()):
+        command, action = match.group(2), match.group(3)
+        assert command in commands, f"deploy/README.md: no command `replicad {command}`"
+        if command not in actions:
+            listed = help_actions(command)
+            actions[command] = listed
+        if actions[command] and action is not None:
+            assert action in actions[command], f"deploy/README.md: no `replicad {command} {action}`"
+        seen.add((command, action or ""))
+    # The guide's procedures rest on these.
+    for command, action in (
+        ("pki", "init"),
+        ("pki", "issue"),
+        ("top", ""),
+        ("replicator", "status"),
+        ("sync", ""),
+        ("verify", ""),
+    ):
+        assert any(c == command and (not action or a == action) for c, a in seen), (command, action)
+
+
+@pytest.mark.parametrize(
+    "flag", ["--all", "--peer", "--no-wait", "--force", "--cluster", "--once", "--days"]
+)
+def test_guide_options_exist(flag: str) -> None:
+    """Every option the guide uses is in the --help of a command it is given to."""
+    owners = {
+        "--all": ("sync",),
+        "--peer": ("sync",),
+        "--no-wait": ("sync",),
+        "--force": ("pki", "issue"),
+        "--cluster": ("pki", "init"),
+        "--once": ("top",),
+        "--days": ("pki", "issue"),
+    }
+    assert flag in GUIDE.read_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "replicad", *owners[flag], "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert flag in result.stdout
