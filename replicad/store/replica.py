@@ -76,6 +76,9 @@ class ReplicaApplier:
         self.index = index
         self.dbs = index.dbs
         self.log = log
+        #: (source, mailbox) -> modseq of the last append seen from that source:
+        #: one SAVE batch (an import) logs a record per message under one modseq.
+        self._batch: dict[tuple[str, bytes], int] = {}
 
     def apply(
         self, txn: Any, change: Change, bodies: dict[bytes, PreparedBody], source: str
@@ -166,6 +169,7 @@ class ReplicaApplier:
             existing = self.index._message(txn, mailbox, rec.uid)
             if existing is not None:
                 if existing.guid == rec.guid:
+                    self._batch[(source, mailbox)] = rec.modseq
                     continue
                 return self._diverged(
                     txn, source, mailbox, rec.modseq, f"UID {rec.uid} names another message"
@@ -180,7 +184,14 @@ class ReplicaApplier:
                 )
             fresh.append(rec)
         if fresh and fresh[0].modseq <= row.highestmodseq:
-            return self._stale(txn, source, mailbox, fresh[0].modseq, row)
+            same_batch = (
+                fresh[0].modseq == row.highestmodseq
+                and self._batch.get((source, mailbox)) == fresh[0].modseq
+            )
+            if not same_batch:
+                return self._stale(txn, source, mailbox, fresh[0].modseq, row)
+        if fresh:
+            self._batch[(source, mailbox)] = fresh[-1].modseq
         for rec in fresh:
             prepared = bodies.get(rec.body_hash)
             if prepared is not None:

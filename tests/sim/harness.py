@@ -477,9 +477,7 @@ def run_seed(seed: int, nodes: int = 3, phases: int = 6, link_faults: bool = Fal
     with tempfile.TemporaryDirectory(prefix=f"replicad-sim-{seed}-") as tmp:
         try:
             with deterministic(seed, clock):
-                trio.run(
-                    _run, seed, nodes, phases, Path(tmp), result, link_faults, clock=clock
-                )
+                trio.run(_run, seed, nodes, phases, Path(tmp), result, link_faults, clock=clock)
         except BaseException as exc:  # a failure is a result, with its seed
             if isinstance(exc, KeyboardInterrupt):
                 raise

@@ -14,8 +14,10 @@ from typing import Any
 import trio
 import trio.testing
 
+from replicad.cluster.masters import Granularity, master_key
 from replicad.cluster.runtime import ClusterSettings
 from replicad.errors import ReplicadError
+from replicad.store.index import AppendRequest
 from replicad.store.schema import message_key
 from replicad.uidset import UidSet
 from tests.sim.network import SimNetwork
@@ -242,11 +244,29 @@ async def test_a_peer_whose_outbox_overflowed_is_resynced(
                 "alice", "INBOX", UidSet.of([1 + i % 20]), "add", [f"$K{i}"]
             )
         await nodes["n1"].writes.expunge("alice", "INBOX", UidSet.of([3]))
-        reasons = {
-            m.reason for n in ("n1", "n2") for m in await nodes[n].store.resync_marks()
-        }
+        reasons = {m.reason for n in ("n1", "n2") for m in await nodes[n].store.resync_marks()}
         assert "outbox-overflow" in reasons
         net.heal()
         await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
         status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
         assert status.messages == 19
+
+
+async def test_an_import_batch_replicates_without_resync(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A batch shares one modseq over a record per message: not another lineage."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        await nodes["n1"].writes.append("alice", "INBOX", body(0))
+        # Through the master of alice/INBOX, so the batch is one transaction.
+        key = master_key(Granularity.MAILBOX, "alice", "INBOX")
+        master = await nodes["n1"].node.master_of(key, trio.current_time() + 5)
+        items = [AppendRequest(body(i)) for i in range(1, 6)]
+        appended = await nodes[master].writes.append_many("alice", "INBOX", items)
+        assert len({a.modseq for a in appended}) == 1  # one modseq, five records
+        await wait_for("convergence", lambda: converged(nodes))
+        for node in nodes.values():
+            assert await node.store.resync_marks() == []
+            assert node.node.resync.merged_here == 0
