@@ -35,7 +35,10 @@ Files in ``DIR/proxy/``:
                   ({"op": "state" | "heal"} | {"op": "partition", "groups": [[..], ..]}
                   | {"op": "delay", "ms": N}; answer {"ok": true, ...} or
                   {"ok": false, "error": "..."}); a command is answered only once
-                  it is in force, so ``cluster partition`` returning means cut
+                  it is in force, so ``cluster partition`` returning means cut.
+                  Every answer carries "bytes": per route name ("n1->n2") the
+                  octets forwarded since the proxy started, {"to_target": N,
+                  "to_source": M} (what the benchmarks count as bytes on the wire)
     proxy.pid     the running proxy's pid, locked (flock) while it runs
     proxy.log     its output
 
@@ -375,6 +378,15 @@ class Proxy:
         self.nodes = nodes_of(routes)
         self.state = state
         self.connections: set[Connection] = set()
+        #: Octets forwarded per route name: [source -> target, target -> source].
+        self.forwarded: dict[str, list[int]] = {r.name: [0, 0] for r in self.routes}
+
+    def byte_counts(self) -> dict[str, dict[str, int]]:
+        """Octets forwarded per route since the proxy started, both directions."""
+        return {
+            name: {"to_target": out, "to_source": back}
+            for name, (out, back) in self.forwarded.items()
+        }
 
     # -- faults --
 
@@ -426,6 +438,7 @@ class Proxy:
             **self.state.to_json(),
             "cut": cut,
             "connections": len(self.connections),
+            "bytes": self.byte_counts(),
         }
 
     # -- serving --
@@ -495,8 +508,9 @@ class Proxy:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pipe, client, server)
-                    nursery.start_soon(self._pipe, server, client)
+                    counts = self.forwarded[route.name]
+                    nursery.start_soon(self._pipe, client, server, counts, 0)
+                    nursery.start_soon(self._pipe, server, client, counts, 1)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # an end reset the connection (a killed node), or it was cut
         finally:
@@ -506,8 +520,11 @@ class Proxy:
                     await trio.aclose_forcefully(client)
                     await trio.aclose_forcefully(server)
 
-    async def _pipe(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        """One direction: read chunks, hold each for the delay, write them in order."""
+    async def _pipe(
+        self, src: trio.SocketStream, dst: trio.SocketStream, counts: list[int], index: int
+    ) -> None:
+        """One direction: read chunks, hold each for the delay, write them in order;
+        ``counts[index]`` grows by every octet written."""
         send, receive = trio.open_memory_channel[tuple[float, bytes]](CHUNKS_QUEUED)
 
         async def read() -> None:
@@ -522,6 +539,7 @@ class Proxy:
                 async for due, data in receive:
                     await trio.sleep_until(due)
                     await dst.send_all(data)
+                    counts[index] += len(data)
             # End of stream on one side is passed on, the other direction goes on.
             await dst.send_eof()
 

@@ -260,6 +260,30 @@ async def test_bytes_pass_unchanged_and_a_partition_cuts_mid_stream(short_dir: P
         nursery.cancel_scope.cancel()
 
 
+async def test_bytes_forwarded_are_counted_per_route_and_direction(short_dir: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        route, _proxy = await _proxied_echo(nursery, short_dir)
+        before = (await _control(short_dir, op="state"))["bytes"]
+        assert before == {
+            "n1->n2": {"to_target": 0, "to_source": 0},
+            "n2->n1": {"to_target": 0, "to_source": 0},
+        }
+        stream = await trio.open_tcp_stream("127.0.0.1", route.listen)
+        payload = os.urandom(200_000)
+        assert await _exchange(stream, payload) == payload
+        await stream.send_all(b"one way")  # not read back: counted once it is forwarded
+        with trio.fail_after(10):
+            while (await _control(short_dir, op="state"))["bytes"]["n1->n2"]["to_target"] < (
+                len(payload) + 7
+            ):
+                await trio.sleep(0.01)
+        counts = (await _control(short_dir, op="state"))["bytes"]
+        assert counts["n1->n2"]["to_target"] == len(payload) + 7
+        assert counts["n1->n2"]["to_source"] >= len(payload)
+        assert counts["n2->n1"] == {"to_target": 0, "to_source": 0}
+        nursery.cancel_scope.cancel()
+
+
 async def test_delay_holds_each_direction_and_keeps_order(short_dir: Path) -> None:
     async with trio.open_nursery() as nursery:
         route, _proxy = await _proxied_echo(nursery, short_dir)
