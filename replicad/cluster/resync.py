@@ -43,6 +43,7 @@ from replicad.cluster.merge import (
     MailboxState,
     MergePlan,
     MessageState,
+    PlanOp,
     PutMessage,
     Tombstone,
     merge,
@@ -69,6 +70,8 @@ log = logging.getLogger("replicad.resync")
 ALL_MAILBOXES: Final = bytes(16)
 #: Most bodies FETCHed or shipped in one command (bounded frames, I9).
 BODY_BATCH: Final = 64
+#: Most body octets in one UPDATE (the frame limit is 64 MiB, DEFAULT_MAX_FRAME).
+UPDATE_BODY_BYTES: Final = 32 * 1024 * 1024
 #: How long one resync step may wait for the peer.
 STEP_TIMEOUT: Final = 60.0
 
@@ -85,6 +88,7 @@ class Resyncer:
         self.done = 0
         self.failed = 0
         self.merged_here = 0
+        self.updates_sent = 0
         #: Data frames of a SYNC or FETCH in progress, by (verb, mbox id).
         self.collect: dict[tuple[str, str, int], list[c.Untagged]] = {}
 
@@ -386,22 +390,30 @@ class Resyncer:
         if peer_plan.uidvalidity != theirs.uidvalidity or replaces or create:
             same = frozenset()  # the peer drops its old UID space first
         shipped = {m.body_hash for m in puts if m.uid not in same}
-        bodies: dict[bytes, bytes] = {}
+        wanted: set[bytes] = set()
         if shipped:
             have = await session.request(c.Have(tuple(sorted(shipped))), timeout=STEP_TIMEOUT)
-            wanted = sorted(shipped - set(have.hashes))
-            if wanted:
-                bodies = await self.store.read_blobs(wanted)
-        update = c.Update(
-            mid,
-            peer_plan.uidvalidity,
-            peer_plan.uidnext,
-            peer_plan.highestmodseq,
-            theirs.highestmodseq,
-            replaces,
-            ops_to_wire(peer_plan.ops, bodies, same),
-        )
-        await session.request(update, timeout=STEP_TIMEOUT)
+            wanted = shipped - set(have.hashes)
+        expected = theirs.highestmodseq
+        for part in _chunks(peer_plan.ops, wanted):
+            hashes = sorted(
+                {op.message.body_hash for op in part if isinstance(op, PutMessage)} & wanted
+            )
+            bodies = await self.store.read_blobs(hashes) if hashes else {}
+            wanted -= set(hashes)  # each body crosses once (seed 004)
+            update = c.Update(
+                mid,
+                peer_plan.uidvalidity,
+                peer_plan.uidnext,
+                peer_plan.highestmodseq,
+                expected,
+                replaces,
+                ops_to_wire(part, bodies, same),
+            )
+            await session.request(update, timeout=STEP_TIMEOUT)
+            self.updates_sent += 1
+            # The next part finds the mailbox as this one left it.
+            expected, replaces = peer_plan.highestmodseq, None
 
     # -- the peer's side --
 
@@ -573,6 +585,29 @@ class Resyncer:
         if found is None:
             raise ProtocolError(f"unexpected * {data.VERB} for mailbox id {mid}")
         found.append(data)
+
+
+def _chunks(ops: tuple[PlanOp, ...], wanted: set[bytes]) -> list[tuple[PlanOp, ...]]:
+    """The plan's operations in UPDATEs of at most :data:`UPDATE_BODY_BYTES` of
+    bodies each (the frame limit is 64 MiB).  One UPDATE is one transaction;
+    a merge this large (a node that lost its store) arrives in several, in
+    UID order, and is complete with the last (protocol-spec/resync.md §9)."""
+    parts: list[tuple[PlanOp, ...]] = []
+    current: list[PlanOp] = []
+    size = 0
+    counted: set[bytes] = set()
+    for op in ops:
+        weight = 0
+        if isinstance(op, PutMessage) and op.message.body_hash in wanted - counted:
+            weight = op.message.size
+            counted.add(op.message.body_hash)
+        if current and size + weight > UPDATE_BODY_BYTES:
+            parts.append(tuple(current))
+            current, size = [], 0
+        current.append(op)
+        size += weight
+    parts.append(tuple(current))
+    return parts
 
 
 def _next(uidvalidity: int) -> int:

@@ -11,9 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from replicad.cluster import resync
 from replicad.cluster.masters import Granularity, master_key
 from replicad.cluster.runtime import ClusterSettings
 from replicad.errors import ReplicadError
@@ -270,3 +272,36 @@ async def test_an_import_batch_replicates_without_resync(
         for node in nodes.values():
             assert await node.store.resync_marks() == []
             assert node.node.resync.merged_here == 0
+
+
+async def test_a_large_resync_is_sent_in_several_updates(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies beyond one frame's worth go in further UPDATEs (a node that lost
+    a big mailbox); the copy is complete after the last (resync.md §9)."""
+    monkeypatch.setattr(resync, "UPDATE_BODY_BYTES", 3000)
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        big = [b"Subject: big\r\n\r\n" + bytes([65 + i]) * 1000 for i in range(12)]
+        for data in big:
+            await nodes["n1"].writes.append("alice", "INBOX", data)
+        await wait_for("convergence", lambda: converged(nodes))
+        key = master_key(Granularity.MAILBOX, "alice", "INBOX")
+        master = await nodes["n1"].node.master_of(key, trio.current_time() + 5)
+        victim = next(n for n in NAMES if n != master)
+
+        def lose(txn: Any) -> None:  # by hand: no record, no mark
+            store = nodes[victim].store
+            store.index._drop_prefix(txn, store.index.dbs.messages, b"")  # all messages
+            store.index._drop_prefix(txn, store.index.dbs.changes, b"")
+            store.index._drop_prefix(txn, store.index.dbs.names, b"")
+            store.index._drop_prefix(txn, store.index.dbs.mailboxes, b"")
+            store.index._drop_prefix(txn, store.index.dbs.blobs, b"")  # and the bodies
+            store.index._drop_prefix(txn, store.index.dbs.blob_refs, b"")
+
+        await nodes[victim].store.writer.submit(lose)
+        before = nodes[master].node.resync.updates_sent
+        await nodes[master].node.sync(["alice"], victim)
+        await wait_for("the resync", lambda: converged(nodes), timeout=60)
+        assert nodes[master].node.resync.updates_sent - before >= 4  # 12 KB in 3 KB parts
