@@ -947,6 +947,10 @@ class ClusterNode:
                         cmd, timeout=max(0.1, deadline - trio.current_time())
                     )
                     assert isinstance(ok, c.MasterOk)
+                if self.directory is None or self.election.root != self.name:
+                    # This node stopped being the root while the key moved:
+                    # the new root's directory decides; the caller retries.
+                    raise TemporaryError(f"the root changed while {key} moved; retry")
                 self.directory.move(key, dest)
             self.cache.learn(Assignment(key, dest, self.directory.epoch))
             return c.MasterOk(dest, self.directory.epoch)

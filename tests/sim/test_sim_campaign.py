@@ -38,6 +38,17 @@ def test_regression_seed_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
+@pytest.mark.parametrize("seed", [21, 32, 1615])
+def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
+    """With --link-faults: 21 (a flag change another master made under an
+    equal modseq taken for a duplicate), 32 (a STORE on a message a merge had
+    moved, acknowledged and lost, I5), 1615 (a MASTER-MOVE finishing after
+    its root stepped down crashed the node)."""
+    result = sim("--seed", str(seed), "--link-faults")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"seed {seed}: ok" in result.stdout
+
+
 @pytest.mark.slow
 def test_campaign_slice_runs_clean() -> None:
     for args in (
