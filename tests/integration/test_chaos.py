@@ -13,10 +13,7 @@ alive (pids from the pid files and from every command's output).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import time
 import tomllib
@@ -27,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import alive, run_cli
+from tests.integration.test_cluster_replication import LocalCluster
 
 NODES = ("n1", "n2", "n3")
 CONVERGE = 20.0
@@ -42,17 +40,8 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
-class FaultyCluster:
-    """A ``cluster up --faults`` directory, the CLI against it, and every pid seen."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.pids: set[int] = set()
-
-    def cli(self, *args: str | Path, input: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        result = run_cli(*args, input=input)
-        self.remember()
-        return result
+class FaultyCluster(LocalCluster):
+    """A ``cluster up --faults`` directory (:class:`LocalCluster` sees its proxy too)."""
 
     def json(self, *args: str | Path, input: bytes = b"") -> Any:
         """``replicad -f json ARGS``, which must succeed; its document."""
@@ -68,9 +57,6 @@ class FaultyCluster:
 
     def on(self, node: str, *args: str) -> subprocess.CompletedProcess[bytes]:
         return self.cli("-c", self.config(node), "-f", "json", *args)
-
-    def config(self, node: str) -> Path:
-        return self.dir / node / "replicad.toml"
 
     def save(self, node: str, user: str, subject: str) -> dict[str, Any]:
         """Save through ``node``; retried while it answers 75 (e.g. no root elected yet)."""
@@ -147,39 +133,6 @@ class FaultyCluster:
         maps = self.wait_until(f"every node holds {user}'s {len(guids)} messages", probe)
         result: dict[int, str] = maps[NODES[0]]
         return result
-
-    # -- teardown --
-
-    def remember(self) -> None:
-        for pid_file in [*self.dir.glob("n*/data/replicad.pid"), self.dir / "proxy/proxy.pid"]:
-            with contextlib.suppress(OSError, ValueError):
-                text = pid_file.read_text().strip()
-                if text:
-                    self.pids.add(int(text))
-
-    def logs(self, lines: int = 15) -> str:
-        parts = []
-        for path in [*sorted(self.dir.glob("n*/replicad.log")), self.dir / "proxy/proxy.log"]:
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- end of {path}\n" + "\n".join(tail))
-        return "\n".join(parts)
-
-    def ours(self, pid: int) -> bool:
-        # Only a process of this directory: a stale pid may belong to anyone by now.
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return alive(pid) and os.fsencode(self.dir) in cmdline
-
-    def stop_all(self) -> None:
-        self.remember()
-        run_cli("cluster", "down", self.dir)  # nodes, then the proxy
-        for pid in self.pids:
-            if self.ours(pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -124,16 +124,16 @@ class LocalCluster:
         return self.dir / node / "replicad.toml"
 
     def remember(self) -> None:
-        for node in NODES:
+        # Nodes, and the fault proxy of a ``cluster up --faults`` directory.
+        for pid_file in [*self.dir.glob("n*/data/replicad.pid"), self.dir / "proxy/proxy.pid"]:
             with contextlib.suppress(OSError, ValueError):
-                text = (self.dir / node / "data" / "replicad.pid").read_text().strip()
+                text = pid_file.read_text().strip()
                 if text:
                     self.pids.add(int(text))
 
     def logs(self, lines: int = 15) -> str:
         parts = []
-        for node in NODES:
-            path = self.dir / node / "replicad.log"
+        for path in [*sorted(self.dir.glob("n*/replicad.log")), self.dir / "proxy/proxy.log"]:
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- end of {path}\n" + "\n".join(tail))

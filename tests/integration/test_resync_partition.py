@@ -22,11 +22,8 @@ of this directory still alive.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -37,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import alive, run_cli
+from tests.integration.test_cluster_replication import LocalCluster
 
 NODES = ("n1", "n2", "n3")
 #: Bounds on waiting (never asserted): links and writes, and convergence after a heal.
@@ -58,22 +55,10 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
-class PartitionedCluster:
-    """A ``cluster up --faults`` directory, the CLI against it, and every pid seen."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.pids: set[int] = set()
+class PartitionedCluster(LocalCluster):
+    """A ``cluster up --faults`` directory (:class:`LocalCluster` sees its proxy too)."""
 
     # -- the command line --
-
-    def cli(self, *args: str | Path, input: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        result = run_cli(*args, input=input)
-        self.remember()
-        return result
-
-    def config(self, node: str) -> Path:
-        return self.dir / node / "replicad.toml"
 
     def on(
         self, node: str, *args: str | Path, input: bytes = b""
@@ -199,39 +184,6 @@ class PartitionedCluster:
     def heal(self) -> None:
         [healed] = self.json("cluster", "heal", self.dir)
         assert healed["partition"] == [], healed
-
-    # -- teardown --
-
-    def remember(self) -> None:
-        for pid_file in [*self.dir.glob("n*/data/replicad.pid"), self.dir / "proxy/proxy.pid"]:
-            with contextlib.suppress(OSError, ValueError):
-                text = pid_file.read_text().strip()
-                if text:
-                    self.pids.add(int(text))
-
-    def logs(self, lines: int = 20) -> str:
-        parts = []
-        for path in [*sorted(self.dir.glob("n*/replicad.log")), self.dir / "proxy/proxy.log"]:
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- end of {path}\n" + "\n".join(tail))
-        return "\n".join(parts)
-
-    def ours(self, pid: int) -> bool:
-        # Only a process of this directory: a stale pid may belong to anyone by now.
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return alive(pid) and os.fsencode(self.dir) in cmdline
-
-    def stop_all(self) -> None:
-        self.remember()
-        run_cli("cluster", "down", self.dir)  # nodes, then the proxy
-        for pid in self.pids:
-            if self.ours(pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 ALL_UP = {n: {p: ("up", True) for p in NODES if p != n} for n in NODES}
