@@ -473,6 +473,18 @@ class ClusterNode:
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
         self.resync = Resyncer(self)
         self.verify = AntiEntropy(self)
+        #: Resync and anti-entropy verbs, each served in its own task.
+        self._resync_verbs: dict[
+            type[c.Command], Callable[[PeerSession, str, Any], Awaitable[None]]
+        ] = {
+            c.Sync: self.resync.serve_sync,
+            c.Fetch: self.resync.serve_fetch,
+            c.Have: self.resync.serve_have,
+            c.Update: self.resync.serve_update,
+            c.Resync: self.resync.serve_resync,
+            c.Digest: self.verify.serve_digest,
+            c.Mailboxes: self.verify.serve_mailboxes,
+        }
 
     # -- lifecycle --
 
@@ -1287,20 +1299,9 @@ class ClusterNode:
             nursery.start_soon(self._master_command, session, tag, cmd)
         elif isinstance(cmd, c.MasterMove):
             nursery.start_soon(self._master_move_command, session, tag, cmd)
-        elif isinstance(cmd, c.Sync):
-            nursery.start_soon(self.resync.serve, self.resync.serve_sync, session, tag, cmd)
-        elif isinstance(cmd, c.Fetch):
-            nursery.start_soon(self.resync.serve, self.resync.serve_fetch, session, tag, cmd)
-        elif isinstance(cmd, c.Have):
-            nursery.start_soon(self.resync.serve, self.resync.serve_have, session, tag, cmd)
-        elif isinstance(cmd, c.Update):
-            nursery.start_soon(self.resync.serve, self.resync.serve_update, session, tag, cmd)
-        elif isinstance(cmd, c.Resync):
-            nursery.start_soon(self.resync.serve, self.resync.serve_resync, session, tag, cmd)
-        elif isinstance(cmd, c.Digest):
-            nursery.start_soon(self.resync.serve, self.verify.serve_digest, session, tag, cmd)
-        elif isinstance(cmd, c.Mailboxes):
-            nursery.start_soon(self.resync.serve, self.verify.serve_mailboxes, session, tag, cmd)
+        elif type(cmd) in self._resync_verbs:
+            handler = self._resync_verbs[type(cmd)]
+            nursery.start_soon(self.resync.serve, handler, session, tag, cmd)
         else:
             try:
                 op = self._op_from(session, cmd)
