@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicad.cluster.durability import DurabilityLevel
 from replicad.metrics import NodeMetrics
-from replicad.observe import PeerTraffic, Phase, Snapshot
+from replicad.observe import Snapshot
+from tests.unit.test_operations import peer_row, with_peers
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "replicad-dashboard.json"
@@ -35,52 +35,9 @@ SUFFIXES = {
 
 def full_snapshot() -> Snapshot:
     """A node with two peers and every optional figure present."""
-    peer = {
-        "name": "n2",
-        "link": "up",
-        "reachable": True,
-        "via": "n2",
-        "rtt_ms": 1.0,
-        "outbox": 3,
-        "lag_s": 0.5,
-        "lag_p50_ms": 2.0,
-        "lag_p99_ms": 9.0,
-        "resync": 1,
-    }
-    return Snapshot(
-        node="n1",
-        version="0",
-        phase=Phase.SERVING,
-        uptime=1.0,
-        store_used_bytes=1 << 20,
-        store_map_size=1 << 30,
-        fs_free_bytes=1 << 30,
-        fs_size_bytes=2 << 30,
-        commits=1,
-        write_operations=1,
-        log_head=1,
-        max_message_size=1 << 20,
-        max_outbox=100,
-        durability=(("node", DurabilityLevel("local", 1)),),
-        configured_peers=("n2", "n3"),
-        cluster={
-            "root": "n1",
-            "epoch": 1,
-            "masters": 1,
-            "stats": {"saves": 1, "changes_applied": 1, "changes_sent": 1, "forwarded": 1},
-            "peers": [peer, {**peer, "name": "n3"}],
-        },
-        resync={
-            "running": {"n2": 1},
-            "queued": {"n3": 1},
-            "done": 1,
-            "failed": 0,
-            "merged_here": 1,
-        },
-        verify_runs=1,
-        verify_found=0,
-        traffic={"n2": PeerTraffic(10, 20)},
-    )
+    figures = {"rtt_ms": 1.0, "outbox": 3, "lag_s": 0.5, "lag_p50_ms": 2.0, "lag_p99_ms": 9.0}
+    figures["resync"] = 1
+    return with_peers(peer_row("n2", **figures), peer_row("n3", **figures))
 
 
 def exported_names() -> set[str]:
