@@ -75,6 +75,7 @@ from replicad.errors import (
     UnreachableError,
     UsageError,
 )
+from replicad.processes import signal_if
 
 log = logging.getLogger("replicad.faultproxy")
 
@@ -800,27 +801,8 @@ def start_proxy(directory: Path) -> int:
 
 
 def _signal(pid: int, directory: Path, signum: int) -> bool:
-    """Signal ``pid`` if it still is the proxy of ``directory`` (pinned by a pidfd)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pidfd = None
-    try:
-        if not is_proxy_process(pid, directory):
-            return False
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)
-            else:
-                os.kill(pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+    """Signal ``pid`` if it still is the proxy of ``directory``."""
+    return signal_if(pid, lambda: is_proxy_process(pid, directory), signum)
 
 
 def _gone(pid: int, directory: Path, timeout: float) -> bool:

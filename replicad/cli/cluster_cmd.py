@@ -70,6 +70,7 @@ from replicad.errors import (
     UnreachableError,
     UsageError,
 )
+from replicad.processes import signal_if
 
 CLUSTER_NAME = "dev"
 PKI_DIR = "pki"
@@ -330,32 +331,8 @@ def start_node(node: ClusterNode) -> subprocess.Popen[bytes]:
 
 
 def signal_node(pid: int, node: ClusterNode, signum: int) -> bool:
-    """Send ``signum`` to ``pid`` if it still is ``node``'s process; False if it is gone.
-
-    Where the kernel supports it, the process is pinned with a pidfd before
-    the identity check, so the signal cannot reach a process that took over
-    the pid between the check and the kill.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pidfd = None  # no pidfd support: the check-then-kill window is microseconds
-    try:
-        if not is_node_process(pid, node.config_path):
-            return False
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)
-            else:
-                os.kill(pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+    """Send ``signum`` to ``pid`` if it still is ``node``'s process; False if it is gone."""
+    return signal_if(pid, lambda: is_node_process(pid, node.config_path), signum)
 
 
 def stop_processes(targets: Sequence[tuple[ClusterNode, int]]) -> dict[str, str]:
