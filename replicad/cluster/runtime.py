@@ -122,6 +122,7 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
+from replicad.store.replica import MISSING_MAILBOX
 from replicad.transport import Link, TlsContexts, open_link, serve_links
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -1558,7 +1559,7 @@ class ClusterNode:
                     reason=str(result),
                 )
             elif result.outcome.value == "diverged":
-                if result.detail == "missing mailbox":
+                if result.detail == MISSING_MAILBOX:
                     await self._mark_by_name(session, frame)
                 log_event(
                     log,

@@ -53,6 +53,8 @@ from replicad.store.schema import (
 )
 from replicad.store.statesync import MissingBodyError, apply_plan, full_state
 
+#: The detail of a change refused because its mailbox GUID is not here.
+MISSING_MAILBOX = "missing mailbox"
 #: A tombstone's message GUID when the expunged message was never seen here.
 UNKNOWN_GUID = bytes(16)
 
@@ -162,7 +164,7 @@ class ReplicaApplier:
         mailbox = records[0].mailbox
         row = self._row(txn, mailbox)
         if row is None:
-            return self._diverged(txn, source, mailbox, records[0].modseq, "missing mailbox")
+            return self._diverged(txn, source, mailbox, records[0].modseq, MISSING_MAILBOX)
         # Check every record before writing any, so a conflict leaves nothing half-applied.
         fresh: list[MessageAppended] = []
         for rec in records:
@@ -226,7 +228,7 @@ class ReplicaApplier:
     def _flags(self, txn: Any, change: FlagsChanged, source: str) -> ApplyResult:
         row = self._row(txn, change.mailbox)
         if row is None:
-            return self._diverged(txn, source, change.mailbox, change.modseq, "missing mailbox")
+            return self._diverged(txn, source, change.mailbox, change.modseq, MISSING_MAILBOX)
         added, removed = frozenset(change.added), frozenset(change.removed)
         targets: list[tuple[int, MessageRow]] = []
         for uid in change.uids:
@@ -282,7 +284,7 @@ class ReplicaApplier:
     def _expunged(self, txn: Any, change: MessagesExpunged, source: str) -> ApplyResult:
         row = self._row(txn, change.mailbox)
         if row is None:
-            return self._diverged(txn, source, change.mailbox, change.modseq, "missing mailbox")
+            return self._diverged(txn, source, change.mailbox, change.modseq, MISSING_MAILBOX)
         for uid, guid in change.expunged:
             msg = self.index._message(txn, change.mailbox, uid)
             # UNKNOWN_GUID: the wire names UIDs only; the local message decides.
@@ -340,7 +342,7 @@ class ReplicaApplier:
     ) -> ApplyResult:
         row = self._row(txn, change.mailbox)
         if row is None:
-            return self._diverged(txn, source, change.mailbox, 0, "missing mailbox")
+            return self._diverged(txn, source, change.mailbox, 0, MISSING_MAILBOX)
         state = full_state(self.index, txn, change.mailbox)
         assert state is not None
         digest = state_digest(state)
@@ -381,7 +383,7 @@ class ReplicaApplier:
     def _renamed(self, txn: Any, change: MailboxRenamed, source: str) -> ApplyResult:
         row = self._row(txn, change.mailbox)
         if row is None:
-            return self._diverged(txn, source, change.mailbox, 0, "missing mailbox")
+            return self._diverged(txn, source, change.mailbox, 0, MISSING_MAILBOX)
         if row.name == change.new_name:
             return ApplyResult(Outcome.DUPLICATE)
         try:
