@@ -456,6 +456,12 @@ def deterministic(seed: int, clock: trio.testing.MockClock) -> Iterator[None]:
     scheduler, the global ``random`` (dial jitter), random GUIDs, wall time."""
     chance = random.Random(seed ^ 0x5EED)
     saved = (trio_run._r.getstate(), random.getstate(), os.urandom, uuid.uuid4, time.time)
+    scheduling = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    # Without this trio orders each batch of runnable tasks as it finds them, and
+    # it finds them in sets keyed by object address: a seed would replay alone but
+    # not after other seeds in the same process.  (Importing hypothesis turns the
+    # same switch on, so without it pytest and tools/sim would run different schedules.)
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     trio_run._r.seed(seed)
     random.seed(seed)
     os.urandom = lambda n: chance.randbytes(n)  # type: ignore[assignment]
@@ -465,6 +471,7 @@ def deterministic(seed: int, clock: trio.testing.MockClock) -> Iterator[None]:
         yield
     finally:
         trio_run._r.setstate(saved[0])
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = scheduling  # type: ignore[misc]
         random.setstate(saved[1])
         os.urandom, uuid.uuid4, time.time = saved[2], saved[3], saved[4]  # type: ignore[assignment]
 
