@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from replicad.cluster.merge import (
+    UNKNOWN_GUID,
     FlagMark,
     MergePlan,
     MessageState,
@@ -138,6 +139,7 @@ def to_wire(
         return c.SaveChange(
             seq,
             ids[change.mailbox],
+            change.uidvalidity,
             change.uid,
             change.guid,
             change.modseq,
@@ -164,23 +166,35 @@ def to_wire(
             for src, a in zip(change.source_uids, change.appended, strict=True)
         )
         return c.CopyChange(
-            seq, ids[change.source_mailbox], ids[change.appended[0].mailbox], entries
+            seq,
+            ids[change.source_mailbox],
+            ids[change.appended[0].mailbox],
+            change.appended[0].uidvalidity,
+            entries,
         )
     if isinstance(change, FlagsChanged):
+        known = dict(zip(change.uids, change.guids, strict=False))
         return c.StoreChange(
             seq,
             ids[change.mailbox],
+            change.uidvalidity,
             UidSet.of(change.uids),
             change.added,
             change.removed,
             change.modseq,
             change.stamp,
+            tuple(known.get(uid, UNKNOWN_GUID) for uid in sorted(set(change.uids))),
         )
     if isinstance(change, MessagesExpunged):
         pairs = sorted(change.expunged)
         uids = UidSet.of([uid for uid, _ in pairs])
         return c.ExpungeChange(
-            seq, ids[change.mailbox], uids, change.modseq, tuple(g for _, g in pairs)
+            seq,
+            ids[change.mailbox],
+            change.uidvalidity,
+            uids,
+            change.modseq,
+            tuple(g for _, g in pairs),
         )
     if isinstance(change, MailboxCreated):
         return c.CreateChange(seq, change.user, change.name, change.mailbox, change.uidvalidity)
@@ -225,6 +239,7 @@ def from_wire(
             frame.size,
             frame.body_hash,
             frame.stamp,
+            frame.uidvalidity,
         )
         return record, [frame.body] if frame.body is not None else []
     if isinstance(frame, c.CopyChange):
@@ -241,6 +256,7 @@ def from_wire(
                 e.size,
                 e.body_hash,
                 e.stamp,
+                frame.uidvalidity,
             )
             for e in frame.entries
         )
@@ -259,13 +275,15 @@ def from_wire(
                 frame.remove,
                 frame.modseq,
                 stamp=frame.stamp,
+                uidvalidity=frame.uidvalidity,
+                guids=frame.guids,
             ),
             [],
         )
     if isinstance(frame, c.ExpungeChange):
         box = ids[frame.mbox]
         pairs = tuple(zip(frame.uids, frame.guids, strict=True))
-        return MessagesExpunged(box.user, box.guid, pairs, frame.modseq), []
+        return MessagesExpunged(box.user, box.guid, pairs, frame.modseq, frame.uidvalidity), []
     if isinstance(frame, c.CreateChange):
         return MailboxCreated(frame.user, frame.name, frame.guid, frame.uidvalidity), []
     if isinstance(frame, c.RenameChange):

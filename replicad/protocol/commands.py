@@ -846,9 +846,23 @@ class SaveChange(Change):
     """A new message; ``body`` may be NIL when the master knows the peer holds it."""
 
     VERB = "SAVE"
-    SCHEMA = (SEQ, MBOX_ID, UID, GUID, MODSEQ, TIME, FLAGS, STAMP, SIZE, HASH, Optional(BODY))
+    SCHEMA = (
+        SEQ,
+        MBOX_ID,
+        UIDVALIDITY,
+        UID,
+        GUID,
+        MODSEQ,
+        TIME,
+        FLAGS,
+        STAMP,
+        SIZE,
+        HASH,
+        Optional(BODY),
+    )
     MBOX_FIELDS = ("mbox",)
     mbox: int
+    uidvalidity: int  # of the master's UID space: another lineage's copy refuses it (I2)
     uid: int
     guid: bytes
     modseq: int
@@ -879,10 +893,11 @@ class CopyChange(Change):
     """Self-contained so a peer that expunged the source still makes the copy (I6)."""
 
     VERB = "COPY"
-    SCHEMA = (SEQ, MBOX_ID, MBOX_ID, ListOf(Nested(CopyEntry)))
+    SCHEMA = (SEQ, MBOX_ID, MBOX_ID, UIDVALIDITY, ListOf(Nested(CopyEntry)))
     MBOX_FIELDS = ("source", "dest")
     source: int
     dest: int
+    uidvalidity: int  # of the destination's UID space (I2)
     entries: tuple[CopyEntry, ...]
 
 
@@ -892,9 +907,10 @@ class ExpungeChange(Change):
     that holds another message there diverged and must not expunge it (I6)."""
 
     VERB = "EXPUNGE"
-    SCHEMA = (SEQ, MBOX_ID, UIDS, MODSEQ, ListOf(GUID, 100_000))
+    SCHEMA = (SEQ, MBOX_ID, UIDVALIDITY, UIDS, MODSEQ, ListOf(GUID, 100_000))
     MBOX_FIELDS = ("mbox",)
     mbox: int
+    uidvalidity: int
     uids: UidSet
     modseq: int
     guids: tuple[bytes, ...]
@@ -907,17 +923,24 @@ class ExpungeChange(Change):
 @dataclass(frozen=True, slots=True)
 class StoreChange(Change):
     VERB = "STORE"
-    SCHEMA = (SEQ, MBOX_ID, UIDS, FLAGS, FLAGS, MODSEQ, STAMP)
+    """``guids[i]`` is the message GUID of the i-th UID (ascending): a copy
+    holding another message there diverged and must not change it (I5, I6)."""
+
+    SCHEMA = (SEQ, MBOX_ID, UIDVALIDITY, UIDS, FLAGS, FLAGS, MODSEQ, STAMP, ListOf(GUID, 100_000))
     MBOX_FIELDS = ("mbox",)
     mbox: int
+    uidvalidity: int
     uids: UidSet
     add: tuple[str, ...]
     remove: tuple[str, ...]
     modseq: int
     stamp: int  # per-flag last writer wins after a partition (I5)
+    guids: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
         _check_deltas(self.add, self.remove)
+        if len(self.guids) != self.uids.count():
+            raise ValueError("one message GUID per changed UID")
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ def _appended_fields(r: MessageAppended) -> list[Any]:
         r.size,
         r.body_hash,
         r.stamp,
+        r.uidvalidity,
     ]
 
 
@@ -61,6 +62,7 @@ def _appended_from(f: list[Any]) -> MessageAppended:
         size=size,
         body_hash=body_hash,
         stamp=rest[0] if rest else 0,
+        uidvalidity=rest[1] if len(rest) > 1 else 0,
     )
 
 
@@ -109,6 +111,8 @@ def encode_change(change: Change) -> bytes:
             change.modseq,
             list(change.rejected),
             change.stamp,
+            change.uidvalidity,
+            list(change.guids),
         ]
     elif isinstance(change, MessagesExpunged):
         fields = [
@@ -117,6 +121,7 @@ def encode_change(change: Change) -> bytes:
             change.mailbox,
             [[u, g] for u, g in change.expunged],
             change.modseq,
+            change.uidvalidity,
         ]
     elif isinstance(change, MailboxCreated):
         fields = ["N", change.user, change.name, change.mailbox, change.uidvalidity]
@@ -168,14 +173,17 @@ def decode_change(raw: bytes) -> Change:
                 modseq=modseq,
                 rejected=tuple(rejected),
                 stamp=rest[0] if rest else 0,
+                uidvalidity=rest[1] if len(rest) > 1 else 0,
+                guids=tuple(rest[2]) if len(rest) > 2 else (),
             )
         if kind == "X":
-            user, mailbox, expunged, modseq = f
+            user, mailbox, expunged, modseq, *rest = f
             return MessagesExpunged(
                 user=user,
                 mailbox=mailbox,
                 expunged=tuple((u, g) for u, g in expunged),
                 modseq=modseq,
+                uidvalidity=rest[0] if rest else 0,
             )
         if kind == "N":
             user, name, mailbox, uidvalidity = f

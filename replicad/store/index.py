@@ -463,7 +463,7 @@ class MailIndex:
             )
             txn.put(message_key(guid, uid), msg.encode(), db=self.dbs.messages)
             txn.put(change_key(guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
-            out.append(_appended(row.user, guid, uid, msg, stamp))
+            out.append(_appended(row.user, guid, uid, msg, stamp, row.uidvalidity))
             vsize += msg.size
             uid += 1
         txn.put(
@@ -532,7 +532,7 @@ class MailIndex:
             new = replace(msg, modseq=modseq, marks=stamped(msg.flags, stamp))
             txn.put(message_key(dst_guid, uid), new.encode(), db=self.dbs.messages)
             txn.put(change_key(dst_guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
-            appended.append(_appended(dst_row.user, dst_guid, uid, new, stamp))
+            appended.append(_appended(dst_row.user, dst_guid, uid, new, stamp, dst_row.uidvalidity))
             vsize += new.size
             uid += 1
         txn.put(
@@ -626,6 +626,8 @@ class MailIndex:
             modseq=modseq,
             rejected=tuple(rejected),
             stamp=stamp,
+            uidvalidity=row.uidvalidity,
+            guids=tuple(msg.guid for _, msg in targets),
         )
 
     def expunge(
@@ -662,7 +664,7 @@ class MailIndex:
             ).encode(),
             db=self.dbs.mailboxes,
         )
-        return MessagesExpunged(row.user, guid, tuple(gone), modseq)
+        return MessagesExpunged(row.user, guid, tuple(gone), modseq, row.uidvalidity)
 
     def tombstones(self, txn: Any, user: str, name: str) -> list[tuple[int, bytes, int]]:
         """(uid, message guid, modseq) of every expunged UID of the mailbox, ascending."""
@@ -709,7 +711,9 @@ def _info(uid: int, msg: MessageRow) -> MessageInfo:
     )
 
 
-def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int) -> MessageAppended:
+def _appended(
+    user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int, uidvalidity: int
+) -> MessageAppended:
     return MessageAppended(
         user=user,
         mailbox=mailbox,
@@ -721,4 +725,5 @@ def _appended(user: str, mailbox: bytes, uid: int, msg: MessageRow, stamp: int) 
         size=msg.size,
         body_hash=msg.body_hash,
         stamp=stamp,
+        uidvalidity=uidvalidity,
     )

@@ -94,6 +94,10 @@ class MessageAppended(Change):
     body_hash: bytes
     #: Hybrid-clock stamp of the flags' registers (replicad.store.marks, I5).
     stamp: int = 0
+    #: UIDVALIDITY of the UID space the record numbers (I2): a copy under
+    #: another one is another lineage and must not apply it.  0 in records
+    #: logged before it was kept: unknown, not checked.
+    uidvalidity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,14 @@ class FlagsChanged(Change):
     rejected: tuple[int, ...] = ()
     #: Hybrid-clock stamp of the deltas: per-flag last writer wins (I5).
     stamp: int = 0
+    #: UIDVALIDITY of the UID space the record numbers (I2): a copy under
+    #: another one is another lineage and must not apply it.  0 in records
+    #: logged before it was kept: unknown, not checked.
+    uidvalidity: int = 0
+    #: ``guids[i]`` is the message GUID at ``uids[i]``: a copy holding another
+    #: message there diverged and must not change its flags (I5, I6).  Empty
+    #: in records logged before it was kept: unknown, not checked.
+    guids: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,10 @@ class MessagesExpunged(Change):
     mailbox: bytes
     expunged: tuple[tuple[int, bytes], ...]
     modseq: int
+    #: UIDVALIDITY of the UID space the record numbers (I2): a copy under
+    #: another one is another lineage and must not apply it.  0 in records
+    #: logged before it was kept: unknown, not checked.
+    uidvalidity: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any
 
 from replicad.cluster.digest import state_digest
+from replicad.cluster.merge import UNKNOWN_GUID
 from replicad.errors import ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
@@ -56,7 +57,6 @@ from replicad.store.statesync import MissingBodyError, apply_plan, full_state
 #: The detail of a change refused because its mailbox GUID is not here.
 MISSING_MAILBOX = "missing mailbox"
 #: A tombstone's message GUID when the expunged message was never seen here.
-UNKNOWN_GUID = bytes(16)
 
 
 class Outcome(Enum):
@@ -137,6 +137,26 @@ class ReplicaApplier:
             f"modseq {modseq} is not above HIGHESTMODSEQ {row.highestmodseq}",
         )
 
+    def _other_lineage(
+        self, txn: Any, source: str, mailbox: bytes, uidvalidity: int, row: MailboxRow
+    ) -> ApplyResult | None:
+        """A change numbered in another UID space than this copy's (I2).
+
+        After a partition the same mailbox GUID can live under two
+        UIDVALIDITYs (a merge gave one side a new one, and the other has not
+        applied that merge yet): the UIDs of one say nothing about the other,
+        so a change of one applied to the other would put a message at a UID
+        that names something else there, or twice.  The resync merges them."""
+        if uidvalidity == 0 or uidvalidity == row.uidvalidity:
+            return None
+        return self._diverged(
+            txn,
+            source,
+            mailbox,
+            0,
+            f"UIDVALIDITY {uidvalidity} of the change is not this copy's {row.uidvalidity}",
+        )
+
     def _row(self, txn: Any, mailbox: bytes) -> MailboxRow | None:
         raw = txn.get(mailbox, db=self.dbs.mailboxes)
         return None if raw is None else MailboxRow.decode(raw)
@@ -165,6 +185,8 @@ class ReplicaApplier:
         row = self._row(txn, mailbox)
         if row is None:
             return self._diverged(txn, source, mailbox, records[0].modseq, MISSING_MAILBOX)
+        if other := self._other_lineage(txn, source, mailbox, records[0].uidvalidity, row):
+            return other
         # Check every record before writing any, so a conflict leaves nothing half-applied.
         fresh: list[MessageAppended] = []
         for rec in records:
@@ -229,15 +251,28 @@ class ReplicaApplier:
         row = self._row(txn, change.mailbox)
         if row is None:
             return self._diverged(txn, source, change.mailbox, change.modseq, MISSING_MAILBOX)
+        if other := self._other_lineage(txn, source, change.mailbox, change.uidvalidity, row):
+            return other
         added, removed = frozenset(change.added), frozenset(change.removed)
         targets: list[tuple[int, MessageRow]] = []
-        for uid in change.uids:
+        # UNKNOWN_GUID (a record logged before flag changes named their
+        # messages): the local message decides, as before.
+        guids = change.guids or (UNKNOWN_GUID,) * len(change.uids)
+        for uid, guid in zip(change.uids, guids, strict=True):
             msg = self.index._message(txn, change.mailbox, uid)
             if msg is None:
-                if self._tombstone(txn, change.mailbox, uid) is not None:
+                tomb = self._tombstone(txn, change.mailbox, uid)
+                if tomb is not None and (guid == UNKNOWN_GUID or guid in tomb[0]):
                     continue  # expunge wins over a flag change (I6)
+                why = "missing message" if tomb is None else "another expunged message at"
                 return self._diverged(
-                    txn, source, change.mailbox, change.modseq, f"missing message UID {uid}"
+                    txn, source, change.mailbox, change.modseq, f"{why} UID {uid}"
+                )
+            if guid != UNKNOWN_GUID and msg.guid != guid:
+                # Another master's lineage numbered another message here (a
+                # partition): changing it would give one message the other's flags.
+                return self._diverged(
+                    txn, source, change.mailbox, change.modseq, f"UID {uid} names another message"
                 )
             targets.append((uid, msg))
         applied = 0
@@ -285,6 +320,8 @@ class ReplicaApplier:
         row = self._row(txn, change.mailbox)
         if row is None:
             return self._diverged(txn, source, change.mailbox, change.modseq, MISSING_MAILBOX)
+        if other := self._other_lineage(txn, source, change.mailbox, change.uidvalidity, row):
+            return other
         for uid, guid in change.expunged:
             msg = self.index._message(txn, change.mailbox, uid)
             # UNKNOWN_GUID: the wire names UIDs only; the local message decides.

@@ -80,10 +80,8 @@ def record_strategy(record: type[c.Record]) -> st.SearchStrategy[Any]:
     names = c._field_names(record)
     fields = {n: strategy_for(k) for n, k in zip(names, record.SCHEMA, strict=True)}
     strategy = st.fixed_dictionaries(fields)
-    if "add" in fields and "remove" in fields:
-        strategy = strategy.filter(lambda d: not set(d["add"]) & set(d["remove"]))
-    if record is c.ExpungeChange:
-        # One GUID per UID: draw the GUIDs, then that many UIDs.
+    if record in (c.ExpungeChange, c.StoreChange):
+        # One GUID per UID: draw the UIDs, then that many GUIDs.
         uids = st.sets(st.integers(1, 2**32 - 1), min_size=1, max_size=6)
         strategy = st.fixed_dictionaries({**fields, "uids": uids}).map(
             lambda d: {
@@ -92,6 +90,8 @@ def record_strategy(record: type[c.Record]) -> st.SearchStrategy[Any]:
                 "guids": tuple(bytes([i]) * 16 for i in range(len(d["uids"]))),
             }
         )
+    if "add" in fields and "remove" in fields:
+        strategy = strategy.filter(lambda d: not set(d["add"]) & set(d["remove"]))
     return strategy.map(lambda d: record(**d))
 
 

@@ -197,14 +197,16 @@ def test_mbox_ids_per_direction() -> None:
     # A peer referencing an id it never defined is a protocol violation.
     with pytest.raises(ProtocolError, match="not defined"):
         a.receive_data(
-            encode_frame(c.encode_untagged(c.ExpungeChange(1, 5, UidSet.of([1]), 9, (bytes(16),))))
+            encode_frame(
+                c.encode_untagged(c.ExpungeChange(1, 5, 1, UidSet.of([1]), 9, (bytes(16),)))
+            )
         )
 
 
 def test_change_stream_and_ack_are_untagged() -> None:
     a, b = pair()
     b.send_command(mbox(4))
-    b.send_untagged(c.StoreChange(41, 4, UidSet.of([2]), ("\\Seen",), (), 101, 7))
+    b.send_untagged(c.StoreChange(41, 4, 1, UidSet.of([2]), ("\\Seen",), (), 101, 7, (bytes(16),)))
     events = a.receive_data(b.data_to_send())
     assert isinstance(events[-1], UntaggedReceived)
     a.send_untagged(c.Ack(41))
@@ -220,8 +222,10 @@ def _exchange(compress: bool) -> list[object]:
         assert any(isinstance(e, CompressionStarted) for e in a.receive_data(b.data_to_send()))
     b.send_command(mbox(2))
     for seq in range(1, 200):
-        b.send_untagged(c.StoreChange(seq, 2, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq))
-    b.send_untagged(c.SaveChange(200, 2, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, b"hello"))
+        b.send_untagged(
+            c.StoreChange(seq, 2, 1, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq, (GUID,))
+        )
+    b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, b"hello"))
     wire = b.data_to_send()
     events: list[object] = []
     for i in range(0, len(wire), 7):  # arbitrary slicing through the zstd stream
@@ -315,7 +319,7 @@ def test_a_large_compressed_body_arrives_in_one_receive() -> None:
     a.receive_data(b.data_to_send())
     a.send_command(mbox(2))
     body = b"x" * (3 * 1024 * 1024)
-    a.send_untagged(c.SaveChange(200, 2, 300, GUID, 1300, 0, (), 9, len(body), b"h" * 32, body))
+    a.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, len(body), b"h" * 32, body))
     events = b.receive_data(a.data_to_send())
     saves = [e for e in events if isinstance(e, UntaggedReceived)]
     assert len(saves) == 1

@@ -123,7 +123,9 @@ def test_flag_lists_match_the_reference(value: Any) -> None:
     "record",
     [
         c.Store(3, UidSet.parse("1:5"), ("\\Seen",), ("$Junk",), 7),
-        c.StoreChange(9, 3, UidSet.parse("2"), (), ("\\Deleted",), 12, 3),  # inherited `seq`
+        c.StoreChange(
+            9, 3, 1, UidSet.parse("2"), (), ("\\Deleted",), 12, 3, (bytes(16),)
+        ),  # inherited `seq`
         c.Routes((c.Route("n2", 1), c.Route("n3", 2))),  # nested records
     ],
     ids=lambda r: type(r).__name__,

@@ -81,7 +81,7 @@ def test_store_field_validation(fields: list[object], reason: str) -> None:
 
 def test_change_stream_forbids_star() -> None:
     with pytest.raises(c.ProtocolError, match=r"'\*' not allowed"):
-        c.StoreChange.from_fields([1, 1, "1:*", [], [], 5, 0])
+        c.StoreChange.from_fields([1, 1, 7, "1:*", [], [], 5, 0, []])
 
 
 def test_guid_length_is_exact() -> None:

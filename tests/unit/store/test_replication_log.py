@@ -10,6 +10,7 @@ applied over local data (I2): they mark the mailbox for resync.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ import pytest
 from replicad.errors import ReplicadError
 from replicad.store.changecodec import decode_change, encode_change
 from replicad.store.mailstore import MailStore
-from replicad.store.records import MessageAppended, MessagesCopied
+from replicad.store.records import FlagsChanged, MessageAppended, MessagesCopied
 from replicad.store.replica import Outcome
+from replicad.store.schema import pack, unpack
 from replicad.uidset import UidSet
 
 FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Work"]
@@ -156,6 +158,70 @@ async def test_collision_is_never_applied_over_local_data(tmp_path: Path) -> Non
         await b.expunge("alice", "INBOX", UidSet.parse("2"))
         result = await b.apply_replicated(rec_a, "a", [b"from a"])
         assert result.outcome is Outcome.DIVERGED and "reused after expunge" in result.detail
+
+
+async def test_change_of_another_uid_space_is_never_applied(tmp_path: Path) -> None:
+    """A change numbered under another UIDVALIDITY (a copy that a resync merge
+    renumbered, on one side only) is refused and marked: same-GUID mailbox,
+    same UIDs, yet the UIDs may name other messages (I2)."""
+    async with (
+        MailStore.open(tmp_path / "a", peers=("b",)) as a,
+        MailStore.open(tmp_path / "b", peers=("a",)) as b,
+    ):
+        await a.append("alice", "INBOX", b"one")
+        await ship(a, b, "b", "a")
+        status = await b.mailbox_status("alice", "INBOX")
+        save = await a.append("alice", "INBOX", b"two")
+        flags = await a.store_flags("alice", "INBOX", UidSet.parse("1"), "add", ["\\Seen"])
+        gone = await a.expunge("alice", "INBOX", UidSet.parse("1"))
+        assert save.uidvalidity == flags.uidvalidity == gone.uidvalidity == status.uidvalidity
+        other = status.uidvalidity + 1
+        for change in (save, flags, gone):
+            result = await b.apply_replicated(replace(change, uidvalidity=other), "a", [b"two"])
+            assert result.outcome is Outcome.DIVERGED, change
+            assert f"UIDVALIDITY {other}" in result.detail
+        after = await b.mailbox_status("alice", "INBOX")
+        assert (after.messages, after.highestmodseq) == (1, status.highestmodseq)  # untouched
+        [mark] = await b.resync_marks()
+        assert (mark.peer, mark.mailbox, mark.reason) == ("a", save.mailbox, "conflict")
+        # The same records in the copy's own UID space apply.
+        await ship(a, b, "b", "a")
+        assert await b.logical_state() == await a.logical_state()
+
+
+async def test_flag_change_for_another_message_at_the_uid_is_refused(tmp_path: Path) -> None:
+    """Both sides of a partition append UID 2; one flags its message.  The
+    change's modseq is above the other copy's, so only the GUID it names
+    tells that it is meant for another message (I5: no message gets another's
+    flags)."""
+    async with (
+        MailStore.open(tmp_path / "a", peers=("b",)) as a,
+        MailStore.open(tmp_path / "b", peers=("a",)) as b,
+    ):
+        await a.append("alice", "INBOX", b"first")
+        await ship(a, b, "b", "a")
+        await a.append("alice", "INBOX", b"from a")
+        await b.append("alice", "INBOX", b"from b")
+        flags = await a.store_flags("alice", "INBOX", UidSet.parse("2"), "add", ["\\Flagged"])
+        assert flags.modseq > (await b.mailbox_status("alice", "INBOX")).highestmodseq
+        result = await b.apply_replicated(flags, "a")
+        assert result.outcome is Outcome.DIVERGED and "UID 2 names another" in result.detail
+        [msg] = await b.fetch("alice", "INBOX", UidSet.parse("2"))
+        assert msg.flags == ()
+        [mark] = await b.resync_marks()
+        assert (mark.peer, mark.reason) == ("a", "conflict")
+
+
+def test_log_entries_without_uidvalidity_still_decode() -> None:
+    """Entries logged before changes carried their UIDVALIDITY decode with 0
+    (unknown: applied without the check), so an upgraded node drains its log."""
+    rec = MessageAppended("u", b"m" * 16, 7, b"g" * 16, 9, (), 5, 3, b"h" * 32, 11, 42)
+    kind, *fields = unpack(encode_change(rec))
+    assert fields[-1] == 42
+    assert decode_change(pack([kind, *fields[:-1]])) == replace(rec, uidvalidity=0)
+    flags = FlagsChanged("u", b"m" * 16, (3,), ("\\Seen",), (), 9, (), 11, 42, (b"g" * 16,))
+    kind, *fields = unpack(encode_change(flags))
+    assert decode_change(pack([kind, *fields[:-2]])) == replace(flags, uidvalidity=0, guids=())
 
 
 async def test_append_without_body_is_refused(tmp_path: Path) -> None:
