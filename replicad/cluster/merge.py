@@ -86,6 +86,18 @@ Rules of :func:`merge`:
    the moved copy (I5), and its own expunge of it there (a tombstone naming
    the GUID without knowing the move) expunges the moved copy too (I6:
    expunge wins).  Chains of moves are followed.
+
+7. **Concurrent moves are settled.** Two masters can merge the same
+   collision concurrently (each side of a partition that just healed had
+   one, until the root settles), and pick different new UIDs for the same
+   message: the old UID's tombstone then records two targets for one GUID,
+   and both lineages hold the message, once each, at different UIDs.  They
+   are one message: if either lineage expunged it, every copy of it reached
+   by those moves is expunged (I6); otherwise the copy at the highest UID
+   stays, with the other copies' flag registers joined in (I5), and each
+   other copy becomes a tombstone recording the move to it (moves only ever
+   go up, so chains of them end).  Without this
+   rule the message would be duplicated, or come back after an expunge.
 """
 
 from __future__ import annotations
@@ -98,9 +110,8 @@ from typing import TypeAlias, TypeVar
 
 from replicad.uidset import MAX_UID
 
-#: The tombstone GUID of a message expunged here but never seen here (the same
-#: value as :data:`replicad.store.replica.UNKNOWN_GUID`, which this pure
-#: module does not import: that would pull in LMDB).
+#: The tombstone GUID of a message expunged here but never seen here (the
+#: store's replica applier uses the same value for wire records that name no GUID).
 UNKNOWN_GUID = bytes(16)
 
 _GUID_LEN = 16
@@ -434,6 +445,7 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
         table = dict(tomb.moved) | targets
         result[old_uid] = replace(tomb, moved=tuple(sorted(table.items())))
     _follow_moves(result, winners)
+    _settle_concurrent_moves(result, winners, base)
 
     # Rule 4: keep a side's modseq only where every side that lacks that
     # exact entry had not yet reached it; anything else is a change newer than
@@ -516,6 +528,56 @@ def _follow_moves(result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]
                     break
             else:
                 result[target] = dest
+
+
+def _settle_concurrent_moves(
+    result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]], base: int
+) -> None:
+    """Rule 7: one message moved from one old UID to several new ones by
+    concurrent merges is one message again (expunged if any copy was)."""
+    targets: dict[tuple[int, bytes], set[int]] = defaultdict(set)
+    for side in winners:
+        for uid, entry in side.items():
+            if isinstance(entry, Tombstone):
+                for guid, target in entry.moved:
+                    targets[(uid, guid)].add(target)
+    for (uid, guid), found in sorted(targets.items()):
+        if len(found) < 2:
+            continue
+        live: set[int] = set()
+        expunged = False
+        for target in found:
+            seen = {uid}
+            while isinstance(result.get(target), Tombstone) and target not in seen:
+                seen.add(target)
+                nxt = dict(result[target].moved).get(guid)  # type: ignore[union-attr]
+                if nxt is None:
+                    break
+                target = nxt
+            final = result.get(target)
+            if isinstance(final, MessageState) and final.guid == guid:
+                live.add(target)
+            elif (
+                isinstance(final, Tombstone)
+                and guid in final.guids
+                and guid not in dict(final.moved)
+            ):
+                expunged = True
+        if not live or (len(live) == 1 and not expunged):
+            continue
+        *others, keeper = sorted(live)
+        if expunged:
+            for at in live:
+                result[at] = Tombstone(at, frozenset({guid}), base)
+            continue
+        kept = result[keeper]
+        assert isinstance(kept, MessageState)
+        for at in others:
+            other = result[at]
+            assert isinstance(other, MessageState)
+            kept = replace(kept, marks=join_marks(kept.marks, other.marks))
+            result[at] = Tombstone(at, frozenset({guid}), base, ((guid, keeper),))
+        result[keeper] = kept
 
 
 def plan(side: MailboxState, merged: MailboxState) -> MergePlan:

@@ -629,12 +629,6 @@ def test_modseqs_are_not_associative() -> None:
     check_i3([a, b, c], grouped)
 
 
-def test_unknown_guid_is_the_stores() -> None:
-    from replicad.store.replica import UNKNOWN_GUID as STORE_UNKNOWN
-
-    assert UNKNOWN_GUID == STORE_UNKNOWN
-
-
 @pytest.mark.parametrize(
     "build",
     [
@@ -698,3 +692,45 @@ def test_a_late_side_s_flag_change_and_expunge_follow_the_move() -> None:
     for side in (r, d):
         assert apply_plan(side, plan(side, r3)) == r3
     assert merge([r3, d]) == r3 and merge([r3, r]) == r3  # idempotent
+
+
+def test_concurrent_masters_moving_one_collision_settle_on_one_copy() -> None:
+    """Rule 7: two masters merged the same UID-5 collision concurrently; Y's
+    copy had one more message (UID 6), so their moves went to different UIDs.
+    Merging the two results keeps every message exactly once, and an expunge
+    of one of the copies in either lineage expunges the message."""
+    g0, g1, g2, g3 = guid(1), guid(2), guid(3), guid(4)
+    base = [make_message(1, g0, 1)]
+    a = mailbox([*base, make_message(5, g1, 5)], uidnext=6, highestmodseq=5)
+    b = mailbox([*base, make_message(5, g2, 5)], uidnext=6, highestmodseq=5)
+    y = mailbox([*base, make_message(5, g1, 5), make_message(6, g3, 6)], uidnext=7, highestmodseq=6)
+    rx, ry = merge([a, b]), merge([y, b])
+    assert dict(rx.tombstones[0].moved) != dict(ry.tombstones[0].moved)  # the race
+    r = merge([rx, ry])
+    assert sorted(m.guid for m in r.messages) == [g0, g1, g2, g3]  # once each
+    for side in (rx, ry):
+        assert apply_plan(side, plan(side, r)) == r
+        assert merge([r, side]) == r  # idempotent
+    # Y's lineage flagged its copy of g1: the flag survives on the one copy.
+    at_y = next(m for m in ry.messages if m.guid == g1)
+    flagged = replace(at_y, modseq=ry.highestmodseq + 1, marks=(FlagMark("\\Seen", 70, True),))
+    ry_flagged = replace(
+        ry,
+        highestmodseq=ry.highestmodseq + 1,
+        messages=tuple(flagged if m.guid == g1 else m for m in ry.messages),
+    )
+    (kept,) = [m for m in merge([rx, ry_flagged]).messages if m.guid == g1]
+    assert kept.flags == ("\\Seen",)
+    # Y's lineage expunged its copy of g1: no copy of it comes back.
+    ry_gone = replace(
+        ry,
+        highestmodseq=ry.highestmodseq + 1,
+        messages=tuple(m for m in ry.messages if m.guid != g1),
+        tombstones=(
+            *ry.tombstones,
+            Tombstone(at_y.uid, frozenset({g1}), ry.highestmodseq + 1),
+        ),
+    )
+    r2 = merge([rx, ry_gone])
+    assert sorted(m.guid for m in r2.messages) == [g0, g2, g3]
+    assert merge([r2, rx]) == r2 and merge([r2, ry_gone]) == r2
