@@ -28,10 +28,14 @@ a ``kill -9`` instead loses nothing acknowledged either; the clean path
 avoids failing requests needlessly and leaves peers up to date.
 
 SIGHUP: the config file is read again; ``node.log_level``,
-``node.shutdown_timeout`` and ``metrics.health_token`` take effect at once.
-Other changes (the peer list among them) are reported as needing a restart:
-the cluster runtime, the store's change log (one cursor per peer) and the
-TLS listener's list of known peers are built for a fixed set of peers.
+``node.shutdown_timeout``, ``metrics.health_token`` and the ``[[peers]]``
+list take effect at once.  A new peer gets an outbox cursor and a
+whole-node resync (its copy is built by resync), and its links are
+accepted and dialled; a removed one is disconnected, no longer accepted,
+and the log stops waiting for it; a peer whose address changed is dialled
+there.  Going from no peers to some (or back) changes what the node is
+(a single node or a cluster member) and needs a restart, as do the other
+sections; they are reported, not applied.
 """
 
 from __future__ import annotations
@@ -289,7 +293,7 @@ async def _run_locked(
             if config.metrics is not None
             else None
         )
-        live = _LiveConfig(config, httpd)
+        live = _LiveConfig(config, httpd, cluster, observer)
         async with trio.open_nursery() as nursery:
             if httpd is not None:
                 assert config.metrics is not None
@@ -328,7 +332,7 @@ async def _serve_until_stop(
     async for signum in signals:
         if signum == signal.SIGHUP:
             notify.reloading()
-            live.reload()
+            await live.reload()
             notify.ready(status_line(await observer.snapshot()))
             continue
         log.info("node.stopping", extra={"kv": {"signal": signal.Signals(signum).name}})
@@ -427,11 +431,19 @@ async def _status_loop(observer: Observer, notify: Notifier) -> None:
 class _LiveConfig:
     """The configuration in force, and what a SIGHUP may change in it."""
 
-    def __init__(self, config: NodeConfig, httpd: HttpServer | None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        httpd: HttpServer | None,
+        cluster: ClusterNode | None,
+        observer: Observer,
+    ) -> None:
         self.config = config
         self.httpd = httpd
+        self.cluster = cluster
+        self.observer = observer
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Read the config file again; apply what can change live, report the rest."""
         old = self.config
         try:
@@ -460,7 +472,22 @@ class _LiveConfig:
             self.httpd.health_token = new.metrics.health_token
             metrics = new.metrics
             applied.append("metrics.health_token")
-        self.config = dataclasses.replace(old, node=node, metrics=metrics)
+        peers = old.peers
+        if new.peers != peers and self.cluster is not None and new.peers:
+            try:
+                await self.cluster.set_peers(
+                    tuple(PeerAddress(p.name, p.host, p.port) for p in new.peers)
+                )
+            except ReplicadError as exc:
+                log.error(
+                    "node.reload_failed",
+                    extra={"kv": {"config": old.path, "section": "peers", "reason": str(exc)}},
+                )
+            else:
+                peers = new.peers
+                applied.append("peers")
+        self.config = dataclasses.replace(old, node=node, metrics=metrics, peers=peers)
+        self.observer.config = self.config
         pending = _needs_restart(self.config, new)
         log.info(
             "node.reloaded",

@@ -20,7 +20,7 @@ import enum
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +154,7 @@ class MeteredNetwork:
         self,
         handler: Callable[[Link], Awaitable[None]],
         config: LinkConfig,
-        known_peers: tuple[str, ...],
+        known_peers: Collection[str],
         task_status: trio.TaskStatus[Any],
     ) -> None:
         async def metered(link: Link) -> None:

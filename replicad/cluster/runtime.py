@@ -53,7 +53,7 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -193,7 +193,7 @@ class Network(Protocol):
         self,
         handler: Callable[[Link], Awaitable[None]],
         config: LinkConfig,
-        known_peers: tuple[str, ...],
+        known_peers: Collection[str],
         task_status: trio.TaskStatus[Any],
     ) -> None: ...
 
@@ -213,7 +213,7 @@ class TlsNetwork:
         self,
         handler: Callable[[Link], Awaitable[None]],
         config: LinkConfig,
-        known_peers: tuple[str, ...],
+        known_peers: Collection[str],
         task_status: trio.TaskStatus[Any],
     ) -> None:
         host, port = self.listen
@@ -471,6 +471,7 @@ class ClusterNode:
         self._started_at = 0.0
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
+        self._dialers: dict[str, trio.CancelScope] = {}  # peer -> its dial loop
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
         self.resync = Resyncer(self)
         self.verify = AntiEntropy(self)
@@ -495,13 +496,14 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(
+                # A live view: a reloaded peer list takes effect for the next
+                # link accepted (set_peers).
                 lambda task_status: self.network.serve(
-                    self._accepted, self.link_config, tuple(self.peers), task_status
+                    self._accepted, self.link_config, self.peers.keys(), task_status
                 )
             )
             for peer in self.peers.values():
-                if self.name < peer.name:
-                    nursery.start_soon(self._dial_loop, peer)
+                self._start_dialer(peer)
             nursery.start_soon(self._settle)
             nursery.start_soon(self._confirm_root)
             nursery.start_soon(self.resync.scan_loop, self.settings.resync_interval)
@@ -532,6 +534,54 @@ class ClusterNode:
         os.replace(tmp, self._epoch_file)
 
     # -- links --
+
+    def _start_dialer(self, peer: PeerAddress) -> None:
+        """Dial ``peer`` for as long as it is configured (the lower name dials)."""
+        if self.name > peer.name:
+            return
+        assert self._nursery is not None
+        scope = self._dialers[peer.name] = trio.CancelScope()
+
+        async def dial() -> None:
+            with scope:
+                await self._dial_loop(peer)
+
+        self._nursery.start_soon(dial)
+
+    async def set_peers(self, peers: tuple[PeerAddress, ...]) -> tuple[str, ...]:
+        """Take a reloaded peer list (SIGHUP); return the names whose entry changed.
+
+        The store learns it first, so a new peer has its outbox cursor (and a
+        whole-node resync mark: its copy is built by resync) before its first
+        link can stream; a removed peer's cursor goes, so the log stops
+        waiting for it.  A removed peer's link is closed and not accepted
+        again; one whose address changed is dialled there.  The root
+        election takes in new nodes as they become reachable, as it does for
+        nodes reached through others.
+        """
+        new = {p.name: p for p in peers}
+        if self.name in new:
+            raise BadInputError(f"node {self.name!r} cannot be its own peer")
+        changed = sorted(
+            n for n in new.keys() | self.peers.keys() if new.get(n) != self.peers.get(n)
+        )
+        if not changed:
+            return ()
+        await self.store.set_peers(tuple(sorted(new)))
+        self.peers.clear()
+        self.peers.update(new)  # in place: the listener checks this very dict
+        for name in changed:
+            scope = self._dialers.pop(name, None)
+            if scope is not None:
+                scope.cancel()
+            session = self.sessions.get(name)
+            if session is not None:
+                session.cancel_scope.cancel()  # closed now; redialled if still configured
+            if name in new:
+                self._start_dialer(new[name])
+        log_event(log, logging.INFO, "peers-reloaded", node=self.name, changed=",".join(changed))
+        self._topology_changed()
+        return tuple(changed)
 
     async def _dial_loop(self, peer: PeerAddress) -> None:
         delay = self.settings.backoff_min

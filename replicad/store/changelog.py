@@ -89,7 +89,7 @@ class ChangeLog:
         return unpack_u64(raw)
 
     def register_peers(self, txn: Any) -> None:
-        """Give configured peers a cursor and forget removed ones.
+        """Give configured peers a cursor and forget removed ones (and their marks).
 
         A peer that appears while the log already has history gets the head
         as its cursor and a whole-node resync mark: it cannot be sent what
@@ -104,6 +104,16 @@ class ChangeLog:
                     self._mark(txn, peer, b"\0" * 16, RESYNC_NEW_PEER, 0)
         for peer in known - set(self.peers):
             txn.delete(peer.encode(), db=self.dbs.cursors)
+            prefix = _resync_key(peer, b"")
+            with txn.cursor(db=self.dbs.resync) as cur:
+                stale = []
+                if cur.set_range(prefix):
+                    for key, _ in cur:
+                        if not bytes(key).startswith(prefix):
+                            break
+                        stale.append(bytes(key))
+            for key in stale:
+                txn.delete(key, db=self.dbs.resync)
         self._truncate(txn)
 
     # -- writing --
@@ -138,8 +148,9 @@ class ChangeLog:
         self._truncate(txn)
 
     def ack(self, txn: Any, peer: str, seq: int) -> bool:
-        """Record that ``peer`` applied everything up to ``seq``; False if stale."""
-        if seq <= self.cursor(txn, peer):
+        """Record that ``peer`` applied everything up to ``seq``; False if stale
+        (or if ``peer`` is no longer configured: a reload removed it)."""
+        if peer not in self.peers or seq <= self.cursor(txn, peer):
             return False  # duplicate or reordered ack: cursors never go back
         seq = min(seq, self.head(txn))
         txn.put(peer.encode(), pack_u64(seq), db=self.dbs.cursors)

@@ -476,6 +476,28 @@ class MailStore:
     async def ack(self, peer: str, seq: int) -> bool:
         return await self.writer.submit(lambda t: self.log.ack(t, peer, seq))
 
+    async def set_peers(self, peers: tuple[str, ...]) -> None:
+        """Log changes for ``peers`` from now on (a reloaded peer list).
+
+        A new peer gets a cursor at the head and a whole-node resync mark
+        (its copy is built by resync, not by the log); a removed one loses
+        its cursor, so the log no longer waits for it, and its resync marks.
+        """
+        old = self.log.peers
+
+        def op(txn: Any) -> None:
+            # Set inside the transaction: the writer runs operations one at a
+            # time, so every write logged after this one sees the new peers
+            # and their cursors.
+            self.log.peers = peers
+            self.log.register_peers(txn)
+
+        try:
+            await self.writer.submit(op)
+        except BaseException:
+            self.log.peers = old  # nothing of it was committed
+            raise
+
     async def backlog(self) -> list[PeerBacklog]:
         return await self._read(self.log.backlog)
 

@@ -9,8 +9,11 @@
   node).
 * SIGTERM during a burst of saves: every save either returned a UID and is
   on disk after a restart, or failed with a clear error (exit 69 or 75).
-* SIGHUP re-reads the log level; a changed peer list is reported as needing
-  a restart.
+* SIGHUP re-reads the log level and what else applies live (other sections
+  are reported as needing a restart), and the peer list: a peer removed from
+  a running 3-node cluster is disconnected (its data still arrives relayed
+  through the third node), and added back it links again, is brought up to
+  date by resync, and replicates both ways.
 * The systemd unit passes ``systemd-analyze verify``; the sysusers.d and
   tmpfiles.d files are accepted by their tools (in a scratch root).
 
@@ -43,7 +46,13 @@ from replicad.admin.client import AdminClient
 from replicad.cli.cluster_cmd import create_cluster
 from replicad.errors import ReplicadError
 from tests.conftest import REPLICAD, NodeProcess, free_port
-from tests.integration.test_cluster_replication import NODES, LocalCluster, message
+from tests.integration.test_cluster_replication import (
+    NODES,
+    LocalCluster,
+    inbox_uids,
+    message,
+    peer_row,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -222,6 +231,60 @@ def test_sighup_reloads_the_log_level_and_reports_what_needs_a_restart(
     with node.client() as client:  # not the CLI: it would refuse the broken config
         assert client.call("ping")["node"] == "n1"
     assert node.stop() == 0
+
+
+def test_sighup_reloads_the_peer_list(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cluster = LocalCluster(tmp_path_factory.mktemp("hup"))  # short: socket paths <= 107 bytes
+    try:
+        cluster.up("-n", "3")
+        cluster.wait_root()
+        configs = {n: cluster.config(n).read_text() for n in ("n1", "n3")}
+        pids = {n: cluster.status()[n]["pid"] for n in ("n1", "n3")}
+        logs = {n: cluster.dir / n / "replicad.log" for n in ("n1", "n3")}
+        cluster.save("n1", "heidi", "before")
+        cluster.wait_converged("heidi", until=lambda st: len(inbox_uids(st)) == 1)
+
+        def link(node: str, peer: str) -> tuple[str, Any]:
+            row = peer_row(cluster.status(), node, peer)
+            return row["link"], row["outbox"]
+
+        def reload(node: str) -> None:
+            applied = logs[node].read_text().count("applied=peers")
+            os.kill(pids[node], signal.SIGHUP)
+            until(
+                f"{node} applied its new peer list",
+                lambda: logs[node].read_text().count("applied=peers") > applied,
+            )
+
+        # n3 drops n1: it closes the link, and refuses n1 (which still dials it).
+        cluster.keep_peers("n3", ["n2"])
+        reload("n3")
+        until("n3 refused n1", lambda: "reason=unknown-peer" in logs["n3"].read_text())
+        assert link("n3", "n1") == ("down", None)
+        # n1 drops n3 too: no outbox for it any more, so the log stops waiting.
+        cluster.keep_peers("n1", ["n2"])
+        reload("n1")
+        until("n1 dropped n3", lambda: link("n1", "n3") == ("down", None))
+        # n1's writes still reach n3, relayed by n2.
+        cluster.save("n1", "heidi", "while n1 and n3 are not peers")
+        cluster.wait_converged("heidi", until=lambda st: len(inbox_uids(st)) == 2)
+
+        for node in ("n1", "n3"):
+            cluster.config(node).write_text(configs[node])
+            reload(node)
+        until("n1 and n3 linked again", lambda: link("n1", "n3")[0] == "up")
+        # A new peer is brought up to date by a whole-node resync, which ends.
+        until(
+            "n1's resync with n3 done",
+            lambda: peer_row(cluster.status(), "n1", "n3")["resync"] == 0,
+        )
+        cluster.save("n3", "heidi", "after")
+        cluster.save("n1", "heidi", "and from n1")
+        state = cluster.wait_converged("heidi", until=lambda st: len(inbox_uids(st)) == 4)
+        assert inbox_uids(state) == [1, 2, 3, 4]
+        assert {n: cluster.status()[n]["pid"] for n in pids} == pids  # never restarted
+    finally:
+        cluster.stop_all()
 
 
 # --- SIGTERM during a burst of saves --------------------------------------------------

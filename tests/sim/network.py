@@ -16,7 +16,7 @@ frame and then EOF.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import trio
@@ -183,7 +183,7 @@ class NodeNetwork:
         self,
         handler: Handler,
         config: LinkConfig,
-        known_peers: tuple[str, ...],
+        known_peers: Collection[str],
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:

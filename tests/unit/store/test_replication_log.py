@@ -138,6 +138,25 @@ async def test_outbox_overflow_marks_mailboxes_for_resync(tmp_path: Path) -> Non
         assert depth == {"b": 4, "c": 3}
 
 
+async def test_a_reloaded_peer_list_adds_and_removes_cursors(tmp_path: Path) -> None:
+    async with MailStore.open(tmp_path / "a", peers=("b", "c")) as a:
+        await a.append("alice", "INBOX", b"one")
+        await a.mark_resync(["c"], b"m" * 16, "conflict", 0)
+        head = await a.log_head()
+        await a.set_peers(("b", "d"))
+        backlog = {p.peer: (p.acked, p.depth) for p in await a.backlog()}
+        # d starts at the head: its copy is built by a whole-node resync.
+        assert backlog == {"b": (0, head), "d": (head, 0)}
+        marks = {(m.peer, m.reason) for m in await a.resync_marks()}
+        assert marks == {("d", "new-peer")}  # c's marks went with it
+        assert await a.ack("c", head) is False  # a late ack from the removed peer
+        await a.append("alice", "INBOX", b"two")
+        assert {p.peer: p.depth for p in await a.backlog()} == {"b": head + 1, "d": 1}
+        await a.ack("b", head + 1)
+        await a.ack("d", head + 1)
+        assert await a.outbox(0, 10) == []  # nobody waits: the log is truncated
+
+
 async def test_collision_is_never_applied_over_local_data(tmp_path: Path) -> None:
     async with (
         MailStore.open(tmp_path / "a", peers=("b",)) as a,
