@@ -69,6 +69,10 @@ class _Args:
         value: str = self._get(key, str, default, default is None)
         return value
 
+    def switch(self, key: str) -> bool:
+        value: bool = self._get(key, bool, False, False)
+        return value
+
     def number(self, key: str) -> int:
         value: int = self._get(key, int, None, True)
         return value
@@ -336,7 +340,7 @@ class AdminDispatcher:
     async def _sync(self, a: _Args) -> dict[str, Any]:
         peer = a.text("peer", "")
         result: dict[str, Any] = await self._require_cluster("sync").sync(
-            self._users(a), peer or None
+            self._users(a), peer or None, full=a.switch("full")
         )
         return result
 

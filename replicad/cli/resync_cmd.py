@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sync.add_argument(
         "--full",
         action="store_true",
-        help="compare whole mailbox states (what every resync does in this version)",
+        help="compare whole mailbox states, never only what changed since a known point",
     )
     sync.add_argument("--peer", metavar="NODE", help="only with this peer")
     sync.add_argument("--no-wait", action="store_true", help="queue the work and return at once")
@@ -77,7 +77,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.peer is not None and not args.peer:
         raise UsageError("--peer needs a node name")
     with connect(args) as client:
-        started: dict[str, Any] = client.call("sync", user=args.user or "", peer=args.peer or "")
+        started: dict[str, Any] = client.call(
+            "sync", user=args.user or "", peer=args.peer or "", full=args.full
+        )
         done_before = int(started.get("done", 0))
         total = int(started["queued_here"]) + int(started["asked_masters"])
         status = started

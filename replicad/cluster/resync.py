@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
+from replicad.cluster.digest import entries_digest
 from replicad.cluster.masters import MasterKey, master_key
 from replicad.cluster.merge import (
     MailboxState,
@@ -89,12 +90,20 @@ class Resyncer:
         self.failed = 0
         self.merged_here = 0
         self.updates_sent = 0
+        self.incremental = 0  # SYNCs that sent only what may differ, and checked out
+        self.fallbacks = 0  # incremental SYNCs whose rest differed: pulled whole
+        #: (peer, mailbox) to SYNC whole whatever the hints (``replicad sync --full``).
+        self.full: set[tuple[str, bytes]] = set()
+        #: (peer, mailbox) -> the ``since`` of a RESYNC request (an incremental hint).
+        self.requested: dict[tuple[str, bytes], int] = {}
         #: Data frames of a SYNC or FETCH in progress, by (verb, mbox id).
         self.collect: dict[tuple[str, str, int], list[c.Untagged]] = {}
 
     # -- queueing --
 
-    def enqueue(self, peer: str, mailboxes: Sequence[bytes]) -> None:
+    def enqueue(self, peer: str, mailboxes: Sequence[bytes], *, full: bool = False) -> None:
+        if full:
+            self.full.update((peer, m) for m in mailboxes)
         queue = self.queued.setdefault(peer, [])
         fresh = [m for m in dict.fromkeys(mailboxes) if m not in queue]
         if not fresh:
@@ -125,13 +134,15 @@ class Resyncer:
             "done": self.done,
             "failed": self.failed,
             "merged_here": self.merged_here,
+            "incremental": self.incremental,
+            "fallbacks": self.fallbacks,
         }
 
     async def scan_marks(self) -> None:
         """Turn resync marks into work: queued here, or asked of the master (RESYNC)."""
         node = self.node
         marks = await self.store.resync_marks()
-        ask: dict[str, set[tuple[str, str]]] = {}
+        ask: dict[str, dict[tuple[str, str], int]] = {}  # master -> (user, name) -> since
         keys: dict[str, list[MasterKey]] = {}
         for mark in marks:
             if mark.mailbox == ALL_MAILBOXES:
@@ -157,14 +168,16 @@ class Resyncer:
                 if mark.peer in node.sessions:
                     self.enqueue(mark.peer, [mark.mailbox])
             elif master in node.sessions:
-                ask.setdefault(master, set()).add((status.user, status.name))
+                named = ask.setdefault(master, {})
+                where = (status.user, status.name)
+                named[where] = min(named.get(where, mark.since_modseq), mark.since_modseq)
                 keys.setdefault(master, []).append(key)
         for master, mailboxes in ask.items():
             session = node.sessions.get(master)
             if session is None:
                 continue
             try:
-                names = tuple(c.MailboxName(u, n) for u, n in sorted(mailboxes))
+                names = tuple(c.ResyncItem(u, n, s) for (u, n), s in sorted(mailboxes.items()))
                 await session.request(c.Resync(names), timeout=STEP_TIMEOUT)
             except ReplicadError as exc:
                 for key in keys[master]:
@@ -238,8 +251,11 @@ class Resyncer:
                     status.highestmodseq,
                 ),
             )
+        since = await self._since(session.peer, mailbox)
         with trio.fail_after(STEP_TIMEOUT):
-            pulled = await self._pull_state(session, mid)
+            pulled = await self._pull_state(
+                session, mid, mailbox, await self._own_state(mailbox) if since else None, since
+            )
         if pulled is None:
             # The peer has no such mailbox (lost, or never got the CREATE): it
             # gets ours whole, created by the UPDATE.
@@ -300,14 +316,78 @@ class Resyncer:
             row.uidvalidity, row.uidnext, row.highestmodseq, tuple(messages), tuple(gone)
         )
 
+    async def _since(self, peer: str, mailbox: bytes) -> int:
+        """The modseq up to which the peer's copy is taken to hold what ours
+        holds (0: unknown, SYNC whole).  Marks and RESYNC requests record the
+        lowest modseq at which a copy may differ; this is one below the
+        lowest of them.  Only a hint: the SYNC checks it (:meth:`_pull_state`)."""
+        if (peer, mailbox) in self.full:
+            self.full.discard((peer, mailbox))
+            self.requested.pop((peer, mailbox), None)
+            return 0
+        points = []
+        mark = await self.store.resync_mark(peer, mailbox)
+        if mark is not None:
+            points.append(mark.since_modseq)
+        requested = self.requested.pop((peer, mailbox), None)
+        if requested is not None:
+            points.append(requested)
+        return max(0, min(points) - 1) if points else 0
+
     async def _pull_state(
-        self, session: PeerSession, mid: int
+        self,
+        session: PeerSession,
+        mid: int,
+        mailbox: bytes,
+        ours: MailboxState | None,
+        since: int,
     ) -> tuple[MailboxState, bytes] | None:
-        """The peer's state of the mailbox and its GUID there; None if it has none."""
+        """The peer's whole state of the mailbox and its GUID there; None if it has none.
+
+        With ``since`` and ``ours`` (this node's state), an incremental SYNC
+        (resync.md §3): only the peer's entries above ``since`` and at every
+        UID ``ours`` changed above it cross the wire, with the digest of the
+        peer's other entries.  If that digest is the digest of our entries at
+        or below ``since`` at the UIDs the peer did not send, the peer holds
+        exactly those: its whole state is known.  Otherwise (the hint was
+        wrong: the copies differ below it) a second SYNC pulls it whole.
+        """
+        if since and ours is not None:
+            changed = [m.uid for m in ours.messages if m.modseq > since]
+            changed += [t.uid for t in ours.tombstones if t.modseq > since]
+            part = await self._sync(session, mid, since, UidSet.of(changed) if changed else None)
+            if part is None:
+                return None
+            state, guid, rest = part
+            if guid == mailbox and state.uidvalidity == ours.uidvalidity:
+                sent = {m.uid for m in state.messages} | {t.uid for t in state.tombstones}
+                kept = [m for m in ours.messages if m.modseq <= since and m.uid not in sent]
+                buried = [t for t in ours.tombstones if t.modseq <= since and t.uid not in sent]
+                if entries_digest(kept, buried) == rest:
+                    self.incremental += 1
+                    whole = replace(
+                        state,
+                        messages=tuple(sorted((*state.messages, *kept), key=lambda m: m.uid)),
+                        tombstones=tuple(
+                            sorted((*state.tombstones, *buried), key=lambda t: t.uid)
+                        ),
+                    )
+                    return whole, guid
+            self.fallbacks += 1
+            log_event(log, logging.INFO, "resync-sync-whole", peer=session.peer, since=since)
+        whole_part = await self._sync(session, mid, 0, None)
+        return None if whole_part is None else whole_part[:2]
+
+    async def _sync(
+        self, session: PeerSession, mid: int, since: int, uids: UidSet | None
+    ) -> tuple[MailboxState, bytes, bytes] | None:
+        """One SYNC: the entries it sent as a state (with the peer's UIDVALIDITY,
+        UIDNEXT and HIGHESTMODSEQ), the mailbox GUID there and the digest of
+        the rest; None if the peer has no such mailbox."""
         key = ("SYNC", session.peer, mid)
         self.collect[key] = []
         try:
-            done = await session.request(c.Sync(mid, 0), timeout=STEP_TIMEOUT)
+            done = await session.request(c.Sync(mid, since, uids), timeout=STEP_TIMEOUT)
             chunks = self.collect[key]
         except NotFoundError:
             return None
@@ -332,7 +412,7 @@ class Resyncer:
                 tuple(sorted(messages, key=lambda m: m.uid)),
                 tuple(sorted(gone, key=lambda t: t.uid)),
             )
-            return state, done.guid
+            return state, done.guid, done.rest
         except ValueError as exc:
             raise ProtocolError(f"SYNC from {session.peer}: {exc}") from None
 
@@ -454,11 +534,11 @@ class Resyncer:
     async def serve_sync(self, session: PeerSession, tag: str, cmd: c.Sync) -> None:
         box = self.binding(session, cmd.mbox)
         here = await self._here(box)
-        found = None if here is None else await self.store.mailbox_state(here, cmd.since)
+        found = None if here is None else await self.store.sync_state(here, cmd.since, cmd.uids)
         if found is None:
             await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
             return
-        row, messages, gone = found
+        row, messages, gone, rest = found
         wire_messages = [_wire_message(m) for m in messages]
         wire_gone = [
             c.StateGone(
@@ -479,7 +559,9 @@ class Resyncer:
             await self.node._send_untagged(session, chunk)
         assert here is not None
         await self.node._reply_ok(
-            session, tag, c.SyncState(row.uidvalidity, row.uidnext, row.highestmodseq, here)
+            session,
+            tag,
+            c.SyncState(row.uidvalidity, row.uidnext, row.highestmodseq, here, rest),
         )
 
     async def serve_fetch(self, session: PeerSession, tag: str, cmd: c.Fetch) -> None:
@@ -572,9 +654,12 @@ class Resyncer:
                 await node._reply_no(session, tag, "NOTMASTER", f"{master} masters {key}")
                 return
             try:
-                found.append((await self.store.mailbox_status(named.user, named.name)).guid)
+                guid = (await self.store.mailbox_status(named.user, named.name)).guid
             except ReplicadError:
                 continue  # not here: the peer's copy reaches us through its stream
+            found.append(guid)
+            asked = (session.peer, guid)
+            self.requested[asked] = min(named.since, self.requested.get(asked, named.since))
         await node._reply_ok(session, tag)
         self.enqueue(session.peer, found)
 

@@ -1249,10 +1249,14 @@ class ClusterNode:
 
     # -- resync and verification (replicad sync / verify / replicator dsync-status) --
 
-    async def sync(self, users: list[str] | None, peer: str | None) -> dict[str, Any]:
+    async def sync(
+        self, users: list[str] | None, peer: str | None, *, full: bool = False
+    ) -> dict[str, Any]:
         """Resync the mailboxes of ``users`` (None: all) with ``peer`` (None: every
         linked one): queued here for the mailboxes this node masters, marked
-        (and so asked of their masters, RESYNC) for the others."""
+        (and so asked of their masters, RESYNC) for the others.  ``full``:
+        pull whole states even where a mark would allow an incremental SYNC
+        (the others' masters get no hint from a request, so SYNC whole too)."""
         peers = [peer] if peer is not None else sorted(self.sessions)
         for p in peers:
             if p not in self.sessions:
@@ -1265,7 +1269,7 @@ class ClusterNode:
                 master = await self.master_of(key, trio.current_time() + WRITE_DEADLINE)
                 if master == self.name:
                     for p in peers:
-                        self.resync.enqueue(p, [status.guid])
+                        self.resync.enqueue(p, [status.guid], full=full)
                         queued += 1
                 elif master in self.sessions:
                     await self.store.mark_resync([master], status.guid, RESYNC_REQUESTED, 0)

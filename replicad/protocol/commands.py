@@ -1045,27 +1045,32 @@ class StateGone(Record):
 class SyncState(Record):
     """``guid``: the mailbox the state is of.  Another GUID than the SYNC's
     binding means the receiver holds another mailbox under that name (both
-    sides of a partition created it): resync.md, mailbox conflicts."""
+    sides of a partition created it): resync.md, mailbox conflicts.
+    ``rest``: the digest of the entries *not* sent (resync.md, incremental
+    SYNC), by which the requester checks that it holds them too."""
 
-    SCHEMA = (UIDVALIDITY, UID, MODSEQ, GUID)
+    SCHEMA = (UIDVALIDITY, UID, MODSEQ, GUID, HASH)
     uidvalidity: int
     uidnext: int
     highestmodseq: int
     guid: bytes
+    rest: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Sync(Command):
     """Send me your state of ``mbox``: every message and tombstone whose modseq
-    is above ``since`` (0: all), as ``* SYNC`` frames; OK carries the mailbox's
-    UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ (QRESYNC-like, RFC 7162 §3.2)."""
+    is above ``since`` (0: all) or whose UID is in ``uids``, as ``* SYNC``
+    frames; OK carries the mailbox's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ
+    and the digest of the rest (QRESYNC-like, RFC 7162 §3.2)."""
 
     VERB = "SYNC"
-    SCHEMA = (MBOX_ID, MODSEQ)
+    SCHEMA = (MBOX_ID, MODSEQ, Optional(UIDS))
     MBOX_FIELDS = ("mbox",)
     REPLY = SyncState
     mbox: int
     since: int
+    uids: UidSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1084,10 +1089,14 @@ class SyncData(Untagged):
 
 
 @dataclass(frozen=True, slots=True)
-class MailboxName(Record):
-    SCHEMA = (USER, MAILBOX)
+class ResyncItem(Record):
+    """``since``: the lowest modseq at which the sender's copy may differ
+    from the master's (0: unknown), a hint for an incremental SYNC."""
+
+    SCHEMA = (USER, MAILBOX, MODSEQ)
     user: str
     name: str
+    since: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1097,8 +1106,8 @@ class Resync(Command):
     not by GUID: the two copies may be different mailboxes of one name."""
 
     VERB = "RESYNC"
-    SCHEMA = (ListOf(Nested(MailboxName), 10_000),)
-    mailboxes: tuple[MailboxName, ...]
+    SCHEMA = (ListOf(Nested(ResyncItem), 10_000),)
+    mailboxes: tuple[ResyncItem, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1491,7 +1500,7 @@ ALL_RECORDS: Final[tuple[type[Record], ...]] = (
     *{c.REPLY for c in COMMANDS.values()},
     Route,
     UidGuid,
-    MailboxName,
+    ResyncItem,
     CopyEntry,
     StateMessage,
     StateGone,

@@ -215,6 +215,13 @@ class ChangeLog:
     def clear_resync(self, txn: Any, peer: str, mailbox: bytes) -> None:
         txn.delete(_resync_key(peer, mailbox), db=self.dbs.resync)
 
+    def resync_mark(self, txn: Any, peer: str, mailbox: bytes) -> ResyncMark | None:
+        raw = txn.get(_resync_key(peer, mailbox), db=self.dbs.resync)
+        if raw is None:
+            return None
+        reason, since = unpack(bytes(raw))
+        return ResyncMark(peer, mailbox, reason, since)
+
     def resync_marks(self, txn: Any) -> list[ResyncMark]:
         out = []
         for key, raw in txn.cursor(db=self.dbs.resync):

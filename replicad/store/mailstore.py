@@ -512,6 +512,9 @@ class MailStore:
 
         await self.writer.submit(op)
 
+    async def resync_mark(self, peer: str, mailbox: bytes) -> ResyncMark | None:
+        return await self._read(lambda txn: self.log.resync_mark(txn, peer, mailbox))
+
     async def resync_marks(self) -> list[ResyncMark]:
         return await self._read(self.log.resync_marks)
 
@@ -529,6 +532,15 @@ class MailStore:
     ) -> tuple[MailboxRow, list[MessageState], list[Tombstone]] | None:
         """The mailbox's row and its entries with modseq above ``since`` (0: all)."""
         return await self._read(lambda txn: statesync.read_state(self.index, txn, mailbox, since))
+
+    async def sync_state(
+        self, mailbox: bytes, since: int, uids: UidSet | None
+    ) -> tuple[MailboxRow, list[MessageState], list[Tombstone], bytes] | None:
+        """A SYNC's answer: the entries above ``since`` or in ``uids``, and the
+        digest of the others (:func:`replicad.store.statesync.read_sync`)."""
+        return await self._read(
+            lambda txn: statesync.read_sync(self.index, txn, mailbox, since, uids)
+        )
 
     async def apply_merge(
         self,

@@ -129,11 +129,14 @@ class ReplicaApplier:
         another lineage (the other side of a partition), and applying it would
         hide it from clients that synced past that MODSEQ (I3).  The merge of
         the resync gives it a fresh MODSEQ instead."""
+        # The mark's point: the lowest modseq at which the copies may differ.
+        # The first change of the other lineage refused is its first one, one
+        # above the last modseq the two lineages share (an incremental SYNC's hint).
         return self._diverged(
             txn,
             source,
             mailbox,
-            row.highestmodseq,
+            min(modseq, row.highestmodseq),
             f"modseq {modseq} is not above HIGHESTMODSEQ {row.highestmodseq}",
         )
 
@@ -290,7 +293,11 @@ class ReplicaApplier:
             # Not applied here, yet this copy is past its modseq: another
             # master changed the message in between (a partition).
             return self._diverged(
-                txn, source, change.mailbox, 0, "flag change missing under a later modseq"
+                txn,
+                source,
+                change.mailbox,
+                change.modseq,
+                "flag change missing under a later modseq",
             )
         fresh = [(uid, msg, marks) for uid, msg, marks in stepped if msg.modseq < change.modseq]
         if fresh and change.modseq <= row.highestmodseq:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from replicad.cluster.digest import entries_digest
 from replicad.cluster.merge import (
     FlagMark,
     MailboxState,
@@ -45,6 +46,7 @@ from replicad.store.schema import (
     uid_of_message_key,
     unpack_tombstone,
 )
+from replicad.uidset import UidSet
 
 
 class MissingBodyError(ReplicadError):
@@ -119,6 +121,33 @@ def read_state(
     messages.sort(key=lambda m: m.uid)
     gone.sort(key=lambda t: t.uid)
     return row, messages, gone
+
+
+def read_sync(
+    index: MailIndex, txn: Any, mailbox: bytes, since: int, uids: UidSet | None
+) -> tuple[MailboxRow, list[MessageState], list[Tombstone], bytes] | None:
+    """What a SYNC answers: the entries with modseq above ``since`` or a UID in
+    ``uids``, and the digest of all the others (resync.md, incremental SYNC);
+    None if the mailbox is absent."""
+    found = read_state(index, txn, mailbox)
+    if found is None:
+        return None
+    row, messages, gone = found
+    wanted = uids if uids is not None else UidSet.of([])
+
+    def sent(uid: int, modseq: int) -> bool:
+        return modseq > since or uid in wanted
+
+    rest = entries_digest(
+        [m for m in messages if not sent(m.uid, m.modseq)],
+        [t for t in gone if not sent(t.uid, t.modseq)],
+    )
+    return (
+        row,
+        [m for m in messages if sent(m.uid, m.modseq)],
+        [t for t in gone if sent(t.uid, t.modseq)],
+        rest,
+    )
 
 
 def full_state(index: MailIndex, txn: Any, mailbox: bytes) -> MailboxState | None:

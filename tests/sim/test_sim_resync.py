@@ -101,6 +101,10 @@ async def test_w4_partition_writes_on_both_sides_converge(
         for name in NAMES:
             status = await nodes[name].store.mailbox_status("alice", "INBOX")
             assert status.uidnext == 26 and status.messages == 20
+        # The refused changes marked where the lineages split: incremental SYNCs.
+        counts = [nodes[n].node.resync.status() for n in NAMES]
+        assert sum(int(c["incremental"]) for c in counts) >= 1
+        assert sum(int(c["fallbacks"]) for c in counts) == 0
 
 
 async def rooted_and_linked(nodes: dict[str, SimNode]) -> bool:
@@ -252,6 +256,70 @@ async def test_a_peer_whose_outbox_overflowed_is_resynced(
         await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
         status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
         assert status.messages == 19
+        # The overflow marks say from which modseq n3 missed changes: the
+        # SYNCs were incremental, and their rest digests matched.
+        counts = [nodes[n].node.resync.status() for n in NAMES]
+        assert sum(int(c["incremental"]) for c in counts) >= 1
+        assert sum(int(c["fallbacks"]) for c in counts) == 0
+
+
+async def test_a_wrong_incremental_hint_falls_back_to_a_whole_sync(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A mark claims n3 may differ only above its HIGHESTMODSEQ, but its copy
+    was damaged below it (by hand, no mark): the rest digest of the
+    incremental SYNC differs, the master pulls the whole state, and the
+    damage is repaired like any divergence."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        for i in range(5):
+            await nodes["n1"].writes.append("alice", "INBOX", body(i))
+        await nodes["n1"].writes.store_flags("alice", "INBOX", UidSet.of([2]), "add", ["\\Seen"])
+        await wait_for("convergence", lambda: converged(nodes))
+        key = master_key(Granularity.MAILBOX, "alice", "INBOX")
+        master = nodes[await nodes["n3"].node.master_of(key, trio.current_time() + 10)]
+        victim = nodes["n3"].store
+        status = await victim.mailbox_status("alice", "INBOX")
+
+        def damage(txn: Any) -> None:
+            row = victim.index._message(txn, status.guid, 2)
+            assert row is not None
+            txn.put(
+                message_key(status.guid, 2),
+                replace(row, flags=("\\Deleted",)).encode(),
+                db=victim.index.dbs.messages,
+            )
+
+        await victim.writer.submit(damage)
+        await master.store.mark_resync(["n3"], status.guid, "conflict", status.highestmodseq + 1)
+        await master.node.resync.scan_marks()
+        await wait_for("the repair", lambda: converged(nodes), timeout=60)
+        assert (await victim.fetch("alice", "INBOX", UidSet.of([2])))[0].flags == ("\\Seen",)
+        counts = master.node.resync.status()
+        assert (counts["incremental"], counts["fallbacks"]) == (0, 1)
+
+        # Repaired, the same hint holds: an incremental SYNC, unless asked --full.
+        status = await victim.mailbox_status("alice", "INBOX")
+        done = int(master.node.resync.status()["done"])  # type: ignore[call-overload]
+
+        async def no_marks() -> bool:
+            return not await master.store.resync_marks()
+
+        async def resynced(count: int) -> bool:
+            return int(master.node.resync.status()["done"]) >= count  # type: ignore[call-overload]
+
+        await master.store.mark_resync(["n3"], status.guid, "conflict", status.highestmodseq + 1)
+        await master.node.sync(["alice"], "n3", full=True)
+        await wait_for("the full resync", lambda: resynced(done + 1))
+        counts = master.node.resync.status()
+        assert (counts["incremental"], counts["fallbacks"]) == (0, 1)
+        await wait_for("the mark cleared", lambda: no_marks())
+        await master.store.mark_resync(["n3"], status.guid, "conflict", status.highestmodseq + 1)
+        await master.node.resync.scan_marks()
+        await wait_for("the incremental resync", lambda: no_marks())
+        counts = master.node.resync.status()
+        assert (counts["incremental"], counts["fallbacks"]) == (1, 1)
 
 
 async def test_an_import_batch_replicates_without_resync(
