@@ -83,6 +83,11 @@ class UnreachableError(ReplicadError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class OutcomeUnknownError(UnreachableError):
+    """The link broke after a command was sent and before its answer: the
+    peer may or may not have carried it out."""
+
+
 class TemporaryError(ReplicadError):
     """A condition that may clear by itself; the caller should retry later."""
 

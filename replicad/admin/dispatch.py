@@ -370,6 +370,7 @@ def appended_map(m: MessageAppended) -> dict[str, Any]:
         "flags": list(m.flags),
         "internaldate": m.internaldate,
         "size": m.size,
+        "uidvalidity": m.uidvalidity,  # RFC 4315 APPENDUID: the UID's UID space
     }
 
 

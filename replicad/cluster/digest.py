@@ -58,10 +58,7 @@ def _entry_forms(
             ]
             for m in messages
         ],
-        [
-            [t.uid, t.modseq, sorted(t.guids), [[g, u] for g, u in t.moved]]
-            for t in tombstones
-        ],
+        [[t.uid, t.modseq, sorted(t.guids), [[g, u] for g, u in t.moved]] for t in tombstones],
     ]
 
 

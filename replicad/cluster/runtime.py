@@ -89,6 +89,7 @@ from replicad.errors import (
     DurabilityError,
     NoSuchMailboxError,
     NoSuchMessageError,
+    OutcomeUnknownError,
     ProtocolError,
     ReplicadError,
     TemporaryError,
@@ -135,6 +136,11 @@ NAME_ONLY_GUID: Final = bytes(16)  # MBOX "name only" (verbs.md MBOX)
 #: How long a client write may wait for a root, a master or a link before it
 #: fails with a temporary error (exit 75).
 WRITE_DEADLINE: Final = 15.0
+#: Forwarded SAVEs remembered by the master (a retry is recognised by GUID).
+RECENT_SAVES: Final = 65536
+#: How many latest changes of a mailbox a forwarded SAVE not remembered looks
+#: through for its first attempt (made before a restart or a master move).
+SAVE_RETRY_DEPTH: Final = 64
 #: Most change records applied in one store transaction.
 MAX_APPLY_BURST: Final = 512
 #: Most received changes waiting to be applied; past it the reader stops
@@ -239,6 +245,8 @@ class SaveOp:
     internaldate: int
     flags: tuple[str, ...]
     body: bytes
+    #: Came over a link: it may be a retry of an attempt whose reply was lost.
+    forwarded: bool = False
 
 
 #: UID -> message GUID as the client's node sees them (forwarded commands, I6).
@@ -390,13 +398,16 @@ class PeerSession:
             try:
                 await self.link.flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise UnreachableError(f"link to {self.peer} closed") from None
+                # Part of it, or all of it, may have reached the peer.
+                raise OutcomeUnknownError(f"link to {self.peer} closed") from None
             await waiter.done.wait()
         if scope.cancelled_caught:
             raise TemporaryError(f"{command.VERB} to {self.peer}: no reply in {timeout:g}s")
         reply = waiter.reply
         if reply is None:
-            raise UnreachableError(f"link to {self.peer} closed before {command.VERB} was answered")
+            raise OutcomeUnknownError(
+                f"link to {self.peer} closed before {command.VERB} was answered"
+            )
         if reply.status is c.Status.OK:
             return reply.payload
         raise error_from_no(reply.code, f"{self.peer}: {reply.text}")
@@ -472,6 +483,8 @@ class ClusterNode:
         self._divergent: set[tuple[str, bytes]] = set()  # (peer, mailbox) marked this partition
         self._nursery: trio.Nursery | None = None
         self._dialers: dict[str, trio.CancelScope] = {}  # peer -> its dial loop
+        #: (user, mailbox, message GUID) -> record of the latest forwarded SAVEs.
+        self._saved: dict[tuple[str, str, bytes], MessageAppended] = {}
         self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
         self.resync = Resyncer(self)
         self.verify = AntiEntropy(self)
@@ -1120,6 +1133,20 @@ class ClusterNode:
             self.stats["forwarded"] += 1
             try:
                 return await self._forward(session, op, deadline)
+            except OutcomeUnknownError as exc:
+                # Sent, and perhaps applied.  Again is safe for a SAVE (the
+                # master knows its GUID), an EXPUNGE or a STORE (the same
+                # messages by GUID, the same deltas); a COPY again would copy
+                # twice, a mailbox operation would fail on its own first effect.
+                if not isinstance(op, (SaveOp, ExpungeOp, StoreOp)):
+                    raise TemporaryError(
+                        f"{exc}: the {type(op).__name__.removesuffix('Op').upper()} may have "
+                        "been applied; check before trying again"
+                    ) from None
+                self.cache.drop(key)
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
             except UnreachableError:
                 self.cache.drop(key)
                 if trio.current_time() >= deadline:
@@ -1200,12 +1227,7 @@ class ClusterNode:
         store = self.store
         result: Any
         if isinstance(op, SaveOp):
-            [appended] = await store.append_many(
-                op.user,
-                op.mailbox,
-                [_append_request(op)],
-            )
-            result = appended
+            result = await self._save(op)
             self.stats["saves"] += 1
         elif isinstance(op, CopyOp):
             result = await store.copy(op.user, op.source, op.uids, op.dest, _mapping(op.expect))
@@ -1228,6 +1250,27 @@ class ClusterNode:
         if level.copies > 1:
             await self._wait_copies(seq, level)
         return result
+
+    async def _save(self, op: SaveOp) -> MessageAppended:
+        """A SAVE, idempotent by GUID when forwarded: the forwarding node
+        retries one whose link broke before the reply, which may have been
+        applied (I6: once).  Recent saves are remembered here; the store's
+        latest changes of the mailbox cover a first attempt made before this
+        process started or while another node was the master."""
+        if not op.forwarded:
+            [appended] = await self.store.append_many(op.user, op.mailbox, [_append_request(op)])
+            return appended
+        key = (op.user, op.mailbox, op.guid)
+        earlier = self._saved.get(key)
+        if earlier is not None:
+            return earlier
+        appended = await self.store.save_once(
+            op.user, op.mailbox, _append_request(op), depth=SAVE_RETRY_DEPTH
+        )
+        self._saved[key] = appended
+        while len(self._saved) > RECENT_SAVES:
+            del self._saved[next(iter(self._saved))]
+        return appended
 
     async def _record_divergence(self, result: Any) -> None:
         """I7: a write made as master while configured peers are unreachable may
@@ -1380,7 +1423,13 @@ class ClusterNode:
 
         if isinstance(cmd, c.Save):
             return SaveOp(
-                user(cmd.mbox), name(cmd.mbox), cmd.guid, cmd.internaldate, cmd.flags, cmd.body
+                user(cmd.mbox),
+                name(cmd.mbox),
+                cmd.guid,
+                cmd.internaldate,
+                cmd.flags,
+                cmd.body,
+                forwarded=True,
             )
         if isinstance(cmd, c.Copy):
             return CopyOp(
@@ -1419,14 +1468,17 @@ class ClusterNode:
         if isinstance(result, c.Record):
             return result  # a forwarded reply, relayed as it came
         if isinstance(result, MessageAppended):
-            return c.SaveOk(result.uid, result.modseq, self.name)
+            return c.SaveOk(result.uid, result.modseq, self.name, result.uidvalidity)
         if isinstance(result, MessagesCopied):
             if not result.appended:
                 # COPYUID cannot name an empty set (RFC 4315); nothing matched.
                 raise NoSuchMessageError("no message matched the UID set")
             modseq = max((a.modseq for a in result.appended), default=0)
             return c.CopyOk(
-                UidSet.of(result.source_uids), UidSet.of(a.uid for a in result.appended), modseq
+                UidSet.of(result.source_uids),
+                UidSet.of(a.uid for a in result.appended),
+                modseq,
+                result.appended[0].uidvalidity,
             )
         if isinstance(result, MessagesExpunged):
             uids = [uid for uid, _ in result.expunged]

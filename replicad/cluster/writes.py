@@ -85,6 +85,7 @@ class ClusterWrites:
             op.internaldate,
             len(body),
             hashlib.sha256(body).digest(),
+            uidvalidity=result.uidvalidity,
         )
 
     async def append_many(
@@ -116,7 +117,9 @@ class ClusterWrites:
             return result
         assert isinstance(result, c.CopyOk)
         appended = tuple(
-            MessageAppended(user, b"", uid, b"", result.modseq, (), 0, 0, b"")
+            MessageAppended(
+                user, b"", uid, b"", result.modseq, (), 0, 0, b"", uidvalidity=result.uidvalidity
+            )
             for uid in result.dest
         )
         return MessagesCopied(user, b"", tuple(result.source), appended)

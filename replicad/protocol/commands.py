@@ -697,10 +697,15 @@ class MasterMove(Command):
 
 @dataclass(frozen=True, slots=True)
 class SaveOk(Record):
-    SCHEMA = (UID, MODSEQ, NODE)
+    """``uidvalidity``: of the UID space the UID belongs to (RFC 4315 APPENDUID);
+    after a partition the master's copy may be under another one than the
+    caller's, until the resync."""
+
+    SCHEMA = (UID, MODSEQ, NODE, UIDVALIDITY)
     uid: int
     modseq: int
     master: str  # the node that assigned the UID (lets the caller refresh its cache)
+    uidvalidity: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,10 +725,11 @@ class Save(Command):
 class CopyOk(Record):
     """RFC 4315 COPYUID: the n-th UID of ``source`` was copied to the n-th of ``dest``."""
 
-    SCHEMA = (UIDS, UIDS, MODSEQ)
+    SCHEMA = (UIDS, UIDS, MODSEQ, UIDVALIDITY)
     source: UidSet
     dest: UidSet
     modseq: int
+    uidvalidity: int  # of ``dest`` (COPYUID)
 
 
 @dataclass(frozen=True, slots=True)

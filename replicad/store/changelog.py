@@ -215,6 +215,13 @@ class ChangeLog:
     def clear_resync(self, txn: Any, peer: str, mailbox: bytes) -> None:
         txn.delete(_resync_key(peer, mailbox), db=self.dbs.resync)
 
+    def is_marked(self, txn: Any, mailbox: bytes) -> bool:
+        """Whether ``mailbox`` awaits a resync with any configured peer."""
+        return any(
+            txn.get(_resync_key(peer, mailbox), db=self.dbs.resync) is not None
+            for peer in self.peers
+        )
+
     def resync_mark(self, txn: Any, peer: str, mailbox: bytes) -> ResyncMark | None:
         raw = txn.get(_resync_key(peer, mailbox), db=self.dbs.resync)
         if raw is None:

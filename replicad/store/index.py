@@ -559,6 +559,7 @@ class MailIndex:
         *,
         unchangedsince: int | None = None,
         expect: Mapping[int, bytes] | None = None,
+        stamp_unchanged: bool = False,
     ) -> FlagsChanged:
         """Change flags; messages whose flags do not change keep their modseq.
 
@@ -566,6 +567,10 @@ class MailIndex:
         above it are left alone and reported in ``rejected``.  A ``replace``
         is recorded as the deltas that turn the old flags of the touched
         messages into the new set, so replicas apply deltas only (I5).
+        ``stamp_unchanged`` (this copy may lack another lineage's flag
+        changes: it awaits a resync): an add or remove that changes no flag
+        here is still stamped into the registers, with a new modseq, so the
+        merge sees it as the latest intent (I5: the last writer wins).
         """
         if mode not in ("add", "remove", "replace"):
             raise BadInputError(f"bad flag mode {mode!r}")
@@ -591,7 +596,7 @@ class MailIndex:
             else:
                 new = wanted
                 removed_any |= old - wanted
-            if new != old:
+            if new != old or (stamp_unchanged and mode != "replace"):
                 targets.append((uid, msg))
         if mode == "add":
             added, removed = wanted, frozenset[str]()
@@ -665,6 +670,44 @@ class MailIndex:
             db=self.dbs.mailboxes,
         )
         return MessagesExpunged(row.user, guid, tuple(gone), modseq, row.uidvalidity)
+
+    def recent_save(
+        self, txn: Any, user: str, name: str, guid: bytes, depth: int
+    ) -> MessageAppended | None:
+        """The message with GUID ``guid`` among the last ``depth`` changes of the
+        mailbox (live or since expunged), as its SAVE recorded it; None if absent.
+
+        A SAVE retried after its link broke (the reply was lost, not the
+        write) finds its first attempt here and is not applied twice: message
+        GUIDs are random per delivery, so the same GUID saved again in the
+        same mailbox within moments is the same delivery (I6 counts it once)."""
+        if not self.has_mailbox(txn, user, name):
+            return None
+        mailbox, row = self._resolve(txn, user, name)
+        with txn.cursor(db=self.dbs.changes) as cur:
+            if cur.set_range(change_key(mailbox, 2**64 - 1, MAX_UID)):
+                found = cur.prev()
+            else:
+                found = cur.last()
+            seen = 0
+            while found and seen < depth:
+                key = bytes(cur.key())
+                if key[:16] != mailbox:
+                    break
+                seen += 1
+                modseq, uid = split_change_key(key)
+                if bytes(cur.value()) == CHANGE_MESSAGE:
+                    msg = self._message(txn, mailbox, uid)
+                    if msg is not None and msg.guid == guid:
+                        return _appended(row.user, mailbox, uid, msg, 0, row.uidvalidity)
+                else:
+                    raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
+                    if raw is not None and guid in unpack_tombstone(bytes(raw))[0]:
+                        return MessageAppended(
+                            row.user, mailbox, uid, guid, modseq, (), 0, 0, b"", 0, row.uidvalidity
+                        )
+                found = cur.prev()
+        return None
 
     def tombstones(self, txn: Any, user: str, name: str) -> list[tuple[int, bytes, int]]:
         """(uid, message guid, modseq) of every expunged UID of the mailbox, ascending."""

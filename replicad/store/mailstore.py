@@ -60,6 +60,13 @@ DEFAULT_MAX_LAG = 100_000
 
 
 @dataclass(frozen=True, slots=True)
+class _Retried:
+    """A SAVE already applied: its record, returned again, not logged again."""
+
+    record: MessageAppended
+
+
+@dataclass(frozen=True, slots=True)
 class StoreUsage:
     map_size: int
     used_bytes: int
@@ -234,6 +241,37 @@ class MailStore:
             result = await self._write(op)
         return [c for c in result if isinstance(c, MessageAppended)]
 
+    async def save_once(
+        self, user: str, mailbox: str, item: AppendRequest, *, depth: int
+    ) -> MessageAppended:
+        """Append one message unless a message with its GUID is among the
+        mailbox's last ``depth`` changes: then that one, nothing written (a
+        retried SAVE, :meth:`MailIndex.recent_save`).  One transaction either way."""
+        guid = item.guid
+        if guid is None:
+            [appended] = await self.append_many(user, mailbox, [item])
+            return appended
+        [prepared] = await self._prepare_all([item])
+        index = self.index
+
+        def op(txn: Any) -> list[Change | _Retried]:
+            earlier = index.recent_save(txn, user, mailbox, guid, depth)
+            if earlier is not None:
+                return [_Retried(earlier)]
+            changes: list[Change | _Retried] = []
+            if check_mailbox_name(mailbox) == INBOX and not index.has_mailbox(txn, user, INBOX):
+                changes.append(index.create_mailbox(txn, user, INBOX))
+            changes.extend(index.append(txn, user, mailbox, [prepared], autocreate_inbox=False))
+            return changes
+
+        result = await self._write(op)
+        for entry in result:
+            if isinstance(entry, _Retried):
+                return entry.record
+            if isinstance(entry, MessageAppended):
+                return entry
+        raise AssertionError("save_once wrote no message")
+
     async def copy(
         self,
         user: str,
@@ -257,11 +295,28 @@ class MailStore:
         expect: Mapping[int, bytes] | None = None,
     ) -> FlagsChanged:
         flags = tuple(flags)
-        return await self._write(
-            lambda t: self.index.store_flags(
-                t, user, mailbox, uids, mode, flags, unchangedsince=unchangedsince, expect=expect
+        index = self.index
+
+        def op(t: Any) -> FlagsChanged:
+            # A copy awaiting a resync may lack the other lineage's flag
+            # changes: what the client asks is stamped even where it changes
+            # nothing here (I5).
+            stale = index.has_mailbox(t, user, mailbox) and self.log.is_marked(
+                t, index._mailbox_guid(t, user, mailbox)
             )
-        )
+            return index.store_flags(
+                t,
+                user,
+                mailbox,
+                uids,
+                mode,
+                flags,
+                unchangedsince=unchangedsince,
+                expect=expect,
+                stamp_unchanged=stale,
+            )
+
+        return await self._write(op)
 
     async def expunge(
         self, user: str, mailbox: str, uids: UidSet, expect: Mapping[int, bytes] | None = None

@@ -93,7 +93,7 @@ async def ping_server(link: Link) -> None:
             return
         if isinstance(event, CommandReceived):
             tag = event.tag
-            payload = SaveOk(1, 1, "n1") if isinstance(event.command, Save) else None
+            payload = SaveOk(1, 1, "n1", 1) if isinstance(event.command, Save) else None
             await link.send(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 
 
@@ -112,7 +112,7 @@ async def queueing_server(link: Link) -> None:
             return
         if isinstance(event, CommandReceived):
             tag = event.tag
-            payload = SaveOk(1, 1, "n1") if isinstance(event.command, Save) else None
+            payload = SaveOk(1, 1, "n1", 1) if isinstance(event.command, Save) else None
             link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 
 
@@ -365,7 +365,7 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
                 payload = None
                 if isinstance(event.command, Save):
                     received.append(event.command.body)
-                    payload = SaveOk(1, 1, "n1")
+                    payload = SaveOk(1, 1, "n1", 1)
                 tag = event.tag
                 link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 

@@ -166,6 +166,10 @@ class Model:
     #: (mailbox, GUID)s that ever had several instances: which one a flag change
     #: or an expunge took cannot be told from the GUID.
     multi: set[tuple[str, str, bytes]] = field(default_factory=set)
+    #: (user, mailbox, UIDVALIDITY, UID, GUID) of every acknowledged expunge:
+    #: two sides of a partition expunging the one message at one UID removed
+    #: one instance, not two.
+    expunged: set[tuple[str, str, int | None, int, bytes]] = field(default_factory=set)
 
     def bound(self, key: tuple[str, str], guid: bytes, low: int, high: int, what: str) -> None:
         lows, highs = self.low.setdefault(key, {}), self.high.setdefault(key, {})
@@ -232,7 +236,9 @@ async def client_op(
                 appended.guid,
                 appended.modseq,
                 f"op {i}: {name} save",
-                await _uidvalidity(node, key),
+                # The UID's own UID space (APPENDUID): the master's copy may be
+                # under another UIDVALIDITY than the client's node until a resync.
+                appended.uidvalidity or await _uidvalidity(node, key),
             )
             return f"{name} save {user}/{mailbox} -> uid {appended.uid}"
         if kind == "flags":
@@ -254,11 +260,18 @@ async def client_op(
         if kind == "expunge":
             uid = rng.choice(known)
             gone = await node.writes.expunge(user, mailbox, UidSet.of([uid]))
+            uidvalidity = await _uidvalidity(node, key)
             for gone_uid, guid in gone.expunged:
                 # A forwarded EXPUNGE's reply names UIDs only; the master
                 # checked its UID is the message the client saw (expect).
+                guid = guid or local_guid[gone_uid]
                 what = f"op {i}: {name} expunge UID {gone_uid}"
-                model.bound(key, guid or local_guid[gone_uid], -1, -1, what)
+                instance = (*key, uidvalidity, gone_uid, guid)
+                if instance in model.expunged:
+                    model.history.setdefault(guid, []).append(what + " (again)")
+                    continue
+                model.expunged.add(instance)
+                model.bound(key, guid, -1, -1, what)
             return f"{name} expunge {user}/{mailbox} uid {uid} -> {len(gone.expunged)}"
         if kind == "copy":
             uid = rng.choice(known)
@@ -274,7 +287,7 @@ async def client_op(
                     guid,
                     a.modseq,
                     f"op {i}: {name} copy",
-                    await _uidvalidity(node, (user, dest)),
+                    a.uidvalidity or await _uidvalidity(node, (user, dest)),
                 )
                 # The copy's flags are the source's at copy time: unknown here.
                 model.intent.pop((user, dest, guid), None)
@@ -361,7 +374,13 @@ async def check(nodes: dict[str, Node], model: Model) -> None:
                     )
         for uid, named in model.seen.get((*key, row[3]), {}).items():
             if uid in by_uid and by_uid[uid] not in named:
-                raise AssertionError(f"I2: UID {uid} of {key} names another message")
+                now = by_uid[uid]
+                was = "; ".join(h for g in named for h in model.history.get(g, []))
+                raise AssertionError(
+                    f"I2: UID {uid} of {key} names another message: {now.hex()} "
+                    f"[{'; '.join(model.history.get(now, []))}], acknowledged for "
+                    f"{sorted(g.hex() for g in named)} [{was}]"
+                )
             if len(named) > 1 and uid not in tombs:
                 raise AssertionError(f"I2: UID {uid} of {key} named two messages, not retired")
         if row[4] <= model.top_uid.get(key, 0):

@@ -49,11 +49,19 @@ W3, many users (``--users 1000 --mailboxes 3 --messages 20 --seed 3``)
     command is what it does, one user after another), into empty Maildirs,
     then the same loop again as dsync's no-op pass.
 
+W2 through a resync (``--w2-max-outbox N``): the same, with every node's
+``cluster.max_outbox`` set to N (nodes restarted before W1), small enough
+that the W2 changes overflow the follower's outbox: the master drops that
+backlog, marks the mailboxes from the first change dropped, and after the
+heal resyncs them with incremental SYNCs (``w2_incremental``: how many;
+``w2_fallbacks``: how many fell back to a whole SYNC).
+
 Prints every run, the medians over ``--runs`` and the ratios replicad/dsync.
 ``--quick`` shrinks every corpus to smoke-test the script (figures then mean
 little).  Never run as a test.
 
-    .venv/bin/python tools/bench/bench_resync.py [--runs 3] [--quick] [--only w1,w2,w3]
+    .venv/bin/python tools/bench/bench_resync.py [--runs 3] [--quick] [--only w1w2|w3]
+        [--w2-max-outbox N]
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -329,6 +338,22 @@ class Cluster:
     def conf(self, node: str) -> Path:
         return self.directory / node / "replicad.toml"
 
+    def set_max_outbox(self, limit: int) -> None:
+        """``cluster.max_outbox = limit`` on every node, each restarted (behind the proxy)."""
+        for node in self.names:
+            path = self.conf(node)
+            text = path.read_text()
+            line = f"max_outbox = {limit}"
+            if re.search(r"(?m)^max_outbox\s*=", text):
+                text = re.sub(r"(?m)^max_outbox\s*=.*$", line, text)
+            elif re.search(r"(?m)^\[cluster\]\s*$", text):
+                text = re.sub(r"(?m)^\[cluster\]\s*$", f"[cluster]\n{line}", text, count=1)
+            else:
+                text += f"\n[cluster]\n{line}\n"
+            path.write_text(text)
+            run([*RD, "cluster", "restart", str(self.directory), node])
+        wait_for("root election after the restarts", self.elected, 60)
+
     def cli(self, node: str, *args: str, stdin: bytes | None = None, check: bool = True) -> Any:
         return run([*RD, "-c", str(self.conf(node)), *args], input=stdin, check=check)
 
@@ -511,8 +536,11 @@ def replicad_w1_w2(
     changes: W2Changes,
     nodes: int,
     log: Callable[[str], None],
+    max_outbox: int | None = None,
 ) -> None:
     with cluster(work / "cl", nodes) as c:
+        if max_outbox is not None:
+            c.set_max_outbox(max_outbox)
         lost = c.names[-1]
         start = time.perf_counter()
         mark = c.log_mark()
@@ -568,6 +596,9 @@ def replicad_w1_w2(
         out["w2_idle_s"] = time.perf_counter() - t0
         out["w2_bytes"] = c.wire_bytes() - b0
         out |= {f"w2_{k}": v for k, v in c.events_since(mark).items()}
+        counters = c.call("n1", "dsync_status")
+        out["w2_incremental"] = float(counters.get("incremental", 0))
+        out["w2_fallbacks"] = float(counters.get("fallbacks", 0))
         verify = c.cli("n1", "verify", "--all", check=False)
         if verify.returncode != 0:
             log(f"  ! W2: verify --all exited {verify.returncode}: {verify.stdout.decode()}")
@@ -746,7 +777,9 @@ def log_w1_w2(n: int, r: dict[str, float], log: Callable[[str], None]) -> None:
         f"{fmt(r, 'w2_dsync_s', '.3f')} {fmt(r, 'w2_dsync_bytes', unit='bytes')}; replicad "
         f"{fmt(r, 'w2_s', '.3f')} from heal (link up after {fmt(r, 'w2_link_up_s', '.3f')}), "
         f"{fmt(r, 'w2_bytes_converged', unit='bytes')} until converged, "
-        f"{fmt(r, 'w2_bytes', unit='bytes')} until idle ({fmt(r, 'w2_idle_s')})"
+        f"{fmt(r, 'w2_bytes', unit='bytes')} until idle ({fmt(r, 'w2_idle_s')}); "
+        f"{fmt(r, 'w2_incremental', '.0f', '')} incremental SYNCs, "
+        f"{fmt(r, 'w2_fallbacks', '.0f', '')} fallbacks"
     )
 
 
@@ -826,6 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="W1 corpus size (default 10000, 1000 with --quick)",
     )
     ap.add_argument("--w3-users", type=int, help="W3 users (default 1000, 50 with --quick)")
+    ap.add_argument(
+        "--w2-max-outbox",
+        type=int,
+        metavar="N",
+        help="cluster.max_outbox on every node: W2 overflows it and goes through resync",
+    )
     ap.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
     if shutil.which("doveadm") is None:
@@ -878,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     changes,
                     args.nodes,
                     log,
+                    args.w2_max_outbox,
                 )
                 log_w1_w2(n, r, log)
             if w3_on:

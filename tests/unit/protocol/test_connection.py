@@ -178,7 +178,7 @@ def test_byte_window() -> None:
     events = b.receive_data(a.data_to_send())
     for e in events:
         assert isinstance(e, CommandReceived)
-        b.send_ok(e.tag, c.SaveOk(1, 2, "n2") if isinstance(e.command, c.Save) else None)
+        b.send_ok(e.tag, c.SaveOk(1, 2, "n2", 1) if isinstance(e.command, c.Save) else None)
     a.receive_data(b.data_to_send())
     assert a.can_send(save)
 
@@ -353,7 +353,7 @@ def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None
     assert [e.command.body for e in saves if isinstance(e.command, c.Save)] == bodies
     for event in events:
         assert isinstance(event, CommandReceived)
-        b.send_ok(event.tag, c.SaveOk(1, 1, "n2") if event.tag in tags else None)
+        b.send_ok(event.tag, c.SaveOk(1, 1, "n2", 1) if event.tag in tags else None)
     replies = a.receive_data(b.data_to_send())
     assert [r.tag for r in replies if isinstance(r, ReplyReceived)][1:] == tags
     assert a.inflight == 0

@@ -17,6 +17,7 @@ import pytest
 
 from replicad.errors import ReplicadError
 from replicad.store.changecodec import decode_change, encode_change
+from replicad.store.index import AppendRequest
 from replicad.store.mailstore import MailStore
 from replicad.store.records import FlagsChanged, MessageAppended, MessagesCopied
 from replicad.store.replica import Outcome
@@ -155,6 +156,46 @@ async def test_a_reloaded_peer_list_adds_and_removes_cursors(tmp_path: Path) -> 
         await a.ack("b", head + 1)
         await a.ack("d", head + 1)
         assert await a.outbox(0, 10) == []  # nobody waits: the log is truncated
+
+
+async def test_a_retried_save_is_applied_once(tmp_path: Path) -> None:
+    """A forwarded SAVE whose reply was lost comes again with the same GUID:
+    the master answers with the first attempt and logs nothing new (I6)."""
+    async with MailStore.open(tmp_path / "a", peers=("b",)) as a:
+        request = AppendRequest(b"Subject: once\r\n\r\nbody\r\n", ("\\Seen",), None, b"g" * 16)
+        first = await a.save_once("alice", "INBOX", request, depth=64)
+        head = await a.log_head()
+        again = await a.save_once("alice", "INBOX", request, depth=64)
+        assert (again.uid, again.guid, again.modseq) == (first.uid, first.guid, first.modseq)
+        assert await a.log_head() == head
+        assert (await a.mailbox_status("alice", "INBOX")).messages == 1
+        # Expunged meanwhile: still the first attempt's UID, nothing new.
+        await a.expunge("alice", "INBOX", UidSet.of([first.uid]))
+        gone = await a.save_once("alice", "INBOX", request, depth=64)
+        assert gone.uid == first.uid
+        assert (await a.mailbox_status("alice", "INBOX")).messages == 0
+        # Another GUID is another delivery: a new message.
+        other = await a.save_once("alice", "INBOX", replace(request, guid=b"h" * 16), depth=64)
+        assert other.uid == first.uid + 1
+
+
+async def test_a_copy_awaiting_resync_stamps_what_changes_nothing_here(tmp_path: Path) -> None:
+    """I5: the master's copy may lack the other lineage's flag changes until
+    the resync; a client's remove of a flag this copy does not show is still
+    its latest intent, so it is stamped (with a modseq) while a mark is open."""
+    async with MailStore.open(tmp_path / "a", peers=("b",)) as a:
+        saved = await a.append("alice", "INBOX", b"m")
+        quiet = await a.store_flags("alice", "INBOX", UidSet.of([1]), "remove", ["\\Flagged"])
+        assert quiet.uids == () and quiet.modseq == saved.modseq  # RFC 7162: no change
+        await a.mark_resync(["b"], saved.mailbox, "partition", saved.modseq)
+        stamped = await a.store_flags("alice", "INBOX", UidSet.of([1]), "remove", ["\\Flagged"])
+        assert stamped.uids == (1,) and stamped.modseq == saved.modseq + 1
+        [info] = await a.fetch("alice", "INBOX", UidSet.of([1]))
+        assert info.flags == ()
+        state = await a.mailbox_state(saved.mailbox)
+        assert state is not None
+        [message] = state[1]
+        assert [(m.flag, m.present) for m in message.marks] == [("\\Flagged", False)]
 
 
 async def test_collision_is_never_applied_over_local_data(tmp_path: Path) -> None:
