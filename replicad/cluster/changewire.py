@@ -183,7 +183,7 @@ def to_wire(
             change.removed,
             change.modseq,
             change.stamp,
-            tuple(known.get(uid, UNKNOWN_GUID) for uid in sorted(set(change.uids))),
+            tuple(known.get(uid, UNKNOWN_GUID)[:8] for uid in sorted(set(change.uids))),
         )
     if isinstance(change, MessagesExpunged):
         pairs = sorted(change.expunged)

@@ -130,9 +130,10 @@ class FlagsChanged(Change):
     #: another one is another lineage and must not apply it.  0 in records
     #: logged before it was kept: unknown, not checked.
     uidvalidity: int = 0
-    #: ``guids[i]`` is the message GUID at ``uids[i]``: a copy holding another
-    #: message there diverged and must not change its flags (I5, I6).  Empty
-    #: in records logged before it was kept: unknown, not checked.
+    #: ``guids[i]`` is the message GUID at ``uids[i]`` (from the wire, its first
+    #: 8 octets): a copy holding another message there diverged and must not
+    #: change its flags (I5, I6).  Empty in records logged before it was
+    #: kept: unknown, not checked.
     guids: tuple[bytes, ...] = ()
 
 

@@ -258,20 +258,22 @@ class ReplicaApplier:
             return other
         added, removed = frozenset(change.added), frozenset(change.removed)
         targets: list[tuple[int, MessageRow]] = []
-        # UNKNOWN_GUID (a record logged before flag changes named their
-        # messages): the local message decides, as before.
+        # A GUID or, from the wire, its first 8 octets (verbs.md * STORE); all
+        # zero (a record logged before flag changes named their messages):
+        # unknown, the local message decides.
         guids = change.guids or (UNKNOWN_GUID,) * len(change.uids)
         for uid, guid in zip(change.uids, guids, strict=True):
+            known = any(guid)
             msg = self.index._message(txn, change.mailbox, uid)
             if msg is None:
                 tomb = self._tombstone(txn, change.mailbox, uid)
-                if tomb is not None and (guid == UNKNOWN_GUID or guid in tomb[0]):
+                if tomb is not None and (not known or any(g.startswith(guid) for g in tomb[0])):
                     continue  # expunge wins over a flag change (I6)
                 why = "missing message" if tomb is None else "another expunged message at"
                 return self._diverged(
                     txn, source, change.mailbox, change.modseq, f"{why} UID {uid}"
                 )
-            if guid != UNKNOWN_GUID and msg.guid != guid:
+            if known and not msg.guid.startswith(guid):
                 # Another master's lineage numbered another message here (a
                 # partition): changing it would give one message the other's flags.
                 return self._diverged(

@@ -21,6 +21,7 @@ Usage: .venv/bin/python tools/bench/bench_protocol.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from replicad.uidset import UidSet
 
 STORE = c.encode_command("k2p", c.Store(3, UidSet.of([48211]), ("\\Seen",), (), None))
 N = 100_000
+UIDVALIDITY = 1_700_000_000
 
 
 def rate(fn: Callable[[], int]) -> float:
@@ -156,15 +158,26 @@ def wire_bytes(kind: str, flush_every: int) -> float:
     peer.receive_data(master.data_to_send())
     total = 0
     uid = [1000] * 20
+    # Every message has its own random GUID (incompressible, as in life), and
+    # every change its hybrid-clock stamp (milliseconds << 16 | counter).
+    chance = random.Random(7)
+    stamp = 1_700_000_000_000 << 16
     for seq in range(1, N + 1):
         mbox = seq * 7 % 20
         uid[mbox] += 1
         modseq = 50_000 + seq
+        guid = chance.randbytes(16)
+        stamp += chance.randrange(1, 3 << 16)
         if kind == "STORE":
             flag = ("\\Seen",) if seq % 3 else ("\\Flagged",)
-            change: c.Untagged = c.StoreChange(seq, mbox, UidSet.of([uid[mbox]]), flag, (), modseq)
+            uids = UidSet.of([uid[mbox]])
+            change: c.Untagged = c.StoreChange(
+                seq, mbox, UIDVALIDITY, uids, flag, (), modseq, stamp, (guid[:8],)
+            )
         else:
-            change = c.ExpungeChange(seq, mbox, UidSet.of([uid[mbox]]), modseq)
+            change = c.ExpungeChange(
+                seq, mbox, UIDVALIDITY, UidSet.of([uid[mbox]]), modseq, (guid,)
+            )
         master.send_untagged(change)
         if seq % flush_every == 0:
             data = master.data_to_send()

@@ -87,7 +87,10 @@ def record_strategy(record: type[c.Record]) -> st.SearchStrategy[Any]:
             lambda d: {
                 **d,
                 "uids": UidSet.of(d["uids"]),
-                "guids": tuple(bytes([i]) * 16 for i in range(len(d["uids"]))),
+                "guids": tuple(
+                    bytes([i]) * (8 if record is c.StoreChange else 16)
+                    for i in range(len(d["uids"]))
+                ),
             }
         )
     if "add" in fields and "remove" in fields:

@@ -206,7 +206,7 @@ def test_mbox_ids_per_direction() -> None:
 def test_change_stream_and_ack_are_untagged() -> None:
     a, b = pair()
     b.send_command(mbox(4))
-    b.send_untagged(c.StoreChange(41, 4, 1, UidSet.of([2]), ("\\Seen",), (), 101, 7, (bytes(16),)))
+    b.send_untagged(c.StoreChange(41, 4, 1, UidSet.of([2]), ("\\Seen",), (), 101, 7, (bytes(8),)))
     events = a.receive_data(b.data_to_send())
     assert isinstance(events[-1], UntaggedReceived)
     a.send_untagged(c.Ack(41))
@@ -223,7 +223,9 @@ def _exchange(compress: bool) -> list[object]:
     b.send_command(mbox(2))
     for seq in range(1, 200):
         b.send_untagged(
-            c.StoreChange(seq, 2, 1, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq, (GUID,))
+            c.StoreChange(
+                seq, 2, 1, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq, (GUID[:8],)
+            )
         )
     b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, b"hello"))
     wire = b.data_to_send()

@@ -124,7 +124,7 @@ def test_flag_lists_match_the_reference(value: Any) -> None:
     [
         c.Store(3, UidSet.parse("1:5"), ("\\Seen",), ("$Junk",), 7),
         c.StoreChange(
-            9, 3, 1, UidSet.parse("2"), (), ("\\Deleted",), 12, 3, (bytes(16),)
+            9, 3, 1, UidSet.parse("2"), (), ("\\Deleted",), 12, 3, (bytes(8),)
         ),  # inherited `seq`
         c.Routes((c.Route("n2", 1), c.Route("n3", 2))),  # nested records
     ],
