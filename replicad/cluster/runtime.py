@@ -393,7 +393,11 @@ class PeerSession:
                 await self.window_freed.wait()
             if self.closed:
                 raise UnreachableError(f"link to {self.peer} closed")
-            tag = self.link.queue(lambda conn: conn.send_command(command))
+            try:
+                tag = self.link.queue(lambda conn: conn.send_command(command))
+            except LinkStateError:
+                # Closed by what the reader just took in: nothing was sent.
+                raise UnreachableError(f"link to {self.peer} closed") from None
             waiter = self.pending[tag] = _Pending()
             try:
                 await self.link.flush()
@@ -692,8 +696,15 @@ class ClusterNode:
         except* ProtocolError as group:
             reason = "; ".join(str(e) for e in group.exceptions)
             log_event(log, logging.WARNING, "link-error", peer=link.peer, reason=reason)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, UnreachableError):
-            pass  # the link died under one of its tasks: the peer is down or gone
+        except* (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            UnreachableError,
+            LinkStateError,
+        ):
+            # The link died under one of its tasks (the peer is down or gone,
+            # or closed it at once, e.g. refusing what we sent): never the node.
+            pass
         finally:
             session.fail_pending()
             outbox.on_link_down()
@@ -1605,7 +1616,10 @@ class ClusterNode:
                 raise UnreachableError(f"link to {session.peer} closed")
             await session.link.flush()
             await session.window_freed.wait()
-        tag = session.link.queue(lambda conn: conn.send_command(mbox))
+        try:
+            tag = session.link.queue(lambda conn: conn.send_command(mbox))
+        except LinkStateError:
+            raise UnreachableError(f"link to {session.peer} closed") from None
         session.pending[tag] = _Pending()
 
     async def _untagged(self, session: PeerSession, data: c.Untagged) -> None:

@@ -18,6 +18,7 @@ import trio.testing
 
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
 from replicad.cluster.writes import ClusterWrites
+from replicad.errors import ProtocolError
 from replicad.store.mailstore import MailStore
 from replicad.store.writer import InlineExecutor
 from tests.sim.network import SimNetwork
@@ -121,3 +122,41 @@ async def test_writes_everywhere_converge_and_a_partitioned_node_catches_up(
         await wait_for("n3 catching up", lambda: converged(nodes))
         status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
         assert status.messages == 14 and status.uidnext == 15
+
+
+async def test_a_peer_that_refuses_what_it_is_sent_never_stops_the_node(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """I9: n3 answers every change with a protocol error and closes the link
+    (a peer of another protocol version does that).  n1 keeps redialling and
+    streaming into links that die under it; it must survive, and keep serving
+    n2, whatever task the dead link fails."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+
+        async def refuse(session: Any, burst: Any) -> None:
+            # What a peer does with a frame it cannot decode: * BAD, close.
+            session.link.connection.close("refused: another protocol version")
+            await session.link.flush()
+            raise ProtocolError("refused: another protocol version")
+
+        nodes["n3"].node._apply_burst = refuse  # type: ignore[method-assign]
+        for i in range(40):
+            await nodes["n1"].writes.append("alice", "INBOX", body(i))
+            await trio.sleep(0.01)
+        await trio.sleep(5)
+        assert (await nodes["n2"].store.mailbox_status("alice", "INBOX")).messages == 40
+        await nodes["n1"].writes.append("alice", "INBOX", body(99))
+        await wait_for(
+            "n2 still replicating",
+            lambda: _messages(nodes["n2"], 41),
+        )
+
+
+async def _messages(node: SimNode, count: int) -> bool:
+    return (await node.store.mailbox_status("alice", "INBOX")).messages == count
+
+
+async def linked(nodes: dict[str, SimNode]) -> bool:
+    return all(len(n.node.sessions) == len(NAMES) - 1 for n in nodes.values())
