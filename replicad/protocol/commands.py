@@ -41,7 +41,7 @@ from replicad.flags import SYSTEM_FLAGS, normalise_flag
 from replicad.protocol.frames import DEFAULT_MAX_FRAME, UNTAGGED, Frame, Value
 from replicad.uidset import MAX_UID, UidSet
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MAX_U16: Final = 2**16 - 1
 MAX_U32: Final = 2**32 - 1
 MAX_U63: Final = 2**63 - 1  # MODSEQ range of RFC 7162 §3.1.1 (63-bit)

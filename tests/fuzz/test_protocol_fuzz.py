@@ -152,7 +152,9 @@ def test_handshake_with_random_bytes(chunks: list[bytes]) -> None:
 @given(st.lists(st.sampled_from(WIRE), min_size=1, max_size=6))
 def test_handshake_with_valid_frames_in_any_order(payloads: list[bytes]) -> None:
     link = _server()
-    hello = c.encode_untagged(c.Hello(1, "c1", "n1", ("COMPRESS-ZSTD",), 1 << 20, 4))
+    hello = c.encode_untagged(
+        c.Hello(c.PROTOCOL_VERSION, "c1", "n1", ("COMPRESS-ZSTD",), 1 << 20, 4)
+    )
     try:
         link.receive_data(encode_frame(hello))
         for payload in payloads:

@@ -22,6 +22,7 @@ from replicad import pki
 from replicad.cli import debug_cmd
 from replicad.errors import BadInputError, ProtocolError, UnreachableError
 from replicad.protocol.commands import (
+    PROTOCOL_VERSION,
     Hello,
     Mbox,
     Ping,
@@ -262,7 +263,7 @@ async def test_bad_hello_is_refused(
 async def test_plain_tcp_client_is_refused(
     server: Server, link_logs: pytest.LogCaptureFixture
 ) -> None:
-    hello = Hello(1, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)
+    hello = Hello(PROTOCOL_VERSION, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
         await stream.send_all(FrameEncoder().encode(encode_untagged(hello)))
@@ -419,7 +420,7 @@ def test_protocol_error_is_what_refusals_are() -> None:
 # --- replicad debug decode -------------------------------------------------------------
 
 FRAMES = [
-    encode_untagged(Hello(1, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)),
+    encode_untagged(Hello(PROTOCOL_VERSION, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)),
     encode_command("a1", Ping()),
     encode_command(
         "a2", Save(1, 1_600_000_000, b"\x02" * 16, ("\\Seen",), b"body\r\nline 2\r\n" * 10)
@@ -446,7 +447,7 @@ def test_debug_decode_prints_text_form(
     args = _decode_args(capture)
     assert args.handler(args) == 0
     out = capsysbinary.readouterr().out
-    assert out.startswith(b"* HELLO 1 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    assert out.startswith(b"* HELLO 2 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
     assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
 
 

@@ -57,7 +57,7 @@ def fatal_text(data: bytes) -> str:
 @pytest.mark.parametrize(
     ("server", "expect"),
     [
-        (LinkConfig("c1", "n2", version=2), "protocol version mismatch"),
+        (LinkConfig("c1", "n2", version=1), "protocol version mismatch"),
         (LinkConfig("other", "n2"), "cluster mismatch"),
         (LinkConfig("c1", "n3"), "does not match the certificate"),
         (LinkConfig("c1", "n1"), "our own node id"),
