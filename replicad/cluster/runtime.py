@@ -671,9 +671,14 @@ class ClusterNode:
     async def _run_session(self, link: Link) -> None:
         old = self.sessions.get(link.peer)
         if old is not None:
-            # The peer restarted and dialled again: the old link is dead.
+            # The peer restarted and dialled again: the old link is dead, and
+            # what was sent over it (a ROOT) may have died with the peer.
+            # Forget it now, not when the old session's cleanup gets to run:
+            # this new link must get the root introduced (simulator seed 30711).
             old.cancel_scope.cancel()
             old.fail_pending()
+            for sent in self._root_sent.values():
+                sent.discard(link.peer)
         acked = await self.store.log_cursor(link.peer)
         outbox = OutboxStream(link.peer, acked, window=OUTBOX_WINDOW, batch=OUTBOX_BATCH)
         session = PeerSession(self, link, outbox)
@@ -929,7 +934,13 @@ class ClusterNode:
         new link (a duplicate ROOT is harmless).
         """
         claim = self.election.claim
-        if self.election.root is None or claim is None or claim.root in (self.name, session.peer):
+        if self.election.root is None or claim is None or claim.root == session.peer:
+            return
+        if claim.root == self.name:
+            # The root itself: the peer may be one that restarted and redialled
+            # before this node saw its old link die, so it never looked
+            # unreachable and no view change will announce to it.
+            self._spawn(self._announce(session, claim.epoch))
             return
         sent = self._root_sent.setdefault((claim.root, claim.epoch), set())
         if session.peer not in sent:

@@ -56,7 +56,7 @@ def test_regression_seed_with_five_nodes_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
-@pytest.mark.parametrize("seed", [21, 32, 1615, 1912, 30038, 30041, 30066, 30089])
+@pytest.mark.parametrize("seed", [21, 32, 1615, 1912, 30038, 30041, 30066, 30089, 30711])
 def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
     """With --link-faults: 21 (a flag change another master made under an
     equal modseq taken for a duplicate), 32 (a STORE on a message a merge had
@@ -68,8 +68,10 @@ def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
     lost, I5), 30041 (a forwarded SAVE retried after its link broke was
     applied twice), 30066 (a SAVE forwarded to a master whose same-name
     mailbox had another UIDVALIDITY: its reply now says which, as APPENDUID
-    does) and 30089 (the checker counted one message expunged on both sides
-    of a partition as two)."""
+    does), 30089 (the checker counted one message expunged on both sides
+    of a partition as two) and 30711 (a node that restarted and redialled
+    before its peers saw its old link die never got the root announced: no
+    root for ever)."""
     result = sim("--seed", str(seed), "--link-faults")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"seed {seed}: ok" in result.stdout
