@@ -504,15 +504,8 @@ def _follow_moves(result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]
         tomb = result[uid]
         if not isinstance(tomb, Tombstone) or not tomb.moved:
             continue
-        for guid, target in tomb.moved:
-            # Follow chains: the new UID may itself have collided since.
-            seen = {uid}
-            while isinstance(result.get(target), Tombstone) and target not in seen:
-                seen.add(target)
-                nxt = dict(result[target].moved).get(guid)  # type: ignore[union-attr]
-                if nxt is None:
-                    break
-                target = nxt
+        for guid, first in tomb.moved:
+            target = _follow(result, uid, guid, first)
             dest = result.get(target)
             if not isinstance(dest, MessageState) or dest.guid != guid:
                 continue
@@ -528,6 +521,19 @@ def _follow_moves(result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]
                     break
             else:
                 result[target] = dest
+
+
+def _follow(result: dict[int, _Entry], uid: int, guid: bytes, target: int) -> int:
+    """Where ``guid``, moved from ``uid`` to ``target``, is now: chains of
+    moves are followed (the new UID may itself have collided since)."""
+    seen = {uid}
+    while isinstance(result.get(target), Tombstone) and target not in seen:
+        seen.add(target)
+        nxt = dict(result[target].moved).get(guid)  # type: ignore[union-attr]
+        if nxt is None:
+            break
+        target = nxt
+    return target
 
 
 def _settle_concurrent_moves(
@@ -546,14 +552,8 @@ def _settle_concurrent_moves(
             continue
         live: set[int] = set()
         expunged = False
-        for target in found:
-            seen = {uid}
-            while isinstance(result.get(target), Tombstone) and target not in seen:
-                seen.add(target)
-                nxt = dict(result[target].moved).get(guid)  # type: ignore[union-attr]
-                if nxt is None:
-                    break
-                target = nxt
+        for first in found:
+            target = _follow(result, uid, guid, first)
             final = result.get(target)
             if isinstance(final, MessageState) and final.guid == guid:
                 live.add(target)
