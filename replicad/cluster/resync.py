@@ -280,7 +280,8 @@ class Resyncer:
                 # sides may have merged differently before): only a new one is
                 # safe for both (I2).  Every client of the name resyncs.
                 top = max(ours.uidvalidity, theirs.uidvalidity)
-                merged = replace(merged, uidvalidity=_next(top))
+                step = 1 + node.order.index(node.name)
+                merged = replace(merged, uidvalidity=_next(top, step))
             if merged == ours:
                 break
             own_plan = plan(ours, merged)
@@ -695,8 +696,15 @@ def _chunks(ops: tuple[PlanOp, ...], wanted: set[bytes]) -> list[tuple[PlanOp, .
     return parts
 
 
-def _next(uidvalidity: int) -> int:
-    return uidvalidity + 1 if uidvalidity < 0xFFFFFFFF else 1
+def _next(uidvalidity: int, step: int) -> int:
+    """A new UIDVALIDITY above ``uidvalidity``, ``step`` (1 + this node's place
+    in the cluster's name order) above it: two masters that merge the same
+    two mailboxes at once, right after a heal, must not pick the same one,
+    or a later merge would compare their independently numbered UIDs as one
+    UID space and keep both copies of a message they numbered differently
+    (simulator seed 1990).  Wraps below 2^32."""
+    value = uidvalidity + step
+    return value if value <= 0xFFFFFFFF else value - 0xFFFFFFFF
 
 
 def _message_of(m: c.StateMessage) -> MessageState:

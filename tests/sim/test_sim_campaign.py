@@ -15,7 +15,9 @@ mailbox replaced under its name left an unusable mark), 6 (a replicated
 STORE from the other side of a partition changed another message at the
 same UID: flag changes now name their GUIDs, I5) and, with 5 nodes, 436 (two
 masters merged one collision concurrently after a heal, moving one message
-to two UIDs: it came back after an expunge; merge rule 7).
+to two UIDs: it came back after an expunge; merge rule 7) and 1990 (two
+masters merged the same two same-name mailboxes concurrently and picked the
+same new UIDVALIDITY for differently numbered results: a message twice).
 
 The seeds up to 1615 were found before the simulator switched on trio's
 deterministic task order (tests/sim/harness.py ``deterministic``), under
@@ -49,7 +51,7 @@ def test_regression_seed_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
-@pytest.mark.parametrize("seed", [436])
+@pytest.mark.parametrize("seed", [436, 1990])
 def test_regression_seed_with_five_nodes_replays_clean(seed: int) -> None:
     result = sim("--seed", str(seed), "--nodes", "5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
