@@ -48,7 +48,12 @@ Rules of :func:`merge`:
    ``(old uid, guid, uidvalidity)``; copies of one message at the same
    ``(uidvalidity, uid, guid)`` on several such sides are joined into one).
    A message whose GUID the winning sides expunged is not brought back, and
-   one a losing side expunged is expunged on the winning side too.
+   one a losing side expunged is expunged on the winning side too; one it
+   expunged and that no side holds any more keeps a tombstone at a fresh
+   UID, so a third copy merged later does not bring it back.  Where a losing
+   side still holds a GUID but expunged more instances of it than the
+   winning sides did (COPY keeps the GUID), that many of the winners'
+   instances are expunged, never leaving fewer than the loser holds.
    Their flag changes to a message the winning sides hold exactly once are
    joined into it; with several copies of the GUID (COPY keeps it) there is
    no single message to carry them to.  Nothing is lost; clients of the losing side see
@@ -395,6 +400,7 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
             if isinstance(e, MessageState) and e.guid in lost:
                 result[uid] = Tombstone(uid, frozenset({e.guid}), 0)
         moved = [m for m in moved if m.guid not in lost]
+    _expunge_surplus(result, winners, losers)
     # Rule 3: messages of losing sides that the winners do not have live.
     winner_guids = {e.guid for e in (*result.values(), *moved) if isinstance(e, MessageState)}
     # A GUID the winners expunged stays expunged (I6 "expunge wins"): it is the
@@ -427,8 +433,11 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
     # winners hold no trace: a tombstone at a fresh UID records it in the
     # winning UID space, so merging the result again with the side that still
     # has it does not bring it back (rule 5 idempotent).
+    # The same holds for a GUID a losing side expunged that no side holds
+    # live any more: without the tombstone, a later merge with a third copy
+    # that still has the message would bring it back.
     traced = {g for e in result.values() for g in _guids(e)}
-    buried = sorted({m.guid for s in losers for m in s.messages if m.guid in lost} - traced)
+    buried = sorted(lost - traced)
     if floor + len(moved) + len(buried) - 1 > MAX_UID:
         raise ValueError("mailbox has run out of UIDs: cannot move the colliding messages")
     for i, g in enumerate(buried, start=floor + len(moved)):
@@ -477,6 +486,56 @@ def merge(states: Sequence[MailboxState]) -> MailboxState:
         messages=tuple(e for e in final.values() if isinstance(e, MessageState)),
         tombstones=tuple(e for e in final.values() if isinstance(e, Tombstone)),
     )
+
+
+def _expunges(tombstones: Iterable[Tombstone]) -> dict[bytes, set[int]]:
+    """Per GUID, the UIDs whose tombstone records an expunge of it (not a move)."""
+    out: dict[bytes, set[int]] = defaultdict(set)
+    for t in tombstones:
+        went = dict(t.moved)
+        for g in t.guids - {UNKNOWN_GUID}:
+            if g not in went:
+                out[g].add(t.uid)
+    return out
+
+
+def _expunge_surplus(
+    result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]], losers: Sequence[MailboxState]
+) -> None:
+    """Rule 3 for a message with several instances (COPY keeps the GUID).
+
+    A losing side that still holds a GUID live but also expunged instances of
+    it that the winning sides never expunged removed copies the winners still
+    hold: that many of the winners' instances go too, never more than leaves
+    the winners with as many as that side holds (I6: expunge wins; a copy the
+    winners made and the loser never saw stays).  Which instances: those at a
+    UID where the loser's tombstone names the GUID (the UID spaces coincide
+    when the two lineages came from concurrent merges of the same copies),
+    then the highest UIDs.  The counts come from the multiset of sides, so
+    the choice is the same whatever the order of the inputs.
+    """
+    winner_expunges = _expunges(
+        e for side in winners for e in side.values() if isinstance(e, Tombstone)
+    )
+    live: dict[bytes, list[int]] = defaultdict(list)
+    for uid, e in result.items():
+        if isinstance(e, MessageState):
+            live[e.guid].append(uid)
+    drop: dict[bytes, int] = defaultdict(int)
+    hint: dict[bytes, set[int]] = defaultdict(set)
+    for s in losers:
+        held: dict[bytes, int] = defaultdict(int)
+        for m in s.messages:
+            held[m.guid] += 1
+        for g, uids in _expunges(s.tombstones).items():
+            if not held.get(g) or g not in live:
+                continue  # all gone on that side: the `lost` rule; or none here
+            unseen = len(uids) - len(winner_expunges.get(g, ()))
+            drop[g] = max(drop[g], min(len(live[g]) - held[g], unseen))
+            hint[g] |= uids
+    for g, n in sorted(drop.items()):
+        for uid in sorted(live[g], key=lambda u: (u not in hint[g], -u))[:n]:
+            result[uid] = Tombstone(uid, frozenset({g}), 0)
 
 
 def _guids(entry: _Entry) -> frozenset[bytes]:

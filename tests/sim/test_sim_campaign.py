@@ -17,7 +17,12 @@ same UID: flag changes now name their GUIDs, I5) and, with 5 nodes, 436 (two
 masters merged one collision concurrently after a heal, moving one message
 to two UIDs: it came back after an expunge; merge rule 7) and 1990 (two
 masters merged the same two same-name mailboxes concurrently and picked the
-same new UIDVALIDITY for differently numbered results: a message twice).
+same new UIDVALIDITY for differently numbered results: a message twice),
+4910 (two lineages of one mailbox under different UIDVALIDITYs, one copy of
+a twice-copied message expunged in the losing one and flagged in the
+winning one: it came back; merge rule 3 now counts instances) and 9765 (a
+losing lineage's expunge of a message the winners did not hold was
+forgotten, and a third lineage brought it back).
 
 The seeds up to 1615 were found before the simulator switched on trio's
 deterministic task order (tests/sim/harness.py ``deterministic``), under
@@ -51,7 +56,7 @@ def test_regression_seed_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
-@pytest.mark.parametrize("seed", [436, 1990])
+@pytest.mark.parametrize("seed", [436, 1990, 4910, 9765])
 def test_regression_seed_with_five_nodes_replays_clean(seed: int) -> None:
     result = sim("--seed", str(seed), "--nodes", "5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -734,3 +734,47 @@ def test_concurrent_masters_moving_one_collision_settle_on_one_copy() -> None:
     r2 = merge([rx, ry_gone])
     assert sorted(m.guid for m in r2.messages) == [g0, g2, g3]
     assert merge([r2, rx]) == r2 and merge([r2, ry_gone]) == r2
+
+
+def test_a_losing_lineage_s_expunge_of_one_of_two_copies_holds() -> None:
+    """Rule 3 with two instances of one GUID (COPY keeps it): two masters
+    merged the same copies concurrently, so both lineages number them alike
+    under different UIDVALIDITYs; the loser expunged the copy at UID 8 while
+    the winner flagged it.  Expunge wins: one copy stays (simulator seed 4910)."""
+    g, other = guid(1), guid(2)
+    seen = (FlagMark("\\Seen", 50, True),)
+    common = [make_message(3, g, 3), make_message(4, other, 4)]
+    winner = mailbox([*common, make_message(8, g, 9, seen)], uidvalidity=19, highestmodseq=9)
+    loser = mailbox(common, [Tombstone(8, frozenset({g}), 9)], uidvalidity=15, highestmodseq=9)
+    r = merge([winner, loser])
+    assert r.uidvalidity == 19
+    assert sorted(m.uid for m in r.messages if m.guid == g) == [3]
+    assert any(t.uid == 8 and g in t.guids for t in r.tombstones)
+    assert merge([loser, winner]) == r
+    for side in (winner, loser):
+        assert apply_plan(side, plan(side, r)) == r
+    assert merge([r, loser]) == r and merge([r, winner]) == r  # idempotent
+    # A copy the winners made that the loser never saw is not taken with it.
+    third = make_message(9, g, 10)
+    winner3 = mailbox([*common, make_message(8, g, 9), third], uidvalidity=19)
+    r3 = merge([winner3, loser])
+    assert sorted(m.uid for m in r3.messages if m.guid == g) == [3, 9]
+    # Expunges both lineages already share take nothing more.
+    shared = [Tombstone(2, frozenset({g}), 2)]
+    w = mailbox(common, shared, uidvalidity=19, highestmodseq=9)
+    lo = mailbox(common, shared, uidvalidity=15, highestmodseq=9)
+    assert sorted(m.uid for m in merge([w, lo]).messages if m.guid == g) == [3]
+
+
+def test_a_losing_lineage_s_expunge_of_a_message_no_side_holds_is_remembered() -> None:
+    """Rule 3: the loser expunged a message the winners never had; the
+    result keeps a tombstone for it, so a third lineage that still holds the
+    message, merged later, does not bring it back (simulator seed 9765)."""
+    g, kept = guid(1), guid(2)
+    winner = mailbox([make_message(1, kept, 2)], uidvalidity=21)
+    loser = mailbox([], [Tombstone(2, frozenset({g}), 3)], uidvalidity=18)
+    third = mailbox([make_message(1, g, 2)], uidvalidity=5)
+    r = merge([winner, loser])
+    assert g in tombstoned_guids(r)
+    assert live_guids(merge([r, third])) == {kept}
+    assert merge([r, loser]) == r  # idempotent
