@@ -73,6 +73,11 @@ class NoSuchMailboxError(NotFoundError):
     pass
 
 
+class MailboxDeletedError(NoSuchMailboxError):
+    """The mailbox was deleted here: a DELETE wins over concurrent writes, so
+    nothing may recreate it (resync.md, mailbox conflicts)."""
+
+
 class NoSuchMessageError(NotFoundError):
     pass
 

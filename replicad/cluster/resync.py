@@ -52,6 +52,7 @@ from replicad.cluster.merge import (
 )
 from replicad.errors import (
     ConflictError,
+    MailboxDeletedError,
     NotFoundError,
     ProtocolError,
     ReplicadError,
@@ -153,6 +154,10 @@ class Resyncer:
                     await self.store.clear_resync([mark.peer], ALL_MAILBOXES)
                 continue
             status = await self.store.mailbox_by_guid(mark.mailbox)
+            if status is None and await self.store.mailbox_deleted(mark.mailbox):
+                # Deleted here since: the DELETE wins, nothing is left to merge.
+                await self.store.clear_resync([mark.peer], mark.mailbox)
+                continue
             if status is None:
                 # Not here yet (its CREATE comes on another stream): acted on
                 # once it is.  A mark on a mailbox replaced under its name
@@ -226,7 +231,29 @@ class Resyncer:
     # -- the master's side --
 
     async def resync_one(self, session: PeerSession, mailbox: bytes) -> None:
-        """Merge ``mailbox`` between this node (its master) and the peer (module doc)."""
+        """Merge ``mailbox`` between this node (its master) and the peer (module doc).
+
+        A peer that deleted the mailbox answers DELETED: the DELETE wins over
+        what this copy got meanwhile, so the master deletes it too, and its
+        own DELETE record reaches every other copy (resync.md, mailbox conflicts)."""
+        try:
+            await self._resync_one(session, mailbox)
+        except MailboxDeletedError:
+            status = await self.store.mailbox_by_guid(mailbox)
+            if status is not None:
+                await self.store.delete_mailbox(status.user, status.name)
+                self.node.log_changed()
+                log_event(
+                    log,
+                    logging.INFO,
+                    "resync-deleted",
+                    peer=session.peer,
+                    mailbox=mailbox.hex(),
+                    name=f"{status.user}/{status.name}",
+                )
+            await self.store.clear_resync([session.peer], mailbox)
+
+    async def _resync_one(self, session: PeerSession, mailbox: bytes) -> None:
         node, store = self.node, self.store
         status = await store.mailbox_by_guid(mailbox)
         if status is None:
@@ -390,6 +417,8 @@ class Resyncer:
         try:
             done = await session.request(c.Sync(mid, since, uids), timeout=STEP_TIMEOUT)
             chunks = self.collect[key]
+        except MailboxDeletedError:
+            raise  # not missing: deleted there (resync_one)
         except NotFoundError:
             return None
         finally:
@@ -532,8 +561,17 @@ class Resyncer:
         except ReplicadError:
             return None
 
+    async def _deleted_here(self, session: PeerSession, tag: str, box: MboxBinding) -> bool:
+        """Answer DELETED if the master's mailbox was deleted here (it wins)."""
+        if not await self.store.mailbox_deleted(box.guid):
+            return False
+        await self.node._reply_no(session, tag, "DELETED", "mailbox deleted here")
+        return True
+
     async def serve_sync(self, session: PeerSession, tag: str, cmd: c.Sync) -> None:
         box = self.binding(session, cmd.mbox)
+        if await self._deleted_here(session, tag, box):
+            return
         here = await self._here(box)
         found = None if here is None else await self.store.sync_state(here, cmd.since, cmd.uids)
         if found is None:
@@ -603,6 +641,8 @@ class Resyncer:
 
     async def serve_update(self, session: PeerSession, tag: str, cmd: c.Update) -> None:
         box = self.binding(session, cmd.mbox)
+        if await self._deleted_here(session, tag, box):
+            return
         held: dict[int, MessageState] = {}
         create = None
         if cmd.replaces is None:

@@ -87,6 +87,7 @@ from replicad.errors import (
     AlreadyExistsError,
     BadInputError,
     DurabilityError,
+    MailboxDeletedError,
     NoSuchMailboxError,
     NoSuchMessageError,
     OutcomeUnknownError,
@@ -320,6 +321,8 @@ def no_code(exc: ReplicadError) -> str:
         return "DURABILITY"
     if isinstance(exc, UnreachableError):
         return "UNREACHABLE"
+    if isinstance(exc, MailboxDeletedError):
+        return "DELETED"
     if isinstance(exc, (NoSuchMailboxError,)) or exc.exit_code == 68:
         return "NONEXISTENT"
     if isinstance(exc, AlreadyExistsError):
@@ -336,6 +339,8 @@ def error_from_no(code: str | None, text: str) -> ReplicadError:
         return DurabilityError(text)
     if code == "NONEXISTENT":
         return NoSuchMailboxError(text)
+    if code == "DELETED":
+        return MailboxDeletedError(text)
     if code == "CONFLICT":
         return AlreadyExistsError(text)
     if code in ("TEMPFAIL", "UNREACHABLE", "NOTMASTER"):

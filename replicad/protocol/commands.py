@@ -1326,6 +1326,7 @@ NO_CODES: Final = frozenset(
     {
         "NOTMASTER",
         "NONEXISTENT",
+        "DELETED",
         "UIDVALIDITY",
         "CONFLICT",
         "TEMPFAIL",

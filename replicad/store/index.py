@@ -366,7 +366,15 @@ class MailIndex:
         self._drop_prefix(txn, self.dbs.tombstones, guid)
         txn.delete(name_key(row.user, row.name), db=self.dbs.names)
         txn.delete(guid, db=self.dbs.mailboxes)
+        # Remembered for good (a few bytes): a DELETE wins over writes made
+        # concurrently elsewhere, so no change, resync or anti-entropy repair
+        # may bring this mailbox back (resync.md, mailbox conflicts; I4).
+        txn.put(guid, pack([row.user, row.name]), db=self.dbs.deleted)
         return MailboxDeleted(user=row.user, mailbox=guid, name=row.name)
+
+    def was_deleted(self, txn: Any, guid: bytes) -> bool:
+        """Whether the mailbox with this GUID was deleted here."""
+        return txn.get(guid, db=self.dbs.deleted) is not None
 
     def _release_message(self, txn: Any, raw: bytes) -> None:
         blobs.drop_reference(txn, self.dbs, MessageRow.decode(raw).body_hash)

@@ -19,7 +19,7 @@ import trio
 
 from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
 from replicad.cluster.merge import MergePlan, MessageState, Tombstone
-from replicad.errors import ConflictError, NoSuchMailboxError, ReplicadError
+from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
 from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import body_hashes
@@ -192,6 +192,10 @@ class MailStore:
 
     async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed:
         return await self._write(lambda t: self.index.rename_mailbox(t, user, old, new))
+
+    async def mailbox_deleted(self, guid: bytes) -> bool:
+        """Whether the mailbox with this GUID was deleted here (it never comes back)."""
+        return await self._read(lambda t: self.index.was_deleted(t, guid))
 
     async def list_mailboxes(self, user: str) -> list[MailboxStatus]:
         return await self._read(lambda t: self.index.list_mailboxes(t, user))
@@ -635,6 +639,8 @@ class MailStore:
         prepared = {p.body_hash: p for p in prepared_list}
 
         def op(txn: Any) -> MailboxRow:
+            if self.index.was_deleted(txn, mailbox):
+                raise MailboxDeletedError(f"mailbox {mailbox.hex()} was deleted here")
             if create is not None:
                 if txn.get(mailbox, db=self._dbs.mailboxes) is not None:
                     raise ConflictError(f"mailbox {mailbox.hex()} exists here already")

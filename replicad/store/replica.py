@@ -26,6 +26,7 @@ from replicad.cluster.merge import UNKNOWN_GUID
 from replicad.errors import ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
+from replicad.store.changecodec import mailbox_of
 from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, ChangeLog
 from replicad.store.index import MailIndex
 from replicad.store.marks import apply_delta, present, stamped
@@ -56,6 +57,7 @@ from replicad.store.statesync import MissingBodyError, apply_plan, full_state
 
 #: The detail of a change refused because its mailbox GUID is not here.
 MISSING_MAILBOX = "missing mailbox"
+DELETED_MAILBOX = "mailbox deleted here"
 #: A tombstone's message GUID when the expunged message was never seen here.
 
 
@@ -85,7 +87,13 @@ class ReplicaApplier:
     def apply(
         self, txn: Any, change: Change, bodies: dict[bytes, PreparedBody], source: str
     ) -> ApplyResult:
-        """Apply ``change`` from peer ``source``; ``bodies`` holds bodies sent along."""
+        """Apply ``change`` from peer ``source``; ``bodies`` holds bodies sent along.
+
+        A change to a mailbox deleted here is a no-op: the DELETE wins over
+        writes made concurrently elsewhere, and its own record reaches the
+        writer's side too (resync.md, mailbox conflicts)."""
+        if self.index.was_deleted(txn, mailbox_of(change)):
+            return ApplyResult(Outcome.DUPLICATE, DELETED_MAILBOX)
         if isinstance(change, MessageAppended):
             return self._appended(txn, [change], bodies, source)
         if isinstance(change, MessagesCopied):

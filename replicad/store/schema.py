@@ -17,6 +17,7 @@ blob_refs      body hash (32)                              refcount (u64, raw)
 log            sequence number (u64)                       encoded change record
 cursors        peer name (utf-8)                           last acknowledged sequence (u64)
 resync         peer name NUL mailbox guid (16)             [reason, since modseq]
+deleted        mailbox guid (16)                           [user, name] of a deleted mailbox
 =============  ==========================================  ==============================
 """
 
@@ -45,6 +46,7 @@ DB_NAMES = (
     "log",
     "cursors",
     "resync",
+    "deleted",
 )
 
 CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
@@ -203,6 +205,7 @@ class Databases:
     log: Any
     cursors: Any
     resync: Any
+    deleted: Any
 
 
 def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:

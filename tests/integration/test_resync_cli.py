@@ -43,7 +43,10 @@ def damage(store_dir: Path) -> None:
         async with MailStore.open(store_dir, map_size=64 << 20) as store:
 
             def edit(txn: Any) -> None:
+                # Lost, not deleted by a client: no record of a DELETE either.
+                lost = store.index._mailbox_guid(txn, "alice", "Work")
                 store.index.delete_mailbox(txn, "alice", "Work")
+                txn.delete(lost, db=store.index.dbs.deleted)
                 guid = store.index._mailbox_guid(txn, "alice", "INBOX")
                 row = store.index._message(txn, guid, 2)
                 assert row is not None and row.flags == ("\\Seen",)

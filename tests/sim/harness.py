@@ -48,6 +48,9 @@ from tests.sim.network import SimNetwork
 
 USERS = ("alice", "bob")
 MAILBOXES = ("INBOX", "Work")
+#: With mailbox operations on: the names they create, rename and delete
+#: (never INBOX), which messages are also saved to and copied between.
+FOLDERS = ("Work", "Archive")
 
 
 @dataclass
@@ -170,12 +173,26 @@ class Model:
     #: two sides of a partition expunging the one message at one UID removed
     #: one instance, not two.
     expunged: set[tuple[str, str, int | None, int, bytes]] = field(default_factory=set)
+    #: With mailbox operations on, messages are also counted per user over
+    #: all of the user's mailboxes (a rename moves them from one name to
+    #: another, and during a partition writes follow the mailbox GUID, not
+    #: the name): (user, GUID) -> [low, high].
+    per_user: dict[tuple[str, bytes], list[int]] = field(default_factory=dict)
+    #: (user, GUID)s ever placed in a folder (FOLDERS), and the users of
+    #: which a folder was (perhaps) deleted: a DELETE wins over writes made
+    #: concurrently on the other side of a partition, so those may go.
+    in_folder: set[tuple[str, bytes]] = field(default_factory=set)
+    deleted_in: set[str] = field(default_factory=set)
 
     def bound(self, key: tuple[str, str], guid: bytes, low: int, high: int, what: str) -> None:
         lows, highs = self.low.setdefault(key, {}), self.high.setdefault(key, {})
         lows[guid] = max(0, lows.get(guid, 0) + low)
         highs[guid] = max(0, highs.get(guid, 0) + high)
         self.history.setdefault(guid, []).append(what)
+        counts = self.per_user.setdefault((key[0], guid), [0, 0])
+        counts[0], counts[1] = max(0, counts[0] + low), max(0, counts[1] + high)
+        if key[1] != "INBOX" and (low > 0 or high > 0):
+            self.in_folder.add((key[0], guid))
 
     def acked(
         self,
@@ -202,18 +219,24 @@ async def client_op(
     i: int,
     among: set[str] | None = None,
     moves: bool = True,
+    folders: random.Random | None = None,
 ) -> str:
     """One client operation through a random running node (of ``among``).
 
     Flags, expunges and copies name UIDs of the node's own copy, as an IMAP
-    client of that node would see them.
+    client of that node would see them.  With ``folders`` (mailbox
+    operations on), one operation in five is a CREATE, RENAME or DELETE of
+    a folder, drawn from that stream, and messages go to either folder too.
     """
     names = sorted(n for n, node in nodes.items() if node.runtime is not None)
     if among is not None:
         names = [n for n in names if n in among] or names
     name = rng.choice(names)
     node = nodes[name]
-    user, mailbox = rng.choice(USERS), rng.choice(MAILBOXES)
+    if folders is not None and folders.random() < 0.2:
+        return await _folder_op(folders, node, name, model, i)
+    choices = MAILBOXES if folders is None else ("INBOX", *FOLDERS)
+    user, mailbox = rng.choice(USERS), rng.choice(choices)
     key = (user, mailbox)
     try:
         local = await node.store.fetch(user, mailbox, UidSet.parse("1:*"))
@@ -275,7 +298,7 @@ async def client_op(
             return f"{name} expunge {user}/{mailbox} uid {uid} -> {len(gone.expunged)}"
         if kind == "copy":
             uid = rng.choice(known)
-            dest = "Work" if mailbox == "INBOX" else "INBOX"
+            dest = _copy_target(mailbox, folders)
             copied = await node.writes.copy(user, mailbox, UidSet.of([uid]), dest)
             for src_uid, a in zip(copied.source_uids, copied.appended, strict=True):
                 # A forwarded COPY's reply names UIDs only (COPYUID); the master
@@ -302,10 +325,49 @@ async def client_op(
         if kind == "expunge":
             model.bound(key, local_guid[uid], -1, 0, f"op {i}: {name} expunge refused")
         elif kind == "copy":
-            dest_key = (user, "Work" if mailbox == "INBOX" else "INBOX")
+            dest_key = (user, _copy_target(mailbox, folders))
             model.bound(dest_key, local_guid[uid], 0, 1, f"op {i}: {name} copy refused")
             model.multi.add((*dest_key, local_guid[uid]))
         return f"{name} {kind} {user}/{mailbox} refused: {type(exc).__name__}: {exc}"
+
+
+def _copy_target(mailbox: str, folders: random.Random | None) -> str:
+    if mailbox != "INBOX":
+        return "INBOX"
+    # The folder is drawn from the folder stream, so the main stream (and
+    # with it every seed run without mailbox operations) is unchanged.
+    return "Work" if folders is None else folders.choice(FOLDERS)
+
+
+async def _folder_op(
+    folders: random.Random, node: Node, name: str, model: Model, i: int
+) -> str:
+    """CREATE, RENAME or DELETE of a folder (FOLDERS), as the node's client sees them."""
+    user = folders.choice(USERS)
+    try:
+        have = {row.name for row in await node.store.list_mailboxes(user)}
+    except ReplicadError:
+        have = set()
+    present = [f for f in FOLDERS if f in have]
+    absent = [f for f in FOLDERS if f not in have]
+    kinds = (["create"] if absent else []) + (["rename"] if present and absent else [])
+    kinds += ["delete"] if present else []
+    kind = folders.choice(kinds)
+    try:
+        if kind == "create":
+            folder = folders.choice(absent)
+            await node.writes.create_mailbox(user, folder)
+            return f"{name} create {user}/{folder}"
+        if kind == "rename":
+            old, new = folders.choice(present), folders.choice(absent)
+            await node.writes.rename_mailbox(user, old, new)
+            return f"{name} rename {user}/{old} -> {new}"
+        folder = folders.choice(present)
+        model.deleted_in.add(user)  # before: a refused DELETE may have happened
+        await node.writes.delete_mailbox(user, folder)
+        return f"{name} delete {user}/{folder}"
+    except ReplicadError as exc:
+        return f"{name} {kind} {user} refused: {type(exc).__name__}: {exc}"
 
 
 async def _uidvalidity(node: Node, key: tuple[str, str]) -> int | None:
@@ -324,19 +386,53 @@ async def converged(nodes: dict[str, Node]) -> bool:
     return all(s == states[0] for s in states)
 
 
-async def check(nodes: dict[str, Node], model: Model) -> None:
+async def divergence(nodes: dict[str, Node]) -> str:
+    """Which mailboxes differ between nodes, and how (for a failure report)."""
+    rows = {
+        name: {(r[0], r[1]): r for r in await node.store.logical_state()}
+        for name, node in nodes.items()
+    }
+    out = []
+    for key in sorted(set().union(*rows.values())):
+        views = {name: by_key.get(key) for name, by_key in rows.items()}
+        if len({repr(v) for v in views.values()}) == 1:
+            continue
+        parts = []
+        for name, r in views.items():
+            if r is None:
+                parts.append(f"{name}: none")
+            else:
+                parts.append(
+                    f"{name}: guid {r[2].hex()[:8]} uv {r[3]} next {r[4]} hms {r[5]} "
+                    f"uids {[m[0] for m in r[8]]} tombs {[t[0] for t in r[9]]}"
+                )
+        out.append(f"{key[0]}/{key[1]}: " + "; ".join(parts))
+    return " | ".join(out) or "none"
+
+
+async def check(nodes: dict[str, Node], model: Model, folders: bool = False) -> None:
     """I4 identical state; I1/I6 every acknowledged message not expunged by a
     client is live (by GUID); an expunged one is not; I2 a UID acknowledged
     with two GUIDs (two sides of a partition) ends as a tombstone, and one
     acknowledged with one GUID names no other; I3 UIDNEXT and HIGHESTMODSEQ
-    above everything acknowledged."""
+    above everything acknowledged.
+
+    With ``folders`` (mailbox operations on) those checks hold per mailbox
+    for INBOX, which they never touch; a folder's messages may have moved to
+    another name with a RENAME, so I1/I6 are checked per user over all of
+    the user's mailboxes, every instance counted (:func:`_check_per_user`).
+    """
     states = {name: await node.store.logical_state() for name, node in nodes.items()}
     first = next(iter(states.values()))
     for name, state in states.items():
         if state != first:
             raise AssertionError(f"I4: {name} differs from {next(iter(states))}")
     by_name = {(row[0], row[1]): row for row in first}
+    if folders:
+        _check_per_user(first, model)
     for key in sorted(model.low.keys() | {k[:2] for k in model.seen}):
+        if folders and key[1] != "INBOX":
+            continue
         row = by_name.get(key)
         if row is None:
             raise AssertionError(f"I6: mailbox {key} missing")
@@ -389,13 +485,51 @@ async def check(nodes: dict[str, Node], model: Model) -> None:
             raise AssertionError(f"I3: highestmodseq {row[5]} of {key} below an acknowledged one")
 
 
+def _check_per_user(state: list[tuple[Any, ...]], model: Model) -> None:
+    """I1/I6 per user: a message's live instances over all of the user's
+    mailboxes are within the model's bounds.  Where a folder was deleted, a
+    message ever placed in one may be gone (the DELETE wins, also over
+    writes made on the other side of a partition), so only the upper bound
+    holds for it; so too, as per mailbox, for a message with several
+    instances that an expunge touched."""
+    counts: dict[tuple[str, bytes], int] = {}
+    where: dict[tuple[str, bytes], list[str]] = {}
+    for row in state:
+        for m in row[8]:
+            counts[(row[0], m[1])] = counts.get((row[0], m[1]), 0) + 1
+            where.setdefault((row[0], m[1]), []).append(f"{row[1]}:{m[0]}")
+    for (user, guid), (low, high) in sorted(model.per_user.items()):
+        history = model.history.get(guid, [])
+        instances = sum("save" in h or "copy" in h for h in history)
+        expunged = any("expunge" in h for h in history)
+        floor = min(low, 1) if instances == 1 or not expunged else 0
+        if user in model.deleted_in and (user, guid) in model.in_folder:
+            floor = 0
+        have = counts.get((user, guid), 0)
+        if not floor <= have <= high:
+            what = "lost (I1/I6)" if have < floor else "came back after an expunge"
+            raise AssertionError(
+                f"message {guid.hex()} of {user}: {have} live in all mailboxes, expected "
+                f"{floor}..{high}: {what} [{'; '.join(history)}]; now at "
+                f"{where.get((user, guid), [])}"
+            )
+
+
 # --- one run -------------------------------------------------------------------------
 
 
 async def _run(
-    seed: int, n: int, phases: int, tmp: Path, result: RunResult, link_faults: bool
+    seed: int,
+    n: int,
+    phases: int,
+    tmp: Path,
+    result: RunResult,
+    link_faults: bool,
+    mailbox_ops: bool = False,
 ) -> None:
     rng = random.Random(seed)
+    # Mailbox operations draw from their own stream too (see link faults).
+    folders = random.Random(seed ^ 0xF01D) if mailbox_ops else None
     # Link faults draw from their own stream, so that without them a seed
     # replays exactly as it did before they existed (the regression seeds).
     links = random.Random(seed ^ 0xD1A7) if link_faults else None
@@ -418,7 +552,9 @@ async def _run(
                 result.faults += 1
             for _ in range(rng.randint(3, 10)):
                 result.operations += 1
-                result.trace.append(await client_op(rng, nodes, model, result.operations))
+                result.trace.append(
+                    await client_op(rng, nodes, model, result.operations, folders=folders)
+                )
                 await trio.sleep(rng.random() * 0.05)
             net.delay = 0.0
             victim = rng.choice(sorted(nodes))
@@ -438,7 +574,9 @@ async def _run(
                     result.operations += 1
                     result.trace.append(
                         "  cut: "
-                        + await client_op(rng, nodes, model, result.operations, side, moves=False)
+                        + await client_op(
+                            rng, nodes, model, result.operations, side, moves=False, folders=folders
+                        )
                     )
                     await trio.sleep(rng.random() * 2)
                 net.heal()
@@ -448,8 +586,11 @@ async def _run(
                 result.trace.append(f"phase {phase}: {fault} {victim}")
             # Writes resume once the cluster is whole and has a root again.
             await _wait(lambda: _rooted(nodes), "a root after the fault", 120)
-        await _wait(lambda: converged(nodes), "convergence", 120)
-        await check(nodes, model)
+        try:
+            await _wait(lambda: converged(nodes), "convergence", 120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {await divergence(nodes)}") from None
+        await check(nodes, model, folders=mailbox_ops)
         faults.cancel_scope.cancel()
 
 
@@ -495,7 +636,13 @@ def deterministic(seed: int, clock: trio.testing.MockClock) -> Iterator[None]:
         os.urandom, uuid.uuid4, time.time = saved[2], saved[3], saved[4]  # type: ignore[assignment]
 
 
-def run_seed(seed: int, nodes: int = 3, phases: int = 6, link_faults: bool = False) -> RunResult:
+def run_seed(
+    seed: int,
+    nodes: int = 3,
+    phases: int = 6,
+    link_faults: bool = False,
+    mailbox_ops: bool = False,
+) -> RunResult:
     """Run one seeded simulation; the result says whether every invariant held.
     The same seed replays the same run (same trace, same outcome)."""
     result = RunResult(seed)
@@ -503,7 +650,17 @@ def run_seed(seed: int, nodes: int = 3, phases: int = 6, link_faults: bool = Fal
     with tempfile.TemporaryDirectory(prefix=f"replicad-sim-{seed}-") as tmp:
         try:
             with deterministic(seed, clock):
-                trio.run(_run, seed, nodes, phases, Path(tmp), result, link_faults, clock=clock)
+                trio.run(
+                    _run,
+                    seed,
+                    nodes,
+                    phases,
+                    Path(tmp),
+                    result,
+                    link_faults,
+                    mailbox_ops,
+                    clock=clock,
+                )
         except BaseException as exc:  # a failure is a result, with its seed
             if isinstance(exc, KeyboardInterrupt):
                 raise

@@ -63,6 +63,17 @@ def test_regression_seed_with_five_nodes_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
+@pytest.mark.parametrize("seed", [23])
+def test_regression_seed_with_mailbox_operations_replays_clean(seed: int) -> None:
+    """With --mailbox-ops: 23 (a mailbox deleted on one side of a partition
+    and written on the other came back on the deleting side, through the
+    resync of the writes, and never converged: deleted GUIDs are now kept,
+    and a DELETE wins)."""
+    result = sim("--seed", str(seed), "--mailbox-ops")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"seed {seed}: ok" in result.stdout
+
+
 @pytest.mark.parametrize("seed", [21, 32, 1615, 1912, 30038, 30041, 30066, 30089, 30711])
 def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
     """With --link-faults: 21 (a flag change another master made under an

@@ -211,8 +211,11 @@ async def test_the_background_check_repairs_a_lost_mailbox_and_a_damaged_flag(
         victim = nodes["n3"].store
 
         def damage(txn: Any) -> None:
-            # By hand, behind replication's back: no change record, no mark.
+            # By hand, behind replication's back: no change record, no mark,
+            # and no record of a client's DELETE either (lost, not deleted).
+            lost = victim.index._mailbox_guid(txn, "alice", "Work")
             victim.index.delete_mailbox(txn, "alice", "Work")
+            txn.delete(lost, db=victim.index.dbs.deleted)
             guid = victim.index._mailbox_guid(txn, "alice", "INBOX")
             row = victim.index._message(txn, guid, 2)
             assert row is not None

@@ -313,3 +313,38 @@ def test_change_codec_round_trips() -> None:
     copied = MessagesCopied(user="u", source_mailbox=b"s" * 16, source_uids=(3,), appended=(rec,))
     for change in (rec, copied):
         assert decode_change(encode_change(change)) == change
+
+
+async def test_a_deleted_mailbox_is_never_brought_back(tmp_path: Path) -> None:
+    """DELETE wins over writes made concurrently elsewhere (resync.md, mailbox
+    conflicts): a replica that deleted a mailbox ignores the other side's
+    later changes to it, and refuses a resync UPDATE that would recreate it."""
+    from replicad.cluster.merge import MergePlan
+    from replicad.errors import MailboxDeletedError
+
+    async with (
+        MailStore.open(tmp_path / "master", peers=("b",)) as master,
+        MailStore.open(tmp_path / "replica", peers=("a",)) as replica,
+    ):
+        await master.create_mailbox("u", "Work")
+        await ship(master, replica, "b", "a")
+        guid = (await replica.mailbox_status("u", "Work")).guid
+        await replica.delete_mailbox("u", "Work")  # on the other side of a partition
+        assert await replica.mailbox_deleted(guid)
+        await master.append("u", "Work", b"written meanwhile\r\n")
+        await master.store_flags("u", "Work", UidSet.parse("1"), "add", ["\\Seen"])
+        [backlog] = [b for b in await master.backlog() if b.peer == "b"]
+        for _, change in await master.outbox(backlog.acked, limit=100):
+            bodies = [await master.read_blob(h) for h in await replica.missing_bodies(change)]
+            result = await replica.apply_replicated(change, "a", bodies)
+            assert result.outcome is Outcome.DUPLICATE and "deleted" in result.detail
+        with pytest.raises(ReplicadError):  # no mailbox left for the user at all
+            await replica.list_mailboxes("u")
+        assert await replica.resync_marks() == []
+        with pytest.raises(MailboxDeletedError):
+            await replica.apply_merge(
+                guid, 1, MergePlan(7, 1, 1, ()), log=False, clear_marks=[], create=("u", "Work")
+            )
+        # A new mailbox of the same name is another mailbox (another GUID).
+        await replica.create_mailbox("u", "Work")
+        assert (await replica.mailbox_status("u", "Work")).guid != guid
