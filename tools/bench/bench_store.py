@@ -10,7 +10,9 @@ Measures, in one run:
    (VmHWM; target <= 150 MB);
 3. 50 concurrent single-message SAVE clients against the node over its admin
    socket: saves/s as a ratio to the disk's fsync rate (target >= 10: group
-   commit).
+   commit), and to raw py-lmdb durable writes of the same body one per
+   commit (the unbatched limit) and 500 per commit (LMDB's batch limit,
+   which DESIGN §5 says throughput must approach).
 
 Usage:
     tools/bench/bench_store.py [--corpus DIR] [--messages 10000] [--runs 3]
@@ -95,6 +97,26 @@ def fsync_rate(workdir: Path, count: int = 200) -> float:
     finally:
         os.close(fd)
         path.unlink()
+
+
+def lmdb_small_writes(workdir: Path, body: bytes, count: int, per_txn: int) -> float:
+    """Durable raw py-lmdb writes of ``body`` per second, ``per_txn`` to a commit:
+    1 is the unbatched limit (every write its own commit and fsyncs); a large
+    ``per_txn`` approaches LMDB's batch limit for writes of this size."""
+    path = workdir / "raw-small"
+    shutil.rmtree(path, ignore_errors=True)
+    env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
+    start = time.perf_counter()
+    n = 0
+    while n < count:
+        with env.begin(write=True) as txn:
+            for _ in range(per_txn):
+                txn.put(n.to_bytes(8, "big"), body)
+                n += 1
+    elapsed = time.perf_counter() - start
+    env.close()
+    shutil.rmtree(path, ignore_errors=True)
+    return n / elapsed
 
 
 class Node:
@@ -237,6 +259,8 @@ def main() -> int:
                 if run == args.runs - 1:
                     fs = fsync_rate(node.dir)
                     small = b"Subject: load\r\n\r\n" + b"hello\r\n" * 200
+                    unbatched = lmdb_small_writes(node.dir, small, 500, 1)
+                    batched = lmdb_small_writes(node.dir, small, 20000, 500)
                     before = node_usage(node)
                     save_rates = [concurrent_saves(node, args.clients, args.saves_per_client,
                                                    small) for _ in range(args.runs)]
@@ -268,6 +292,10 @@ def main() -> int:
           "to fsync rate (target >= 10)")
     print(f"group commit        : {per_commit:8.1f} saves per transaction (one fsync each) "
           f"during the save runs")
+    print(f"raw LMDB, 1 per commit : {unbatched:8.0f} writes/s of the same body; saves are "
+          f"{saves / unbatched:.1f}x that (what batching buys)")
+    print(f"raw LMDB, 500 per commit: {batched:8.0f} writes/s (LMDB's batch limit); saves are "
+          f"{saves / batched:.2f} of it")
     return 0
 
 
