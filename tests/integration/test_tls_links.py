@@ -19,6 +19,7 @@ import trio
 import zstandard
 
 from replicad import pki
+from replicad.blob import Blob
 from replicad.cli import debug_cmd
 from replicad.errors import BadInputError, ProtocolError, UnreachableError
 from replicad.protocol.commands import (
@@ -37,6 +38,8 @@ from replicad.protocol.connection import (
     ConnectionClosed,
     LinkConfig,
     ReplyReceived,
+    plain_chunk,
+    zstd_chunk,
 )
 from replicad.protocol.frames import FrameEncoder
 from replicad.protocol.text import parse_stream
@@ -329,7 +332,7 @@ async def test_compressed_link_carries_save_frames(server: Server, certs: Pki) -
         assert await link.start_compression()
         mbox = Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0)
         await link.send(lambda c: c.send_command(mbox))
-        body = b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 5000
+        body = Blob.compress(b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 5000)
         tags = {
             await link.send(lambda c: c.send_command(Save(1, 0, b"\x02" * 16, (), body)))
             for _ in range(3)
@@ -353,9 +356,10 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
     rng = random.Random(3)
     sizes = [rng.choice([10, 4000, 20_000, 200_000, 1_500_000]) for _ in range(120)]
     bodies = [
-        rng.randbytes(n) if i % 2 else b"mail text\r\n" * (n // 11) for i, n in enumerate(sizes)
+        Blob.compress(rng.randbytes(n) if i % 2 else b"mail text\r\n" * (n // 11))
+        for i, n in enumerate(sizes)
     ]
-    received: list[bytes] = []
+    received: list[Blob] = []
 
     async def recording_server(link: Link) -> None:
         while True:
@@ -423,7 +427,14 @@ FRAMES = [
     encode_untagged(Hello(PROTOCOL_VERSION, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)),
     encode_command("a1", Ping()),
     encode_command(
-        "a2", Save(1, 1_600_000_000, b"\x02" * 16, ("\\Seen",), b"body\r\nline 2\r\n" * 10)
+        "a2",
+        Save(
+            1,
+            1_600_000_000,
+            b"\x02" * 16,
+            ("\\Seen",),
+            Blob.compress(b"body\r\nline 2\r\n" * 2000),
+        ),
     ),
 ]
 
@@ -447,19 +458,24 @@ def test_debug_decode_prints_text_form(
     args = _decode_args(capture)
     assert args.handler(args) == 0
     out = capsysbinary.readouterr().out
-    assert out.startswith(b"* HELLO 2 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    assert out.startswith(b"* HELLO 3 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
     assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
 
 
 def test_debug_decode_zstd_capture(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
+    # One direction as a link sends it: zstd chunks, and the SAVE's body in a
+    # plain chunk of its own (compression.md §2).
     compressor = zstandard.ZstdCompressor().compressobj()
-    data = b"".join(
-        compressor.compress(FrameEncoder().encode(f))
-        + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-        for f in FRAMES
-    )
+    data = b""
+    for frame in FRAMES:
+        head, *body_part = FrameEncoder().encode_parts(frame)
+        body = body_part[0] if body_part else b""
+        packed = compressor.compress(head) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        data += zstd_chunk(packed) + packed
+        if body:
+            data += plain_chunk(body) + body
     capture = tmp_path / "link.zst"
     capture.write_bytes(data)
     args = _decode_args(capture, "--zstd")

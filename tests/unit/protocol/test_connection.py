@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from replicad.blob import Blob
 from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
 from replicad.protocol.connection import (
@@ -108,7 +109,7 @@ def test_negotiates_limits_down() -> None:
     a.receive_data(b.data_to_send())
     a.send_command(mbox())
     with pytest.raises(ProtocolError, match="exceeds"):  # the peer's 64 KiB frame limit
-        a.send_command(c.Save(1, 0, GUID, (), b"x" * 70_000))
+        a.send_command(c.Save(1, 0, GUID, (), Blob.raw(b"x" * 70_000)))
 
 
 def test_pipelining_and_tag_matching_out_of_order() -> None:
@@ -170,7 +171,7 @@ def test_peer_overrunning_our_window_is_fatal() -> None:
 def test_byte_window() -> None:
     a, b = pair(client=LinkConfig("c1", "n1", max_inflight_bytes=100_000))
     a.send_command(mbox())
-    save = c.Save(1, 0, GUID, (), b"x" * 60_000)
+    save = c.Save(1, 0, GUID, (), Blob.raw(b"x" * 60_000))
     a.send_command(save)
     assert not a.can_send(save)
     with pytest.raises(WindowFullError):
@@ -227,7 +228,8 @@ def _exchange(compress: bool) -> list[object]:
                 seq, 2, 1, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq, (GUID[:8],)
             )
         )
-    b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, b"hello"))
+    body = Blob.raw(b"hello")
+    b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, body))
     wire = b.data_to_send()
     events: list[object] = []
     for i in range(0, len(wire), 7):  # arbitrary slicing through the zstd stream
@@ -320,8 +322,9 @@ def test_a_large_compressed_body_arrives_in_one_receive() -> None:
     b.receive_data(a.data_to_send())
     a.receive_data(b.data_to_send())
     a.send_command(mbox(2))
-    body = b"x" * (3 * 1024 * 1024)
-    a.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, len(body), b"h" * 32, body))
+    # A raw-codec body this large crosses as one plain chunk (compression.md §2).
+    body = Blob.raw(b"x" * (3 * 1024 * 1024))
+    a.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, body.size, b"h" * 32, body))
     events = b.receive_data(a.data_to_send())
     saves = [e for e in events if isinstance(e, UntaggedReceived)]
     assert len(saves) == 1
@@ -342,7 +345,8 @@ def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None
     sizes = [rng.choice([0, 100, 5000, 16_384, 70_000, 300_000]) for _ in range(64)]
     text = b"line of mail text\r\n" * (300_000 // 19 + 1)
     # Every third body random (incompressible), the rest text.
-    bodies = [rng.randbytes(n) if i % 3 == 0 else text[:n] for i, n in enumerate(sizes)]
+    raw = [rng.randbytes(n) if i % 3 == 0 else text[:n] for i, n in enumerate(sizes)]
+    bodies = [Blob.compress(body) for body in raw]
     tags = [a.send_command(c.Save(1, 0, GUID, ("\\Seen",), body)) for body in bodies]
     assert a.has_data_to_send
     wire = a.data_to_send()
