@@ -17,7 +17,8 @@ Two levels of checking, both pure (no I/O):
   (decompression bombs, I9) before any of it is done.
 * :meth:`Blob.decompress` / :meth:`Blob.verify` -- the content: exactly one
   zstd frame, no trailing octets, inflating to exactly the declared size,
-  and (``verify``) hashing to the SHA-256 the body is stored under.  The
+  matching its frame checksum when it has one (bodies this code compresses
+  do), and (``verify``) hashing to the SHA-256 the body is stored under.  The
   store runs this on every received blob before its write transaction
   (:meth:`replicad.store.blobs.PreparedBody.of`), so a corrupt or lying body
   never reaches the store: it is refused with a :class:`ProtocolError`.
@@ -56,8 +57,12 @@ def _compressor() -> zstandard.ZstdCompressor:
     comp: zstandard.ZstdCompressor | None = getattr(_local, "comp", None)
     if comp is None:
         # The content size in the header is what makes a body's size checkable
-        # (and its decompression bounded) before it is decompressed.
-        comp = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        # (and its decompression bounded) before it is decompressed.  The
+        # frame checksum (XXH64, 4 octets) catches a payload damaged into
+        # another valid one, also where no body hash travels with it (SAVE).
+        comp = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_content_size=True, write_checksum=True
+        )
         _local.comp = comp
     return comp
 

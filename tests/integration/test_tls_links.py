@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +44,7 @@ from replicad.protocol.connection import (
 )
 from replicad.protocol.frames import FrameEncoder
 from replicad.protocol.text import parse_stream
+from replicad.store.blobs import PreparedBody
 from replicad.transport import (
     Link,
     LinkHandler,
@@ -498,3 +500,81 @@ def test_debug_decode_missing_file(tmp_path: Path) -> None:
     args = _decode_args(tmp_path / "nope")
     with pytest.raises(BadInputError, match="does not exist"):
         args.handler(args)
+
+
+# --- bodies in stored form (verbs.md "Bodies", compression.md §2) ------------------------
+
+
+async def test_stored_bodies_cross_a_compressed_link_as_they_are(certs: Pki) -> None:
+    """Blobs of both codecs over real TLS + zstd: the receiver gets the sender's
+    very octets, checks them as its store would, and the link writes about
+    the stored size, not the raw one (bodies are not compressed twice)."""
+    rng = random.Random(5)
+    raw = [
+        rng.randbytes(n) if i % 3 == 0 else b"mail text, line after line\r\n" * (n // 28)
+        for i, n in enumerate(rng.choice([100, 20_000, 300_000, 2_000_000]) for _ in range(40))
+    ]
+    blobs = [Blob.compress(body) for body in raw]
+    kept: list[tuple[bytes, bytes]] = []
+
+    async def storing_server(link: Link) -> None:
+        while True:
+            event = await link.next_event()
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, CommandReceived):
+                payload = None
+                if isinstance(event.command, Save):
+                    prepared = PreparedBody.of(event.command.body)
+                    kept.append((prepared.body_hash, prepared.stored))
+                    payload = SaveOk(len(kept), 1, "n1", 1)
+                tag = event.tag
+                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+    async with trio.open_nursery() as nursery:
+        server = await _start(nursery, certs, timeout=5, handler=storing_server)
+        link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+        try:
+            assert await link.start_compression()
+            await link.send(
+                lambda c: c.send_command(Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0))
+            )
+            before = link.traffic.sent
+            with trio.fail_after(30):
+                for blob in blobs:
+                    while not link.connection.can_send(Save(1, 0, b"\x02" * 16, (), blob)):
+                        event = await link.next_event()
+                        assert isinstance(event, ReplyReceived) and event.status is Status.OK
+                    link.queue(lambda c, b=blob: c.send_command(Save(1, 0, b"\x02" * 16, (), b)))  # type: ignore[misc]
+                    await link.flush()
+                while link.connection.inflight:
+                    event = await link.next_event()
+                    assert isinstance(event, ReplyReceived) and event.status is Status.OK
+            sent = link.traffic.sent - before
+        finally:
+            await link.aclose()
+            nursery.cancel_scope.cancel()
+    assert [stored for _, stored in kept] == [blob.stored for blob in blobs]
+    assert [digest for digest, _ in kept] == [hashlib.sha256(body).digest() for body in raw]
+    stored_total = sum(len(blob.stored) for blob in blobs)
+    assert stored_total < sum(map(len, raw)) * 0.8
+    assert abs(sent - stored_total) < stored_total * 0.01
+
+
+async def test_a_body_with_an_unknown_codec_closes_the_link(server: Server, certs: Pki) -> None:
+    link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+    try:
+        assert await link.start_compression()
+        await link.send(
+            lambda c: c.send_command(Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0))
+        )
+        bogus = Blob(b"\x07" + b"x" * 40_000, 40_000)  # past the sender's own checks
+        await link.send(lambda c: c.send_command(Save(1, 0, b"\x02" * 16, (), bogus)))
+        with trio.fail_after(10):
+            while True:
+                event = await link.next_event()
+                if isinstance(event, ConnectionClosed):
+                    break
+        assert "unknown codec" in event.reason
+    finally:
+        await link.aclose()

@@ -21,8 +21,9 @@ from replicad.protocol.connection import (
     State,
     UntaggedReceived,
     WindowFullError,
+    plain_chunk,
 )
-from replicad.protocol.frames import FrameDecoder, encode_frame
+from replicad.protocol.frames import LARGE_BYTES, FrameDecoder, encode_frame
 from replicad.uidset import UidSet
 
 GUID = bytes(range(16))
@@ -363,3 +364,46 @@ def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None
     replies = a.receive_data(b.data_to_send())
     assert [r.tag for r in replies if isinstance(r, ReplyReceived)][1:] == tags
     assert a.inflight == 0
+
+
+def test_large_bodies_go_around_the_compressor_in_plain_chunks() -> None:
+    """compression.md §2: a body of 16 KiB or more is written as it is, in a
+    plain chunk right after a flushed zstd chunk holding its frame's head;
+    smaller ones and every other frame go through the zstd stream."""
+    a, b = pair()
+    a.start_compression()
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())
+    a.send_command(mbox(1))
+    text = random.Random(1).randbytes(30_000).hex().encode()  # compresses to about half
+    large, small = Blob.compress(text), Blob.raw(b"x" * 2000)
+    assert large.codec == 1
+    assert len(large.stored) >= LARGE_BYTES
+    a.send_command(c.Save(1, 0, GUID, (), large))
+    a.send_command(c.Save(1, 0, GUID, (), small))
+    a.send_command(c.Ping())
+    wire = a.data_to_send()
+    at = wire.index(large.stored)
+    assert wire[at - 4 : at] == plain_chunk(large.stored)
+    assert small.stored not in wire  # compressed with the frame heads
+    events = b.receive_data(wire)
+    received = [e.command for e in events if isinstance(e, CommandReceived)]
+    assert received[1:] == [
+        c.Save(1, 0, GUID, (), large),
+        c.Save(1, 0, GUID, (), small),
+        c.Ping(),
+    ]
+
+
+def test_a_plain_chunk_of_an_uncompressed_link_is_not_a_thing() -> None:
+    """Chunks exist only after COMPRESS: before it a body is part of its frame."""
+    a, b = pair()
+    a.send_command(mbox(1))
+    blob = Blob.raw(b"y" * 40_000)
+    a.send_command(c.Save(1, 0, GUID, (), blob))
+    wire = a.data_to_send()
+    assert plain_chunk(blob.stored) not in wire
+    events = b.receive_data(wire)
+    assert [e.command for e in events if isinstance(e, CommandReceived)][1] == c.Save(
+        1, 0, GUID, (), blob
+    )
