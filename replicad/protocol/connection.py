@@ -636,19 +636,22 @@ class Connection:
         if self._compress_tag is not None and frame[1] != Compress.VERB:
             self._deferred.append(frame)
         elif self._compressor is not None:
-            # zstd keeps up to a block of input and returns b"" until then;
-            # data_to_send's flush ends the block.
-            if out := self._compressor.compress(parts[0]):
-                self._zstd.append(out)
-            self._compressed_pending = True
             if len(parts) > 1:
-                # A body (encode_parts): its octets are already compressed by
-                # the store (replicad.blob), so they go around the compressor
-                # in a plain chunk, after everything queued before them.
+                # A frame ending in a body (encode_parts): the body's octets are
+                # already compressed by the store (replicad.blob), so the whole
+                # frame goes around the compressor in a plain chunk, after
+                # everything queued before it.  Its head (tens of octets) with
+                # it: compressing the head would save about as many octets as
+                # the flush before the chunk costs, and two zstd calls per body.
                 self._end_zstd_chunk()
-                body = parts[1]
-                self._out.append(plain_chunk(body))
-                self._out.append(body)
+                self._out.append(_CHUNK.pack(CHUNK_PLAIN | _size(parts)))
+                self._out.extend(parts)
+            else:
+                # zstd keeps up to a block of input and returns b"" until then;
+                # data_to_send's flush ends the block.
+                if out := self._compressor.compress(parts[0]):
+                    self._zstd.append(out)
+                self._compressed_pending = True
         else:
             self._out.extend(parts)
 
