@@ -2,7 +2,8 @@
 
 ``debug decode FILE [--zstd]``
     FILE holds length-prefixed frames as they cross a link (``-`` for stdin);
-    with ``--zstd`` the bytes are a zstd stream, as after COMPRESS. Each frame
+    with ``--zstd`` the bytes are one direction after COMPRESS (zstd and plain
+    chunks, protocol-spec/compression.md §2). Each frame
     is printed in its text form (protocol-spec/text-form.md), CRLF-terminated
     so the output parses back with ``parse_stream``. A malformed or truncated
     capture prints every frame decoded before the damage, then fails with a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +51,10 @@ from replicad.protocol.commands import (
 from replicad.protocol.connection import (
     CAP_COMPRESS_ZSTD,
     CAP_DEBUG,
+    CHUNK_HEADER,
+    CHUNK_PLAIN,
+    MAX_CHUNK,
+    MAX_ZSTD_WINDOW,
     CommandReceived,
     ConnectionClosed,
     Event,
@@ -94,26 +100,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _decompressed(source: BinaryIO) -> Iterator[bytes]:
-    """The plain bytes of a zstd stream, one or several concatenated zstd frames.
+    """The plain bytes of one direction of a link after COMPRESS: a sequence of
+    chunks (compression.md §2), zstd chunks inflated, plain chunks as they are.
 
-    A capture cut short inside a block yields what was complete; garbage
-    raises BadInputError.
+    A capture cut short yields what was complete; garbage raises BadInputError.
     """
-    decompressor = zstandard.ZstdDecompressor()
-    stream = decompressor.decompressobj()
-    while chunk := source.read(_COMPRESSED_CHUNK):
-        while chunk:
+    stream = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW).decompressobj()
+    while len(header := source.read(CHUNK_HEADER)) == CHUNK_HEADER:
+        (word,) = struct.unpack(">I", header)
+        left = word & MAX_CHUNK
+        if not left:
+            raise BadInputError("capture holds an empty chunk")
+        while left and (piece := source.read(min(left, _COMPRESSED_CHUNK))):
+            left -= len(piece)
+            if word & CHUNK_PLAIN:
+                yield piece
+                continue
             try:
-                out = stream.decompress(chunk)
+                out = stream.decompress(piece)
             except zstandard.ZstdError as exc:
                 raise BadInputError(f"capture is not a valid zstd stream: {exc}") from None
             if out:
                 yield out
-            # A link never ends its zstd frame, but a file compressed frame by
-            # frame (or with `zstd` on several files) holds several.
-            chunk = stream.unused_data if stream.eof else b""
-            if stream.eof:
-                stream = decompressor.decompressobj()
 
 
 def _plain(source: BinaryIO) -> Iterator[bytes]:

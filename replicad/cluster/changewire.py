@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from replicad.blob import Blob
 from replicad.cluster.merge import (
     UNKNOWN_GUID,
     FlagMark,
@@ -57,7 +58,7 @@ def mailboxes_of(change: Change) -> list[bytes]:
 
 
 def ops_to_wire(
-    ops: tuple[PlanOp, ...], bodies: dict[bytes, bytes], flags_only: frozenset[int] = frozenset()
+    ops: tuple[PlanOp, ...], bodies: dict[bytes, Blob], flags_only: frozenset[int] = frozenset()
 ) -> tuple[c.UpdateOp, ...]:
     """UPDATE operations for a merge plan: a put message is an APPEND (with the
     body from ``bodies``, else NIL), or a FLAGS when its UID is in ``flags_only``
@@ -91,11 +92,11 @@ def ops_to_wire(
 
 def ops_from_wire(
     ops: tuple[c.UpdateOp, ...], held: dict[int, MessageState] | None = None
-) -> tuple[tuple[PlanOp, ...], list[bytes]]:
+) -> tuple[tuple[PlanOp, ...], list[Blob]]:
     """Plan operations and carried bodies of UPDATE operations.  A FLAGS
     operation needs ``held``: the receiver's message at that UID."""
     out: list[PlanOp] = []
-    carried: list[bytes] = []
+    carried: list[Blob] = []
     for op in ops:
         if isinstance(op, c.UpdateAppend):
             marks = tuple(FlagMark(f, s, p) for f, s, p in op.marks)
@@ -128,8 +129,8 @@ def to_wire(
     seq: int,
     change: Change,
     ids: dict[bytes, int],
-    body: bytes | None = None,
-    bodies: dict[bytes, bytes] | None = None,
+    body: Blob | None = None,
+    bodies: dict[bytes, Blob] | None = None,
 ) -> c.Change:
     """The frame for log entry ``seq``; ``ids`` maps every mailbox it references.
 
@@ -220,7 +221,7 @@ def to_wire(
 
 def from_wire(
     frame: c.Change, ids: dict[int, MboxBinding], guids: dict[int, bytes] | None = None
-) -> tuple[Change, list[bytes]]:
+) -> tuple[Change, list[Blob]]:
     """The store record for ``frame`` and the bodies it carried.
 
     ``guids`` maps expunged UIDs to the message GUIDs known locally (for the

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from replicad.blob import Blob
 from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
 from replicad.cluster.digest import entries_digest
 from replicad.cluster.masters import MasterKey, master_key
@@ -396,9 +397,7 @@ class Resyncer:
                     whole = replace(
                         state,
                         messages=tuple(sorted((*state.messages, *kept), key=lambda m: m.uid)),
-                        tombstones=tuple(
-                            sorted((*state.tombstones, *buried), key=lambda t: t.uid)
-                        ),
+                        tombstones=tuple(sorted((*state.tombstones, *buried), key=lambda t: t.uid)),
                     )
                     return whole, guid
             self.fallbacks += 1
@@ -448,8 +447,9 @@ class Resyncer:
 
     async def _bodies_for(
         self, own_plan: MergePlan, session: PeerSession, mid: int, theirs: MailboxState
-    ) -> list[bytes]:
-        """Bodies the plan puts that this node lacks, FETCHed from the peer."""
+    ) -> list[Blob]:
+        """Bodies the plan puts that this node lacks, FETCHed from the peer
+        (in their stored form, kept as they come once verified)."""
         hashes = {op.message.body_hash for op in own_plan.ops if isinstance(op, PutMessage)}
         have = await self.store.present_bodies(sorted(hashes))
         lacking = hashes - have
@@ -459,7 +459,7 @@ class Resyncer:
         missing = lacking - set(by_hash)
         if missing:
             raise TemporaryError(f"{len(missing)} bodies are on neither side yet")
-        out: list[bytes] = []
+        out: list[Blob] = []
         uids = sorted(by_hash.values())
         for start in range(0, len(uids), BODY_BATCH):
             part = uids[start : start + BODY_BATCH]

@@ -60,6 +60,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
+from replicad.blob import Blob
 from replicad.cluster.antientropy import AntiEntropy
 from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
 from replicad.cluster.durability import AckTracker, DurabilityLevel
@@ -245,7 +246,8 @@ class SaveOp:
     guid: bytes
     internaldate: int
     flags: tuple[str, ...]
-    body: bytes
+    #: Raw from a client, or stored form as a SAVE carried it (kept as it came).
+    body: bytes | Blob
     #: Came over a link: it may be a retry of an attempt whose reply was lost.
     forwarded: bool = False
 
@@ -1201,8 +1203,9 @@ class ClusterNode:
 
         if isinstance(op, SaveOp):
             mid = await mbox(op.mailbox)
+            body = await _wire_body(op.body)
             return await session.request(
-                c.Save(mid, op.internaldate, op.guid, op.flags, op.body), timeout=timeout
+                c.Save(mid, op.internaldate, op.guid, op.flags, body), timeout=timeout
             )
         if isinstance(op, CopyOp):
             src = await mbox(op.source)
@@ -1594,7 +1597,7 @@ class ClusterNode:
         return self.routing.advertised(session.peer, origin) != 1
 
     async def _send_change(
-        self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, bytes]
+        self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, Blob]
     ) -> bool:
         """Queue the frame of one log entry; False if there is nothing to send."""
         ids: dict[bytes, int] = {}
@@ -1882,6 +1885,20 @@ def _divergence_point(result: Any) -> tuple[bytes | None, int]:
     if isinstance(result, (MailboxRenamed, MailboxDeleted)):
         return result.mailbox, 0
     return None, 0
+
+
+#: Bodies above this are compressed in a worker thread, not on the event loop.
+_INLINE_COMPRESS: Final = 256 * 1024
+
+
+async def _wire_body(body: bytes | Blob) -> Blob:
+    """A SAVE's body in its stored form (verbs.md, "Bodies"): compressed here,
+    once, for the master to keep as it comes."""
+    if isinstance(body, Blob):
+        return body
+    if len(body) <= _INLINE_COMPRESS:
+        return Blob.compress(body)
+    return await trio.to_thread.run_sync(Blob.compress, body)
 
 
 def _append_request(op: SaveOp) -> AppendRequest:

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from replicad.blob import Blob
 from replicad.cluster.masters import master_key
 from replicad.cluster.runtime import (
     WRITE_DEADLINE,
@@ -57,7 +58,7 @@ class ClusterWrites:
         self,
         user: str,
         mailbox: str,
-        body: bytes,
+        body: bytes | Blob,
         *,
         flags: Iterable[str] = (),
         internaldate: int | None = None,
@@ -83,8 +84,8 @@ class ClusterWrites:
             result.modseq,
             op.flags,
             op.internaldate,
-            len(body),
-            hashlib.sha256(body).digest(),
+            len(body) if isinstance(body, bytes) else body.size,
+            hashlib.sha256(body).digest() if isinstance(body, bytes) else body.verify(),
             uidvalidity=result.uidvalidity,
         )
 

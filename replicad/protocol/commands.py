@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Final, Self, TypeVar, cast
 
+from replicad.blob import MAX_BODY, Blob
 from replicad.errors import BadInputError, ProtocolError
 from replicad.flags import SYSTEM_FLAGS, normalise_flag
 from replicad.protocol.frames import DEFAULT_MAX_FRAME, UNTAGGED, Frame, Value
 from replicad.uidset import MAX_UID, UidSet
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 MAX_U16: Final = 2**16 - 1
 MAX_U32: Final = 2**32 - 1
 MAX_U63: Final = 2**63 - 1  # MODSEQ range of RFC 7162 §3.1.1 (63-bit)
@@ -185,6 +186,46 @@ class Octets(FieldType):
             return value
 
         return check
+
+
+class BlobField(FieldType):
+    """A message body in its stored form (:class:`replicad.blob.Blob`): one bin,
+    codec octet + payload (verbs.md, "Bodies").
+
+    The check is :meth:`Blob.parse`'s, O(1): a known codec and, for zstd, a
+    frame header declaring a content size of at most ``max_size`` octets
+    and a bounded window (decompression bombs, I9).  The payload is checked
+    against its size and hash by the store before it is kept
+    (:meth:`replicad.store.blobs.PreparedBody.of`).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+
+    def encode(self, value: Any) -> Value:
+        stored: bytes = value.stored
+        return stored
+
+    def checker(self, name: str) -> Check:
+        max_size = self.max_size
+        reason = f"{name}: expected a body (bin)"
+        parse = Blob.parse
+
+        def check(value: Value) -> Blob:
+            if type(value) is not bytes:
+                raise ProtocolError(reason)
+            try:
+                return parse(value, max_size)
+            except ProtocolError as exc:
+                raise ProtocolError(f"{name}: {exc.message}") from None
+
+        return check
+
+
+def _check_body_size(size: int, body: Blob | None) -> None:
+    """A body field's cross-field rule: its declared size is the record's ``size``."""
+    if body is not None and body.size != size:
+        raise ValueError(f"body of {body.size} octets, size field says {size}")
 
 
 class Uids(FieldType):
@@ -419,7 +460,7 @@ SIZE: Final = UInt(0, DEFAULT_MAX_FRAME)
 GUID: Final = Octets(16, 16)  # random message / mailbox GUID
 GUID_CHECK: Final = Octets(8, 8)  # the first 8 octets of a message GUID
 HASH: Final = Octets(32, 32)  # SHA-256 of a body: the blob key
-BODY: Final = Octets(0, DEFAULT_MAX_FRAME)
+BODY: Final = BlobField(MAX_BODY)
 USER: Final = Text(1, 255)
 MAILBOX: Final = Text(1, MAX_NAME_LEN)
 NODE: Final = Pattern(_NODE_RE, "a node id ([A-Za-z0-9][A-Za-z0-9._-]{0,62})")
@@ -719,7 +760,7 @@ class Save(Command):
     internaldate: int
     guid: bytes
     flags: tuple[str, ...]
-    body: bytes
+    body: Blob  # stored form: the master keeps it as it came, once verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -878,7 +919,10 @@ class SaveChange(Change):
     stamp: int  # of the flags' registers (I5)
     size: int
     body_hash: bytes
-    body: bytes | None
+    body: Blob | None
+
+    def __post_init__(self) -> None:
+        _check_body_size(self.size, self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1154,7 +1198,10 @@ class FetchData(Untagged):
     flags: tuple[str, ...]
     size: int
     body_hash: bytes
-    body: bytes | None
+    body: Blob | None
+
+    def __post_init__(self) -> None:
+        _check_body_size(self.size, self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1243,7 +1290,10 @@ class UpdateAppend(Record):
     size: int
     body_hash: bytes
     marks: tuple[tuple[str, int, bool], ...]
-    body: bytes | None  # NIL: the receiver holds the body (HAVE)
+    body: Blob | None  # NIL: the receiver holds the body (HAVE)
+
+    def __post_init__(self) -> None:
+        _check_body_size(self.size, self.body)
 
 
 @dataclass(frozen=True, slots=True)

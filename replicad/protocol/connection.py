@@ -47,6 +47,7 @@ unanswered command is a protocol violation.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -204,14 +205,39 @@ class _InFlight:
     size: int
 
 
-class _Inflater:
-    """zstd stream -> frame decoder, refusing output beyond a per-call budget.
+#: Chunk header after COMPRESS (compression.md §2): 4 octets big-endian, the
+#: top bit the kind, the other 31 the length of the data that follows.
+CHUNK_HEADER: Final = 4
+CHUNK_PLAIN: Final = 0x8000_0000
+MAX_CHUNK: Final = 0x7FFF_FFFF
+_CHUNK: Final = struct.Struct(">I")
 
-    Input is fed to the decompressor in small slices and the output budget is
-    checked after each one, so a decompression bomb is caught after at most
-    one slice's worth of inflation instead of after the whole call.
-    ``decompressobj`` (unlike ``stream_writer``) drains all the output a
-    slice produces, so a frame never waits in zstd's buffers for more input.
+
+def zstd_chunk(data: bytes) -> bytes:
+    """The header of a zstd chunk of ``data`` (compression.md §2)."""
+    return _CHUNK.pack(len(data))
+
+
+def plain_chunk(data: bytes) -> bytes:
+    """The header of a plain chunk of ``data``: octets placed in the frame
+    sequence as they are, outside the zstd stream (compression.md §2)."""
+    return _CHUNK.pack(CHUNK_PLAIN | len(data))
+
+
+class _Inflater:
+    """Compressed input (a sequence of chunks, compression.md §2) -> frame decoder,
+    refusing output beyond a per-call budget.
+
+    zstd chunks' data are one zstd stream, fed to the decompressor in small
+    slices with the output budget checked after each one, so a decompression
+    bomb is caught after at most one slice's worth of inflation instead of
+    after the whole call.  ``decompressobj`` (unlike ``stream_writer``)
+    drains all the output a slice produces, so a frame never waits in zstd's
+    buffers for more input.  Plain chunks' data go to the frame decoder as
+    they are: message bodies the store already compressed
+    (replicad.blob), which a second compression would only cost time.
+    Chunks are taken as they arrive, in any slicing: nothing is buffered
+    here but a partial four-octet header.
     """
 
     SLICE = 4096
@@ -225,30 +251,60 @@ class _Inflater:
         self.decoder = decoder
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
         self._dobj = dctx.decompressobj()
+        self._header = b""  # a chunk header not yet complete
+        self._left = 0  # octets of the current chunk still to come
+        self._plain = False  # the current chunk is plain
 
     def inflate(self, data: bytes, budget: int) -> Iterator[Frame]:
         """The frames completed by ``data``, cut from the output as it grows.
 
         Raises ProtocolError once more than ``budget`` bytes came out of this
-        call, and then yields nothing more.  Stopping the iteration early
-        (the link closed) leaves the rest of ``data`` uninflated.
+        call (inflated or plain), or for a chunk header of length 0, and then
+        yields nothing more.  Stopping the iteration early (the link closed)
+        leaves the rest of ``data`` unread.
         """
-        decompress, feed = self._dobj.decompress, self.decoder.feed
+        decompress, feed, slice_size = self._dobj.decompress, self.decoder.feed, self.SLICE
         view = memoryview(data)
+        position, end = 0, len(view)
         undecoded = 0
-        for start in range(0, len(view), self.SLICE):
-            out = decompress(view[start : start + self.SLICE])
-            budget -= len(out)
-            if budget < 0:
-                raise ProtocolError(
-                    "compressed input inflates beyond the limit (decompression bomb)"
-                )
-            if out:
-                feed(out)
-                undecoded += len(out)
-                if undecoded >= self.DECODE_EVERY:
-                    undecoded = 0
-                    yield from self.decoder.iter_frames()
+        while position < end:
+            if not self._left:
+                need = CHUNK_HEADER - len(self._header)
+                self._header += view[position : position + need]
+                position += need
+                if len(self._header) < CHUNK_HEADER:
+                    break
+                (word,) = _CHUNK.unpack(self._header)
+                self._header = b""
+                self._plain = bool(word & CHUNK_PLAIN)
+                self._left = word & MAX_CHUNK
+                if not self._left:
+                    raise ProtocolError("empty chunk in the compressed stream")
+                continue
+            take = min(self._left, end - position)
+            piece = view[position : position + take]
+            position += take
+            self._left -= take
+            if self._plain:
+                budget -= take
+                if budget < 0:
+                    raise ProtocolError("input beyond the per-read limit (decompression bomb)")
+                feed(piece)
+                undecoded += take
+            else:
+                for start in range(0, take, slice_size):
+                    out = decompress(piece[start : start + slice_size])
+                    budget -= len(out)
+                    if budget < 0:
+                        raise ProtocolError(
+                            "compressed input inflates beyond the limit (decompression bomb)"
+                        )
+                    if out:
+                        feed(out)
+                        undecoded += len(out)
+            if undecoded >= self.DECODE_EVERY:
+                undecoded = 0
+                yield from self.decoder.iter_frames()
         if undecoded:
             yield from self.decoder.iter_frames()
 
@@ -273,6 +329,7 @@ class Connection:
         self._out: list[bytes] = []
         self._compressor: zstandard.ZstdCompressionObj | None = None
         self._compressed_pending = False  # input given to the compressor, not yet flushed
+        self._zstd: list[bytes] = []  # compressor output not yet in a chunk (compressing)
         self._inflater: _Inflater | None = None
         self._inflate_limit = config.inflate_limit or 2 * (config.max_frame + PREFIX_LEN)
         # COMPRESS sent, reply pending: frames queued meanwhile wait here, so
@@ -295,14 +352,12 @@ class Connection:
     def data_to_send(self) -> bytes:
         """Bytes to write, in order, ending at a frame boundary.
 
-        Compressed, everything queued since the last call is one zstd block,
+        Compressed, the frames queued since the last call are one zstd chunk,
         flushed here: one flush per write, however many frames it carries
-        (compression.md §3).
+        (compression.md §3); message bodies among them are plain chunks
+        between zstd ones (§2).
         """
-        if self._compressed_pending:
-            assert self._compressor is not None
-            self._out.append(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-            self._compressed_pending = False
+        self._end_zstd_chunk()
         data = b"".join(self._out)
         self._out.clear()
         return data
@@ -310,7 +365,7 @@ class Connection:
     @property
     def has_data_to_send(self) -> bool:
         """True if :meth:`data_to_send` would return bytes."""
-        return self._compressed_pending or bool(self._out)
+        return self._compressed_pending or bool(self._out) or bool(self._zstd)
 
     @property
     def inflight(self) -> int:
@@ -581,15 +636,39 @@ class Connection:
         if self._compress_tag is not None and frame[1] != Compress.VERB:
             self._deferred.append(frame)
         elif self._compressor is not None:
-            # zstd keeps up to a block of input and returns b"" until then;
-            # data_to_send's flush ends the block.
-            compress = self._compressor.compress
-            for part in parts:
-                if out := compress(part):
-                    self._out.append(out)
-            self._compressed_pending = True
+            if len(parts) > 1:
+                # A frame ending in a body (encode_parts): the body's octets are
+                # already compressed by the store (replicad.blob), so the whole
+                # frame goes around the compressor in a plain chunk, after
+                # everything queued before it.  Its head (tens of octets) with
+                # it: compressing the head would save about as many octets as
+                # the flush before the chunk costs, and two zstd calls per body.
+                self._end_zstd_chunk()
+                self._out.append(_CHUNK.pack(CHUNK_PLAIN | _size(parts)))
+                self._out.extend(parts)
+            else:
+                # zstd keeps up to a block of input and returns b"" until then;
+                # data_to_send's flush ends the block.
+                if out := self._compressor.compress(parts[0]):
+                    self._zstd.append(out)
+                self._compressed_pending = True
         else:
             self._out.extend(parts)
+
+    def _end_zstd_chunk(self) -> None:
+        """Flush the compressor (end a block) and put its output out as one zstd chunk."""
+        if self._compressed_pending:
+            assert self._compressor is not None
+            self._zstd.append(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            self._compressed_pending = False
+        if self._zstd:
+            data = b"".join(self._zstd) if len(self._zstd) > 1 else self._zstd[0]
+            self._zstd.clear()
+            # A chunk's length has 31 bits; a zstd chunk may be cut anywhere.
+            for start in range(0, len(data), MAX_CHUNK):
+                piece = data[start : start + MAX_CHUNK] if len(data) > MAX_CHUNK else data
+                self._out.append(zstd_chunk(piece))
+                self._out.append(piece)
 
     def _fatal_out(self, reason: str) -> None:
         self.close_reason = reason

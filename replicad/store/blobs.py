@@ -11,39 +11,14 @@ Hashing and compression are CPU work done *before* the write transaction
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-import zstandard
-
-from replicad.errors import ReplicadError
+from replicad.blob import CODEC_RAW, CODEC_ZSTD, MAX_BODY, MIN_SAVING, ZSTD_LEVEL, Blob
+from replicad.errors import ProtocolError, ReplicadError
 from replicad.store.schema import Databases, pack_u64, unpack_u64
 
-CODEC_RAW = 0
-CODEC_ZSTD = 1
-ZSTD_LEVEL = 3
-# Keep the compressed form only when it saves at least this fraction: base64
-# attachments of random data compress to ~75 %, plain text to ~30 %.
-MIN_SAVING = 0.05
-
-_local = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    comp: zstandard.ZstdCompressor | None = getattr(_local, "comp", None)
-    if comp is None:
-        comp = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-        _local.comp = comp
-    return comp
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dec: zstandard.ZstdDecompressor | None = getattr(_local, "dec", None)
-    if dec is None:
-        dec = zstandard.ZstdDecompressor()
-        _local.dec = dec
-    return dec
+__all__ = ["CODEC_RAW", "CODEC_ZSTD", "MIN_SAVING", "ZSTD_LEVEL", "PreparedBody"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +27,25 @@ class PreparedBody:
 
     body_hash: bytes
     size: int
-    stored: bytes  # codec byte + payload
+    stored: bytes  # codec byte + payload (replicad.blob.Blob.stored)
 
     @classmethod
     def make(cls, body: bytes) -> PreparedBody:
-        digest = hashlib.sha256(body).digest()
-        compressed = _compressor().compress(body)
-        if len(compressed) <= len(body) * (1 - MIN_SAVING):
-            stored = bytes([CODEC_ZSTD]) + compressed
-        else:
-            stored = bytes([CODEC_RAW]) + body
-        return cls(digest, len(body), stored)
+        """Hash and compress a body this node is the first to store."""
+        blob = Blob.compress(body)
+        return cls(hashlib.sha256(body).digest(), blob.size, blob.stored)
+
+    @classmethod
+    def of(cls, body: bytes | Blob) -> PreparedBody:
+        """:meth:`make` for a raw body; for a blob received in its stored form,
+        the blob kept as it came, once verified (:meth:`replicad.blob.Blob.verify`:
+        one zstd frame of the declared size; its SHA-256 is the key it is
+        stored under, so a body sent under another hash is missing for the
+        change naming that hash, never stored under it).  Raises
+        ProtocolError for a corrupt blob: nothing of it is stored."""
+        if isinstance(body, Blob):
+            return cls(body.verify(), body.size, body.stored)
+        return cls.make(body)
 
 
 def body_hash(body: bytes) -> bytes:
@@ -105,13 +88,21 @@ def reference_count(txn: Any, dbs: Databases, digest: bytes) -> int:
     return 0 if raw is None else unpack_u64(raw)
 
 
-def read_body(txn: Any, dbs: Databases, digest: bytes) -> bytes:
+def read_blob(txn: Any, dbs: Databases, digest: bytes) -> Blob:
+    """The stored form of a body, as it is kept (no decompression): what the
+    wire carries (protocol-spec/verbs.md, "Bodies")."""
     stored = txn.get(digest, db=dbs.blobs)
     if stored is None:
         raise ReplicadError(f"store corrupt: body {digest.hex()} missing")
-    codec, payload = stored[0], bytes(stored[1:])
-    if codec == CODEC_RAW:
-        return payload
-    if codec == CODEC_ZSTD:
-        return _decompressor().decompress(payload)
-    raise ReplicadError(f"store corrupt: body {digest.hex()} has unknown codec {codec}")
+    try:
+        return Blob.parse(bytes(stored), MAX_BODY)
+    except ProtocolError as exc:
+        raise ReplicadError(f"store corrupt: body {digest.hex()}: {exc.message}") from None
+
+
+def read_body(txn: Any, dbs: Databases, digest: bytes) -> bytes:
+    """The body itself (decompressed)."""
+    try:
+        return read_blob(txn, dbs, digest).decompress()
+    except ProtocolError as exc:
+        raise ReplicadError(f"store corrupt: body {digest.hex()}: {exc.message}") from None

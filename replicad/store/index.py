@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
+from replicad.blob import Blob
 from replicad.errors import (
     AlreadyExistsError,
     BadInputError,
@@ -113,9 +114,12 @@ def check_mailbox_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
-    """One message to append; ``guid`` lets a caller retry idempotently (random if absent)."""
+    """One message to append; ``guid`` lets a caller retry idempotently (random if absent).
 
-    body: bytes
+    ``body``: the raw body, or its stored form as a SAVE carried it (kept as
+    it came once verified, :meth:`PreparedBody.of`)."""
+
+    body: bytes | Blob
     flags: tuple[str, ...] = ()
     internaldate: int | None = None
     guid: bytes | None = None
@@ -137,7 +141,7 @@ def _prepare(item: AppendRequest) -> _PreparedAppend:
     guid = item.guid if item.guid is not None else os.urandom(16)
     if len(guid) != 16:
         raise BadInputError("message guid must be 16 bytes")
-    return _PreparedAppend(PreparedBody.make(item.body), flags, date, guid)
+    return _PreparedAppend(PreparedBody.of(item.body), flags, date, guid)
 
 
 # --- the index: operations on a transaction --------------------------------

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from replicad.blob import Blob
 from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
 from replicad.cluster.merge import MergePlan, MessageState, Tombstone
 from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
@@ -84,7 +85,7 @@ class OutboxBatch:
     cursor: int  # the peer's durable acknowledgement
     head: int  # the newest log entry
     entries: list[tuple[int, Change, str]]  # (seq, change, origin)
-    bodies: dict[bytes, bytes]  # body hash -> raw body, for the appends among them
+    bodies: dict[bytes, Blob]  # body hash -> stored body, for the appends among them
 
 
 # --- the async facade -------------------------------------------------------
@@ -359,17 +360,17 @@ class MailStore:
     # -- replication --
 
     async def apply_replicated(
-        self, change: Change, source: str, bodies: Sequence[bytes] = ()
+        self, change: Change, source: str, bodies: Sequence[bytes | Blob] = ()
     ) -> ApplyResult:
         """Apply a record a master assigned (idempotent; see replicad.store.replica)."""
         prepared = await self._executor.run_read(
-            lambda: {p.body_hash: p for p in map(PreparedBody.make, bodies)}
+            lambda: {p.body_hash: p for p in map(PreparedBody.of, bodies)}
         )
         return await self.writer.submit(lambda t: self._applier.apply(t, change, prepared, source))
 
     async def apply_replicated_many(
         self,
-        items: Sequence[tuple[Change, Sequence[bytes]]],
+        items: Sequence[tuple[Change, Sequence[bytes | Blob]]],
         source: str,
         *,
         relay: bool = False,
@@ -385,12 +386,16 @@ class MailStore:
         """
 
         def prepare() -> list[dict[bytes, PreparedBody]]:
-            return [{p.body_hash: p for p in map(PreparedBody.make, b)} for _, b in items]
+            return [{p.body_hash: p for p in map(PreparedBody.of, b)} for _, b in items]
 
         # Large bursts are hashed and compressed outside the writer, in parallel
         # with the commit in progress; a small one (the steady state) inside the
         # write itself: one thread hop less on every replicated change's path.
-        size = sum(len(body) for _, bodies in items for body in bodies)
+        size = sum(
+            len(body) if isinstance(body, bytes) else body.size
+            for _, bodies in items
+            for body in bodies
+        )
         early = await self._executor.run_read(prepare) if size > INLINE_PREPARE_BYTES else None
         env = self._dbs.env
 
@@ -454,14 +459,15 @@ class MailStore:
         """The last log sequence ``peer`` acknowledged (durable)."""
         return await self._read(lambda t: self.log.cursor(t, peer))
 
-    async def read_blobs(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
-        """The bodies among ``hashes`` that are stored (absent ones are left out)."""
+    async def read_blobs(self, hashes: Sequence[bytes]) -> dict[bytes, Blob]:
+        """The bodies among ``hashes`` that are stored (absent ones are left out),
+        in their stored form: what the wire carries (no decompression here)."""
 
-        def read(txn: Any) -> dict[bytes, bytes]:
-            out: dict[bytes, bytes] = {}
+        def read(txn: Any) -> dict[bytes, Blob]:
+            out: dict[bytes, Blob] = {}
             for h in hashes:
                 if h not in out and blobs.reference_count(txn, self._dbs, h):
-                    out[h] = blobs.read_body(txn, self._dbs, h)
+                    out[h] = blobs.read_blob(txn, self._dbs, h)
             return out
 
         return await self._read(read) if hashes else {}
@@ -522,13 +528,13 @@ class MailStore:
 
         def read(txn: Any) -> OutboxBatch:
             entries = self.log.entries_with_origin(txn, after, limit)
-            bodies: dict[bytes, bytes] = {}
+            bodies: dict[bytes, Blob] = {}
             for _, change, _ in entries:
                 if not isinstance(change, (MessageAppended, MailboxMerged)):
                     continue
                 for body_hash in body_hashes(change):
                     if body_hash not in bodies and blobs.reference_count(txn, self._dbs, body_hash):
-                        bodies[body_hash] = blobs.read_body(txn, self._dbs, body_hash)
+                        bodies[body_hash] = blobs.read_blob(txn, self._dbs, body_hash)
             return OutboxBatch(self.log.cursor(txn, peer), self.log.head(txn), entries, bodies)
 
         return await self._read(read)
@@ -615,7 +621,7 @@ class MailStore:
         mailbox: bytes,
         expected: int,
         plan: MergePlan,
-        bodies: Sequence[bytes] = (),
+        bodies: Sequence[bytes | Blob] = (),
         *,
         log: bool,
         clear_marks: Sequence[str] | None = None,
@@ -633,9 +639,7 @@ class MailStore:
         HIGHESTMODSEQ; resync.md, mailbox conflicts).  ``create``: (user,
         name) of ``mailbox``, missing here: it is created (the name must be free).
         """
-        prepared_list = await self._executor.run_read(
-            lambda: [PreparedBody.make(b) for b in bodies]
-        )
+        prepared_list = await self._executor.run_read(lambda: [PreparedBody.of(b) for b in bodies])
         prepared = {p.body_hash: p for p in prepared_list}
 
         def op(txn: Any) -> MailboxRow:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,9 +13,16 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replicad.blob import Blob
 from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
-from replicad.protocol.connection import Connection, LinkConfig, State
+from replicad.protocol.connection import (
+    Connection,
+    LinkConfig,
+    State,
+    plain_chunk,
+    zstd_chunk,
+)
 from replicad.protocol.frames import FrameDecoder, encode_frame
 from replicad.protocol.text import parse
 
@@ -25,7 +33,7 @@ WIRE = [
     for v in json.loads(p.read_text(encoding="utf-8"))["vectors"]
 ]
 TEXTS = [
-    v["text"].encode()
+    bytes.fromhex(v["text_hex"]) if "text_hex" in v else v["text"].encode()
     for p in sorted(VECTORS.glob("*.json"))
     for v in json.loads(p.read_text(encoding="utf-8"))["vectors"]
 ]
@@ -179,8 +187,8 @@ def test_decompression_bomb_is_refused() -> None:
     bomb = b"".join(compressor.compress(chunk) for _ in range(1024))
     bomb += compressor.flush()
     assert len(bomb) < 200_000
-    with pytest.raises(ProtocolError):
-        server.receive_data(bomb)
+    with pytest.raises(ProtocolError, match="bomb"):
+        server.receive_data(zstd_chunk(bomb) + bomb)
     assert server.state is State.CLOSED
 
 
@@ -196,7 +204,7 @@ def test_bomb_of_valid_frames_is_bounded_per_call() -> None:
     compressor = zstandard.ZstdCompressor(level=19).compressobj()
     bomb = compressor.compress(untagged_ack * 400_000) + compressor.flush()
     with pytest.raises(ProtocolError, match="bomb"):
-        server.receive_data(bomb)
+        server.receive_data(zstd_chunk(bomb) + bomb)
 
 
 def test_garbage_after_compression_is_a_protocol_error() -> None:
@@ -208,3 +216,137 @@ def test_garbage_after_compression_is_a_protocol_error() -> None:
     server.receive_data(client.data_to_send())
     with pytest.raises(ProtocolError, match="compressed"):
         server.receive_data(b"this is not zstd at all" * 4)
+
+
+def _compressed_pair(config: LinkConfig | None = None) -> tuple[Connection, Connection]:
+    server = Connection(config or LinkConfig("c1", "n2"), is_client=False)
+    client = Connection(LinkConfig("c1", "n1"), is_client=True)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.start_compression()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    assert server.compressing and client.compressing
+    return client, server
+
+
+def test_plain_chunk_beyond_the_per_read_bound_is_refused() -> None:
+    """A plain chunk counts against the same per-read output bound as inflation."""
+    _client, server = _compressed_pair(LinkConfig("c1", "n2", inflate_limit=1 << 16))
+    data = b"\x00" * ((1 << 16) + 1)
+    with pytest.raises(ProtocolError, match="bomb"):
+        server.receive_data(plain_chunk(data) + data)
+    assert server.state is State.CLOSED
+
+
+def test_empty_chunk_is_refused() -> None:
+    _client, server = _compressed_pair()
+    with pytest.raises(ProtocolError, match="empty chunk"):
+        server.receive_data(plain_chunk(b""))
+
+
+_TEXT = b"Subject: minutes\r\n\r\n" + b"The meeting is moved to Thursday.\r\n" * 2000
+
+
+def _saves_wire() -> tuple[Connection, bytes, list[Blob]]:
+    """A compressed stream of SAVEs with bodies of both codecs around the
+    plain-chunk threshold: zstd and plain chunks interleaved."""
+    client, server = _compressed_pair()
+    client.send_command(c.Mbox(1, "u", "INBOX", b"\1" * 16, 1, 1, 0, 0))
+    blobs = [
+        Blob.compress(_TEXT[:n]) if i % 2 else Blob.raw(bytes(range(256)) * (n // 256))
+        for i, n in enumerate((100, 20_000, 70_000, 17_000, 5_000, 200_000))
+    ]
+    for blob in blobs:
+        client.send_command(c.Save(1, 0, b"\2" * 16, (), blob))
+    return server, client.data_to_send(), blobs
+
+
+@FUZZ
+@given(st.data())
+def test_chunked_stream_in_any_slicing(data: st.DataObject) -> None:
+    """Chunk headers and data cut anywhere (truncated reads): the same frames."""
+    server, wire, blobs = _saves_wire()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
+    events = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        events += server.receive_data(wire[start:end]) if end > start else []
+    saves = [e.command.body for e in events if isinstance(getattr(e, "command", None), c.Save)]
+    assert saves == blobs
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_chunked_stream(data: st.DataObject) -> None:
+    server, wire, _ = _saves_wire()
+    mutated = bytearray(wire)
+    for _ in range(data.draw(st.integers(1, 4))):
+        mutated[data.draw(st.integers(0, len(mutated) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ProtocolError):
+        server.receive_data(bytes(mutated))
+
+
+_ZSTD_BLOB = Blob.compress(_TEXT)
+
+
+@FUZZ
+@given(st.integers(0, len(_ZSTD_BLOB.stored) - 1))
+def test_truncated_body(cut: int) -> None:
+    """A stored body cut short: refused by the header check or by decompression."""
+    with pytest.raises(ProtocolError):
+        Blob.parse(_ZSTD_BLOB.stored[:cut], 1 << 20).verify()
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_body_is_refused_or_detected_by_its_hash(data: st.DataObject) -> None:
+    """Any change to a stored body's octets: refused (ProtocolError) by the
+    header check, decompression or the content hash it is stored under, or
+    harmless: a change that zstd ignores (a window descriptor, say) still
+    inflates to exactly the original body."""
+    stored = bytearray(_ZSTD_BLOB.stored)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(stored) - 1))
+        stored[i] ^= data.draw(st.integers(1, 255))
+    try:
+        blob = Blob.parse(bytes(stored), 1 << 20)
+        blob.verify(hashlib.sha256(_TEXT).digest())
+    except ProtocolError:
+        return
+    assert blob.decompress() == _TEXT
+
+
+def _declaring(size: int, data: bytes) -> bytes:
+    """``data`` (one zstd frame with a content size) with the size field patched."""
+    descriptor = data[4]
+    fcs_flag, single, dict_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    assert width in (4, 8)
+    return data[:at] + size.to_bytes(width, "little") + data[at + width :]
+
+
+def test_body_inflating_beyond_its_declared_size_is_refused() -> None:
+    """A bomb inside a body: 16 MiB of zeros declaring 1000 octets.  Refused
+    by decompression, which never writes more than the declared size."""
+    zeros = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes(16 << 20))
+    lying = b"\x01" + _declaring(1000, zeros)
+    blob = Blob.parse(lying, 1 << 20)
+    assert blob.size == 1000
+    with pytest.raises(ProtocolError, match="corrupt"):
+        blob.decompress()
+
+
+def test_body_declaring_more_than_it_holds_is_refused() -> None:
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(_TEXT)
+    blob = Blob.parse(b"\x01" + _declaring(len(_TEXT) + 1, frame), 1 << 20)
+    with pytest.raises(ProtocolError):
+        blob.decompress()
+
+
+def test_oversized_body_is_refused_by_the_codec() -> None:
+    """A SAVE whose body declares more than the limit is refused when decoded."""
+    frame = c.encode_command("1", c.Save(1, 0, b"\2" * 16, (), _ZSTD_BLOB))
+    huge = b"\x01" + _declaring(c.MAX_BODY + 1, _ZSTD_BLOB.stored[1:])
+    with pytest.raises(ProtocolError, match="exceeds"):
+        c.decode([*frame[:-1], huge])

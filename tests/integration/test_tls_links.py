@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ import trio
 import zstandard
 
 from replicad import pki
+from replicad.blob import Blob
 from replicad.cli import debug_cmd
 from replicad.errors import BadInputError, ProtocolError, UnreachableError
 from replicad.protocol.commands import (
@@ -37,9 +39,12 @@ from replicad.protocol.connection import (
     ConnectionClosed,
     LinkConfig,
     ReplyReceived,
+    plain_chunk,
+    zstd_chunk,
 )
 from replicad.protocol.frames import FrameEncoder
 from replicad.protocol.text import parse_stream
+from replicad.store.blobs import PreparedBody
 from replicad.transport import (
     Link,
     LinkHandler,
@@ -329,7 +334,7 @@ async def test_compressed_link_carries_save_frames(server: Server, certs: Pki) -
         assert await link.start_compression()
         mbox = Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0)
         await link.send(lambda c: c.send_command(mbox))
-        body = b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 5000
+        body = Blob.compress(b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 5000)
         tags = {
             await link.send(lambda c: c.send_command(Save(1, 0, b"\x02" * 16, (), body)))
             for _ in range(3)
@@ -353,9 +358,10 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
     rng = random.Random(3)
     sizes = [rng.choice([10, 4000, 20_000, 200_000, 1_500_000]) for _ in range(120)]
     bodies = [
-        rng.randbytes(n) if i % 2 else b"mail text\r\n" * (n // 11) for i, n in enumerate(sizes)
+        Blob.compress(rng.randbytes(n) if i % 2 else b"mail text\r\n" * (n // 11))
+        for i, n in enumerate(sizes)
     ]
-    received: list[bytes] = []
+    received: list[Blob] = []
 
     async def recording_server(link: Link) -> None:
         while True:
@@ -423,7 +429,14 @@ FRAMES = [
     encode_untagged(Hello(PROTOCOL_VERSION, CLUSTER, "n2", ("COMPRESS-ZSTD",), 1 << 20, 16)),
     encode_command("a1", Ping()),
     encode_command(
-        "a2", Save(1, 1_600_000_000, b"\x02" * 16, ("\\Seen",), b"body\r\nline 2\r\n" * 10)
+        "a2",
+        Save(
+            1,
+            1_600_000_000,
+            b"\x02" * 16,
+            ("\\Seen",),
+            Blob.compress(b"body\r\nline 2\r\n" * 2000),
+        ),
     ),
 ]
 
@@ -447,19 +460,24 @@ def test_debug_decode_prints_text_form(
     args = _decode_args(capture)
     assert args.handler(args) == 0
     out = capsysbinary.readouterr().out
-    assert out.startswith(b"* HELLO 2 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    assert out.startswith(b"* HELLO 3 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
     assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
 
 
 def test_debug_decode_zstd_capture(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
+    # One direction as a link sends it: zstd chunks, and the SAVE's body in a
+    # plain chunk of its own (compression.md §2).
     compressor = zstandard.ZstdCompressor().compressobj()
-    data = b"".join(
-        compressor.compress(FrameEncoder().encode(f))
-        + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-        for f in FRAMES
-    )
+    data = b""
+    for frame in FRAMES:
+        head, *body_part = FrameEncoder().encode_parts(frame)
+        body = body_part[0] if body_part else b""
+        packed = compressor.compress(head) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        data += zstd_chunk(packed) + packed
+        if body:
+            data += plain_chunk(body) + body
     capture = tmp_path / "link.zst"
     capture.write_bytes(data)
     args = _decode_args(capture, "--zstd")
@@ -482,3 +500,81 @@ def test_debug_decode_missing_file(tmp_path: Path) -> None:
     args = _decode_args(tmp_path / "nope")
     with pytest.raises(BadInputError, match="does not exist"):
         args.handler(args)
+
+
+# --- bodies in stored form (verbs.md "Bodies", compression.md §2) ------------------------
+
+
+async def test_stored_bodies_cross_a_compressed_link_as_they_are(certs: Pki) -> None:
+    """Blobs of both codecs over real TLS + zstd: the receiver gets the sender's
+    very octets, checks them as its store would, and the link writes about
+    the stored size, not the raw one (bodies are not compressed twice)."""
+    rng = random.Random(5)
+    raw = [
+        rng.randbytes(n) if i % 3 == 0 else b"mail text, line after line\r\n" * (n // 28)
+        for i, n in enumerate(rng.choice([100, 20_000, 300_000, 2_000_000]) for _ in range(40))
+    ]
+    blobs = [Blob.compress(body) for body in raw]
+    kept: list[tuple[bytes, bytes]] = []
+
+    async def storing_server(link: Link) -> None:
+        while True:
+            event = await link.next_event()
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, CommandReceived):
+                payload = None
+                if isinstance(event.command, Save):
+                    prepared = PreparedBody.of(event.command.body)
+                    kept.append((prepared.body_hash, prepared.stored))
+                    payload = SaveOk(len(kept), 1, "n1", 1)
+                tag = event.tag
+                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+    async with trio.open_nursery() as nursery:
+        server = await _start(nursery, certs, timeout=5, handler=storing_server)
+        link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+        try:
+            assert await link.start_compression()
+            await link.send(
+                lambda c: c.send_command(Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0))
+            )
+            before = link.traffic.sent
+            with trio.fail_after(30):
+                for blob in blobs:
+                    while not link.connection.can_send(Save(1, 0, b"\x02" * 16, (), blob)):
+                        event = await link.next_event()
+                        assert isinstance(event, ReplyReceived) and event.status is Status.OK
+                    link.queue(lambda c, b=blob: c.send_command(Save(1, 0, b"\x02" * 16, (), b)))  # type: ignore[misc]
+                    await link.flush()
+                while link.connection.inflight:
+                    event = await link.next_event()
+                    assert isinstance(event, ReplyReceived) and event.status is Status.OK
+            sent = link.traffic.sent - before
+        finally:
+            await link.aclose()
+            nursery.cancel_scope.cancel()
+    assert [stored for _, stored in kept] == [blob.stored for blob in blobs]
+    assert [digest for digest, _ in kept] == [hashlib.sha256(body).digest() for body in raw]
+    stored_total = sum(len(blob.stored) for blob in blobs)
+    assert stored_total < sum(map(len, raw)) * 0.8
+    assert abs(sent - stored_total) < stored_total * 0.01
+
+
+async def test_a_body_with_an_unknown_codec_closes_the_link(server: Server, certs: Pki) -> None:
+    link = await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"))
+    try:
+        assert await link.start_compression()
+        await link.send(
+            lambda c: c.send_command(Mbox(1, "alice", "INBOX", b"\x01" * 16, 7, 1, 0, 0))
+        )
+        bogus = Blob(b"\x07" + b"x" * 40_000, 40_000)  # past the sender's own checks
+        await link.send(lambda c: c.send_command(Save(1, 0, b"\x02" * 16, (), bogus)))
+        with trio.fail_after(10):
+            while True:
+                event = await link.next_event()
+                if isinstance(event, ConnectionClosed):
+                    break
+        assert "unknown codec" in event.reason
+    finally:
+        await link.aclose()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
+from replicad.blob import Blob
 from replicad.flags import SYSTEM_FLAGS, sorted_flags
 from replicad.protocol import commands as c
 from replicad.uidset import UidSet
@@ -56,6 +57,12 @@ def strategy_for(kind: c.FieldType) -> st.SearchStrategy[Any]:
         return st.from_regex(kind.pattern, fullmatch=True)
     if isinstance(kind, c.Octets):
         return st.binary(min_size=kind.min_len, max_size=min(kind.max_len, 80))
+    if isinstance(kind, c.BlobField):
+        # Both codecs: text compresses (zstd), short or random octets do not (raw).
+        return st.one_of(
+            st.binary(max_size=80).map(Blob.raw),
+            st.text(max_size=200).map(lambda t: Blob.compress(t.encode() * 20)),
+        )
     if isinstance(kind, c.Uids):
         return _uids(kind.allow_star)
     if isinstance(kind, c.FlagList):
@@ -93,12 +100,23 @@ def record_strategy(record: type[c.Record]) -> st.SearchStrategy[Any]:
                 ),
             }
         )
+    if "size" in fields and "body" in fields:
+        # A carried body declares the size field's value (verbs.md, "Bodies").
+        strategy = strategy.map(lambda d: d if d["body"] is None else {**d, "size": d["body"].size})
     if "add" in fields and "remove" in fields:
         strategy = strategy.filter(lambda d: not set(d["add"]) & set(d["remove"]))
     return strategy.map(lambda d: record(**d))
 
 
 _TAG = st.from_regex(re.compile(r"[A-Za-z0-9.]{1,16}"), fullmatch=True)
+
+
+def vector_text(vector: dict[str, str]) -> bytes:
+    """A vector's text form: ``text`` (UTF-8), or ``text_hex`` when it holds
+    octets that are not UTF-8 (a zstd body in a binary literal)."""
+    if "text_hex" in vector:
+        return bytes.fromhex(vector["text_hex"])
+    return vector["text"].encode("utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from replicad.blob import Blob
 from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
 from replicad.protocol.connection import (
@@ -20,8 +21,9 @@ from replicad.protocol.connection import (
     State,
     UntaggedReceived,
     WindowFullError,
+    plain_chunk,
 )
-from replicad.protocol.frames import FrameDecoder, encode_frame
+from replicad.protocol.frames import LARGE_BYTES, FrameDecoder, FrameEncoder, encode_frame
 from replicad.uidset import UidSet
 
 GUID = bytes(range(16))
@@ -108,7 +110,7 @@ def test_negotiates_limits_down() -> None:
     a.receive_data(b.data_to_send())
     a.send_command(mbox())
     with pytest.raises(ProtocolError, match="exceeds"):  # the peer's 64 KiB frame limit
-        a.send_command(c.Save(1, 0, GUID, (), b"x" * 70_000))
+        a.send_command(c.Save(1, 0, GUID, (), Blob.raw(b"x" * 70_000)))
 
 
 def test_pipelining_and_tag_matching_out_of_order() -> None:
@@ -170,7 +172,7 @@ def test_peer_overrunning_our_window_is_fatal() -> None:
 def test_byte_window() -> None:
     a, b = pair(client=LinkConfig("c1", "n1", max_inflight_bytes=100_000))
     a.send_command(mbox())
-    save = c.Save(1, 0, GUID, (), b"x" * 60_000)
+    save = c.Save(1, 0, GUID, (), Blob.raw(b"x" * 60_000))
     a.send_command(save)
     assert not a.can_send(save)
     with pytest.raises(WindowFullError):
@@ -227,7 +229,8 @@ def _exchange(compress: bool) -> list[object]:
                 seq, 2, 1, UidSet.of([seq]), ("\\Seen",), (), 1000 + seq, seq, (GUID[:8],)
             )
         )
-    b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, b"hello"))
+    body = Blob.raw(b"hello")
+    b.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, 5, b"h" * 32, body))
     wire = b.data_to_send()
     events: list[object] = []
     for i in range(0, len(wire), 7):  # arbitrary slicing through the zstd stream
@@ -320,8 +323,9 @@ def test_a_large_compressed_body_arrives_in_one_receive() -> None:
     b.receive_data(a.data_to_send())
     a.receive_data(b.data_to_send())
     a.send_command(mbox(2))
-    body = b"x" * (3 * 1024 * 1024)
-    a.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, len(body), b"h" * 32, body))
+    # A raw-codec body this large crosses as one plain chunk (compression.md §2).
+    body = Blob.raw(b"x" * (3 * 1024 * 1024))
+    a.send_untagged(c.SaveChange(200, 2, 1, 300, GUID, 1300, 0, (), 9, body.size, b"h" * 32, body))
     events = b.receive_data(a.data_to_send())
     saves = [e for e in events if isinstance(e, UntaggedReceived)]
     assert len(saves) == 1
@@ -342,7 +346,8 @@ def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None
     sizes = [rng.choice([0, 100, 5000, 16_384, 70_000, 300_000]) for _ in range(64)]
     text = b"line of mail text\r\n" * (300_000 // 19 + 1)
     # Every third body random (incompressible), the rest text.
-    bodies = [rng.randbytes(n) if i % 3 == 0 else text[:n] for i, n in enumerate(sizes)]
+    raw = [rng.randbytes(n) if i % 3 == 0 else text[:n] for i, n in enumerate(sizes)]
+    bodies = [Blob.compress(body) for body in raw]
     tags = [a.send_command(c.Save(1, 0, GUID, ("\\Seen",), body)) for body in bodies]
     assert a.has_data_to_send
     wire = a.data_to_send()
@@ -359,3 +364,50 @@ def test_a_batch_queued_then_written_once_arrives_intact(compress: bool) -> None
     replies = a.receive_data(b.data_to_send())
     assert [r.tag for r in replies if isinstance(r, ReplyReceived)][1:] == tags
     assert a.inflight == 0
+
+
+def test_large_bodies_go_around_the_compressor_in_plain_chunks() -> None:
+    """compression.md §2: a frame with a body of 16 KiB or more is written as it
+    is, in a plain chunk after a flushed zstd chunk holding the frames before
+    it; smaller ones and every other frame go through the zstd stream."""
+    a, b = pair()
+    a.start_compression()
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())
+    a.send_command(mbox(1))
+    text = random.Random(1).randbytes(30_000).hex().encode()  # compresses to about half
+    large, small = Blob.compress(text), Blob.raw(b"x" * 2000)
+    assert large.codec == 1
+    assert len(large.stored) >= LARGE_BYTES
+    a.send_command(c.Save(1, 0, GUID, (), large))
+    a.send_command(c.Save(1, 0, GUID, (), small))
+    a.send_command(c.Ping())
+    wire = a.data_to_send()
+    # Tags: 1 COMPRESS, 2 MBOX, 3 this SAVE.
+    frame = b"".join(
+        FrameEncoder().encode_parts(c.encode_command("3", c.Save(1, 0, GUID, (), large)))
+    )
+    at = wire.index(frame)
+    assert wire[at - 4 : at] == plain_chunk(frame)
+    assert small.stored not in wire  # compressed with the frame heads
+    events = b.receive_data(wire)
+    received = [e.command for e in events if isinstance(e, CommandReceived)]
+    assert received[1:] == [
+        c.Save(1, 0, GUID, (), large),
+        c.Save(1, 0, GUID, (), small),
+        c.Ping(),
+    ]
+
+
+def test_a_plain_chunk_of_an_uncompressed_link_is_not_a_thing() -> None:
+    """Chunks exist only after COMPRESS: before it a body is part of its frame."""
+    a, b = pair()
+    a.send_command(mbox(1))
+    blob = Blob.raw(b"y" * 40_000)
+    a.send_command(c.Save(1, 0, GUID, (), blob))
+    wire = a.data_to_send()
+    assert plain_chunk(blob.stored) not in wire
+    events = b.receive_data(wire)
+    assert [e.command for e in events if isinstance(e, CommandReceived)][1] == c.Save(
+        1, 0, GUID, (), blob
+    )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
 from replicad.protocol.frames import pack_frame, unpack_frame
 from replicad.protocol.text import parse, render
 
-from .conftest import load_vectors
+from .conftest import load_vectors, vector_text
 
 VECTORS = load_vectors()
 IDS = [f"{verb}:{v['name']}" for verb, v in VECTORS]
@@ -23,19 +24,25 @@ def test_every_verb_has_vectors() -> None:
 
 @pytest.mark.parametrize(("verb", "vector"), VECTORS, ids=IDS)
 def test_text_to_msgpack(verb: str, vector: dict[str, str]) -> None:
-    frame = parse(vector["text"].encode("utf-8"))
+    frame = parse(vector_text(vector))
     assert pack_frame(frame).hex() == vector["msgpack"]
 
 
 @pytest.mark.parametrize(("verb", "vector"), VECTORS, ids=IDS)
 def test_msgpack_to_text(verb: str, vector: dict[str, str]) -> None:
     frame = unpack_frame(bytes.fromhex(vector["msgpack"]))
-    assert render(frame).decode("utf-8") == vector["text"]
+    assert render(frame) == vector_text(vector)
 
 
 @pytest.mark.parametrize(("verb", "vector"), VECTORS, ids=IDS)
 def test_vector_is_a_valid_typed_frame(verb: str, vector: dict[str, str]) -> None:
+    """Every vector types and re-encodes to itself, but those marked ``refused``:
+    well-formed msgpack and text that a receiver refuses (ProtocolError)."""
     frame = unpack_frame(bytes.fromhex(vector["msgpack"]))
+    if "refused" in vector:
+        with pytest.raises(ProtocolError, match=vector["refused"]):
+            c.decode(frame)
+        return
     message = c.decode(frame)
     if isinstance(message, c.CommandFrame):
         assert verb == message.command.VERB
