@@ -154,7 +154,8 @@ class MailStore:
         self, items: Sequence[AppendRequest]
     ) -> Callable[[], list[_PreparedAppend]]:
         """What the write op calls for the prepared appends (INLINE_PREPARE_BYTES)."""
-        if sum(len(i.body) for i in items) <= INLINE_PREPARE_BYTES:
+        size = sum(i.body.size if isinstance(i.body, Blob) else len(i.body) for i in items)
+        if size <= INLINE_PREPARE_BYTES:
             return lambda: [_prepare(i) for i in items]
         early = await self._executor.run_read(lambda: [_prepare(i) for i in items])
         return lambda: early
