@@ -72,7 +72,7 @@ from replicad.cluster.masters import (
     master_key,
 )
 from replicad.cluster.outbox import OutboxStream
-from replicad.cluster.resync import Resyncer
+from replicad.cluster.resync import ALL_MAILBOXES, Resyncer
 from replicad.cluster.root import (
     AckRoot,
     Action,
@@ -109,6 +109,7 @@ from replicad.store.changecodec import mailbox_of
 from replicad.store.changelog import (
     RESYNC_CONFLICT,
     RESYNC_MISSING,
+    RESYNC_OVERSIZED,
     RESYNC_PARTITION,
     RESYNC_REQUESTED,
 )
@@ -489,7 +490,13 @@ class ClusterNode:
         self._dialers: dict[str, trio.CancelScope] = {}  # peer -> its dial loop
         #: (user, mailbox, message GUID) -> record of the latest forwarded SAVEs.
         self._saved: dict[tuple[str, str, bytes], MessageAppended] = {}
-        self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
+        self.stats = {
+            "saves": 0,
+            "changes_applied": 0,
+            "changes_sent": 0,
+            "changes_oversized": 0,
+            "forwarded": 0,
+        }
         self.resync = Resyncer(self)
         self.verify = AntiEntropy(self)
         #: Resync and anti-entropy verbs, each served in its own task.
@@ -1617,7 +1624,31 @@ class ClusterNode:
             ids[guid] = mid
         body = bodies.get(change.body_hash) if isinstance(change, MessageAppended) else None
         frame = to_wire(seq, change, ids, body, bodies)
-        session.link.queue(lambda conn: conn.send_untagged(frame))
+        try:
+            session.link.queue(lambda conn: conn.send_untagged(frame))
+        except ProtocolError as exc:
+            # Too large for the link (or not encodable): the encoder refused it
+            # before queueing a byte, so the link is intact.  Resending it
+            # would fail the same way on every reconnect and the peer would
+            # never catch up (I9): it is skipped, the peer's ACK of what
+            # follows covers it, and the mark makes the resync layer bring
+            # the mailbox to the peer in UPDATEs of bounded size instead.
+            try:
+                mailbox = mailbox_of(change)
+            except TypeError:
+                mailbox = ALL_MAILBOXES  # a mailbox-level change: every mailbox
+            await self.store.mark_resync([session.peer], mailbox, RESYNC_OVERSIZED, 0)
+            log_event(
+                log,
+                logging.ERROR,
+                "change-too-large",
+                peer=session.peer,
+                seq=seq,
+                mailbox=mailbox.hex(),
+                reason=str(exc),
+            )
+            self.stats["changes_oversized"] += 1
+            return False
         return True
 
     async def _send_mbox(self, session: PeerSession, mbox: c.Mbox) -> None:

@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 import trio
 
+from replicad.cluster import planparts
 from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
-from replicad.cluster.merge import MergePlan, MessageState, Tombstone
+from replicad.cluster.merge import MailboxState, MergePlan, MessageState, Tombstone
+from replicad.cluster.merge import apply_plan as merge_apply_plan
+from replicad.cluster.planparts import split_plan
 from replicad.errors import ConflictError, NoSuchMailboxError, ReplicadError
 from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
@@ -612,8 +615,9 @@ class MailStore:
         """Apply a merge plan in one transaction if the mailbox's HIGHESTMODSEQ
         is still ``expected`` (else :class:`ConflictError`, nothing applied).
 
-        ``log``: the master merging its own copy logs it as a
-        :class:`MailboxMerged` for its followers.  ``clear_marks``: the peers
+        ``log``: the master merging its own copy logs it for its followers,
+        as one :class:`MailboxMerged` per part of at most a frame's worth
+        (:meth:`_log_merge`).  ``clear_marks``: the peers
         whose resync marks on this mailbox the merge settles (``[]``: all).
         ``replaces``: this node's mailbox of that GUID holds the name and was
         merged into ``mailbox``, which takes its place (``expected`` is its
@@ -647,18 +651,15 @@ class MailStore:
                 statesync.create_detached(
                     self.index, txn, mailbox, row.user, row.name, plan.uidvalidity
                 )
-            before = self._digest(txn, mailbox) if log else b""
+            before = statesync.full_state(self.index, txn, mailbox) if log else None
             new = statesync.apply_plan(self.index, txn, mailbox, plan, prepared)
             if replaces is not None:
                 statesync.replace_mailbox(self.index, txn, replaces, mailbox, plan.uidvalidity)
                 for mark in self.log.resync_marks(txn):
                     if mark.mailbox == replaces:
                         self.log.clear_resync(txn, mark.peer, replaces)
-            if log:
-                after = self._digest(txn, mailbox)
-                self.log.append(
-                    txn, MailboxMerged(row.user, mailbox, expected, plan, before, after)
-                )
+            if before is not None:
+                self._log_merge(txn, row.user, mailbox, expected, plan, before)
             if clear_marks is not None:
                 for mark in self.log.resync_marks(txn):
                     if mark.mailbox == mailbox and (not clear_marks or mark.peer in clear_marks):
@@ -666,6 +667,33 @@ class MailStore:
             return new
 
         return await self.writer.submit(op)
+
+    def _log_merge(
+        self,
+        txn: Any,
+        user: str,
+        mailbox: bytes,
+        expected: int,
+        plan: MergePlan,
+        before: MailboxState,
+    ) -> None:
+        """Log the merge just applied as one :class:`MailboxMerged` per part
+        (:func:`~replicad.cluster.planparts.split_plan`), so that no record
+        needs a frame above the limit to reach a follower (I9).  Each part is
+        guarded by the digests of the states before and after it, computed
+        from the pure model of the executor; the last one's result is the
+        copy's own digest."""
+        parts = split_plan(plan, planparts.PART_BYTES)
+        state, digest = before, state_digest(before)
+        for number, part in enumerate(parts, 1):
+            if number == len(parts):
+                result = self._digest(txn, mailbox)
+            else:
+                state = merge_apply_plan(state, part)
+                result = state_digest(state)
+            self.log.append(txn, MailboxMerged(user, mailbox, expected, part, digest, result))
+            # The next part applies to the mailbox as this one left it.
+            expected, digest = plan.highestmodseq, result
 
     def usage(self) -> StoreUsage:
         info = self._dbs.env.info()
