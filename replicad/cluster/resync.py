@@ -287,7 +287,9 @@ class Resyncer:
             own_plan = plan(ours, merged)
             bodies = await self._bodies_for(own_plan, session, mid, theirs)
             try:
-                await store.apply_merge(mailbox, ours.highestmodseq, own_plan, bodies, log=True)
+                await store.apply_merge(
+                    mailbox, ours.highestmodseq, own_plan, bodies, log=True, peer=session.peer
+                )
             except ConflictError:
                 if attempt == 4:
                     raise

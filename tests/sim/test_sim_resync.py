@@ -22,6 +22,7 @@ from replicad.errors import ReplicadError
 from replicad.store.index import AppendRequest
 from replicad.store.schema import message_key
 from replicad.uidset import UidSet
+from tests.sim.harness import deterministic
 from tests.sim.network import SimNetwork
 from tests.sim.test_sim_cluster import (
     NAMES,
@@ -449,3 +450,39 @@ async def test_a_change_too_large_for_the_link_is_skipped_and_resynced(
     async with sim_cluster(tmp_path, net) as nodes:
         await _a_merge_of_big_bodies(nodes, net)
         assert sum(n.node.stats["changes_oversized"] for n in nodes.values()) >= 1
+
+
+async def test_a_merge_after_an_overflow_sends_each_body_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A follower's dropped backlog is re-stamped by the merge (I3), which its
+    master logs: whichever node merges, each body crosses the network once.
+    The peer of the resync gets what it lacks in its UPDATE, not again in the
+    logged merge, and a follower that holds a body (HAVE) is not sent it
+    (resync.md §7)."""
+    with deterministic(1, autojump_clock):  # a schedule where the node cut off merges
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net, max_lag=10) as nodes:
+            await wait_for("a root", lambda: rooted_and_linked(nodes))
+            await nodes["n1"].writes.append("alice", "INBOX", body(0))
+            await wait_for("convergence", lambda: converged(nodes))
+            key = master_key(Granularity.MAILBOX, "alice", "INBOX")
+            master = await nodes["n1"].node.master_of(key, trio.current_time() + 5)
+            victim, other = (n for n in NAMES if n != master)
+            net.partition({master, other}, {victim})
+            await trio.sleep(12)
+            size = 0
+            for i in range(30):  # more than max_lag: the victim's backlog is dropped
+                data = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * 4000
+                size += len(data)
+                await nodes[master].writes.append("alice", "INBOX", data)
+            for i in range(3):  # within max_lag: streamed after the heal, above the rest
+                await nodes[master].writes.append("alice", "INBOX", body(100 + i))
+            await trio.sleep(5)
+            net.sent.clear()
+            net.heal()
+            await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+            assert sum(n.node.resync.merged_here for n in nodes.values()) >= 1
+            total = sum(net.sent.values())
+            # 120 KB of bodies once, and the rest: states, digests, metadata.
+            assert size < total < size + 40_000

@@ -4,6 +4,7 @@ and the follower ends at the master's state (resync.md §7, §9; I4, I9)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from replicad.cluster import planparts
 from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
 from replicad.cluster.digest import state_digest
-from replicad.cluster.merge import MailboxState, MessageState, merge, plan
-from replicad.protocol.commands import encode_untagged
+from replicad.cluster.merge import FlagMark, MailboxState, MessageState, PutMessage, merge, plan
+from replicad.protocol.commands import UpdateAppend, UpdateChange, encode_untagged
 from replicad.protocol.frames import FrameEncoder
 from replicad.store.blobs import body_hash
 from replicad.store.mailstore import MailStore
@@ -33,10 +34,13 @@ async def state_of(store: MailStore, mailbox: bytes) -> MailboxState:
     )
 
 
-async def stream(master: MailStore, follower: MailStore, after: int) -> tuple[int, list[int]]:
+async def stream(
+    master: MailStore, follower: MailStore, after: int, shipped: list[bytes] | None = None
+) -> tuple[int, list[int]]:
     """Carry the master's log after ``after`` to the follower as the runtime
     does (frames encoded under :data:`LIMIT`, decoded, applied); the last
-    sequence number and the sizes of the ``* UPDATE`` frames."""
+    sequence number and the sizes of the ``* UPDATE`` frames.  ``shipped``
+    collects the body hashes the ``* UPDATE`` frames carried."""
     batch = await master.outbox_batch("b", after, 1000)
     sizes = []
     encoder = FrameEncoder(LIMIT)
@@ -53,6 +57,10 @@ async def stream(master: MailStore, follower: MailStore, after: int) -> tuple[in
         encoded = b"".join(encoder.encode_parts(encode_untagged(frame)))  # raises if too large
         if isinstance(change, MailboxMerged):
             sizes.append(len(encoded))
+            assert isinstance(frame, UpdateChange)
+            for op in frame.ops:
+                if isinstance(op, UpdateAppend) and op.body is not None and shipped is not None:
+                    shipped.append(op.body_hash)
         record, carried = from_wire(frame, bindings)
         [result] = await follower.apply_replicated_many([(record, carried)], "a")
         assert not isinstance(result, Exception), result
@@ -88,7 +96,14 @@ async def test_a_merge_larger_than_a_frame_is_logged_in_parts_a_follower_applies
             guid = body_hash(data)[:16]
             return MessageState(uid, guid, modseq, 1_700_000_000, len(data), body_hash(data), ())
 
-        theirs_messages = [m for m in ours.messages if m.uid != 2]
+        # And a later flag change on UID 1: re-stamped on both sides (I5).
+        theirs_messages = [
+            replace(m, marks=(FlagMark("$Peer", m.marks[0].stamp + 1, True), *m.marks))
+            if m.uid == 1
+            else m
+            for m in ours.messages
+            if m.uid != 2
+        ]
         theirs_messages.append(message(2, bodies[8], top + 1))
         theirs_messages += [message(4 + i, bodies[i], top + 2 + i) for i in range(8)]
         theirs = MailboxState(
@@ -103,10 +118,19 @@ async def test_a_merge_larger_than_a_frame_is_logged_in_parts_a_follower_applies
         await a.apply_merge(mailbox, ours.highestmodseq, own_plan, bodies, log=True)
         assert state_digest(await state_of(a, mailbox)) == state_digest(merged)
 
-        _, sizes = await stream(a, b, seq)
+        shipped: list[bytes] = []
+        _, sizes = await stream(a, b, seq, shipped)
         assert len(sizes) >= 8  # one body of 20 KB per part of at most 32 KiB
         assert max(sizes) <= LIMIT
         assert state_digest(await state_of(b, mailbox)) == state_digest(merged)
+        # The follower held the re-flagged message: its body did not cross
+        # (resync.md §7).  The peer's nine did, once each, and so did the
+        # message moved off UID 2, whose old UID a part before the one that
+        # puts it tombstoned (its body is released there).
+        moved = next(m for m in ours.messages if m.uid == 2).body_hash
+        assert sorted(shipped) == sorted([moved, *(body_hash(data) for data in bodies)])
+        puts = [op for op in own_plan.ops if isinstance(op, PutMessage)]
+        assert len(puts) == 11  # nine new, the moved one, UID 1
 
 
 def test_parts_applied_in_order_are_the_whole_plan() -> None:
