@@ -428,11 +428,12 @@ async def test_a_logged_merge_above_the_frame_limit_reaches_every_follower(
 
     _small_frames(monkeypatch)
     monkeypatch.setattr(planparts, "PART_BYTES", SMALL_FRAME // 2)
-    net = SimNetwork()
-    async with sim_cluster(tmp_path, net) as nodes:
-        await _a_merge_of_big_bodies(nodes, net)
-        assert sum(n.node.resync.merged_here for n in nodes.values()) >= 1
-        assert all(n.node.stats["changes_oversized"] == 0 for n in nodes.values())
+    with deterministic(2, autojump_clock):  # a schedule whose merge needs a big frame
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net) as nodes:
+            await _a_merge_of_big_bodies(nodes, net)
+            assert sum(n.node.resync.merged_here for n in nodes.values()) >= 1
+            assert all(n.node.stats["changes_oversized"] == 0 for n in nodes.values())
 
 
 async def test_a_change_too_large_for_the_link_is_skipped_and_resynced(
@@ -446,10 +447,11 @@ async def test_a_change_too_large_for_the_link_is_skipped_and_resynced(
 
     _small_frames(monkeypatch)
     monkeypatch.setattr(planparts, "PART_BYTES", 1 << 30)
-    net = SimNetwork()
-    async with sim_cluster(tmp_path, net) as nodes:
-        await _a_merge_of_big_bodies(nodes, net)
-        assert sum(n.node.stats["changes_oversized"] for n in nodes.values()) >= 1
+    with deterministic(2, autojump_clock):  # a schedule whose merge needs a big frame
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net) as nodes:
+            await _a_merge_of_big_bodies(nodes, net)
+            assert sum(n.node.stats["changes_oversized"] for n in nodes.values()) >= 1
 
 
 async def test_a_merge_after_an_overflow_sends_each_body_once(
