@@ -205,6 +205,8 @@ def to_wire(
         return c.DeleteChange(seq, change.user, change.mailbox, change.name)
     if isinstance(change, MailboxMerged):
         p = change.plan
+        # A body the follower holds goes as NIL (resync.md §7).
+        shipped = {h: b for h, b in (bodies or {}).items() if h not in change.held}
         return c.UpdateChange(
             seq,
             ids[change.mailbox],
@@ -214,7 +216,7 @@ def to_wire(
             change.expected,
             change.expected_digest,
             change.result_digest,
-            ops_to_wire(p.ops, bodies or {}),
+            ops_to_wire(p.ops, shipped),
         )
     raise TypeError(f"not a change record: {change!r}")
 
@@ -293,8 +295,9 @@ def from_wire(
         return MailboxDeleted(frame.user, frame.guid, frame.name), []
     if isinstance(frame, c.UpdateChange):
         box = ids[frame.mbox]
-        # The stream always ships whole messages (APPEND), never FLAGS: a
-        # follower's copy is not known to the master when it logs the merge.
+        # The stream ships whole messages (APPEND), never FLAGS; a body NIL is
+        # one this copy holds (the sender asked, or it is in the state the
+        # plan applies to).  Relayed, this change asks the next node afresh.
         ops, carried = ops_from_wire(frame.ops)
         try:
             plan = MergePlan(frame.uidvalidity, frame.uidnext, frame.highestmodseq, ops)

@@ -315,7 +315,9 @@ class Resyncer:
             own_plan = plan(ours, merged)
             bodies = await self._bodies_for(own_plan, session, mid, theirs)
             try:
-                await store.apply_merge(mailbox, ours.highestmodseq, own_plan, bodies, log=True)
+                await store.apply_merge(
+                    mailbox, ours.highestmodseq, own_plan, bodies, log=True, peer=session.peer
+                )
             except ConflictError:
                 if attempt == 4:
                     raise
@@ -505,12 +507,11 @@ class Resyncer:
             have = await session.request(c.Have(tuple(sorted(shipped))), timeout=STEP_TIMEOUT)
             wanted = shipped - set(have.hashes)
         expected = theirs.highestmodseq
-        for part in _chunks(peer_plan.ops, wanted):
-            hashes = sorted(
-                {op.message.body_hash for op in part if isinstance(op, PutMessage)} & wanted
-            )
-            bodies = await self.store.read_blobs(hashes) if hashes else {}
-            wanted -= set(hashes)  # each body crosses once (seed 004)
+        # The peer's old UID space goes with the first part (a new UIDVALIDITY,
+        # or its mailbox replaced by ours): what it held there is released.
+        fresh_space = peer_plan.uidvalidity != theirs.uidvalidity or replaces is not None
+        for part, carry in _chunks(peer_plan.ops, wanted, theirs, fresh_space):
+            bodies = await self.store.read_blobs(sorted(carry)) if carry else {}
             update = c.Update(
                 mid,
                 peer_plan.uidvalidity,
@@ -713,26 +714,69 @@ class Resyncer:
         found.append(data)
 
 
-def _chunks(ops: tuple[PlanOp, ...], wanted: set[bytes]) -> list[tuple[PlanOp, ...]]:
+def _chunks(
+    ops: tuple[PlanOp, ...], wanted: set[bytes], theirs: MailboxState, fresh_space: bool
+) -> list[tuple[tuple[PlanOp, ...], frozenset[bytes]]]:
     """The plan's operations in UPDATEs of at most :data:`UPDATE_BODY_BYTES` of
-    bodies each (the frame limit is 64 MiB).  One UPDATE is one transaction;
-    a merge this large (a node that lost its store) arrives in several, in
-    UID order, and is complete with the last (protocol-spec/resync.md §9)."""
-    parts: list[tuple[PlanOp, ...]] = []
+    bodies each (the frame limit is 64 MiB), with the bodies each must carry.
+    One UPDATE is one transaction; a merge this large (a node that lost its
+    store) arrives in several, in UID order, and is complete with the last
+    (protocol-spec/resync.md §9).
+
+    ``wanted``: the bodies the peer lacks (HAVE); each crosses once, in the
+    first part that puts it.  A body the peer holds only at UIDs an earlier
+    part overwrote (a message moved above a collision: its old UID is
+    tombstoned first) or in a UID space an earlier part dropped
+    (``fresh_space``: a new UIDVALIDITY, or a mailbox that replaces the
+    peer's) was released there, so it is carried again: a part must never
+    need a body the previous one freed (I6)."""
+    held_at: dict[bytes, set[int]] = {}
+    for m in theirs.messages:
+        held_at.setdefault(m.body_hash, set()).add(m.uid)
+    parts: list[tuple[tuple[PlanOp, ...], frozenset[bytes]]] = []
+    touched: set[int] = set()  # UIDs the closed parts wrote
+    placed: set[bytes] = set()  # bodies the closed parts put: held from then on
+
+    def must_carry(body_hash: bytes) -> bool:
+        if body_hash in placed:
+            return False
+        if body_hash in wanted:
+            return True
+        uids = held_at.get(body_hash)
+        if uids is None or not parts:
+            return False  # held in another mailbox, or nothing released yet
+        return fresh_space or uids <= touched
+
     current: list[PlanOp] = []
+    carry: set[bytes] = set()
     size = 0
-    counted: set[bytes] = set()
+
+    def close() -> None:
+        nonlocal size
+        parts.append((tuple(current), frozenset(carry)))
+        for op in current:
+            if isinstance(op, PutMessage):
+                touched.add(op.message.uid)
+                placed.add(op.message.body_hash)
+            else:
+                touched.add(op.tombstone.uid)
+        current.clear()
+        carry.clear()
+        size = 0
+
     for op in ops:
         weight = 0
-        if isinstance(op, PutMessage) and op.message.body_hash in wanted - counted:
-            weight = op.message.size
-            counted.add(op.message.body_hash)
-        if current and size + weight > UPDATE_BODY_BYTES:
-            parts.append(tuple(current))
-            current, size = [], 0
+        if isinstance(op, PutMessage) and op.message.body_hash not in carry:
+            if must_carry(op.message.body_hash):
+                weight = op.message.size
+            if current and size + weight > UPDATE_BODY_BYTES:
+                close()
+                weight = op.message.size if must_carry(op.message.body_hash) else 0
+            if weight:
+                carry.add(op.message.body_hash)
         current.append(op)
         size += weight
-    parts.append(tuple(current))
+    close()
     return parts
 
 

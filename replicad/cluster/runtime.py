@@ -54,7 +54,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -73,7 +73,7 @@ from replicad.cluster.masters import (
     master_key,
 )
 from replicad.cluster.outbox import OutboxStream
-from replicad.cluster.resync import Resyncer
+from replicad.cluster.resync import ALL_MAILBOXES, STEP_TIMEOUT, Resyncer
 from replicad.cluster.root import (
     AckRoot,
     Action,
@@ -107,10 +107,11 @@ from replicad.protocol.connection import (
     ReplyReceived,
     UntaggedReceived,
 )
-from replicad.store.changecodec import mailbox_of
+from replicad.store.changecodec import body_hashes, mailbox_of
 from replicad.store.changelog import (
     RESYNC_CONFLICT,
     RESYNC_MISSING,
+    RESYNC_OVERSIZED,
     RESYNC_PARTITION,
     RESYNC_REQUESTED,
 )
@@ -120,6 +121,7 @@ from replicad.store.records import (
     FlagsChanged,
     MailboxCreated,
     MailboxDeleted,
+    MailboxMerged,
     MailboxRenamed,
     MessageAppended,
     MessagesCopied,
@@ -496,7 +498,13 @@ class ClusterNode:
         self._dialers: dict[str, trio.CancelScope] = {}  # peer -> its dial loop
         #: (user, mailbox, message GUID) -> record of the latest forwarded SAVEs.
         self._saved: dict[tuple[str, str, bytes], MessageAppended] = {}
-        self.stats = {"saves": 0, "changes_applied": 0, "changes_sent": 0, "forwarded": 0}
+        self.stats = {
+            "saves": 0,
+            "changes_applied": 0,
+            "changes_sent": 0,
+            "changes_oversized": 0,
+            "forwarded": 0,
+        }
         self.resync = Resyncer(self)
         self.verify = AntiEntropy(self)
         #: Resync and anti-entropy verbs, each served in its own task.
@@ -1600,6 +1608,15 @@ class ClusterNode:
         self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, Blob]
     ) -> bool:
         """Queue the frame of one log entry; False if there is nothing to send."""
+        if (
+            isinstance(change, MailboxMerged)
+            and change.peer == session.peer
+            and not self._relays_for(session.peer)
+        ):
+            # The merge of a resync with this very peer: its UPDATE brings it
+            # the merged state, and its copy, which the merge differed from,
+            # could never apply the plan (resync.md §7).
+            return False
         ids: dict[bytes, int] = {}
         for guid in mailboxes_of(change):
             mid = session.stream_ids.get(guid)
@@ -1623,10 +1640,58 @@ class ClusterNode:
                 # The stream binds by GUID: a later rename needs no new MBOX.
                 session.stream_ids[guid] = mid
             ids[guid] = mid
+        if isinstance(change, MailboxMerged):
+            change = await self._held_by(session, change)
         body = bodies.get(change.body_hash) if isinstance(change, MessageAppended) else None
         frame = to_wire(seq, change, ids, body, bodies)
-        session.link.queue(lambda conn: conn.send_untagged(frame))
+        try:
+            session.link.queue(lambda conn: conn.send_untagged(frame))
+        except ProtocolError as exc:
+            # Too large for the link (or not encodable): the encoder refused it
+            # before queueing a byte, so the link is intact.  Resending it
+            # would fail the same way on every reconnect and the peer would
+            # never catch up (I9): it is skipped, the peer's ACK of what
+            # follows covers it, and the mark makes the resync layer bring
+            # the mailbox to the peer in UPDATEs of bounded size instead.
+            try:
+                mailbox = mailbox_of(change)
+            except TypeError:
+                mailbox = ALL_MAILBOXES  # a mailbox-level change: every mailbox
+            await self.store.mark_resync([session.peer], mailbox, RESYNC_OVERSIZED, 0)
+            log_event(
+                log,
+                logging.ERROR,
+                "change-too-large",
+                peer=session.peer,
+                seq=seq,
+                mailbox=mailbox.hex(),
+                reason=str(exc),
+            )
+            self.stats["changes_oversized"] += 1
+            return False
         return True
+
+    async def _held_by(self, session: PeerSession, change: MailboxMerged) -> MailboxMerged:
+        """``change`` with every body the peer stores in ``held``, so that only
+        bodies it lacks cross (HAVE, seed 004; resync.md §7).  The bodies of the
+        state the plan applies to are held already (the store recorded them);
+        HAVE asks for the rest, which the peer may hold in any mailbox (e.g.
+        the merge brought here what it had).  A body released there before the
+        change applies makes it fail like any change that lacks a body: marked,
+        and repaired by a resync.  No answer: every body is sent."""
+        ask = tuple(sorted(set(body_hashes(change))))
+        if not ask:
+            return change
+        try:
+            have = await session.request(c.Have(ask), timeout=STEP_TIMEOUT)
+        except (ReplicadError, trio.TooSlowError):
+            return change
+        return replace(change, held=change.held | (set(ask) & set(have.hashes)))
+
+    def _relays_for(self, peer: str) -> bool:
+        """May ``peer`` pass our changes on to a node with no link to us?  (A
+        configured node other than the two of us is not linked here.)"""
+        return any(n not in self.sessions for n in self.order if n not in (self.name, peer))
 
     async def _send_mbox(self, session: PeerSession, mbox: c.Mbox) -> None:
         """Queue an MBOX binding; its reply is consumed, never awaited."""

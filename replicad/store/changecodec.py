@@ -142,6 +142,8 @@ def encode_change(change: Change) -> bytes:
             p.uidnext,
             p.highestmodseq,
             [_op_fields(op) for op in p.ops],
+            sorted(change.held),
+            change.peer,
         ]
     else:
         raise TypeError(f"not a change record: {change!r}")
@@ -195,9 +197,13 @@ def decode_change(raw: bytes) -> Change:
             user, mailbox, name = f
             return MailboxDeleted(user=user, mailbox=mailbox, name=name)
         if kind == "U":
-            user, mailbox, expected, before, after, uidvalidity, uidnext, hms, ops = f
+            user, mailbox, expected, before, after, uidvalidity, uidnext, hms, ops, *rest = f
             plan = MergePlan(uidvalidity, uidnext, hms, tuple(_op_from(op) for op in ops))
-            return MailboxMerged(user, mailbox, expected, plan, before, after)
+            # Entries logged before ``held`` and ``peer`` were kept: every
+            # body is sent, to every follower.
+            held = frozenset(rest[0]) if rest else frozenset()
+            peer = rest[1] if len(rest) > 1 else ""
+            return MailboxMerged(user, mailbox, expected, plan, before, after, held, peer)
     except (ValueError, TypeError) as exc:
         raise ReplicadError(f"store corrupt: undecodable change log entry: {exc}") from exc
     raise ReplicadError(f"store corrupt: unknown change kind {kind!r}")
@@ -210,7 +216,13 @@ def body_hashes(change: Change) -> list[bytes]:
     if isinstance(change, MessagesCopied):
         return [a.body_hash for a in change.appended]
     if isinstance(change, MailboxMerged):
-        return [op.message.body_hash for op in change.plan.ops if isinstance(op, PutMessage)]
+        # A body the follower holds (``held``) is not sent: the log needs no
+        # reference to it, and the outbox does not read it.
+        return [
+            op.message.body_hash
+            for op in change.plan.ops
+            if isinstance(op, PutMessage) and op.message.body_hash not in change.held
+        ]
     return []
 
 

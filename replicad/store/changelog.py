@@ -34,6 +34,7 @@ RESYNC_NEW_PEER = "new-peer"
 RESYNC_CONFLICT = "conflict"
 RESYNC_MISSING = "missing"
 RESYNC_PARTITION = "partition"  # written as master while the peer was unreachable (I7)
+RESYNC_OVERSIZED = "oversized"  # a change whose frame the link could not carry (I9)
 RESYNC_REQUESTED = "requested"  # an operator asked for it (replicad sync)
 
 

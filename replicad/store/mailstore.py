@@ -18,8 +18,11 @@ from typing import Any, TypeVar
 import trio
 
 from replicad.blob import Blob
+from replicad.cluster import planparts
 from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
-from replicad.cluster.merge import MergePlan, MessageState, Tombstone
+from replicad.cluster.merge import MailboxState, MergePlan, MessageState, PutMessage, Tombstone
+from replicad.cluster.merge import apply_plan as merge_apply_plan
+from replicad.cluster.planparts import split_plan
 from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
 from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
@@ -628,12 +631,14 @@ class MailStore:
         clear_marks: Sequence[str] | None = None,
         replaces: bytes | None = None,
         create: tuple[str, str] | None = None,
+        peer: str = "",
     ) -> MailboxRow:
         """Apply a merge plan in one transaction if the mailbox's HIGHESTMODSEQ
         is still ``expected`` (else :class:`ConflictError`, nothing applied).
 
-        ``log``: the master merging its own copy logs it as a
-        :class:`MailboxMerged` for its followers.  ``clear_marks``: the peers
+        ``log``: the master merging its own copy logs it for its followers,
+        as one :class:`MailboxMerged` per part of at most a frame's worth
+        (:meth:`_log_merge`); ``peer``: the one whose resync it is.  ``clear_marks``: the peers
         whose resync marks on this mailbox the merge settles (``[]``: all).
         ``replaces``: this node's mailbox of that GUID holds the name and was
         merged into ``mailbox``, which takes its place (``expected`` is its
@@ -667,18 +672,15 @@ class MailStore:
                 statesync.create_detached(
                     self.index, txn, mailbox, row.user, row.name, plan.uidvalidity
                 )
-            before = self._digest(txn, mailbox) if log else b""
+            before = statesync.full_state(self.index, txn, mailbox) if log else None
             new = statesync.apply_plan(self.index, txn, mailbox, plan, prepared)
             if replaces is not None:
                 statesync.replace_mailbox(self.index, txn, replaces, mailbox, plan.uidvalidity)
                 for mark in self.log.resync_marks(txn):
                     if mark.mailbox == replaces:
                         self.log.clear_resync(txn, mark.peer, replaces)
-            if log:
-                after = self._digest(txn, mailbox)
-                self.log.append(
-                    txn, MailboxMerged(row.user, mailbox, expected, plan, before, after)
-                )
+            if before is not None:
+                self._log_merge(txn, row.user, mailbox, expected, plan, before, peer)
             if clear_marks is not None:
                 for mark in self.log.resync_marks(txn):
                     if mark.mailbox == mailbox and (not clear_marks or mark.peer in clear_marks):
@@ -686,6 +688,45 @@ class MailStore:
             return new
 
         return await self.writer.submit(op)
+
+    def _log_merge(
+        self,
+        txn: Any,
+        user: str,
+        mailbox: bytes,
+        expected: int,
+        plan: MergePlan,
+        before: MailboxState,
+        peer: str,
+    ) -> None:
+        """Log the merge just applied as one :class:`MailboxMerged` per part
+        (:func:`~replicad.cluster.planparts.split_plan`), so that no record
+        needs a frame above the limit to reach a follower (I9).  Each part is
+        guarded by the digests of the states before and after it, computed
+        from the pure model of the executor; the last one's result is the
+        copy's own digest.  Each records the bodies of that state's live
+        messages: a follower applying the part holds them, so they are not
+        sent (the apply references every body before releasing any, so a
+        message moved within the part keeps its body; one moved to a later
+        part is in the next state only if still live)."""
+        parts = split_plan(plan, planparts.PART_BYTES)
+        state, digest = before, state_digest(before)
+        for number, part in enumerate(parts, 1):
+            live = {m.body_hash for m in state.messages}
+            held = frozenset(
+                op.message.body_hash
+                for op in part.ops
+                if isinstance(op, PutMessage) and op.message.body_hash in live
+            )
+            if number == len(parts):
+                result = self._digest(txn, mailbox)
+            else:
+                state = merge_apply_plan(state, part)
+                result = state_digest(state)
+            merged = MailboxMerged(user, mailbox, expected, part, digest, result, held, peer)
+            self.log.append(txn, merged)
+            # The next part applies to the mailbox as this one left it.
+            expected, digest = plan.highestmodseq, result
 
     def usage(self) -> StoreUsage:
         info = self._dbs.env.info()

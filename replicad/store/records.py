@@ -169,6 +169,14 @@ class MailboxMerged(Change):
     #: computed from, and of the state it produces.
     expected_digest: bytes = b""
     result_digest: bytes = b""
+    #: Body hashes of live messages of the state ``expected_digest`` describes:
+    #: a follower that applies the plan holds them there, so the stream
+    #: sends those bodies to nobody (resync.md §7).
+    held: frozenset[bytes] = frozenset()
+    #: The peer whose resync produced the merge: its UPDATE brings it the
+    #: merged state, so the stream does not send it the plan (resync.md §7).
+    #: "" when not known (a merge received from another node).
+    peer: str = ""
 
 
 def flags_tuple(flags: frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -33,8 +33,9 @@ Handler = Callable[[Link], Awaitable[None]]
 class _Wire:
     """One direction of a link: what is sent arrives ``net.delay`` later, in order."""
 
-    def __init__(self, net: SimNetwork) -> None:
+    def __init__(self, net: SimNetwork, pair: tuple[str, str] = ("", "")) -> None:
         self.net = net
+        self.pair = pair  # (sender, receiver)
         self.send = trio.testing.MemorySendStream(send_all_hook=self._sent, close_hook=self._closed)
         self.receive = trio.testing.MemoryReceiveStream()
         self.queue: list[tuple[float, bytes]] = []  # (due, data); b"" is EOF
@@ -66,6 +67,7 @@ class _Wire:
         except trio.WouldBlock:
             return
         if data:
+            self.net.sent[self.pair] = self.net.sent.get(self.pair, 0) + len(data)
             self.queue.append((trio.current_time() + self.net.delay, data))
             self.wake.set()
 
@@ -107,6 +109,8 @@ class SimNetwork:
         self._wires: list[tuple[str, str, _Wire, _Wire]] = []
         #: Seconds every chunk takes to arrive (0: at once).
         self.delay = 0.0
+        #: Octets sent, by (sender, receiver), over every link ever dialled.
+        self.sent: dict[tuple[str, str], int] = {}
 
     def node(self, name: str) -> NodeNetwork:
         return NodeNetwork(self, name)
@@ -149,7 +153,7 @@ class SimNetwork:
         if target is None or frozenset((me, peer.name)) in self._cut:
             raise UnreachableError(f"sim: {peer.name} unreachable from {me}")
         handler, target_config, nursery = target
-        out, back = _Wire(self), _Wire(self)
+        out, back = _Wire(self, (me, peer.name)), _Wire(self, (peer.name, me))
         ours = trio.StapledStream(out.send, back.receive)
         theirs = trio.StapledStream(back.send, out.receive)
         self._wires = [w for w in self._wires if not (w[2].done and w[3].done)]

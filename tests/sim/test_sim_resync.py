@@ -22,6 +22,7 @@ from replicad.errors import ReplicadError
 from replicad.store.index import AppendRequest
 from replicad.store.schema import message_key
 from replicad.uidset import UidSet
+from tests.sim.harness import deterministic
 from tests.sim.network import SimNetwork
 from tests.sim.test_sim_cluster import (
     NAMES,
@@ -376,3 +377,117 @@ async def test_a_large_resync_is_sent_in_several_updates(
         await nodes[master].node.sync(["alice"], victim)
         await wait_for("the resync", lambda: converged(nodes), timeout=60)
         assert nodes[master].node.resync.updates_sent - before >= 4  # 12 KB in 3 KB parts
+
+
+#: The smallest frame limit a node may announce in HELLO (handshake.md).
+SMALL_FRAME = 64 * 1024
+
+
+async def _a_merge_of_big_bodies(nodes: dict[str, SimNode], net: SimNetwork) -> None:
+    """Both sides of a partition write 120 KB of bodies to INBOX at the same
+    UIDs: the master's merge after the heal puts the other side's messages
+    and moves its own above the collisions, and the logged merge carries
+    them to the follower that was not resynced."""
+    await wait_for("a root", lambda: rooted_and_linked(nodes))
+    for i in range(3):
+        await nodes["n1"].writes.append("alice", "INBOX", body(i))
+    await wait_for("convergence", lambda: converged(nodes))
+    net.partition({"n1"}, {"n2", "n3"})
+    await trio.sleep(12)
+    for side, name in enumerate(("n1", "n2")):
+        for i in range(6):
+            data = b"Subject: big %d %d\r\n\r\n" % (side, i) + bytes([65 + i]) * 20_000
+            await nodes[name].writes.append("alice", "INBOX", data)
+    net.heal()
+    await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+    status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
+    assert status.messages == 15
+    # Each UPDATE of a resync split in parts carries the bodies its part
+    # needs, also those an earlier part released (a moved message's old UID
+    # is tombstoned first): none is refused for a missing body.
+    assert all(n.node.resync.failed == 0 for n in nodes.values())
+
+
+def _small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every link at the smallest frame limit, UPDATEs and merge parts at half of it."""
+    import functools
+
+    from replicad.cluster import runtime
+    from replicad.protocol.connection import LinkConfig
+    from replicad.transport import link
+
+    monkeypatch.setattr(runtime, "LinkConfig", functools.partial(LinkConfig, max_frame=SMALL_FRAME))
+    # Reads within the decoder's bound of two frames' worth of input.
+    monkeypatch.setattr(link, "RECEIVE_SIZE", SMALL_FRAME)
+    monkeypatch.setattr(resync, "UPDATE_BODY_BYTES", SMALL_FRAME // 2)
+
+
+async def test_a_logged_merge_above_the_frame_limit_reaches_every_follower(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge is logged in parts that each fit in a frame (resync.md §9):
+    every follower applies them and no link fails on one (I4, I9)."""
+    from replicad.cluster import planparts
+
+    _small_frames(monkeypatch)
+    monkeypatch.setattr(planparts, "PART_BYTES", SMALL_FRAME // 2)
+    with deterministic(2, autojump_clock):  # a schedule whose merge needs a big frame
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net) as nodes:
+            await _a_merge_of_big_bodies(nodes, net)
+            assert sum(n.node.resync.merged_here for n in nodes.values()) >= 1
+            assert all(n.node.stats["changes_oversized"] == 0 for n in nodes.values())
+
+
+async def test_a_change_too_large_for_the_link_is_skipped_and_resynced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change record whose frame exceeds the peer's limit (here: a merge
+    logged whole) is never resent on every reconnect, which would stop that
+    peer's stream for good (I9): the peer is marked for a resync, whose
+    UPDATEs are bounded, and the stream goes on after it."""
+    from replicad.cluster import planparts
+
+    _small_frames(monkeypatch)
+    monkeypatch.setattr(planparts, "PART_BYTES", 1 << 30)
+    with deterministic(2, autojump_clock):  # a schedule whose merge needs a big frame
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net) as nodes:
+            await _a_merge_of_big_bodies(nodes, net)
+            assert sum(n.node.stats["changes_oversized"] for n in nodes.values()) >= 1
+
+
+async def test_a_merge_after_an_overflow_sends_each_body_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A follower's dropped backlog is re-stamped by the merge (I3), which its
+    master logs: whichever node merges, each body crosses the network once.
+    The peer of the resync gets what it lacks in its UPDATE, not again in the
+    logged merge, and a follower that holds a body (HAVE) is not sent it
+    (resync.md §7)."""
+    with deterministic(1, autojump_clock):  # a schedule where the node cut off merges
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net, max_lag=10) as nodes:
+            await wait_for("a root", lambda: rooted_and_linked(nodes))
+            await nodes["n1"].writes.append("alice", "INBOX", body(0))
+            await wait_for("convergence", lambda: converged(nodes))
+            key = master_key(Granularity.MAILBOX, "alice", "INBOX")
+            master = await nodes["n1"].node.master_of(key, trio.current_time() + 5)
+            victim, other = (n for n in NAMES if n != master)
+            net.partition({master, other}, {victim})
+            await trio.sleep(12)
+            size = 0
+            for i in range(30):  # more than max_lag: the victim's backlog is dropped
+                data = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * 4000
+                size += len(data)
+                await nodes[master].writes.append("alice", "INBOX", data)
+            for i in range(3):  # within max_lag: streamed after the heal, above the rest
+                await nodes[master].writes.append("alice", "INBOX", body(100 + i))
+            await trio.sleep(5)
+            net.sent.clear()
+            net.heal()
+            await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+            assert sum(n.node.resync.merged_here for n in nodes.values()) >= 1
+            total = sum(net.sent.values())
+            # 120 KB of bodies once, and the rest: states, digests, metadata.
+            assert size < total < size + 40_000

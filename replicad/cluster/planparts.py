@@ -1,0 +1,67 @@
+"""A merge plan cut into parts that each fit in one frame (resync.md §7, §9).
+
+A logged merge (``* UPDATE`` on the change stream) and a peer's UPDATE
+both carry message bodies, and a frame holds at most 64 MiB
+(``DEFAULT_MAX_FRAME``).  A merge larger than that (a node that lost a big
+mailbox, an import through an overflowed outbox) goes as several plans,
+each the operations of a run of UIDs in ascending order, each applied as
+one transaction and complete with the last.  Every part carries the whole
+plan's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ: the first part already
+settles the counters (I3) and a new UIDVALIDITY (which empties the old UID
+space, :class:`~replicad.cluster.merge.MergePlan`), and the later ones find
+the mailbox as the part before left it.
+
+Pure: the store logs the parts (:meth:`replicad.store.mailstore.MailStore.apply_merge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from replicad.cluster.merge import MergePlan, PlanOp, PutMessage
+
+#: Most estimated octets in one part: half the 64 MiB frame limit, so that
+#: the estimate below may be off by a lot and a part still fits (I9).
+PART_BYTES: Final = 32 * 1024 * 1024
+#: Upper bounds of one operation's octets on the wire, bodies apart: the
+#: msgpack of UID, GUID, modseq, date, size, body hash and headers; per flag
+#: register its stamp and state (plus the flag name); per tombstone GUID and
+#: per move.
+OP_BYTES: Final = 128
+MARK_BYTES: Final = 24
+GUID_BYTES: Final = 24
+
+
+def op_weight(op: PlanOp, with_body: Callable[[PutMessage], bool] = lambda _: True) -> int:
+    """Estimated wire octets of ``op``, its body included if ``with_body(op)``."""
+    if isinstance(op, PutMessage):
+        m = op.message
+        marks = sum(MARK_BYTES + len(k.flag.encode()) for k in m.marks)
+        return OP_BYTES + marks + (m.size if with_body(op) else 0)
+    t = op.tombstone
+    return OP_BYTES + GUID_BYTES * (len(t.guids) + 2 * len(t.moved))
+
+
+def split_plan(
+    p: MergePlan, budget: int = PART_BYTES, weight: Callable[[PlanOp], int] = op_weight
+) -> tuple[MergePlan, ...]:
+    """``p`` as consecutive parts of at most ``budget`` estimated octets each.
+
+    An operation heavier than ``budget`` alone (one body that large) is a part
+    by itself.  A plan without operations is one part.  Applying the parts
+    in order has the effect of applying ``p`` (module doc):
+    ``apply_plan(apply_plan(s, a), b) == apply_plan(s, p)`` for parts ``a, b``.
+    """
+    parts: list[MergePlan] = []
+    current: list[PlanOp] = []
+    size = 0
+    for op in p.ops:
+        w = weight(op)
+        if current and size + w > budget:
+            parts.append(MergePlan(p.uidvalidity, p.uidnext, p.highestmodseq, tuple(current)))
+            current, size = [], 0
+        current.append(op)
+        size += w
+    parts.append(MergePlan(p.uidvalidity, p.uidnext, p.highestmodseq, tuple(current)))
+    return tuple(parts)
