@@ -8,7 +8,6 @@ every node to one state in which nothing acknowledged is lost.
 from __future__ import annotations
 
 import random
-
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
