@@ -389,8 +389,20 @@ class MailStore:
         from ``source`` directly; duplicates are not, which ends floods.
         """
 
-        def prepare() -> list[dict[bytes, PreparedBody]]:
-            return [{p.body_hash: p for p in map(PreparedBody.of, b)} for _, b in items]
+        def prepare_one(
+            bodies: Sequence[bytes | Blob],
+        ) -> dict[bytes, PreparedBody] | ReplicadError:
+            try:
+                return {p.body_hash: p for p in map(PreparedBody.of, bodies)}
+            except ReplicadError as exc:
+                # A body that fails its check (damaged at the source): that
+                # record alone is refused and its mailbox left to the resync;
+                # failing the burst would close the link, and the peer would
+                # send the same body again on every reconnect (I9).
+                return exc
+
+        def prepare() -> list[dict[bytes, PreparedBody] | ReplicadError]:
+            return [prepare_one(b) for _, b in items]
 
         # Large bursts are hashed and compressed outside the writer, in parallel
         # with the commit in progress; a small one (the steady state) inside the
@@ -407,6 +419,9 @@ class MailStore:
             out: list[ApplyResult | ReplicadError] = []
             prepared = early if early is not None else prepare()
             for (change, _), bodies in zip(items, prepared, strict=True):
+                if isinstance(bodies, ReplicadError):
+                    out.append(bodies)
+                    continue
                 child = env.begin(write=True, parent=txn)
                 try:
                     result = self._applier.apply(child, change, bodies, source)
