@@ -133,7 +133,9 @@ class _PreparedAppend:
     guid: bytes
 
 
-def _prepare(item: AppendRequest) -> _PreparedAppend:
+def _admit(item: AppendRequest) -> AppendRequest:
+    """``item`` checked, with its internal date (arrival time) and GUID fixed
+    now, when the request arrives, whenever its body is prepared."""
     flags = flags_tuple(normalise_flags(item.flags))
     date = int(time.time()) if item.internaldate is None else item.internaldate
     if not 0 <= date < 1 << 63:
@@ -141,7 +143,15 @@ def _prepare(item: AppendRequest) -> _PreparedAppend:
     guid = item.guid if item.guid is not None else os.urandom(16)
     if len(guid) != 16:
         raise BadInputError("message guid must be 16 bytes")
-    return _PreparedAppend(PreparedBody.of(item.body), flags, date, guid)
+    return AppendRequest(item.body, flags, date, guid)
+
+
+def _prepare(item: AppendRequest) -> _PreparedAppend:
+    admitted = _admit(item)
+    assert admitted.internaldate is not None and admitted.guid is not None
+    return _PreparedAppend(
+        PreparedBody.of(admitted.body), admitted.flags, admitted.internaldate, admitted.guid
+    )
 
 
 # --- the index: operations on a transaction --------------------------------

@@ -34,6 +34,7 @@ from replicad.store.index import (
     AppendRequest,
     FlagMode,
     MailIndex,
+    _admit,
     _prepare,
     _PreparedAppend,
     check_mailbox_name,
@@ -156,7 +157,9 @@ class MailStore:
     async def _prepare_all(
         self, items: Sequence[AppendRequest]
     ) -> Callable[[], list[_PreparedAppend]]:
-        """What the write op calls for the prepared appends (INLINE_PREPARE_BYTES)."""
+        """What the write op calls for the prepared appends (INLINE_PREPARE_BYTES).
+        Flags, internal date and GUID are checked and fixed at once, either way."""
+        items = [_admit(i) for i in items]
         size = sum(i.body.size if isinstance(i.body, Blob) else len(i.body) for i in items)
         if size <= INLINE_PREPARE_BYTES:
             return lambda: [_prepare(i) for i in items]
