@@ -275,7 +275,13 @@ async def client_op(
             marks = model.intent.setdefault((*key, local_guid[uid]), {})
             marks[flag] = None
             changed = await node.writes.store_flags(user, mailbox, UidSet.of([uid]), mode, [flag])
-            marks[flag] = wants if had != wants else None
+            # A STORE on the master itself names no GUID: if a merge retired
+            # the UID since the client looked, it changes nothing and says so
+            # (an empty ``uids``; RFC 3501 ignores STORE to expunged messages),
+            # and promises nothing.  A forwarded one (no mailbox in the result)
+            # was checked against the client's GUID by the master.
+            landed = not changed.mailbox or uid in changed.uids
+            marks[flag] = wants if had != wants and landed else None
             model.history.setdefault(local_guid[uid], []).append(
                 f"op {i}: {name} {mode} {flag} (saw {'set' if had else 'clear'})"
             )
