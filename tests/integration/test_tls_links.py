@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,18 +363,11 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
     ]
     received: list[Blob] = []
 
-    async def recording_server(link: Link) -> None:
-        while True:
-            event = await link.next_event()
-            if isinstance(event, ConnectionClosed):
-                return
-            if isinstance(event, CommandReceived):
-                payload = None
-                if isinstance(event.command, Save):
-                    received.append(event.command.body)
-                    payload = SaveOk(1, 1, "n1", 1)
-                tag = event.tag
-                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+    def record(body: Blob) -> SaveOk:
+        received.append(body)
+        return SaveOk(1, 1, "n1", 1)
+
+    recording_server = saving_server(record)
 
     async with trio.open_nursery() as nursery:
         server = await _start(nursery, certs, timeout=5, handler=recording_server)
@@ -402,6 +395,24 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
             await link.aclose()
             nursery.cancel_scope.cancel()
     assert received == bodies
+
+
+def saving_server(on_save: Callable[[Blob], SaveOk]) -> Callable[[Link], Awaitable[None]]:
+    """A link handler answering every command OK, a SAVE with what ``on_save``
+    makes of its body; answers are only queued (the link writes them)."""
+
+    async def serve(link: Link) -> None:
+        while True:
+            event = await link.next_event()
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, CommandReceived):
+                command = event.command
+                payload = on_save(command.body) if isinstance(command, Save) else None
+                tag = event.tag
+                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+
+    return serve
 
 
 async def test_answers_queued_by_a_handler_go_out_before_it_waits(certs: Pki) -> None:
@@ -517,19 +528,12 @@ async def test_stored_bodies_cross_a_compressed_link_as_they_are(certs: Pki) -> 
     blobs = [Blob.compress(body) for body in raw]
     kept: list[tuple[bytes, bytes]] = []
 
-    async def storing_server(link: Link) -> None:
-        while True:
-            event = await link.next_event()
-            if isinstance(event, ConnectionClosed):
-                return
-            if isinstance(event, CommandReceived):
-                payload = None
-                if isinstance(event.command, Save):
-                    prepared = PreparedBody.of(event.command.body)
-                    kept.append((prepared.body_hash, prepared.stored))
-                    payload = SaveOk(len(kept), 1, "n1", 1)
-                tag = event.tag
-                link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
+    def store(body: Blob) -> SaveOk:
+        prepared = PreparedBody.of(body)  # checked as the store checks it
+        kept.append((prepared.body_hash, prepared.stored))
+        return SaveOk(len(kept), 1, "n1", 1)
+
+    storing_server = saving_server(store)
 
     async with trio.open_nursery() as nursery:
         server = await _start(nursery, certs, timeout=5, handler=storing_server)
