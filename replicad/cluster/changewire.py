@@ -198,9 +198,19 @@ def to_wire(
             tuple(g for _, g in pairs),
         )
     if isinstance(change, MailboxCreated):
-        return c.CreateChange(seq, change.user, change.name, change.mailbox, change.uidvalidity)
+        return c.CreateChange(
+            seq, change.user, change.name, change.mailbox, change.uidvalidity, change.stamp
+        )
     if isinstance(change, MailboxRenamed):
-        return c.RenameChange(seq, change.user, change.mailbox, change.old_name, change.new_name)
+        return c.RenameChange(
+            seq,
+            change.user,
+            change.mailbox,
+            change.old_name,
+            change.new_name,
+            change.stamp,
+            tuple(c.GuidName(g, n) for g, n in change.children),
+        )
     if isinstance(change, MailboxDeleted):
         return c.DeleteChange(seq, change.user, change.mailbox, change.name)
     if isinstance(change, MailboxMerged):
@@ -288,9 +298,14 @@ def from_wire(
         pairs = tuple(zip(frame.uids, frame.guids, strict=True))
         return MessagesExpunged(box.user, box.guid, pairs, frame.modseq, frame.uidvalidity), []
     if isinstance(frame, c.CreateChange):
-        return MailboxCreated(frame.user, frame.name, frame.guid, frame.uidvalidity), []
+        created = MailboxCreated(frame.user, frame.name, frame.guid, frame.uidvalidity, frame.stamp)
+        return created, []
     if isinstance(frame, c.RenameChange):
-        return MailboxRenamed(frame.user, frame.guid, frame.old_name, frame.new_name), []
+        children = tuple((child.guid, child.name) for child in frame.children)
+        renamed = MailboxRenamed(
+            frame.user, frame.guid, frame.old_name, frame.new_name, frame.stamp, children
+        )
+        return renamed, []
     if isinstance(frame, c.DeleteChange):
         return MailboxDeleted(frame.user, frame.guid, frame.name), []
     if isinstance(frame, c.UpdateChange):

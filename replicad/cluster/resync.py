@@ -61,6 +61,8 @@ from replicad.errors import (
     UnreachableError,
 )
 from replicad.protocol import commands as c
+from replicad.store.index import INBOX
+from replicad.store.namespace import Claim
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
 
@@ -286,18 +288,37 @@ class Resyncer:
             )
         if pulled is None:
             # The peer has no such mailbox (lost, or never got the CREATE): it
-            # gets ours whole, created by the UPDATE.
+            # gets ours whole, created by the UPDATE under our claim.
             ours = await self._own_state(mailbox)
             empty = MailboxState(ours.uidvalidity, 1, 0, (), ())
-            await self._push_update(session, mid, empty, plan(empty, ours), None, create=True)
+            await self._push_update(
+                session,
+                mid,
+                empty,
+                plan(empty, ours),
+                None,
+                Claim(status.name_stamp, status.claim),
+                create=True,
+            )
             await store.clear_resync([session.peer], mailbox)
             return
-        theirs, their_guid = pulled
-        # Another GUID: the peer holds another mailbox of this name (both sides
-        # of a partition created it).  This one stays; the peer's is merged in
-        # as a foreign UID space (merge rule 3: UIDVALIDITY 0 always loses), so
-        # every message of both survives (I6) and the peer's mailbox goes.
+        theirs, their_guid, their_claim = pulled
+        if their_guid != mailbox and status.name != INBOX:
+            raise ProtocolError(
+                f"SYNC from {session.peer}: another mailbox answered for {mailbox.hex()}"
+            )
+        # Another GUID: the peer holds another INBOX (both sides of a
+        # partition delivered a first message).  This one stays; the peer's is
+        # merged in as a foreign UID space (merge rule 3: UIDVALIDITY 0 always
+        # loses), so every message of both survives (I6) and the peer's goes.
         replaces = None if their_guid == mailbox else their_guid
+        claim = Claim(status.name_stamp, status.claim)
+        if replaces is None and their_claim > claim:
+            # The peer renamed the mailbox while cut off: its claim is newer
+            # and wins here too, logged so every other copy takes it (I4).
+            if await store.adopt_claim(mailbox, their_claim) is not None:
+                node.log_changed()
+            claim = their_claim
         side = replace(theirs, uidvalidity=0) if replaces else theirs
         for attempt in range(5):
             ours = await self._own_state(mailbox)
@@ -335,7 +356,7 @@ class Resyncer:
             )
             break
         peer_plan = plan(side, merged)
-        await self._push_update(session, mid, theirs, peer_plan, replaces)
+        await self._push_update(session, mid, theirs, peer_plan, replaces, claim)
         await store.clear_resync([session.peer], mailbox)
 
     async def _own_state(self, mailbox: bytes) -> MailboxState:
@@ -372,8 +393,9 @@ class Resyncer:
         mailbox: bytes,
         ours: MailboxState | None,
         since: int,
-    ) -> tuple[MailboxState, bytes] | None:
-        """The peer's whole state of the mailbox and its GUID there; None if it has none.
+    ) -> tuple[MailboxState, bytes, Claim] | None:
+        """The peer's whole state of the mailbox, its GUID and name claim
+        there; None if it has none.
 
         With ``since`` and ``ours`` (this node's state), an incremental SYNC
         (resync.md §3): only the peer's entries above ``since`` and at every
@@ -389,7 +411,7 @@ class Resyncer:
             part = await self._sync(session, mid, since, UidSet.of(changed) if changed else None)
             if part is None:
                 return None
-            state, guid, rest = part
+            state, guid, rest, claim = part
             if guid == mailbox and state.uidvalidity == ours.uidvalidity:
                 sent = {m.uid for m in state.messages} | {t.uid for t in state.tombstones}
                 kept = [m for m in ours.messages if m.modseq <= since and m.uid not in sent]
@@ -401,18 +423,22 @@ class Resyncer:
                         messages=tuple(sorted((*state.messages, *kept), key=lambda m: m.uid)),
                         tombstones=tuple(sorted((*state.tombstones, *buried), key=lambda t: t.uid)),
                     )
-                    return whole, guid
+                    return whole, guid, claim
             self.fallbacks += 1
             log_event(log, logging.INFO, "resync-sync-whole", peer=session.peer, since=since)
         whole_part = await self._sync(session, mid, 0, None)
-        return None if whole_part is None else whole_part[:2]
+        if whole_part is None:
+            return None
+        state, guid, _, claim = whole_part
+        return state, guid, claim
 
     async def _sync(
         self, session: PeerSession, mid: int, since: int, uids: UidSet | None
-    ) -> tuple[MailboxState, bytes, bytes] | None:
+    ) -> tuple[MailboxState, bytes, bytes, Claim] | None:
         """One SYNC: the entries it sent as a state (with the peer's UIDVALIDITY,
-        UIDNEXT and HIGHESTMODSEQ), the mailbox GUID there and the digest of
-        the rest; None if the peer has no such mailbox."""
+        UIDNEXT and HIGHESTMODSEQ), the mailbox GUID there, the digest of
+        the rest and the mailbox's name claim there; None if the peer has
+        no such mailbox."""
         key = ("SYNC", session.peer, mid)
         self.collect[key] = []
         try:
@@ -443,7 +469,7 @@ class Resyncer:
                 tuple(sorted(messages, key=lambda m: m.uid)),
                 tuple(sorted(gone, key=lambda t: t.uid)),
             )
-            return state, done.guid, done.rest
+            return state, done.guid, done.rest, Claim(done.stamp, done.name)
         except ValueError as exc:
             raise ProtocolError(f"SYNC from {session.peer}: {exc}") from None
 
@@ -485,6 +511,7 @@ class Resyncer:
         theirs: MailboxState,
         peer_plan: MergePlan,
         replaces: bytes | None,
+        claim: Claim,
         *,
         create: bool = False,
     ) -> None:
@@ -520,6 +547,8 @@ class Resyncer:
                 expected,
                 replaces,
                 ops_to_wire(part, bodies, same),
+                claim.name,
+                claim.stamp,
             )
             await session.request(update, timeout=STEP_TIMEOUT)
             self.updates_sent += 1
@@ -554,9 +583,13 @@ class Resyncer:
         return found
 
     async def _here(self, box: MboxBinding) -> bytes | None:
-        """The mailbox a binding names here: by GUID, else the one holding its name."""
+        """The mailbox a binding names here: by GUID, else (INBOX only, the
+        one mailbox two sides may create independently) the one holding its
+        name (resync.md, mailbox conflicts)."""
         if await self.store.mailbox_by_guid(box.guid) is not None:
             return box.guid
+        if box.name != INBOX:
+            return None
         try:
             return (await self.store.mailbox_status(box.user, box.name)).guid
         except ReplicadError:
@@ -601,7 +634,15 @@ class Resyncer:
         await self.node._reply_ok(
             session,
             tag,
-            c.SyncState(row.uidvalidity, row.uidnext, row.highestmodseq, here, rest),
+            c.SyncState(
+                row.uidvalidity,
+                row.uidnext,
+                row.highestmodseq,
+                here,
+                rest,
+                row.claimed.name,
+                row.claimed.stamp,
+            ),
         )
 
     async def serve_fetch(self, session: PeerSession, tag: str, cmd: c.Fetch) -> None:
@@ -671,6 +712,7 @@ class Resyncer:
                 clear_marks=[],
                 replaces=cmd.replaces,
                 create=create,
+                claim=Claim(cmd.stamp, cmd.name),
             )
         except ConflictError as exc:
             await self.node._reply_no(session, tag, "CONFLICT", str(exc))

@@ -42,7 +42,7 @@ from replicad.flags import SYSTEM_FLAGS, normalise_flag
 from replicad.protocol.frames import DEFAULT_MAX_FRAME, UNTAGGED, Frame, Value
 from replicad.uidset import MAX_UID, UidSet
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 MAX_U16: Final = 2**16 - 1
 MAX_U32: Final = 2**32 - 1
 MAX_U63: Final = 2**63 - 1  # MODSEQ range of RFC 7162 §3.1.1 (63-bit)
@@ -1008,22 +1008,37 @@ class StoreChange(Change):
 
 @dataclass(frozen=True, slots=True)
 class CreateChange(Change):
+    """``name`` is claimed at ``stamp`` (resync.md §5)."""
+
     VERB = "CREATE"
-    SCHEMA = (SEQ, USER, MAILBOX, GUID, UIDVALIDITY)
+    SCHEMA = (SEQ, USER, MAILBOX, GUID, UIDVALIDITY, STAMP)
     user: str
     name: str
     guid: bytes
     uidvalidity: int
+    stamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuidName(Record):
+    SCHEMA = (GUID, MAILBOX)
+    guid: bytes
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
 class RenameChange(Change):
+    """The mailbox claims ``new_name`` at ``stamp``; ``children``: the
+    mailboxes below it and their new claims, at the same stamp (resync.md §5)."""
+
     VERB = "RENAME"
-    SCHEMA = (SEQ, USER, GUID, MAILBOX, MAILBOX)
+    SCHEMA = (SEQ, USER, GUID, MAILBOX, MAILBOX, STAMP, ListOf(Nested(GuidName), 100_000))
     user: str
     guid: bytes
     old_name: str
     new_name: str
+    stamp: int
+    children: tuple[GuidName, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1112,12 +1127,15 @@ class SyncState(Record):
     ``rest``: the digest of the entries *not* sent (resync.md, incremental
     SYNC), by which the requester checks that it holds them too."""
 
-    SCHEMA = (UIDVALIDITY, UID, MODSEQ, GUID, HASH)
+    SCHEMA = (UIDVALIDITY, UID, MODSEQ, GUID, HASH, MAILBOX, STAMP)
     uidvalidity: int
     uidnext: int
     highestmodseq: int
     guid: bytes
     rest: bytes
+    #: The mailbox's name claim there and its stamp (resync.md §5).
+    name: str
+    stamp: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1331,7 +1349,17 @@ class Update(Command):
     HIGHESTMODSEQ still equals ``expected``, else NO CONFLICT."""
 
     VERB = "UPDATE"
-    SCHEMA = (MBOX_ID, UIDVALIDITY, UID, MODSEQ, MODSEQ, Optional(GUID), UPDATE_OPS)
+    SCHEMA = (
+        MBOX_ID,
+        UIDVALIDITY,
+        UID,
+        MODSEQ,
+        MODSEQ,
+        Optional(GUID),
+        UPDATE_OPS,
+        MAILBOX,
+        STAMP,
+    )
     MBOX_FIELDS = ("mbox",)
     mbox: int
     uidvalidity: int
@@ -1342,6 +1370,11 @@ class Update(Command):
     #: this one and goes (its HIGHESTMODSEQ is ``expected``).
     replaces: bytes | None
     ops: tuple[UpdateOp, ...]
+    #: The mailbox's name claim after the merge and its stamp: the receiver
+    #: takes it if newer than its own, and creates a missing mailbox with
+    #: it (resync.md §5).
+    name: str
+    stamp: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,9 +124,17 @@ def encode_change(change: Change) -> bytes:
             change.uidvalidity,
         ]
     elif isinstance(change, MailboxCreated):
-        fields = ["N", change.user, change.name, change.mailbox, change.uidvalidity]
+        fields = ["N", change.user, change.name, change.mailbox, change.uidvalidity, change.stamp]
     elif isinstance(change, MailboxRenamed):
-        fields = ["R", change.user, change.mailbox, change.old_name, change.new_name]
+        fields = [
+            "R",
+            change.user,
+            change.mailbox,
+            change.old_name,
+            change.new_name,
+            change.stamp,
+            [[g, n] for g, n in change.children],
+        ]
     elif isinstance(change, MailboxDeleted):
         fields = ["D", change.user, change.mailbox, change.name]
     elif isinstance(change, MailboxMerged):
@@ -188,11 +196,24 @@ def decode_change(raw: bytes) -> Change:
                 uidvalidity=rest[0] if rest else 0,
             )
         if kind == "N":
-            user, name, mailbox, uidvalidity = f
-            return MailboxCreated(user=user, name=name, mailbox=mailbox, uidvalidity=uidvalidity)
+            user, name, mailbox, uidvalidity, *more = f
+            return MailboxCreated(
+                user=user,
+                name=name,
+                mailbox=mailbox,
+                uidvalidity=uidvalidity,
+                stamp=more[0] if more else 0,
+            )
         if kind == "R":
-            user, mailbox, old, new = f
-            return MailboxRenamed(user=user, mailbox=mailbox, old_name=old, new_name=new)
+            user, mailbox, old, new, *more = f
+            return MailboxRenamed(
+                user=user,
+                mailbox=mailbox,
+                old_name=old,
+                new_name=new,
+                stamp=more[0] if more else 0,
+                children=tuple((g, n) for g, n in more[1]) if len(more) > 1 else (),
+            )
         if kind == "D":
             user, mailbox, name = f
             return MailboxDeleted(user=user, mailbox=mailbox, name=name)

@@ -38,6 +38,7 @@ from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.clock import HybridClock
 from replicad.store.marks import apply_delta, present, stamped
+from replicad.store.namespace import Claim, effective_names
 from replicad.store.records import (
     ChangeSet,
     FlagsChanged,
@@ -358,18 +359,39 @@ class MailIndex:
         *,
         guid: bytes | None = None,
         uidvalidity: int | None = None,
+        stamp: int | None = None,
     ) -> MailboxCreated:
+        """Create ``name`` for ``user``.  A client's create (no ``guid``) needs
+        the name free; a replicated one (``guid`` and the claim's ``stamp``)
+        only needs INBOX free: another claimant of a folder name is shown
+        under a derived name (:meth:`settle_names`)."""
         check_user(user)
         name = check_mailbox_name(name)
         key = name_key(user, name)
-        if txn.get(key, db=self.dbs.names) is not None:
+        if (guid is None or name == INBOX) and txn.get(key, db=self.dbs.names) is not None:
             raise AlreadyExistsError(f"mailbox {name!r} already exists for user {user!r}")
         guid = guid if guid is not None else os.urandom(16)
         uidvalidity = uidvalidity if uidvalidity is not None else self._next_uidvalidity(txn)
-        row = MailboxRow(user, name, uidvalidity, uidnext=1, highestmodseq=1, messages=0, vsize=0)
-        txn.put(key, guid, db=self.dbs.names)
+        if stamp is None:
+            stamp = self.clock.now()
+        else:
+            self.clock.observe(stamp)
+        row = MailboxRow(
+            user,
+            name,
+            uidvalidity,
+            uidnext=1,
+            highestmodseq=1,
+            messages=0,
+            vsize=0,
+            claim=name,
+            name_stamp=stamp,
+        )
         txn.put(guid, row.encode(), db=self.dbs.mailboxes)
-        return MailboxCreated(user=user, name=name, mailbox=guid, uidvalidity=uidvalidity)
+        self.settle_names(txn, user, [guid])
+        return MailboxCreated(
+            user=user, name=name, mailbox=guid, uidvalidity=uidvalidity, stamp=stamp
+        )
 
     def delete_mailbox(self, txn: Any, user: str, name: str) -> MailboxDeleted:
         guid, row = self._resolve(txn, user, name)
@@ -384,6 +406,7 @@ class MailIndex:
         # concurrently elsewhere, so no change, resync or anti-entropy repair
         # may bring this mailbox back (resync.md, mailbox conflicts; I4).
         txn.put(guid, pack([row.user, row.name]), db=self.dbs.deleted)
+        self.settle_names(txn, row.user)  # a claimant it outranked takes the name
         return MailboxDeleted(user=row.user, mailbox=guid, name=row.name)
 
     def was_deleted(self, txn: Any, guid: bytes) -> bool:
@@ -412,11 +435,16 @@ class MailIndex:
                     break
 
     def rename_mailbox(self, txn: Any, user: str, old: str, new: str) -> MailboxRenamed:
-        """Rename ``old`` to ``new`` with its children (RFC 3501 §6.3.5); GUIDs stay."""
+        """Rename ``old`` to ``new`` with its children (RFC 3501 §6.3.5); GUIDs stay.
+
+        Each moved mailbox claims its new name at one new stamp, which wins
+        over every claim this node has seen (replicad.store.namespace)."""
         guid, row = self._resolve(txn, user, old)
         new = check_mailbox_name(new)
         if row.name == INBOX:
             raise BadInputError("INBOX cannot be renamed")
+        if new == INBOX or new.startswith(INBOX + SEPARATOR):
+            raise BadInputError("no mailbox can be renamed to INBOX or below it")
         if new == row.name:
             raise AlreadyExistsError(f"mailbox {new!r} already exists")
         if new.startswith(row.name + SEPARATOR):
@@ -434,12 +462,69 @@ class MailIndex:
         for _, target, _ in moves:
             if txn.get(name_key(row.user, target), db=self.dbs.names) is not None:
                 raise AlreadyExistsError(f"mailbox {target!r} already exists")
-        for source, target, mbox in moves:
-            txn.delete(name_key(row.user, source), db=self.dbs.names)
-            txn.put(name_key(row.user, target), mbox, db=self.dbs.names)
-            child_row = self._row(txn, mbox)
-            txn.put(mbox, replace(child_row, name=target).encode(), db=self.dbs.mailboxes)
-        return MailboxRenamed(user=row.user, mailbox=guid, old_name=row.name, new_name=new)
+        stamp = self.clock.now()
+        for _, target, mbox in moves:
+            moved = self._row(txn, mbox)
+            txn.put(
+                mbox, replace(moved, claim=target, name_stamp=stamp).encode(), db=self.dbs.mailboxes
+            )
+        self.settle_names(txn, row.user)
+        return MailboxRenamed(
+            user=row.user,
+            mailbox=guid,
+            old_name=row.name,
+            new_name=new,
+            stamp=stamp,
+            children=tuple((mbox, target) for _, target, mbox in moves[1:]),
+        )
+
+    def adopt_claims(self, txn: Any, user: str, claims: Sequence[tuple[bytes, Claim]]) -> bool:
+        """Take each ``(guid, claim)`` that is newer than the claim held here
+        (last writer wins; a GUID not here is skipped), then settle the
+        names; whether any claim changed."""
+        changed = False
+        for guid, claim in claims:
+            raw = txn.get(guid, db=self.dbs.mailboxes)
+            if raw is None:
+                continue
+            row = MailboxRow.decode(bytes(raw))
+            if row.user != user or claim <= row.claimed:
+                continue
+            self.clock.observe(claim.stamp)
+            txn.put(
+                guid,
+                replace(row, claim=claim.name, name_stamp=claim.stamp).encode(),
+                db=self.dbs.mailboxes,
+            )
+            changed = True
+        if changed:
+            self.settle_names(txn, user)
+        return changed
+
+    def settle_names(self, txn: Any, user: str, extra: Sequence[bytes] = ()) -> None:
+        """Show every mailbox of ``user`` under its effective name
+        (:func:`~replicad.store.namespace.effective_names` of their claims):
+        the ``names`` table and each row's ``name`` follow the claims.
+        ``extra``: rows already written whose names are not in the table yet."""
+        held: dict[bytes, str] = {}  # guid -> the name the table has for it
+        prefix = user_prefix(user)
+        with txn.cursor(db=self.dbs.names) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    held[bytes(value)] = key[len(prefix) :].decode()
+        rows = {g: self._row(txn, g) for g in (*held, *extra)}
+        shown = effective_names({g: r.claimed for g, r in rows.items()})
+        moved = [g for g in rows if held.get(g) != shown[g] or rows[g].name != shown[g]]
+        for g in moved:
+            if g in held and held[g] != shown[g]:
+                txn.delete(name_key(user, held[g]), db=self.dbs.names)
+        for g in moved:
+            txn.put(name_key(user, shown[g]), g, db=self.dbs.names)
+            if rows[g].name != shown[g]:
+                txn.put(g, replace(rows[g], name=shown[g]).encode(), db=self.dbs.mailboxes)
 
     # -- message writes --
 
@@ -761,6 +846,8 @@ def _status(guid: bytes, row: MailboxRow) -> MailboxStatus:
         highestmodseq=row.highestmodseq,
         messages=row.messages,
         vsize=row.vsize,
+        claim=row.claim or row.name,
+        name_stamp=row.name_stamp,
     )
 
 

@@ -39,6 +39,7 @@ from replicad.store.index import (
     _PreparedAppend,
     check_mailbox_name,
 )
+from replicad.store.namespace import Claim
 from replicad.store.records import (
     Change,
     ChangeSet,
@@ -200,6 +201,22 @@ class MailStore:
 
     async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed:
         return await self._write(lambda t: self.index.rename_mailbox(t, user, old, new))
+
+    async def adopt_claim(self, mailbox: bytes, claim: Claim) -> MailboxRenamed | None:
+        """Take a newer name claim for the mailbox (a resync learnt it from a
+        peer), logged as a RENAME at the claim's own stamp so every copy
+        converges on it; None if the claim held here is not older."""
+
+        def op(txn: Any) -> MailboxRenamed | None:
+            raw = txn.get(mailbox, db=self._dbs.mailboxes)
+            if raw is None:
+                return None
+            row = MailboxRow.decode(bytes(raw))
+            if not self.index.adopt_claims(txn, row.user, [(mailbox, claim)]):
+                return None
+            return MailboxRenamed(row.user, mailbox, row.name, claim.name, claim.stamp)
+
+        return await self._write(op)
 
     async def mailbox_deleted(self, guid: bytes) -> bool:
         """Whether the mailbox with this GUID was deleted here (it never comes back)."""
@@ -649,6 +666,7 @@ class MailStore:
         clear_marks: Sequence[str] | None = None,
         replaces: bytes | None = None,
         create: tuple[str, str] | None = None,
+        claim: Claim | None = None,
         peer: str = "",
     ) -> MailboxRow:
         """Apply a merge plan in one transaction if the mailbox's HIGHESTMODSEQ
@@ -661,7 +679,9 @@ class MailStore:
         ``replaces``: this node's mailbox of that GUID holds the name and was
         merged into ``mailbox``, which takes its place (``expected`` is its
         HIGHESTMODSEQ; resync.md, mailbox conflicts).  ``create``: (user,
-        name) of ``mailbox``, missing here: it is created (the name must be free).
+        name) of ``mailbox``, missing here: it is created.  ``claim``: the
+        master's name claim for the mailbox, taken if newer than the one
+        held here (and the claim a created mailbox gets).
         """
         prepared_list = await self._executor.run_read(lambda: [PreparedBody.of(b) for b in bodies])
         prepared = {p.body_hash: p for p in prepared_list}
@@ -673,7 +693,12 @@ class MailStore:
                 if txn.get(mailbox, db=self._dbs.mailboxes) is not None:
                     raise ConflictError(f"mailbox {mailbox.hex()} exists here already")
                 self.index.create_mailbox(
-                    txn, create[0], create[1], guid=mailbox, uidvalidity=plan.uidvalidity
+                    txn,
+                    create[0],
+                    claim.name if claim is not None else create[1],
+                    guid=mailbox,
+                    uidvalidity=plan.uidvalidity,
+                    stamp=claim.stamp if claim is not None else 0,
                 )
                 expected_here = 1  # a new mailbox's HIGHESTMODSEQ
             else:
@@ -697,6 +722,8 @@ class MailStore:
                 for mark in self.log.resync_marks(txn):
                     if mark.mailbox == replaces:
                         self.log.clear_resync(txn, mark.peer, replaces)
+            if claim is not None:
+                self.index.adopt_claims(txn, row.user, [(mailbox, claim)])
             if before is not None:
                 self._log_merge(txn, row.user, mailbox, expected, plan, before, peer)
             if clear_marks is not None:

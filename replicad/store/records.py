@@ -26,6 +26,10 @@ class MailboxStatus:
     highestmodseq: int
     messages: int
     vsize: int  # sum of message sizes in bytes
+    #: The name a client last gave it and when (replicad.store.namespace);
+    #: ``name`` differs from ``claim`` while a newer claim holds that name.
+    claim: str = ""
+    name_stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +66,26 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class MailboxCreated(Change):
+    """``name`` is the mailbox's claim, made at hybrid-clock ``stamp``
+    (replicad.store.namespace)."""
+
     name: str
     mailbox: bytes
     uidvalidity: int
+    stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MailboxRenamed(Change):
+    """The mailbox now claims ``new_name`` as of ``stamp`` (last writer wins,
+    replicad.store.namespace); ``children``: ``(guid, new claim)`` of every
+    mailbox below it, renamed with it (RFC 3501 §6.3.5) at the same stamp."""
+
     mailbox: bytes
     old_name: str
     new_name: str
+    stamp: int = 0
+    children: tuple[tuple[bytes, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

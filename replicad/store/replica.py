@@ -23,13 +23,13 @@ from typing import Any
 
 from replicad.cluster.digest import state_digest
 from replicad.cluster.merge import UNKNOWN_GUID
-from replicad.errors import ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import mailbox_of
 from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, ChangeLog
-from replicad.store.index import MailIndex
+from replicad.store.index import INBOX, MailIndex
 from replicad.store.marks import apply_delta, present, stamped
+from replicad.store.namespace import Claim
 from replicad.store.records import (
     Change,
     FlagsChanged,
@@ -422,28 +422,35 @@ class ReplicaApplier:
         if self._row(txn, change.mailbox) is not None:
             return ApplyResult(Outcome.DUPLICATE)
         existing = txn.get(name_key(change.user, change.name), db=self.dbs.names)
-        if existing is not None:
-            # The same name created independently on both sides of a partition:
-            # the mark is on the mailbox this node knows, which the resync of
-            # that name with the master merges (resync.md, mailbox conflicts).
+        if existing is not None and change.name == INBOX:
+            # INBOX created independently on both sides of a partition (first
+            # deliveries): the mark is on the INBOX this node knows, which the
+            # resync with the master merges (resync.md, mailbox conflicts).
             return self._diverged(
                 txn, source, bytes(existing), 0, f"name {change.name!r} taken by another mailbox"
             )
+        # A folder name taken here by another mailbox is no conflict: both
+        # claims are kept and the names settle (replicad.store.namespace).
         self.index.create_mailbox(
-            txn, change.user, change.name, guid=change.mailbox, uidvalidity=change.uidvalidity
+            txn,
+            change.user,
+            change.name,
+            guid=change.mailbox,
+            uidvalidity=change.uidvalidity,
+            stamp=change.stamp,
         )
         return ApplyResult(Outcome.APPLIED)
 
     def _renamed(self, txn: Any, change: MailboxRenamed, source: str) -> ApplyResult:
+        """Last writer wins per mailbox: each claim of the record is taken
+        where it is newer than the one held here (I4)."""
         row = self._row(txn, change.mailbox)
         if row is None:
             return self._diverged(txn, source, change.mailbox, 0, MISSING_MAILBOX)
-        if row.name == change.new_name:
+        claims = [(change.mailbox, Claim(change.stamp, change.new_name))]
+        claims += [(guid, Claim(change.stamp, name)) for guid, name in change.children]
+        if not self.index.adopt_claims(txn, change.user, claims):
             return ApplyResult(Outcome.DUPLICATE)
-        try:
-            self.index.rename_mailbox(txn, row.user, row.name, change.new_name)
-        except ReplicadError as exc:
-            return self._diverged(txn, source, change.mailbox, 0, f"rename refused: {exc}")
         return ApplyResult(Outcome.APPLIED)
 
     def _deleted(self, txn: Any, change: MailboxDeleted) -> ApplyResult:

@@ -32,6 +32,7 @@ import lmdb
 import msgpack
 
 from replicad.errors import BadInputError, ReplicadError
+from replicad.store.namespace import Claim
 
 SCHEMA_VERSION = 1
 DB_NAMES = (
@@ -129,6 +130,13 @@ class MailboxRow:
     highestmodseq: int
     messages: int
     vsize: int
+    #: The name a client last gave the mailbox and that decision's hybrid
+    #: clock stamp (:mod:`replicad.store.namespace`); ``name`` is what it
+    #: is shown under, which differs only while another mailbox's newer
+    #: claim holds the same name.  Rows written before claims existed
+    #: decode with claim = name, stamp 0.
+    claim: str = ""
+    name_stamp: int = 0
 
     def encode(self) -> bytes:
         return pack(
@@ -140,13 +148,20 @@ class MailboxRow:
                 self.highestmodseq,
                 self.messages,
                 self.vsize,
+                self.claim or self.name,
+                self.name_stamp,
             ]
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> MailboxRow:
-        user, name, uidvalidity, uidnext, highestmodseq, messages, vsize = unpack(raw)
-        return cls(user, name, uidvalidity, uidnext, highestmodseq, messages, vsize)
+        user, name, uidvalidity, uidnext, highestmodseq, messages, vsize, *more = unpack(raw)
+        claim, stamp = (more[0], more[1]) if more else (name, 0)
+        return cls(user, name, uidvalidity, uidnext, highestmodseq, messages, vsize, claim, stamp)
+
+    @property
+    def claimed(self) -> Claim:
+        return Claim(self.name_stamp, self.claim or self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -471,7 +471,7 @@ def test_debug_decode_prints_text_form(
     args = _decode_args(capture)
     assert args.handler(args) == 0
     out = capsysbinary.readouterr().out
-    assert out.startswith(b"* HELLO 3 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    assert out.startswith(b"* HELLO 4 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
     assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
 
 

@@ -303,7 +303,11 @@ class StoreMachine(RuleBasedStateMachine):
             for (u, n) in self.model
             if u == user and (n == old or n.startswith(old + "/"))
         }
-        if old == "INBOX" or new.startswith(old + "/") or old == new:
+        # Nothing is renamed to INBOX or below it: INBOX is the one name two
+        # sides of a partition may create independently, and is merged by
+        # name (resync.md §5), so no rename may claim it.
+        into_inbox = new == "INBOX" or new.startswith("INBOX/")
+        if old == "INBOX" or into_inbox or new.startswith(old + "/") or old == new:
             with pytest.raises((BadInputError, AlreadyExistsError)):
                 self.call(self.store.rename_mailbox, user, old, new)
             return
