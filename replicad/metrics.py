@@ -292,6 +292,12 @@ def _cluster_families(snap: Snapshot, status: dict[str, Any]) -> Iterable[Metric
         ),
         ("changes_sent", "replicad_changes_sent", "Change records streamed to peers."),
         (
+            "changes_refused_skew",
+            "replicad_changes_refused_clock_skew",
+            "Peer changes refused (and marked for resync) for a stamp beyond "
+            "cluster.max_clock_skew ahead of this node's clock.",
+        ),
+        (
             "forwarded",
             "replicad_writes_forwarded",
             "Client writes forwarded towards another node, their mailbox's master.",

@@ -67,6 +67,7 @@ from replicad.httpd import HttpServer
 from replicad.metrics import LogEventCounter, NodeMetrics
 from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Phase, Snapshot
 from replicad.sdnotify import Notifier
+from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
 from replicad.transport import load_tls_contexts
 from replicad.transport.logfmt import format_value
@@ -274,6 +275,7 @@ async def _run_locked(
         map_size=node.map_size,
         peers=peers,
         max_lag=config.cluster.max_outbox,
+        clock=HybridClock(max_skew=config.cluster.max_clock_skew),
     ) as store:
         meter = LinkMeter()
         cluster = _cluster_node(config, store, meter)

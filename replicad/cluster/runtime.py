@@ -127,7 +127,7 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
-from replicad.store.replica import MISSING_MAILBOX
+from replicad.store.replica import CLOCK_SKEW, MISSING_MAILBOX
 from replicad.transport import Link, TlsContexts, open_link, serve_links
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -503,6 +503,7 @@ class ClusterNode:
             "changes_applied": 0,
             "changes_sent": 0,
             "changes_oversized": 0,
+            "changes_refused_skew": 0,
             "forwarded": 0,
         }
         self.resync = Resyncer(self)
@@ -1765,10 +1766,13 @@ class ClusterNode:
             elif result.outcome.value == "diverged":
                 if result.detail == MISSING_MAILBOX:
                     await self._mark_by_name(session, frame)
+                skewed = result.detail.startswith(CLOCK_SKEW)
+                if skewed:
+                    self.stats["changes_refused_skew"] += 1
                 log_event(
                     log,
-                    logging.WARNING,
-                    "change-diverged",
+                    logging.ERROR if skewed else logging.WARNING,
+                    "clock-skew" if skewed else "change-diverged",
                     peer=session.peer,
                     seq=frame.seq,
                     detail=result.detail,

@@ -28,6 +28,7 @@ from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import body_hashes
 from replicad.store.changelog import ChangeLog, PeerBacklog, ResyncMark
+from replicad.store.clock import HybridClock
 from replicad.store.index import (
     INBOX,
     SEPARATOR,
@@ -95,6 +96,11 @@ class OutboxBatch:
 # --- the async facade -------------------------------------------------------
 
 
+def _in_read(dbs: Databases, fn: Callable[[Any], T]) -> T:
+    with dbs.env.begin(write=False, buffers=False) as txn:
+        return fn(txn)
+
+
 class MailStore:
     """A node's store, used from trio code.  Open it with :meth:`open`.
 
@@ -108,11 +114,13 @@ class MailStore:
         executor: StoreExecutor,
         writer: GroupCommitWriter,
         log: ChangeLog,
+        *,
+        index: MailIndex | None = None,
     ) -> None:
         self._dbs = dbs
         self._executor = executor
         self.writer = writer
-        self.index = MailIndex(dbs)
+        self.index = index if index is not None else MailIndex(dbs)
         self.log = log
         self._applier = ReplicaApplier(self.index, log)
         self.last_logged_seq = 0  # newest log entry written by this process
@@ -128,18 +136,24 @@ class MailStore:
         sync: bool = True,
         peers: tuple[str, ...] = (),
         max_lag: int = DEFAULT_MAX_LAG,
+        clock: HybridClock | None = None,
     ) -> AsyncIterator[MailStore]:
-        """Open the store; with ``peers``, writes are logged for them (see changelog)."""
+        """Open the store; with ``peers``, writes are logged for them (see changelog).
+
+        ``clock``: the hybrid clock to stamp with (the simulator's skewed
+        ones); it starts above the high-water mark the store persisted."""
         executor = executor if executor is not None else ThreadExecutor()
         dbs = await executor.run_write(lambda: open_environment(path, map_size=map_size, sync=sync))
         log = ChangeLog(dbs, peers, max_lag)
-        writer = GroupCommitWriter(dbs, executor)
+        index = MailIndex(dbs, clock)
+        writer = GroupCommitWriter(dbs, executor, before_commit=index.save_clock)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer.run)
                 try:
+                    await executor.run_read(lambda: _in_read(dbs, index.load_clock))
                     await writer.submit(log.register_peers)
-                    yield cls(dbs, executor, writer, log)
+                    yield cls(dbs, executor, writer, log, index=index)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:

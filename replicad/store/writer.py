@@ -88,8 +88,18 @@ class WriterStats:
 class GroupCommitWriter:
     """Batches write operations into shared transactions; see the module docstring."""
 
-    def __init__(self, dbs: Databases, executor: StoreExecutor, *, max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        dbs: Databases,
+        executor: StoreExecutor,
+        *,
+        max_batch: int = 1024,
+        before_commit: Callable[[Any], None] | None = None,
+    ) -> None:
+        """``before_commit(txn)`` runs last in every batch's transaction (the
+        clock's high-water mark is written there, replicad.store.clock)."""
         self._dbs = dbs
+        self._before_commit = before_commit
         self._executor = executor
         self._max_batch = max_batch
         self._queue: list[_Pending[Any]] = []
@@ -185,6 +195,8 @@ class GroupCommitWriter:
                             log.error("event=write_op_failed error=%r", exc)
                     else:
                         child.commit()
+                if self._before_commit is not None:
+                    self._before_commit(txn)
         except lmdb.MapFullError as exc:
             raise _StoreFull(
                 f"store full: the LMDB map size ({env.info()['map_size']} bytes) is exhausted; "
