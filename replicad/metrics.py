@@ -253,6 +253,12 @@ def _store_families(snap: Snapshot) -> Iterable[Metric]:
         "Largest size the LMDB map may grow to (node.map_size).",
         snap.store_map_size,
     )
+    yield _gauge(
+        "replicad_store_full",
+        "1 while writes fail for lack of room (node.map_size reached or disk full): "
+        "client writes get a temporary error and replication into this node pauses.",
+        1 if snap.store_full else 0,
+    )
     if snap.fs_free_bytes is not None and snap.fs_size_bytes is not None:
         yield _gauge(
             "replicad_store_filesystem_free_bytes",

@@ -74,9 +74,14 @@ class _Retried:
 
 @dataclass(frozen=True, slots=True)
 class StoreUsage:
-    map_size: int
+    map_size: int  # the ceiling the map may grow to (node.map_size)
     used_bytes: int
+    mapped_bytes: int = 0  # the map's size now
+    full: str | None = None  # why writes fail for lack of room; None: they do not
 
+
+#: The smallest map a store opens with (it grows up to node.map_size).
+INITIAL_MAP = 256 << 20
 
 #: Appends and replicated bursts up to this many body bytes are hashed and
 #: compressed inside the write (on the writer thread): for a typical delivery
@@ -143,10 +148,13 @@ class MailStore:
         ``clock``: the hybrid clock to stamp with (the simulator's skewed
         ones); it starts above the high-water mark the store persisted."""
         executor = executor if executor is not None else ThreadExecutor()
-        dbs = await executor.run_write(lambda: open_environment(path, map_size=map_size, sync=sync))
+        start = initial_map_size(path, map_size)
+        dbs = await executor.run_write(lambda: open_environment(path, map_size=start, sync=sync))
         log = ChangeLog(dbs, peers, max_lag)
         index = MailIndex(dbs, clock)
-        writer = GroupCommitWriter(dbs, executor, before_commit=index.save_clock)
+        writer = GroupCommitWriter(
+            dbs, executor, before_commit=index.save_clock, map_ceiling=map_size
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer.run)
@@ -764,7 +772,27 @@ class MailStore:
         info = self._dbs.env.info()
         stat = self._dbs.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
-        return StoreUsage(map_size=int(info["map_size"]), used_bytes=int(used))
+        return StoreUsage(
+            map_size=max(self.writer.map_ceiling, int(info["map_size"])),
+            used_bytes=int(used),
+            mapped_bytes=int(info["map_size"]),
+            full=self.writer.full,
+        )
+
+    def set_map_ceiling(self, ceiling: int) -> None:
+        """A new ``node.map_size`` (SIGHUP): the map may grow up to it."""
+        self.writer.set_ceiling(ceiling)
+
+
+def initial_map_size(path: Path, ceiling: int) -> int:
+    """The map a store opens with: room to double what its file holds, at
+    least :data:`INITIAL_MAP`, never above ``ceiling`` (node.map_size); the
+    writer grows it from there (replicad.store.writer)."""
+    try:
+        on_disk = (path / "data.mdb").stat().st_size
+    except FileNotFoundError:
+        on_disk = 0
+    return min(ceiling, max(INITIAL_MAP, 2 * on_disk))
 
 
 def _is_effective(change: Change) -> bool:
