@@ -121,6 +121,9 @@ class ClusterSection:
     resync_interval: float = 1.0
     #: How often every peer's digests are compared (anti-entropy, I8); 0: never.
     verify_interval: float = 300.0
+    #: How far ahead of this node's clock a peer's change may be stamped;
+    #: beyond it the change waits for a resync (replicad.store.clock).
+    max_clock_skew: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +341,7 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
             "compress",
             "resync_interval",
             "verify_interval",
+            "max_clock_skew",
         ),
         "cluster.",
     )
@@ -373,8 +377,9 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     verify = tbl.get("verify_interval", 300.0)
     if verify != 0:
         verify = _seconds(tbl, "cluster.verify_interval", 300.0)
+    skew = _seconds(tbl, "cluster.max_clock_skew", 300.0, low=1.0, high=86400.0)
     return ClusterSection(
-        granularity, max_outbox, ping, dead, tuple(overrides), compress, resync, float(verify)
+        granularity, max_outbox, ping, dead, tuple(overrides), compress, resync, float(verify), skew
     )
 
 

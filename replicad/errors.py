@@ -111,6 +111,11 @@ class ConflictError(TemporaryError):
     """A conditional write lost a race (e.g. the mailbox changed meanwhile)."""
 
 
+class ClockSkewError(TemporaryError):
+    """A peer's change is stamped too far ahead of this node's clock
+    (``cluster.max_clock_skew``); refused until the clocks agree again."""
+
+
 def _all_subclasses(cls: type[ReplicadError]) -> list[type[ReplicadError]]:
     out: list[type[ReplicadError]] = []
     for sub in cls.__subclasses__():

@@ -89,10 +89,21 @@ def _store(health: Health, snap: Snapshot) -> None:
         "filesystem_free_bytes": snap.fs_free_bytes,
         "filesystem_size_bytes": snap.fs_size_bytes,
     }
+    # A full store still serves reads and keeps its links: degraded, not
+    # down, so a load balancer keeps it for readers (writes get a
+    # temporary error; replication into it waits for room).
+    if snap.store_full is not None:
+        health.flag(
+            "store",
+            Status.DEGRADED,
+            f"store full, writes refused and replication paused: {snap.store_full}",
+        )
     # Room for one more message of the largest size the node accepts.
     need = snap.max_message_size
     if map_free < need:
-        health.flag("store", Status.DOWN, f"store map full ({map_free} bytes left, node.map_size)")
+        health.flag(
+            "store", Status.DEGRADED, f"store map full ({map_free} bytes left, node.map_size)"
+        )
     elif snap.store_used_bytes >= STORE_NEAR_FULL * snap.store_map_size:
         health.flag(
             "store",
@@ -102,7 +113,9 @@ def _store(health: Health, snap: Snapshot) -> None:
     if snap.fs_free_bytes is not None and snap.fs_size_bytes:
         if snap.fs_free_bytes < need:
             health.flag(
-                "store", Status.DOWN, f"data file system full ({snap.fs_free_bytes} bytes free)"
+                "store",
+                Status.DEGRADED,
+                f"data file system full ({snap.fs_free_bytes} bytes free)",
             )
         elif snap.fs_size_bytes - snap.fs_free_bytes >= STORE_NEAR_FULL * snap.fs_size_bytes:
             used = snap.fs_size_bytes - snap.fs_free_bytes

@@ -253,6 +253,12 @@ def _store_families(snap: Snapshot) -> Iterable[Metric]:
         "Largest size the LMDB map may grow to (node.map_size).",
         snap.store_map_size,
     )
+    yield _gauge(
+        "replicad_store_full",
+        "1 while writes fail for lack of room (node.map_size reached or disk full): "
+        "client writes get a temporary error and replication into this node pauses.",
+        1 if snap.store_full else 0,
+    )
     if snap.fs_free_bytes is not None and snap.fs_size_bytes is not None:
         yield _gauge(
             "replicad_store_filesystem_free_bytes",
@@ -291,6 +297,12 @@ def _cluster_families(snap: Snapshot, status: dict[str, Any]) -> Iterable[Metric
             "Change records received from peers and applied to the store.",
         ),
         ("changes_sent", "replicad_changes_sent", "Change records streamed to peers."),
+        (
+            "changes_refused_skew",
+            "replicad_changes_refused_clock_skew",
+            "Peer changes refused (and marked for resync) for a stamp beyond "
+            "cluster.max_clock_skew ahead of this node's clock.",
+        ),
         (
             "forwarded",
             "replicad_writes_forwarded",

@@ -27,9 +27,9 @@ Every write a client saw acknowledged was durable before the reply (I1), so
 a ``kill -9`` instead loses nothing acknowledged either; the clean path
 avoids failing requests needlessly and leaves peers up to date.
 
-SIGHUP: the config file is read again; ``node.log_level``,
-``node.shutdown_timeout``, ``metrics.health_token`` and the ``[[peers]]``
-list take effect at once.  A new peer gets an outbox cursor and a
+SIGHUP: the config file is read again; ``node.map_size`` (the store's
+ceiling), ``node.log_level``, ``node.shutdown_timeout``,
+``metrics.health_token`` and the ``[[peers]]`` list take effect at once.  A new peer gets an outbox cursor and a
 whole-node resync (its copy is built by resync), and its links are
 accepted and dialled; a removed one is disconnected, no longer accepted,
 and the log stops waiting for it; a peer whose address changed is dialled
@@ -67,6 +67,7 @@ from replicad.httpd import HttpServer
 from replicad.metrics import LogEventCounter, NodeMetrics
 from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Phase, Snapshot
 from replicad.sdnotify import Notifier
+from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
 from replicad.transport import load_tls_contexts
 from replicad.transport.logfmt import format_value
@@ -274,6 +275,7 @@ async def _run_locked(
         map_size=node.map_size,
         peers=peers,
         max_lag=config.cluster.max_outbox,
+        clock=HybridClock(max_skew=config.cluster.max_clock_skew),
     ) as store:
         meter = LinkMeter()
         cluster = _cluster_node(config, store, meter)
@@ -293,7 +295,7 @@ async def _run_locked(
             if config.metrics is not None
             else None
         )
-        live = _LiveConfig(config, httpd, cluster, observer)
+        live = _LiveConfig(config, httpd, cluster, observer, store)
         async with trio.open_nursery() as nursery:
             if httpd is not None:
                 assert config.metrics is not None
@@ -437,11 +439,13 @@ class _LiveConfig:
         httpd: HttpServer | None,
         cluster: ClusterNode | None,
         observer: Observer,
+        store: MailStore | None = None,
     ) -> None:
         self.config = config
         self.httpd = httpd
         self.cluster = cluster
         self.observer = observer
+        self.store = store
 
     async def reload(self) -> None:
         """Read the config file again; apply what can change live, report the rest."""
@@ -458,8 +462,18 @@ class _LiveConfig:
             applied.append("node.log_level")
         if new.node.shutdown_timeout != node.shutdown_timeout:
             applied.append("node.shutdown_timeout")
+        map_size = node.map_size
+        if new.node.map_size != node.map_size and self.store is not None:
+            # The map's ceiling: a full store grows into it from its next
+            # write, and replication into it resumes by itself.
+            self.store.set_map_ceiling(new.node.map_size)
+            map_size = new.node.map_size
+            applied.append("node.map_size")
         node = dataclasses.replace(
-            node, log_level=new.node.log_level, shutdown_timeout=new.node.shutdown_timeout
+            node,
+            log_level=new.node.log_level,
+            shutdown_timeout=new.node.shutdown_timeout,
+            map_size=map_size,
         )
         metrics = old.metrics
         if (

@@ -92,6 +92,9 @@ class Snapshot:
         if self.cluster is None:
             return []
         return [p["name"] for p in self.cluster.get("peers", []) if p.get("link") == "up"]
+    #: Why writes fail for lack of room (the map at node.map_size, or the
+    #: disk); None while they do not (replicad.store.writer).
+    store_full: str | None = None
 
 
 # --- bytes per peer ------------------------------------------------------------------
@@ -200,6 +203,7 @@ class Observer:
             uptime=time.monotonic() - self.state.started,
             store_used_bytes=usage.used_bytes,
             store_map_size=usage.map_size,
+            store_full=usage.full,
             fs_free_bytes=free,
             fs_size_bytes=size,
             commits=store.writer.stats.batches,

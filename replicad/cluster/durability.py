@@ -86,14 +86,16 @@ class AckTracker:
         self._waiting[self._next_id] = _Waiter(seq, copies, have)
         return self._next_id
 
-    def acked(self, node: str, seq: int) -> list[int]:
-        """``node`` has everything up to ``seq`` on disk; returns the waits now satisfied."""
+    def acked(self, node: str, seq: int, refused: frozenset[int] = frozenset()) -> list[int]:
+        """``node`` has everything up to ``seq`` on disk but the changes in
+        ``refused`` (it could not apply them: they await a resync there, and
+        are no copy, I1); returns the waits now satisfied."""
         if seq <= self._acked.get(node, 0):
             return []
         self._acked[node] = seq
         done = []
         for wid, waiter in self._waiting.items():
-            if seq >= waiter.seq:
+            if seq >= waiter.seq and waiter.seq not in refused:
                 waiter.have.add(node)
                 if len(waiter.have) >= waiter.copies:
                     done.append(wid)

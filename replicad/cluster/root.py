@@ -32,6 +32,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+#: Epochs a node accepts: an epoch at most ``MAX_EPOCH_STEP`` above the
+#: highest this node has seen, and never above ``MAX_EPOCH``.  Legitimate
+#: epochs grow by one per election; a peer claiming a far higher one is
+#: broken or hostile, and following it would let it brick the cluster (an
+#: epoch near 2**63 leaves no epoch above it to elect a root with).
+MAX_EPOCH = 1 << 53
+MAX_EPOCH_STEP = 1_000_000
+
+
+def plausible_epoch(epoch: int, highest_seen: int) -> bool:
+    """Whether a peer's epoch claim may be believed (see MAX_EPOCH_STEP)."""
+    return 0 < epoch <= min(MAX_EPOCH, highest_seen + MAX_EPOCH_STEP)
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Claim:

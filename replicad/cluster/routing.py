@@ -8,6 +8,12 @@ guards keep it from counting to infinity: *poisoned reverse* (a route
 learnt from a neighbour is announced back to it as unreachable) and a hop
 limit (``MAX_HOPS``; a cluster of tens of nodes never needs more).
 
+Peers are trusted for what they are, not for what they say
+(protocol-spec/trust.md): a vector can name only nodes of the configured
+cluster (``members``), and a neighbour can only claim to reach other nodes
+in one hop or more, so no advertisement beats a direct link, and none
+invents a node.
+
 Pure and deterministic: links going up or down and vectors received are
 the inputs; :meth:`RoutingTable.next_hop`, :meth:`reachable` and the
 vectors to announce are the outputs.  The node runtime sends the vectors.
@@ -32,8 +38,11 @@ class Route:
 class RoutingTable:
     """Routes of node ``me`` over its live links and its neighbours' vectors."""
 
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, members: frozenset[str] | None = None) -> None:
+        """``members``: the configured cluster (None: any node, for tests of
+        the algorithm alone)."""
         self.me = me
+        self._members = members
         self._links: set[str] = set()
         self._vectors: dict[str, dict[str, int]] = {}
         self._routes: dict[str, Route] = {}
@@ -42,7 +51,7 @@ class RoutingTable:
 
     def link_up(self, peer: str) -> bool:
         """A direct authenticated link to ``peer`` is up; True if routes changed."""
-        if peer == self.me or peer in self._links:
+        if peer == self.me or peer in self._links or not self._member(peer):
             return False
         self._links.add(peer)
         return self._recompute()
@@ -63,8 +72,25 @@ class RoutingTable:
         """
         if peer not in self._links:
             return False
-        self._vectors[peer] = {t: h for t, h in vector.items() if 0 <= h < UNREACHABLE}
+        self._vectors[peer] = {
+            t: h
+            for t, h in vector.items()
+            # A neighbour is one hop away whatever it says of itself, and no
+            # other node is nearer to it than one hop.
+            if t != peer and 1 <= h < UNREACHABLE and self._member(t)
+        }
         return self._recompute()
+
+    def set_members(self, members: frozenset[str]) -> bool:
+        """The configured cluster changed (a reloaded peer list); True if routes changed."""
+        self._members = members
+        self._vectors = {
+            p: {t: h for t, h in v.items() if self._member(t)} for p, v in self._vectors.items()
+        }
+        return self._recompute()
+
+    def _member(self, node: str) -> bool:
+        return self._members is None or node in self._members
 
     # -- outputs --
 

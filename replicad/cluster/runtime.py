@@ -75,6 +75,8 @@ from replicad.cluster.masters import (
 from replicad.cluster.outbox import OutboxStream
 from replicad.cluster.resync import ALL_MAILBOXES, STEP_TIMEOUT, Resyncer
 from replicad.cluster.root import (
+    MAX_EPOCH,
+    MAX_EPOCH_STEP,
     AckRoot,
     Action,
     AnnounceRoot,
@@ -82,6 +84,7 @@ from replicad.cluster.root import (
     FlushMasters,
     Phase,
     RootElection,
+    plausible_epoch,
 )
 from replicad.cluster.routing import RoutingTable
 from replicad.errors import (
@@ -94,6 +97,7 @@ from replicad.errors import (
     OutcomeUnknownError,
     ProtocolError,
     ReplicadError,
+    StoreFullError,
     TemporaryError,
     UnreachableError,
 )
@@ -127,7 +131,7 @@ from replicad.store.records import (
     MessagesCopied,
     MessagesExpunged,
 )
-from replicad.store.replica import MISSING_MAILBOX
+from replicad.store.replica import CLOCK_SKEW, MISSING_MAILBOX
 from replicad.transport import Link, TlsContexts, open_link, serve_links
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -150,6 +154,10 @@ MAX_APPLY_BURST: Final = 512
 #: Most received changes waiting to be applied; past it the reader stops
 #: reading, which is the backpressure on the sender (I9: bounded memory).
 MAX_INBOX: Final = 1024
+#: While the store is full, a replicated burst is tried again after this
+#: long, doubling up to the maximum (no ACK meanwhile).
+STORE_FULL_RETRY_MIN: Final = 0.5
+STORE_FULL_RETRY_MAX: Final = 10.0
 #: Unacknowledged changes in flight per peer, and changes read per batch: enough
 #: to keep a loopback link busy while the peer commits (W1), within MAX_INBOX.
 MAX_LAG_SAMPLES: Final = 1000  # per peer, for replication lag percentiles
@@ -473,7 +481,7 @@ class ClusterNode:
         self.link_config = LinkConfig(cluster=network.cluster, node=name)
         self.order = tuple(sorted([name, *self.peers]))
         self._epoch_file = data_dir / "cluster-epoch"
-        self.routing = RoutingTable(name)
+        self.routing = RoutingTable(name, frozenset(self.peers) | {name})
         self.election = RootElection(name, self.order, last_epoch=self._load_epoch())
         self.directory: MasterDirectory | None = None
         self.cache = MasterCache()
@@ -503,6 +511,7 @@ class ClusterNode:
             "changes_applied": 0,
             "changes_sent": 0,
             "changes_oversized": 0,
+            "changes_refused_skew": 0,
             "forwarded": 0,
         }
         self.resync = Resyncer(self)
@@ -554,16 +563,55 @@ class ClusterNode:
         self._act(self.election.settle())
 
     def _load_epoch(self) -> int:
+        """The highest epoch this node saw before it stopped (0: none yet).
+
+        A file that is not one decimal number is refused: it was written
+        atomically, so it was damaged after, and taking it as 0 could let
+        this node reuse an epoch (fencing, I2)."""
         try:
-            return int(self._epoch_file.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
+            text = self._epoch_file.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
             return 0
+        except OSError as exc:
+            raise ReplicadError(f"cannot read {self._epoch_file}: {exc}") from None
+        value = text.strip()
+        if not value.isdigit() or int(value) > MAX_EPOCH:
+            raise BadInputError(
+                f"{self._epoch_file} is damaged (it holds {value[:40]!r}, not an epoch); "
+                "if other nodes of the cluster are running, delete it and start again: "
+                "this node then learns the current epoch from them"
+            )
+        return int(value)
 
     def _save_epoch(self) -> None:
-        # Epochs must never repeat across restarts (fencing): persist the highest seen.
+        """Persist the highest epoch seen: epochs must never repeat across
+        restarts (fencing).  Written atomically and durably (temp file,
+        fsync, rename, fsync of the directory).  A failure (disk full) is
+        logged, not fatal: the epoch is still known here and to the peers,
+        which tell a restarted node; the next change of epoch tries again."""
         tmp = self._epoch_file.with_suffix(".tmp")
-        tmp.write_text(f"{self.election.max_epoch}\n")
-        os.replace(tmp, self._epoch_file)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, f"{self.election.max_epoch}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._epoch_file)
+            dir_fd = os.open(self._epoch_file.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            log_event(
+                log,
+                logging.ERROR,
+                "epoch-not-saved",
+                epoch=self.election.max_epoch,
+                file=str(self._epoch_file),
+                reason=str(exc),
+            )
 
     # -- links --
 
@@ -602,6 +650,7 @@ class ClusterNode:
         await self.store.set_peers(tuple(sorted(new)))
         self.peers.clear()
         self.peers.update(new)  # in place: the listener checks this very dict
+        self.routing.set_members(frozenset(new) | {self.name})
         for name in changed:
             scope = self._dialers.pop(name, None)
             if scope is not None:
@@ -725,6 +774,12 @@ class ClusterNode:
             # The link died under one of its tasks (the peer is down or gone,
             # or closed it at once, e.g. refusing what we sent): never the node.
             pass
+        except* TemporaryError as group:
+            # A condition that clears by itself (a full store under one of the
+            # link's tasks): this link ends and is dialled again; the node
+            # stays up and serves (I7).
+            reason = "; ".join(str(e) for e in group.exceptions)
+            log_event(log, logging.ERROR, "link-error", peer=link.peer, reason=reason)
         finally:
             session.fail_pending()
             outbox.on_link_down()
@@ -917,7 +972,25 @@ class ClusterNode:
             self._view_changed.set()
             self._view_changed = trio.Event()
 
+    def _believable(self, session: PeerSession, verb: str, root: str, epoch: int) -> bool:
+        """Whether a peer's claim that ``root`` rules under ``epoch`` may be
+        followed: the root is a configured node and the epoch a plausible
+        step above what this node has seen (protocol-spec/trust.md).  A claim
+        that is not is logged and ignored; the sender's other traffic goes on."""
+        if root in self.peers or root == self.name:
+            if plausible_epoch(epoch, self.election.max_epoch):
+                return True
+            why = f"epoch {epoch} is not within {MAX_EPOCH_STEP} of {self.election.max_epoch}"
+        else:
+            why = f"{root!r} is not a node of this cluster"
+        log_event(log, logging.ERROR, "claim-refused", peer=session.peer, verb=verb, reason=why)
+        return False
+
     async def _root_command(self, session: PeerSession, tag: str, cmd: c.Root) -> None:
+        if not self._believable(session, "ROOT", cmd.root, cmd.epoch):
+            refused = f"root {cmd.root} epoch {cmd.epoch} refused"
+            await self._reply_no(session, tag, "CONFLICT", refused)
+            return
         if cmd.epoch < self.election.epoch:
             await self._reply_no(session, tag, "CONFLICT", f"epoch {cmd.epoch} is stale")
             return
@@ -1708,7 +1781,7 @@ class ClusterNode:
 
     async def _untagged(self, session: PeerSession, data: c.Untagged) -> None:
         if isinstance(data, c.Ack):
-            await self._acked(session, data.seq)
+            await self._acked(session, data.seq, frozenset(data.refused))
         elif isinstance(data, c.Routes):
             if session.peer not in self._heard:
                 self._heard.add(session.peer)
@@ -1719,7 +1792,8 @@ class ClusterNode:
                 self._broadcast_routes()
                 self._view()
         elif isinstance(data, c.Epoch):
-            self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
+            if self._believable(session, "EPOCH", data.root, data.epoch):
+                self._act(self.election.claim_heard(session.peer, Claim(data.epoch, data.root)))
         elif isinstance(data, (c.SyncData, c.FetchData)):
             self.resync.on_data(session, data)
         elif isinstance(data, (c.DigestData, c.MailboxData)):
@@ -1742,10 +1816,14 @@ class ClusterNode:
             for name in self.sessions
             if name != session.peer
         )
-        results = await self.store.apply_replicated_many(items, session.peer, relay=relay)
+        results = await self._apply_when_room(session, items, relay)
         if relay:
             self.log_changed()
+        refused: list[int] = []
         for (change, _), frame, result in zip(items, frames, results, strict=True):
+            if isinstance(result, ReplicadError) or result.outcome.value == "diverged":
+                # Not applied: not a copy for the sender's durability count (I1).
+                refused.append(frame.seq)
             if isinstance(result, ReplicadError):
                 # Not applied (e.g. a COPY of a body this node never had): the
                 # mailbox needs the resync layer, whose UPDATE carries what is
@@ -1765,17 +1843,47 @@ class ClusterNode:
             elif result.outcome.value == "diverged":
                 if result.detail == MISSING_MAILBOX:
                     await self._mark_by_name(session, frame)
+                skewed = result.detail.startswith(CLOCK_SKEW)
+                if skewed:
+                    self.stats["changes_refused_skew"] += 1
                 log_event(
                     log,
-                    logging.WARNING,
-                    "change-diverged",
+                    logging.ERROR if skewed else logging.WARNING,
+                    "clock-skew" if skewed else "change-diverged",
                     peer=session.peer,
                     seq=frame.seq,
                     detail=result.detail,
                 )
         self.stats["changes_applied"] += len(frames)
         session.applied_seq = session.acked_seq = frames[-1].seq
-        await self._send_untagged(session, c.Ack(frames[-1].seq))
+        await self._send_untagged(session, c.Ack(frames[-1].seq, tuple(refused)))
+
+    async def _apply_when_room(
+        self, session: PeerSession, items: list[Any], relay: bool
+    ) -> list[Any]:
+        """Apply a burst; while the store is full, wait and try again.
+
+        Nothing is acknowledged meanwhile (the master keeps the changes, I1),
+        the link, its pings and the reads this node serves go on, and the
+        burst applies by itself once there is room again: disk space freed,
+        or ``node.map_size`` raised and reloaded (SIGHUP).  A full replica
+        must not exit: it would restart into the same changes (I7)."""
+        wait = STORE_FULL_RETRY_MIN
+        while True:
+            try:
+                return await self.store.apply_replicated_many(items, session.peer, relay=relay)
+            except StoreFullError as exc:
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "apply-paused-store-full",
+                    peer=session.peer,
+                    changes=len(items),
+                    retry_s=wait,
+                    reason=str(exc),
+                )
+                await trio.sleep(wait)
+                wait = min(wait * 2, STORE_FULL_RETRY_MAX)
 
     async def _mark_by_name(self, session: PeerSession, frame: c.Change) -> None:
         """A change for a mailbox GUID this node lacks: if it holds another
@@ -1792,7 +1900,9 @@ class ClusterNode:
             if status.guid != binding.guid:
                 await self.store.mark_resync([session.peer], status.guid, RESYNC_CONFLICT, 0)
 
-    async def _acked(self, session: PeerSession, seq: int) -> None:
+    async def _acked(
+        self, session: PeerSession, seq: int, refused: frozenset[int] = frozenset()
+    ) -> None:
         covered = session.skip_to.pop(seq, seq)
         previous = session.outbox.acked
         if not session.outbox.on_ack(covered):
@@ -1801,7 +1911,7 @@ class ClusterNode:
         # Sound even for covered entries: entries are only skipped if relayed
         # from elsewhere, so every write of ours up to ``covered`` was sent
         # and acknowledged by the peer itself.
-        for wid in self.acks.acked(session.peer, covered):
+        for wid in self.acks.acked(session.peer, covered, refused):
             event = self._ack_waits.pop(wid, None)
             if event is not None:
                 event.set()
@@ -1836,12 +1946,21 @@ class ClusterNode:
         return round(now - since, 3)
 
     async def _persist_acks(self, session: PeerSession) -> None:
-        """Write the peer's acknowledged position at most every 50 ms (one fsync)."""
+        """Write the peer's acknowledged position at most every 50 ms (one fsync).
+
+        A full store only delays it: the cursor decides where a restarted
+        stream resumes, and resending a little more is harmless."""
         try:
             while True:
                 await session.ack_dirty.wait()
                 session.ack_dirty = trio.Event()
-                await self.store.ack(session.peer, session.outbox.acked)
+                try:
+                    await self.store.ack(session.peer, session.outbox.acked)
+                except TemporaryError as exc:
+                    log_event(log, logging.WARNING, "ack-not-persisted", peer=session.peer,
+                              reason=str(exc))
+                    session.ack_dirty.set()
+                    await trio.sleep(STORE_FULL_RETRY_MAX)
                 await trio.sleep(0.05)
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(ReplicadError):

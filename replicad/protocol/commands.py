@@ -453,6 +453,8 @@ UID: Final = UInt(1, MAX_U32)
 UIDVALIDITY: Final = UInt(1, MAX_U32)
 MODSEQ: Final = UInt(0, MAX_U63)
 SEQ: Final = UInt(1, MAX_U63)
+#: Refused changes named in one ACK (a burst is at most 512 changes).
+MAX_REFUSED: Final = 4096
 EPOCH_T: Final = UInt(1, MAX_U63)
 TIME: Final = UInt(0, MAX_U63)  # seconds since the epoch, UTC
 STAMP: Final = UInt(0, MAX_U63)  # hybrid logical clock: ms << 16 | counter (I5)
@@ -658,11 +660,15 @@ class Mbox(Command):
 
 @dataclass(frozen=True, slots=True)
 class Ack(Untagged):
-    """Cumulative acknowledgement: every change with ``seq`` <= this was applied durably."""
+    """Cumulative acknowledgement: every change with ``seq`` <= this was
+    received and, except those in ``refused``, applied durably.  A refused
+    change (marked for resync here) is no copy: it never counts towards a
+    write's durability level (I1)."""
 
     VERB = "ACK"
-    SCHEMA = (UInt(0, MAX_U63),)
+    SCHEMA = (UInt(0, MAX_U63), ListOf(SEQ, MAX_REFUSED))
     seq: int
+    refused: tuple[int, ...] = ()
 
 
 # --- cluster -------------------------------------------------------------------

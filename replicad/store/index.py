@@ -18,6 +18,7 @@ Every write is one transaction and returns one change record
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -72,6 +73,7 @@ from replicad.store.schema import (
 from replicad.uidset import MAX_UID, UidSet
 
 T = TypeVar("T")
+log = logging.getLogger("replicad.store")
 FlagMode = Literal["add", "remove", "replace"]
 
 INBOX = "INBOX"
@@ -79,6 +81,7 @@ SEPARATOR = "/"
 MAX_NAME_BYTES = 1024
 MAX_USER_BYTES = 255
 MAX_MODSEQ = (1 << 63) - 1  # RFC 7162: mod-sequences are 63-bit
+CLOCK_KEY = b"clock"  # meta: the hybrid clock's high-water mark (replicad.store.clock)
 
 
 # --- names ------------------------------------------------------------------
@@ -167,10 +170,57 @@ class MailIndex:
     back without side effects.
     """
 
-    def __init__(self, dbs: Databases) -> None:
+    def __init__(self, dbs: Databases, clock: HybridClock | None = None) -> None:
         self.dbs = dbs
         #: Stamps flag registers; only the single writer uses it (I5).
-        self.clock = HybridClock()
+        self.clock = clock if clock is not None else HybridClock()
+        self._saved_clock = -1  # the high-water mark last written to ``meta``
+
+    # -- the clock across restarts (replicad.store.clock) --
+
+    def load_clock(self, txn: Any) -> int:
+        """Start the clock above every stamp this store holds: the persisted
+        high-water mark, or (a store written before it was kept) the
+        highest stamp of any flag register, found once by a scan; but never
+        more than ``max_skew`` ahead of the wall clock (see below)."""
+        raw = txn.get(CLOCK_KEY, db=self.dbs.meta)
+        if raw is not None:
+            floor = unpack_u64(bytes(raw))
+        else:
+            floor = 0
+            with txn.cursor(db=self.dbs.messages) as cur:
+                for _, value in cur:
+                    marks = MessageRow.decode(bytes(value)).marks
+                    floor = max([floor, *(stamp for _, stamp, _ in marks)])
+        ceiling = self.clock.ceiling()
+        if floor > ceiling:
+            # The stamps were made by a wall clock that ran ahead and was set
+            # right since.  Starting above them would stamp every new change
+            # ahead too, and every peer would refuse it until real time caught
+            # up.  Registers written then keep their stamps; a client's change
+            # to one still wins over it (store_flags stamps after the registers
+            # it replaces), and peers take them once real time reaches them.
+            log.error(
+                "event=clock-ahead high_water_ahead_s=%.0f max_clock_skew_s=%g "
+                "detail=%r",
+                self.clock.ahead_of_wall(floor),
+                self.clock.max_skew,
+                "this store holds stamps from a clock that ran ahead; peers refuse "
+                "changes to those messages until real time reaches them",
+            )
+            floor = ceiling
+        self.clock.restore(floor)
+        self._saved_clock = floor if raw is not None else -1
+        return floor
+
+    def save_clock(self, txn: Any) -> None:
+        """Persist the clock's high-water mark in the transaction that moved
+        it (the group commit calls this before every commit): a restarted
+        node never stamps below a stamp it wrote or accepted."""
+        high = self.clock.high_water
+        if high != self._saved_clock:
+            txn.put(CLOCK_KEY, pack_u64(high), db=self.dbs.meta)
+            self._saved_clock = high
 
     # -- lookups --
 
@@ -685,7 +735,6 @@ class MailIndex:
         guid, row = self._resolve(txn, user, name)
         self.check_expected(txn, guid, expect)
         modseq = row.highestmodseq + 1
-        stamp = self.clock.now()
         targets: list[tuple[int, MessageRow]] = []
         rejected: list[int] = []
         removed_any: set[str] = set()
@@ -711,6 +760,12 @@ class MailIndex:
             added, removed = frozenset[str](), wanted
         else:
             added, removed = wanted, frozenset(removed_any)
+        # The client decided after seeing these registers: its change must
+        # win over every one of them, even if the wall clock went back since
+        # they were written (a restart after a clock step, replicad.store.clock).
+        stamp = self.clock.after(
+            max((s for _, m in targets for _, s, _ in m.registers()), default=0)
+        )
         # Each message's registers take the same deltas a replica applies, so
         # master and replicas hold identical registers (I4, I5).
         for uid, msg in targets:

@@ -28,6 +28,7 @@ from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import body_hashes
 from replicad.store.changelog import ChangeLog, PeerBacklog, ResyncMark
+from replicad.store.clock import HybridClock
 from replicad.store.index import (
     INBOX,
     SEPARATOR,
@@ -74,9 +75,14 @@ class _Retried:
 
 @dataclass(frozen=True, slots=True)
 class StoreUsage:
-    map_size: int
+    map_size: int  # the ceiling the map may grow to (node.map_size)
     used_bytes: int
+    mapped_bytes: int = 0  # the map's size now
+    full: str | None = None  # why writes fail for lack of room; None: they do not
 
+
+#: The smallest map a store opens with (it grows up to node.map_size).
+INITIAL_MAP = 256 << 20
 
 #: Appends and replicated bursts up to this many body bytes are hashed and
 #: compressed inside the write (on the writer thread): for a typical delivery
@@ -96,6 +102,11 @@ class OutboxBatch:
 # --- the async facade -------------------------------------------------------
 
 
+def _in_read(dbs: Databases, fn: Callable[[Any], T]) -> T:
+    with dbs.env.begin(write=False, buffers=False) as txn:
+        return fn(txn)
+
+
 class MailStore:
     """A node's store, used from trio code.  Open it with :meth:`open`.
 
@@ -109,11 +120,13 @@ class MailStore:
         executor: StoreExecutor,
         writer: GroupCommitWriter,
         log: ChangeLog,
+        *,
+        index: MailIndex | None = None,
     ) -> None:
         self._dbs = dbs
         self._executor = executor
         self.writer = writer
-        self.index = MailIndex(dbs)
+        self.index = index if index is not None else MailIndex(dbs)
         self.log = log
         self._applier = ReplicaApplier(self.index, log)
         self.last_logged_seq = 0  # newest log entry written by this process
@@ -129,18 +142,27 @@ class MailStore:
         sync: bool = True,
         peers: tuple[str, ...] = (),
         max_lag: int = DEFAULT_MAX_LAG,
+        clock: HybridClock | None = None,
     ) -> AsyncIterator[MailStore]:
-        """Open the store; with ``peers``, writes are logged for them (see changelog)."""
+        """Open the store; with ``peers``, writes are logged for them (see changelog).
+
+        ``clock``: the hybrid clock to stamp with (the simulator's skewed
+        ones); it starts above the high-water mark the store persisted."""
         executor = executor if executor is not None else ThreadExecutor()
-        dbs = await executor.run_write(lambda: open_environment(path, map_size=map_size, sync=sync))
+        start = initial_map_size(path, map_size)
+        dbs = await executor.run_write(lambda: open_environment(path, map_size=start, sync=sync))
         log = ChangeLog(dbs, peers, max_lag)
-        writer = GroupCommitWriter(dbs, executor)
+        index = MailIndex(dbs, clock)
+        writer = GroupCommitWriter(
+            dbs, executor, before_commit=index.save_clock, map_ceiling=map_size
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer.run)
                 try:
+                    await executor.run_read(lambda: _in_read(dbs, index.load_clock))
                     await writer.submit(log.register_peers)
-                    yield cls(dbs, executor, writer, log)
+                    yield cls(dbs, executor, writer, log, index=index)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -777,7 +799,27 @@ class MailStore:
         info = self._dbs.env.info()
         stat = self._dbs.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
-        return StoreUsage(map_size=int(info["map_size"]), used_bytes=int(used))
+        return StoreUsage(
+            map_size=max(self.writer.map_ceiling, int(info["map_size"])),
+            used_bytes=int(used),
+            mapped_bytes=int(info["map_size"]),
+            full=self.writer.full,
+        )
+
+    def set_map_ceiling(self, ceiling: int) -> None:
+        """A new ``node.map_size`` (SIGHUP): the map may grow up to it."""
+        self.writer.set_ceiling(ceiling)
+
+
+def initial_map_size(path: Path, ceiling: int) -> int:
+    """The map a store opens with: room to double what its file holds, at
+    least :data:`INITIAL_MAP`, never above ``ceiling`` (node.map_size); the
+    writer grows it from there (replicad.store.writer)."""
+    try:
+        on_disk = (path / "data.mdb").stat().st_size
+    except FileNotFoundError:
+        on_disk = 0
+    return min(ceiling, max(INITIAL_MAP, 2 * on_disk))
 
 
 def _is_effective(change: Change) -> bool:

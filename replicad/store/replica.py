@@ -57,6 +57,8 @@ from replicad.store.statesync import MissingBodyError, apply_plan, full_state
 
 #: The detail of a change refused because its mailbox GUID is not here.
 MISSING_MAILBOX = "missing mailbox"
+#: How a change refused for its stamp is described (replicad.store.clock).
+CLOCK_SKEW = "clock skew"
 DELETED_MAILBOX = "mailbox deleted here"
 #: A tombstone's message GUID when the expunged message was never seen here.
 
@@ -129,6 +131,25 @@ class ReplicaApplier:
         reason = RESYNC_MISSING if why.startswith("missing") else RESYNC_CONFLICT
         self.log.mark_resync(txn, source, mailbox, reason, since)
         return ApplyResult(Outcome.DIVERGED, why)
+
+    def _skewed(
+        self, txn: Any, source: str, mailbox: bytes, modseq: int, stamp: int
+    ) -> ApplyResult | None:
+        """Refuse a change stamped too far ahead of this node's clock
+        (replicad.store.clock): applying it would drag every clock that far.
+        Marked for resync, it applies once the clocks agree again."""
+        clock = self.index.clock
+        if clock.admits(stamp):
+            return None
+        ahead = clock.ahead_of_wall(stamp)
+        return self._diverged(
+            txn,
+            source,
+            mailbox,
+            modseq,
+            f"{CLOCK_SKEW}: stamp {stamp} is {ahead:.0f} s ahead of this node's clock "
+            f"(cluster.max_clock_skew is {clock.max_skew:g} s)",
+        )
 
     def _stale(
         self, txn: Any, source: str, mailbox: bytes, modseq: int, row: MailboxRow
@@ -218,6 +239,9 @@ class ReplicaApplier:
                     txn, source, mailbox, rec.modseq, f"UID {rec.uid} reused after expunge"
                 )
             fresh.append(rec)
+        for rec in fresh:
+            if skewed := self._skewed(txn, source, mailbox, rec.modseq, rec.stamp):
+                return skewed
         if fresh and fresh[0].modseq <= row.highestmodseq:
             same_batch = (
                 fresh[0].modseq == row.highestmodseq
@@ -288,6 +312,8 @@ class ReplicaApplier:
                     txn, source, change.mailbox, change.modseq, f"UID {uid} names another message"
                 )
             targets.append((uid, msg))
+        if skewed := self._skewed(txn, source, change.mailbox, change.modseq, change.stamp):
+            return skewed
         applied = 0
         self.index.clock.observe(change.stamp)
         # I5: deltas, not states, into the per-flag registers.  A message past

@@ -28,7 +28,7 @@ from replicad.cluster.merge import (
     PutMessage,
     Tombstone,
 )
-from replicad.errors import ReplicadError
+from replicad.errors import ClockSkewError, ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.index import MailIndex
@@ -191,15 +191,27 @@ def apply_plan(
 ) -> MailboxRow:
     """Apply ``plan`` to ``mailbox`` in ``txn``; the new mailbox row.
 
-    Raises :class:`MissingBodyError` (before any change that matters: the
-    caller rolls the transaction back) when a put message's body is neither
-    in ``bodies`` nor stored.
+    Raises :class:`~replicad.errors.ClockSkewError` for a flag stamp too far
+    ahead of this node's clock, and :class:`MissingBodyError` when a put
+    message's body is neither in ``bodies`` nor stored, both before any
+    change that matters (the caller rolls the transaction back).
     """
     dbs = index.dbs
     raw = txn.get(mailbox, db=dbs.mailboxes)
     if raw is None:
         raise ReplicadError(f"mailbox {mailbox.hex()} does not exist here")
     row = MailboxRow.decode(bytes(raw))
+    top = max(
+        (k.stamp for op in plan.ops if isinstance(op, PutMessage) for k in op.message.marks),
+        default=0,
+    )
+    if not index.clock.admits(top):
+        # Before any write: a plan carrying a stamp from a clock far ahead would
+        # drag this node's clock with it (replicad.store.clock).
+        raise ClockSkewError(
+            f"clock skew: a flag stamp of the merge is {index.clock.ahead_of_wall(top):.0f} s "
+            f"ahead of this node's clock (cluster.max_clock_skew is {index.clock.max_skew:g} s)"
+        )
     released: list[bytes] = []
     # Reference every body first: a plan may move a message whose only
     # reference is the one it tombstones below (I6).

@@ -7,6 +7,9 @@ inline, so a run replays exactly), wired through :class:`SimNetwork`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -16,9 +19,12 @@ from typing import Any
 import trio
 import trio.testing
 
+from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
 from replicad.cluster.writes import ClusterWrites
-from replicad.errors import ProtocolError
+from replicad.errors import DurabilityError, ProtocolError, ReplicadError
+from replicad.protocol import commands as c
+from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
 from replicad.store.writer import InlineExecutor
 from tests.sim.network import SimNetwork
@@ -40,6 +46,8 @@ async def sim_cluster(
     net: SimNetwork,
     settings: ClusterSettings | None = None,
     max_lag: int | None = None,
+    map_sizes: dict[str, int] | None = None,
+    clocks: dict[str, HybridClock] | None = None,
 ) -> AsyncIterator[dict[str, SimNode]]:
     async with AsyncExitStack() as stack:
         stores: dict[str, MailStore] = {}
@@ -48,7 +56,8 @@ async def sim_cluster(
             stores[name] = await stack.enter_async_context(
                 MailStore.open(
                     tmp / name / "store",
-                    map_size=64 << 20,
+                    map_size=(map_sizes or {}).get(name, 64 << 20),
+                    clock=(clocks or {}).get(name),
                     executor=InlineExecutor(),
                     sync=False,
                     peers=tuple(p for p in NAMES if p != name),
@@ -155,8 +164,117 @@ async def test_a_peer_that_refuses_what_it_is_sent_never_stops_the_node(
 
 
 async def _messages(node: SimNode, count: int) -> bool:
-    return (await node.store.mailbox_status("alice", "INBOX")).messages == count
+    try:
+        return (await node.store.mailbox_status("alice", "INBOX")).messages == count
+    except ReplicadError:
+        return False
 
 
 async def linked(nodes: dict[str, SimNode]) -> bool:
     return all(len(n.node.sessions) == len(NAMES) - 1 for n in nodes.values())
+
+
+async def test_forged_routes_root_and_epoch_claims_change_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A node whose certificate is valid but which lies (protocol-spec/trust.md):
+    n1 tells n3 it reaches n2 in 0 hops (n1 sorts before n2, so it would win
+    the tie) and invents a node, claims an epoch near 2**63 and announces a
+    root that is not a node of the cluster.  n3 keeps its direct route to
+    n2, no invented node joins, its epoch does not jump, and the cluster goes
+    on electing and replicating."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+        await wait_for("a root", lambda: _rooted(nodes))
+        victim, liar = nodes["n3"].node, nodes["n1"].node
+        epoch_before = victim.election.max_epoch
+        session = liar.sessions["n3"]
+        forged = c.Routes((c.Route("n1", 0), c.Route("n2", 0), c.Route("mallory", 1)))
+        await liar._send_untagged(session, forged)
+        await liar._send_untagged(session, c.Epoch((1 << 63) - 1, "n1"))
+        await liar._send_untagged(session, c.Epoch(epoch_before + 1, "mallory"))
+        with contextlib.suppress(ReplicadError):
+            await session.request(c.Root(epoch_before + 5_000_000, "n1"), timeout=5)
+        with contextlib.suppress(ReplicadError):
+            await session.request(c.Root(epoch_before + 1, "mallory"), timeout=5)
+        await trio.sleep(2)
+        assert victim.routing.next_hop("n2") == "n2"
+        assert "mallory" not in victim.routing.reachable()
+        assert "mallory" not in victim.election.order
+        assert victim.election.max_epoch < epoch_before + 1_000_000
+        # The cluster still works: a new root can be elected after the old
+        # one goes, and writes replicate.
+        net.partition({"n2", "n3"}, {"n1"})
+        pair = {k: nodes[k] for k in ("n2", "n3")}
+        await wait_for("a root for n2 and n3", lambda: _rooted(pair))
+        await nodes["n3"].writes.append("alice", "INBOX", body(1))
+        net.heal()
+        await wait_for("convergence", lambda: converged(nodes))
+
+
+async def _rooted(nodes: dict[str, SimNode]) -> bool:
+    """Whether the nodes follow one root, and it is one of them."""
+    roots = {n.node.election.root for n in nodes.values()}
+    return len(roots) == 1 and roots <= set(nodes)
+
+
+async def test_a_full_replica_pauses_and_catches_up_once_it_has_room(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A replica whose store is full (its map at node.map_size) does not exit:
+    it acknowledges nothing it did not apply, keeps its links and serves
+    reads, and applies everything once its ceiling is raised (I1, I7)."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net, map_sizes={"n3": 2 << 20}) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+        n3 = nodes["n3"]
+        await nodes["n1"].writes.append("alice", "INBOX", body(0))
+        await wait_for("first copy", lambda: _messages(n3, 1))
+        big = os.urandom(128 * 1024)  # incompressible: 24 of them overflow 2 MiB
+        count = 24
+        for i in range(count):
+            await nodes["n1"].writes.append(
+                "alice", "INBOX", b"Subject: big\r\n\r\n" + big + bytes([i])
+            )
+        await wait_for("n2 holding them", lambda: _messages(nodes["n2"], count + 1))
+        await trio.sleep(10)
+        assert n3.store.usage().full is not None
+        assert "n1" in n3.node.sessions  # the link stays up
+        status = await n3.store.mailbox_status("alice", "INBOX")
+        assert 1 <= status.messages < count + 1  # reads still served
+        # Nothing unapplied was acknowledged to n1.
+        acked = n3.node.sessions["n1"].acked_seq
+        head = await nodes["n1"].store.log_head()
+        assert acked < head
+        n3.store.set_map_ceiling(1 << 30)
+        await wait_for("n3 catching up", lambda: _messages(n3, count + 1), timeout=120)
+        assert n3.store.usage().full is None
+        await wait_for("convergence", lambda: converged(nodes))
+
+
+async def test_a_copy_a_peer_refused_is_no_copy_for_durability(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """I1: n1's wall clock runs an hour ahead, so n2 and n3 refuse its changes
+    (cluster.max_clock_skew) and mark them for resync.  They still
+    acknowledge the stream; a SAVE at level ``all`` must not be reported
+    durable on their word (it was, before ACK named refused changes)."""
+    net = SimNetwork()
+    fast = HybridClock(lambda: time.time() + 3600)
+    settings = ClusterSettings(compress=False, durability=DurabilityLevel.parse("all", 3))
+    async with sim_cluster(tmp_path, net, settings=settings, clocks={"n1": fast}) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+        await wait_for("a root", lambda: _rooted(nodes))
+        # The master of alice's INBOX is the node that writes first: n1.
+        try:
+            await nodes["n1"].writes.append("alice", "INBOX", body(1))
+        except DurabilityError:
+            pass
+        else:
+            raise AssertionError("a save refused by both peers was reported durable at 'all'")
+        for name in ("n2", "n3"):
+            assert nodes[name].node.stats["changes_refused_skew"] >= 1
+        # The resync brings the message over: it carries no flag, so no stamp
+        # beyond the bound; nothing is lost (I6).
+        await wait_for("convergence", lambda: converged(nodes))

@@ -189,9 +189,14 @@ def test_a_healthy_node_is_up() -> None:
             "outbox to n2 at 85 of 100 changes",
         ),
         (with_peers(peer_row("n2"), peer_row("n3"), root=None), Status.DEGRADED, "no root"),
-        (snapshot(store_used_bytes=(1 << 30) - 1000), Status.DOWN, "store map full"),
+        (snapshot(store_used_bytes=(1 << 30) - 1000), Status.DEGRADED, "store map full"),
+        (
+            snapshot(store_full="store full: the LMDB map reached node.map_size"),
+            Status.DEGRADED,
+            "store full, writes refused and replication paused",
+        ),
         (snapshot(store_used_bytes=950 << 20), Status.DEGRADED, "store map 93% full"),
-        (snapshot(fs_free_bytes=1000), Status.DOWN, "data file system full"),
+        (snapshot(fs_free_bytes=1000), Status.DEGRADED, "data file system full"),
         (snapshot(fs_free_bytes=5 << 30), Status.DEGRADED, "data file system 95% full"),
     ],
 )
