@@ -29,13 +29,14 @@ avoids failing requests needlessly and leaves peers up to date.
 
 SIGHUP: the config file is read again; ``node.map_size`` (the store's
 ceiling), ``node.log_level``, ``node.shutdown_timeout``,
-``metrics.health_token`` and the ``[[peers]]`` list take effect at once.  A new peer gets an outbox cursor and a
-whole-node resync (its copy is built by resync), and its links are
-accepted and dialled; a removed one is disconnected, no longer accepted,
-and the log stops waiting for it; a peer whose address changed is dialled
-there.  Going from no peers to some (or back) changes what the node is
-(a single node or a cluster member) and needs a restart, as do the other
-sections; they are reported, not applied.
+``metrics.health_token`` and the ``[[peers]]`` list take effect at once.
+A new peer gets an outbox cursor and a whole-node resync (its copy is
+built by resync), and its links are accepted and dialled; a removed one
+is disconnected, no longer accepted, and the log stops waiting for it; a
+peer whose address changed is dialled there.  Going from no peers to some
+(or back) changes what the node is (a single node or a cluster member)
+and needs a restart, as do the other sections; they are reported, not
+applied.
 """
 
 from __future__ import annotations

@@ -424,7 +424,7 @@ class MailIndex:
         uidvalidity = uidvalidity if uidvalidity is not None else self._next_uidvalidity(txn)
         if stamp is None:
             stamp = self.clock.now()
-        else:
+        elif self.clock.admits(stamp):  # a claim from a clock far ahead is kept, not followed
             self.clock.observe(stamp)
         row = MailboxRow(
             user,
@@ -512,7 +512,9 @@ class MailIndex:
         for _, target, _ in moves:
             if txn.get(name_key(row.user, target), db=self.dbs.names) is not None:
                 raise AlreadyExistsError(f"mailbox {target!r} already exists")
-        stamp = self.clock.now()
+        # Above the claims it replaces, even if this node's clock went back
+        # since they were made (replicad.store.clock): the rename must win.
+        stamp = self.clock.after(max(self._row(txn, mbox).name_stamp for _, _, mbox in moves))
         for _, target, mbox in moves:
             moved = self._row(txn, mbox)
             txn.put(
@@ -540,7 +542,8 @@ class MailIndex:
             row = MailboxRow.decode(bytes(raw))
             if row.user != user or claim <= row.claimed:
                 continue
-            self.clock.observe(claim.stamp)
+            if self.clock.admits(claim.stamp):
+                self.clock.observe(claim.stamp)
             txn.put(
                 guid,
                 replace(row, claim=claim.name, name_stamp=claim.stamp).encode(),

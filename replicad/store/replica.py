@@ -473,6 +473,8 @@ class ReplicaApplier:
         row = self._row(txn, change.mailbox)
         if row is None:
             return self._diverged(txn, source, change.mailbox, 0, MISSING_MAILBOX)
+        if skewed := self._skewed(txn, source, change.mailbox, 0, change.stamp):
+            return skewed
         claims = [(change.mailbox, Claim(change.stamp, change.new_name))]
         claims += [(guid, Claim(change.stamp, name)) for guid, name in change.children]
         if not self.index.adopt_claims(txn, change.user, claims):

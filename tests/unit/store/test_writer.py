@@ -66,7 +66,8 @@ async def test_store_full_is_clear_and_keeps_data(tmp_path: Path) -> None:
                 body = (b"%d:" % i) + rng.randbytes(4000)
                 rec = await store.append("u", "INBOX", body)
                 kept.append((rec.uid, body))
-        assert "map size" in str(info.value) and info.value.exit_code == 75
+        assert "node.map_size" in str(info.value) and info.value.exit_code == 75
+        assert store.usage().full is not None
         assert kept, "some writes must have fitted"
         for uid, body in kept:
             assert await store.fetch_body("u", "INBOX", uid) == body
@@ -77,6 +78,26 @@ async def test_store_full_is_clear_and_keeps_data(tmp_path: Path) -> None:
     # Reopening finds the same committed state.
     async with MailStore.open(tmp_path, map_size=1 << 20) as store:
         assert (await store.mailbox_status("u", "INBOX")).messages == len(kept)
+
+
+async def test_a_raised_ceiling_lets_the_map_grow_and_writes_go_on(tmp_path: Path) -> None:
+    """node.map_size is a ceiling the map grows into (by doubling) without a
+    restart; until then a full store says so (replicad.store.writer)."""
+    async with MailStore.open(tmp_path, map_size=1 << 20) as store:
+        rng = random.Random(3)
+        with pytest.raises(StoreFullError):
+            for i in range(1000):
+                await store.append("u", "INBOX", (b"%d:" % i) + rng.randbytes(4000))
+        held = (await store.mailbox_status("u", "INBOX")).messages
+        assert store.usage().full is not None and store.usage().mapped_bytes == 1 << 20
+        store.set_map_ceiling(64 << 20)
+        for i in range(500):  # about 2 MiB more: the map must grow
+            await store.append("u", "INBOX", (b"more %d:" % i) + rng.randbytes(4000))
+        usage = store.usage()
+        assert usage.full is None
+        assert (1 << 20) < usage.mapped_bytes <= 64 << 20
+        assert (await store.mailbox_status("u", "INBOX")).messages == held + 500
+        assert usage.map_size == 64 << 20  # what /metrics calls the map's size: the ceiling
 
 
 async def test_batch_with_one_oversized_write_spares_the_others(tmp_path: Path) -> None:
