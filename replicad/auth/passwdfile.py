@@ -176,6 +176,11 @@ def _terminated(lines: list[bytes]) -> list[bytes]:
     return lines
 
 
+def has_user(data: bytes, user: str, username_format: str = "%Lu") -> bool:
+    """Whether a line of ``data`` defines ``user`` (also an otherwise broken line)."""
+    return any(_line_user(line, username_format) == user for line in _lines(data))
+
+
 def add_user(data: bytes, user: str, password_field: str, username_format: str = "%Lu") -> bytes:
     """``data`` with the line ``user:password_field`` appended.
 
