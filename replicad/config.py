@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from replicad.auth.usernames import DEFAULT_USERNAME_FORMAT, validate_username_format
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.masters import Granularity
 from replicad.errors import BadInputError, ConfigError
@@ -141,6 +142,16 @@ class MetricsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSection:
+    """``[auth]``: the users and their passwords (:mod:`replicad.auth`)."""
+
+    #: The Dovecot-format passwd-file; None: no users configured.
+    passwd_file: Path | None = None
+    #: How user names are normalised (Dovecot's ``auth_username_format``).
+    username_format: str = DEFAULT_USERNAME_FORMAT
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node configuration; ``path`` is the file it was read from."""
 
@@ -152,6 +163,7 @@ class NodeConfig:
     admin: AdminSection
     cluster: ClusterSection = ClusterSection()
     metrics: MetricsSection | None = None
+    auth: AuthSection = AuthSection()
 
     @property
     def name(self) -> str:
@@ -198,7 +210,9 @@ def parse_config(text: str, path: Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     base = path.parent.resolve()
-    _check_keys(doc, ("node", "listen", "tls", "peers", "admin", "cluster", "metrics"), "")
+    _check_keys(
+        doc, ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth"), ""
+    )
 
     node_tbl = _table(doc, "node", required=True)
     _check_keys(
@@ -291,7 +305,16 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         admin=AdminSection(max_message_size),
         cluster=_cluster(doc, cluster_size=1 + len(peers)),
         metrics=_metrics(doc, listen),
+        auth=_auth(doc, base),
     )
+
+
+def _auth(doc: Mapping[str, Any], base: Path) -> AuthSection:
+    tbl = _table(doc, "auth")
+    _check_keys(tbl, ("passwd_file", "username_format"), "auth.")
+    passwd_file = _path(tbl, "auth.passwd_file", base)
+    fmt = _get(tbl, "auth.username_format", str, default=DEFAULT_USERNAME_FORMAT)
+    return AuthSection(passwd_file, validate_username_format(fmt))
 
 
 def _metrics(doc: Mapping[str, Any], listen: ListenSection) -> MetricsSection | None:

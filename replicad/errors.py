@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     OTHER = 1
     USAGE = 64
     BAD_INPUT = 65
+    NO_USER = 67
     NOT_FOUND = 68
     UNREACHABLE = 69
     TEMPORARY = 75
@@ -67,6 +68,14 @@ class NotFoundError(ReplicadError):
 
 class NoSuchUserError(NotFoundError):
     pass
+
+
+class NoSuchAccountError(ReplicadError):
+    """No such user in the passwd-file (``[auth] passwd_file``): exit 67,
+    EX_NOUSER.  Not to be confused with :class:`NoSuchUserError`, a user
+    the mail store holds no mailbox of (68)."""
+
+    exit_code = ExitCode.NO_USER
 
 
 class NoSuchMailboxError(NotFoundError):

@@ -524,7 +524,7 @@ def _needs_restart(running: NodeConfig, new: NodeConfig) -> list[str]:
     """Sections of ``new`` that differ from the running config (none apply live)."""
     return [
         name
-        for name in ("node", "listen", "tls", "peers", "admin", "cluster", "metrics")
+        for name in ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth")
         if getattr(running, name) != getattr(new, name)
     ]
 

@@ -7,6 +7,7 @@ another machine as it is)::
     DIR/pki/            the cluster CA (cluster ``dev``) and every node's key and cert
     DIR/nK/replicad.toml
     DIR/nK/ca.pem, nK.pem, nK.key (0600)   the node's copies: a node never sees the CA key
+    DIR/nK/users        the node's passwd-file (0600, empty: ``replicad user add``)
     DIR/nK/data/        data directory, with the pid lock ``replicad.pid``
     DIR/nK/admin.sock   admin socket
     DIR/nK/replicad.log the node's stdout and stderr, appended across restarts
@@ -59,7 +60,7 @@ from typing import Any
 
 from replicad import faultproxy, pki
 from replicad.admin.client import AdminClient
-from replicad.cli.node_cmds import CONFIG_NAME, node_config_text
+from replicad.cli.node_cmds import CONFIG_NAME, create_passwd_file, node_config_text
 from replicad.cli.output import FORMATS, render_rows
 from replicad.config import NodeConfig, load_config, parse_config
 from replicad.errors import (
@@ -475,8 +476,9 @@ def create_cluster(
         name: node_text(name, ports, faultproxy.peer_ports(routes, name) if faults else None)
         for name in names
     }
-    for name, text in texts.items():
-        parse_config(text, directory / name / CONFIG_NAME)
+    parsed = {
+        name: parse_config(text, directory / name / CONFIG_NAME) for name, text in texts.items()
+    }
 
     created: list[Path] = []
     try:
@@ -500,6 +502,8 @@ def create_cluster(
         if faults:
             created.append(directory / faultproxy.PROXY_DIR)
             faultproxy.write_routes(directory, routes)
+        for name in names:
+            create_passwd_file(parsed[name])  # empty: `replicad user add` fills it
         # Configs last: their presence is what makes the directory a cluster.
         for name in names:
             write(directory / name / CONFIG_NAME, texts[name].encode(), mode=0o640, force=False)

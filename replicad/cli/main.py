@@ -4,8 +4,9 @@ Global options (DESIGN §9) are accepted before or after the subcommand:
 ``-c CONFIG`` (else ``$REPLICAD_CONFIG``, else ``/etc/replicad/replicad.toml``)
 and ``-f table|json|tab``.  Every failure maps to one exit code here: a
 :class:`~replicad.errors.ReplicadError` exits with its ``exit_code`` (64
-usage, 65 bad input, 68 not found, 69 unreachable, 75 temporary), argparse
-mistakes exit 64 (not argparse's 2), anything unexpected exits 1.
+usage, 65 bad input, 67 no such user in the passwd-file, 68 not found, 69
+unreachable, 75 temporary), argparse mistakes exit 64 (not argparse's 2),
+anything unexpected exits 1.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from replicad.cli import (
     node_cmds,
     replication_cmd,
     resync_cmd,
+    user_cmd,
 )
 from replicad.cli.output import FORMATS
 from replicad.errors import ExitCode, ReplicadError, UsageError
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.register(subparsers, common)
     replication_cmd.register(subparsers, common)
     resync_cmd.register(subparsers, common)
+    user_cmd.register(subparsers, common)
     for command, module_name in EXTERNAL_COMMANDS.items():
         _register_external(command, module_name, subparsers)
     return parser

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from replicad.cli.common import node_config, output_format, write_line
 from replicad.cli.output import render_document
-from replicad.config import DEFAULT_PORT, parse_config
+from replicad.config import DEFAULT_PORT, NodeConfig, parse_config
 from replicad.errors import AlreadyExistsError, BadInputError, UsageError
 
 CONFIG_NAME = "replicad.toml"
@@ -32,6 +32,13 @@ port = {port}
 
 [admin]
 max_message_size = "64MiB"
+
+[auth]
+# Users and passwords, Dovecot passwd-file format (user:{{SCHEME}}hash);
+# edit with `replicad user add|del|passwd`, the node re-reads it by itself.
+passwd_file = "users"
+# User names are lowercased (Dovecot's auth_username_format %Lu).
+username_format = "%Lu"
 
 # To join a cluster, add [tls] (see `replicad pki`) and one [[peers]] per node:
 # [tls]
@@ -75,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="write DIR/replicad.toml for a single node",
         description="Write DIR/replicad.toml for a single node "
-        "(data in DIR/data, admin socket DIR/admin.sock). Never overwrites.",
+        "(data in DIR/data, admin socket DIR/admin.sock, users in DIR/users). "
+        "Never overwrites.",
     )
     init.add_argument("dir", metavar="DIR", type=Path)
     init.add_argument("--name", required=True, metavar="NODE", help="node name, e.g. n1")
@@ -117,6 +125,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+    passwd_file = create_passwd_file(config)
     node = config.node
     if output_format(args) == "json":
         write_line(
@@ -127,6 +136,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                     "data_dir": str(node.data_dir),
                     "admin_socket": str(node.admin_socket),
                     "port": config.listen.port,
+                    "passwd_file": str(passwd_file),
                 }
             )
         )
@@ -135,8 +145,22 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_line(f"  data dir:     {node.data_dir}")
         write_line(f"  admin socket: {node.admin_socket}")
         write_line(f"  listen:       {config.listen.address}:{config.listen.port}")
+        write_line(f"  users:        {passwd_file} (replicad user add USER)")
         write_line(f"start it with: replicad serve -c {config_path}")
     return 0
+
+
+def create_passwd_file(config: NodeConfig) -> Path:
+    """Create the config's empty passwd-file (0600), keeping one that exists."""
+    from replicad.auth.edit import create_empty_passwd_file
+
+    path = config.auth.passwd_file
+    assert path is not None, "the config template lost its [auth] passwd_file"
+    try:
+        create_empty_passwd_file(path)
+    except OSError as exc:
+        raise BadInputError(f"cannot create {path}: {exc.strerror}") from None
+    return path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -124,6 +124,10 @@ def test_up_status_down_restart_keeps_data(cluster: Cluster) -> None:
         }
         assert stat.S_IMODE(config.tls.key.stat().st_mode) == 0o600
         assert stat.S_IMODE((cluster.dir / "pki" / f"{node}.key").stat().st_mode) == 0o600
+        # Each node its own empty passwd-file, as `replicad init` makes one.
+        assert config.auth.passwd_file == cluster.dir.resolve() / node / "users"
+        assert config.auth.passwd_file.read_bytes() == b""
+        assert stat.S_IMODE(config.auth.passwd_file.stat().st_mode) == 0o600
         with AdminClient(config.node.admin_socket, timeout=10) as client:
             assert client.call("ping")["node"] == node
     assert stat.S_IMODE((cluster.dir / "pki" / "ca.key").stat().st_mode) == 0o600

@@ -1,18 +1,33 @@
-"""Secrets never reach a node's log: not the health token, not the TLS key.
+"""Secrets never reach a node's log: not the health token, not the TLS key,
+not a password or a password hash.
 
 A real two-node cluster (own CA, mutual TLS) with ``[metrics] health_token``
 set on n1 at debug level; the test saves, fails an operation, asks /health
 with a wrong token and the right one, scrapes /metrics, reloads with SIGHUP
 (with a new token), stops the node, and reads every byte it logged.
+
+The auth paths: ``replicad user add``, ``user passwd`` and ``pw`` (and their
+failures) beside a running node at debug level, then the node's user
+directory, logging through the node's own formatter at debug level, loads
+the file with a broken line and fails verifications; no password or hash is
+in the node's log, those lines, or anything the commands print (but the
+hash ``pw`` is asked for).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
+import logging
 import signal
 import time
 from pathlib import Path
 
+import trio
+
+from replicad.auth import UserDirectory
+from replicad.config import load_config
+from replicad.node import KeyValueFormatter
 from tests.conftest import STARTUP_LIMIT, NodeProcess, free_port, run_cli
 
 TOKEN = "health-token-Zq8XkT3vR9mW2pL6"
@@ -115,3 +130,75 @@ def test_no_secrets_in_logs(node_factory: type[NodeProcess], tmp_path: Path) -> 
     assert "event=node.reload_needs_restart" in n1.log()
     assert "event=node.reloaded" in n1.log()
     assert "httpd.unauthorized" in n1.log()
+
+
+PASSWORD = "first-Passw0rd-kQ7xT2"
+NEW_PASSWORD = "second-Passw0rd-Lm4zV8"
+WRONG_PASSWORD = "wrong-Passw0rd-Rb9cW1"
+PW_PASSWORD = "pw-Passw0rd-Yd3hN6"
+BROKEN_HASH = "broken-hash-Ux5pS0"
+
+
+def test_no_secrets_in_auth_paths(node_factory: type[NodeProcess]) -> None:
+    n1 = node_factory("n1")
+    n1.set_option("node", "log_level", '"debug"')
+    n1.start()
+    users = n1.dir / "users"
+
+    printed: list[bytes] = []
+
+    def cli(*args: str, input: str) -> int:
+        result = n1.cli(*args, input=input.encode())
+        printed.extend((result.stdout, result.stderr))
+        return result.returncode
+
+    assert cli("user", "add", "alice", "--password-stdin", input=PASSWORD) == 0
+    first_hash = users.read_text().split(":")[1]
+    assert cli("user", "passwd", "Alice", "--password-stdin", input=NEW_PASSWORD) == 0
+    assert cli("user", "add", "alice", "--password-stdin", input=PASSWORD) == 65
+    assert cli("user", "add", "bad:name", "--password-stdin", input=PASSWORD) == 65
+    assert cli("user", "add", "bob", "--password-stdin", input=PASSWORD + "\0") == 65
+    assert cli("user", "passwd", "nobody", "--password-stdin", input=PASSWORD) == 67
+    assert cli("user", "list", input="") == 0
+    made = n1.cli("pw", "-s", "SHA512-CRYPT", input=PW_PASSWORD.encode())
+    assert made.returncode == 0
+    printed.append(made.stderr)  # its stdout is the hash it was asked for
+    assert cli("pw", "-s", "NOSUCH", input=PW_PASSWORD) == 64
+    hashes = [first_hash, users.read_text().split(":")[1], made.stdout.decode().strip()]
+
+    # The node's user directory, logging as the node does, at debug level.
+    with users.open("a") as fh:
+        fh.write(f"carol:{{MD5}}{BROKEN_HASH}\n{PASSWORD}\n")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(KeyValueFormatter())
+    logger = logging.getLogger("replicad")
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        directory = UserDirectory.from_config(load_config(n1.config))
+
+        async def logins() -> None:
+            assert await directory.verify("alice", NEW_PASSWORD)
+            assert not await directory.verify("alice", WRONG_PASSWORD)
+            assert not await directory.verify("ALICE", PASSWORD)
+            assert not await directory.verify("nobody", WRONG_PASSWORD)
+            assert not await directory.verify("carol", BROKEN_HASH)
+
+        trio.run(logins)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+    assert n1.stop() == 0
+
+    auth_log = stream.getvalue()
+    assert "event=auth.passwd_file_bad_line" in auth_log and "line=3" in auth_log
+    assert "event=auth.verify_failed user=alice reason=password_mismatch" in auth_log
+    assert "event=node.starting" in n1.log()
+    secrets = [PASSWORD, NEW_PASSWORD, WRONG_PASSWORD, PW_PASSWORD, BROKEN_HASH, *hashes]
+    # Each hash whole, and its salt and digest on their own.
+    secrets += [part for h in hashes for part in h.split("$") if len(part) >= 16]
+    for text in [n1.log(), auth_log, *(p.decode(errors="replace") for p in printed)]:
+        for secret in secrets:
+            assert secret not in text

@@ -41,6 +41,11 @@ def test_init_writes_config_and_refuses_to_overwrite(node_factory: type[NodeProc
     n = node_factory()
     text = n.config.read_text()
     assert 'name = "n1"' in text and 'data_dir = "data"' in text
+    # An empty passwd-file for `replicad user`, private to the node's user.
+    assert '[auth]\n' in text and 'passwd_file = "users"' in text
+    users = n.dir / "users"
+    assert users.read_bytes() == b""
+    assert stat.S_IMODE(users.stat().st_mode) == 0o600
     again = run_cli("init", n.dir, "--name", "n1")
     assert again.returncode == 65
     assert b"already exists" in again.stderr

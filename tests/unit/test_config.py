@@ -190,3 +190,32 @@ def test_cluster_section() -> None:
 )
 def test_bad_cluster_values_name_the_key(text: str, expected: str) -> None:
     assert expected in error_of(MINIMAL + text)
+
+
+def test_auth_section() -> None:
+    auth = '[auth]\npasswd_file = "users"\nusername_format = "%Ln"\n'
+    config = parse_config(MINIMAL + auth, BASE)
+    assert config.auth.passwd_file == Path("/srv/replicad/users")  # next to the config file
+    assert config.auth.username_format == "%Ln"
+    absolute = parse_config(MINIMAL + '[auth]\npasswd_file = "/etc/replicad/users"\n', BASE)
+    assert absolute.auth.passwd_file == Path("/etc/replicad/users")
+    assert absolute.auth.username_format == "%Lu"
+    # No [auth]: no users configured, names still normalised the default way.
+    default = parse_config(MINIMAL, BASE)
+    assert default.auth.passwd_file is None and default.auth.username_format == "%Lu"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[auth]\npasswd_fle = "u"\n', "auth.passwd_fle; did you mean auth.passwd_file?"),
+        ("[auth]\npasswd_file = 3\n", "auth.passwd_file must be a string"),
+        ('[auth]\npasswd_file = ""\n', "auth.passwd_file must not be empty"),
+        ('[auth]\nusername_format = "%lu"\n', "'%lu' is not supported; did you mean \"%Lu\"?"),
+        ('[auth]\nusername_format = "%u@%d"\n', "auth.username_format '%u@%d' is not supported"),
+        ("[auth]\nusername_format = 1\n", "auth.username_format must be a string"),
+        ('[atuh]\npasswd_file = "u"\n', "unknown section atuh; did you mean auth?"),
+    ],
+)
+def test_bad_auth_values_name_the_key(text: str, expected: str) -> None:
+    assert expected in error_of(MINIMAL + text)
