@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from replicad.config import load_config
-from tests.conftest import NodeProcess, free_port
+from tests.conftest import NodeProcess, free_port, run_cli
 
 SENDER = "sender@example.net"
 # 8-bit octets, a lone LF, lines starting with dots, a line over 1,000 octets.
@@ -296,3 +296,43 @@ def test_sigterm_leaves_no_lmtp_session(node: NodeProcess) -> None:
     client.close()
     node.start()
     assert count(node, "bob") == 0  # the message cut off by the shutdown was not saved
+
+
+def test_unreachable_durability_level_is_451_for_that_recipient_only(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two nodes, n2 killed: alice's level ("all") cannot be met, bob's ("local") can."""
+    directory = tmp_path_factory.mktemp("dur")
+
+    def cli(*args: str | Path) -> bytes:
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout
+
+    n1 = NodeProcess(directory / "n1")
+    try:
+        cli("cluster", "up", "-n", "2", directory)
+        for user in ("alice", "bob"):
+            cli("-c", n1.config, "mailbox", "create", "-u", user, "Archive")
+        with n1.config.open("a") as fh:
+            fh.write('\n[cluster.durability]\nalice = "all"\n')
+        cli("cluster", "kill", directory, "n2")
+        cli("cluster", "restart", directory, "n1")
+        client = Raw(lmtp_port(n1))
+        client.send(b"LHLO m\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice>\r\nRCPT TO:<bob>\r\nDATA\r\n")
+        assert [r[:9] for r in client.replies(5)] == [
+            "250 SIZE ",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 Start",
+        ]
+        client.send(MESSAGE.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        alice, bob = client.replies(2)
+        assert alice.startswith("451 4.3.0 <alice> Durability level not reachable")
+        assert bob == "250 2.0.0 <bob> Saved"
+        client.close()
+        assert count(n1, "alice") == 0  # nothing half-saved: the MTA keeps it and retries
+        assert fetch_text(n1, "bob").endswith(STORED)
+    finally:
+        run_cli("cluster", "down", directory)
