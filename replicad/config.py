@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replicad.auth.usernames import DEFAULT_USERNAME_FORMAT, validate_username_format
+from replicad.blob import MAX_BODY
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.masters import Granularity
 from replicad.errors import BadInputError, ConfigError
@@ -50,6 +51,16 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 MAX_SHUTDOWN_TIMEOUT = 600.0
 #: A shorter health token is guessable by anyone who can reach the listener.
 MIN_HEALTH_TOKEN = 16
+#: The largest message LMTP may take: what one SAVE can carry (a body of at
+#: most replicad.blob.MAX_BODY octets in a frame of at most
+#: protocol.frames.DEFAULT_MAX_FRAME), less 1 MiB for the frame's envelope
+#: and the trace headers put in front of it.
+MAX_LMTP_MESSAGE_SIZE = MAX_BODY - MIB
+DEFAULT_LMTP_MESSAGE_SIZE = MAX_LMTP_MESSAGE_SIZE
+DEFAULT_LMTP_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: at least 100
+MAX_LMTP_RECIPIENTS = 10_000
+#: RFC 5321 §4.5.3.2.7: a server waits 5 minutes for the next command.
+DEFAULT_LMTP_TIMEOUT = 300.0
 # AF_UNIX paths are limited to 108 bytes including the NUL on Linux (sun_path).
 MAX_SOCKET_PATH_BYTES = 107
 
@@ -152,6 +163,31 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LmtpSection:
+    """The LMTP listener (mail in, RFC 2033); absent: no listener."""
+
+    #: (host, port) of each TCP address, in the order configured.
+    tcp: tuple[tuple[str, int], ...]
+    #: Each unix socket path (absolute).
+    unix: tuple[Path, ...]
+    max_recipients: int = DEFAULT_LMTP_RECIPIENTS
+    max_message_size: int = DEFAULT_LMTP_MESSAGE_SIZE
+    #: Seconds a client may stay silent before 421 and close.
+    timeout: float = DEFAULT_LMTP_TIMEOUT
+
+    @property
+    def port(self) -> int | None:
+        """The first TCP port, if any (what ``cluster status`` shows)."""
+        return self.tcp[0][1] if self.tcp else None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every listen address as written: ``host:port`` or a path."""
+        tcp = (f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.tcp)
+        return (*tcp, *map(str, self.unix))
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node configuration; ``path`` is the file it was read from."""
 
@@ -164,6 +200,7 @@ class NodeConfig:
     cluster: ClusterSection = ClusterSection()
     metrics: MetricsSection | None = None
     auth: AuthSection = AuthSection()
+    lmtp: LmtpSection | None = None
 
     @property
     def name(self) -> str:
@@ -211,7 +248,9 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     base = path.parent.resolve()
     _check_keys(
-        doc, ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth"), ""
+        doc,
+        ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth", "lmtp"),
+        "",
     )
 
     node_tbl = _table(doc, "node", required=True)
@@ -296,6 +335,7 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         MIN_MAX_MESSAGE_SIZE,
         MAX_MAX_MESSAGE_SIZE,
     )
+    metrics = _metrics(doc, listen)
     return NodeConfig(
         path=path,
         node=node,
@@ -304,8 +344,9 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         peers=peers,
         admin=AdminSection(max_message_size),
         cluster=_cluster(doc, cluster_size=1 + len(peers)),
-        metrics=_metrics(doc, listen),
+        metrics=metrics,
         auth=_auth(doc, base),
+        lmtp=_lmtp(doc, listen, metrics),
     )
 
 
@@ -315,6 +356,70 @@ def _auth(doc: Mapping[str, Any], base: Path) -> AuthSection:
     passwd_file = _path(tbl, "auth.passwd_file", base)
     fmt = _get(tbl, "auth.username_format", str, default=DEFAULT_USERNAME_FORMAT)
     return AuthSection(passwd_file, validate_username_format(fmt))
+
+
+def _lmtp(
+    doc: Mapping[str, Any], listen: ListenSection, metrics: MetricsSection | None
+) -> LmtpSection | None:
+    """``[lmtp]``: off unless given; ``listen`` is one address or a list of them."""
+    if "lmtp" not in doc:
+        return None
+    tbl = _table(doc, "lmtp")
+    _check_keys(tbl, ("listen", "max_recipients", "max_message_size", "timeout"), "lmtp.")
+    raw = _get(tbl, "lmtp.listen", (str, list), required=True)
+    addresses = [raw] if isinstance(raw, str) else raw
+    if not addresses:
+        raise ConfigError("lmtp.listen must name at least one address (host:port or a path)")
+    tcp: list[tuple[str, int]] = []
+    unix: list[Path] = []
+    taken = [(listen.address, listen.port, "listen.port (the node-to-node listener)")]
+    if metrics is not None:
+        taken.append((metrics.host, metrics.port, "metrics.listen"))
+    for i, address in enumerate(addresses):
+        key = "lmtp.listen" if isinstance(raw, str) else f"lmtp.listen[{i}]"
+        if not isinstance(address, str) or not address:
+            raise ConfigError(f"{key} must be a non-empty string (host:port or an absolute path)")
+        if address.startswith("/"):
+            path = Path(address)
+            if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+                raise ConfigError(
+                    f"{key} {address!r} is longer than {MAX_SOCKET_PATH_BYTES} bytes, "
+                    "the limit of a unix socket path"
+                )
+            if path in unix:
+                raise ConfigError(f"{key} {address!r} is listed twice")
+            unix.append(path)
+            continue
+        if ":" not in address:
+            raise ConfigError(
+                f"{key} {address!r} is neither host:port nor an absolute unix socket path"
+            )
+        host, port = split_host_port(address, key)
+        if (host, port) in tcp:
+            raise ConfigError(f"{key} {address!r} is listed twice")
+        for other_host, other_port, what in taken:
+            if port == other_port and _same_host(host, other_host):
+                raise ConfigError(f"{key} {address!r} uses port {port}, the port of {what}")
+        tcp.append((host, port))
+    max_recipients = _get(tbl, "lmtp.max_recipients", int, default=DEFAULT_LMTP_RECIPIENTS)
+    if not 1 <= max_recipients <= MAX_LMTP_RECIPIENTS:
+        raise ConfigError(
+            f"lmtp.max_recipients {max_recipients} is outside 1..{MAX_LMTP_RECIPIENTS}"
+        )
+    size = _size(
+        tbl,
+        "lmtp.max_message_size",
+        DEFAULT_LMTP_MESSAGE_SIZE,
+        MIN_MAX_MESSAGE_SIZE,
+        MAX_LMTP_MESSAGE_SIZE,
+    )
+    timeout = _seconds(tbl, "lmtp.timeout", DEFAULT_LMTP_TIMEOUT, low=1.0, high=3600.0)
+    return LmtpSection(tuple(tcp), tuple(unix), max_recipients, size, timeout)
+
+
+def _same_host(a: str, b: str) -> bool:
+    wildcard = ("0.0.0.0", "::")
+    return a == b or a in wildcard or b in wildcard
 
 
 def _metrics(doc: Mapping[str, Any], listen: ListenSection) -> MetricsSection | None:

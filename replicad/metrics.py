@@ -130,6 +130,23 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.lmtp_deliveries = Counter(
+            "replicad_lmtp_deliveries",
+            "LMTP recipients by outcome: saved (250 after DATA), tempfail (451/452: "
+            "durability level not reachable, store full, lookup or write failed; the "
+            "MTA retries), rejected (550 unknown user at RCPT, 552 too large, 554 NUL).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("saved", "tempfail", "rejected"):
+            self.lmtp_deliveries.labels(outcome)
+        self.lmtp_delivery_seconds = Histogram(
+            "replicad_lmtp_delivery_seconds",
+            "Time from the end of an LMTP message's data to its per-recipient "
+            "results (every recipient's copy saved at its durability level, or failed).",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
         self.snapshots = SnapshotCollector()
         r.register(self.snapshots)
         # Real process figures (CPU, memory, open files), read from /proc.
@@ -173,6 +190,14 @@ class NodeMetrics:
         user = args.get("user")
         if op in WRITE_OPS and isinstance(user, str):
             self.write_ack.labels(self._durability_of(user)).observe(seconds)
+
+    # -- LMTP deliveries (replicad.lmtp.server.DeliveryMetrics) --
+
+    def lmtp_outcome(self, outcome: str, recipients: int = 1) -> None:
+        self.lmtp_deliveries.labels(outcome).inc(recipients)
+
+    def lmtp_latency(self, seconds: float) -> None:
+        self.lmtp_delivery_seconds.observe(seconds)
 
     # -- exposition --
 

@@ -12,14 +12,17 @@ Startup order matters and each step says why:
 4. the HTTP listener (``[metrics] listen``) is bound, if configured, so a port
    in use fails the start before the node joins the cluster;
 5. the cluster runtime starts (its TLS listener, dialling the peers);
-6. the admin socket is bound under a restrictive umask, so it is never
+6. the LMTP listener (``[lmtp] listen``) is bound, if configured, and
+   accepts mail from then on (:mod:`replicad.lmtp`);
+7. the admin socket is bound under a restrictive umask, so it is never
    reachable with wider permissions than 0600, not even for a moment; only
    then does it answer, so "the socket answers" means "the node is ready";
-7. systemd is told ``READY=1`` (:mod:`replicad.sdnotify`), the watchdog pings
+8. systemd is told ``READY=1`` (:mod:`replicad.sdnotify`), the watchdog pings
    start, and ``STATUS=`` follows the node's health.
 
 SIGTERM/SIGINT: ``STOPPING=1``; stop accepting client operations (the admin
-socket is closed; ``/health`` says down), let in-flight ones finish, then
+socket and the LMTP listeners are closed, idle LMTP sessions get ``421``;
+``/health`` says down), let in-flight ones (LMTP deliveries too) finish, then
 wait until every linked peer acknowledged this node's change log, the two
 together within ``node.shutdown_timeout`` seconds; cancel what is left,
 close the store, exit 0.  A second SIGTERM/SIGINT cuts the wait short.
@@ -51,7 +54,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +62,16 @@ import trio
 
 from replicad.admin.dispatch import AdminDispatcher, default_identity
 from replicad.admin.server import AdminServer
+from replicad.auth import UserDirectory
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress, TlsNetwork
 from replicad.cluster.writes import ClusterWrites
 from replicad.config import DEFAULT_SHUTDOWN_TIMEOUT, NodeConfig, load_config
 from replicad.errors import ReplicadError
 from replicad.health import evaluate
 from replicad.httpd import HttpServer
+from replicad.lmtp.delivery import NodeDelivery
+from replicad.lmtp.protocol import LmtpConfig
+from replicad.lmtp.server import LmtpServer
 from replicad.metrics import LogEventCounter, NodeMetrics
 from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Phase, Snapshot
 from replicad.sdnotify import Notifier
@@ -280,12 +287,11 @@ async def _run_locked(
     ) as store:
         meter = LinkMeter()
         cluster = _cluster_node(config, store, meter)
+        writes = ClusterWrites(cluster) if cluster is not None else None
         dispatcher = AdminDispatcher(
-            store,
-            default_identity(node.name),
-            config.admin.max_message_size,
-            cluster=ClusterWrites(cluster) if cluster is not None else None,
+            store, default_identity(node.name), config.admin.max_message_size, cluster=writes
         )
+        lmtp = _lmtp_server(config, store, writes, metrics)
         server = AdminServer(
             metrics.instrument(dispatcher.handle, dispatcher.operations),
             max_frame=config.admin.max_message_size + FRAME_OVERHEAD,
@@ -305,6 +311,9 @@ async def _run_locked(
                 # Peer links come up before the admin socket answers, so
                 # "the socket answers" still means "the node is ready".
                 await nursery.start(cluster.run)
+            if lmtp is not None:
+                assert config.lmtp is not None
+                await nursery.start(lmtp.run, config.lmtp.tcp, config.lmtp.unix)
             raw = bind_admin_socket(node.admin_socket)
             inode = node.admin_socket.lstat().st_ino
             try:
@@ -321,7 +330,9 @@ async def _run_locked(
                 await _serve_until_stop(signals, live, notify, observer)
                 state.phase = Phase.STOPPING
                 notify.stopping("stopping: draining client requests and outbox sends")
-                await _drain(server, cluster, store, live.config.node.shutdown_timeout, signals)
+                await _drain(
+                    server, cluster, store, live.config.node.shutdown_timeout, signals, lmtp=lmtp
+                )
                 nursery.cancel_scope.cancel()
             finally:
                 remove_socket_if_ours(node.admin_socket, inode)
@@ -348,8 +359,11 @@ async def _drain(
     store: MailStore,
     timeout: float,
     signals: AsyncIterator[int],
+    *,
+    lmtp: LmtpServer | None = None,
 ) -> None:
-    """Let client operations finish, then outbox sends, within ``timeout`` in all.
+    """Let client operations (admin requests, LMTP deliveries) finish, then
+    outbox sends, within ``timeout`` in all.
 
     A second SIGTERM/SIGINT (an impatient operator, Ctrl-C twice) ends the
     wait at once; what is cut off then is what the timeout would have cut.
@@ -367,12 +381,21 @@ async def _drain(
 
         nursery.start_soon(cut_short)
         server.drain()
+        if lmtp is not None:
+            lmtp.drain()
         with trio.move_on_at(deadline):
             await server.closed.wait()
+            if lmtp is not None:
+                await lmtp.closed.wait()
         if not server.closed.is_set():
             log.warning(
                 "node.requests_cancelled",
                 extra={"kv": {"connections": server.connection_count, "timeout": timeout}},
+            )
+        if lmtp is not None and not lmtp.closed.is_set():
+            log.warning(
+                "node.lmtp_sessions_cancelled",
+                extra={"kv": {"sessions": lmtp.session_count, "timeout": timeout}},
             )
         if cluster is not None:
             await _drain_outbox(cluster, store, deadline)
@@ -524,9 +547,48 @@ def _needs_restart(running: NodeConfig, new: NodeConfig) -> list[str]:
     """Sections of ``new`` that differ from the running config (none apply live)."""
     return [
         name
-        for name in ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth")
+        for name in (
+            "node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth", "lmtp"
+        )
         if getattr(running, name) != getattr(new, name)
     ]
+
+
+def _user_lookup(config: NodeConfig, store: MailStore) -> Callable[[str], Awaitable[bool]]:
+    """Who gets mail: the users of ``[auth] passwd_file`` when there is one
+    (authoritative, as Dovecot's userdb is: a user deleted there gets no
+    more mail, one added gets it at once); else any user the store holds a
+    mailbox of."""
+    if config.auth.passwd_file is None:
+        return store.has_user
+    directory = UserDirectory.from_config(config)
+
+    async def known(user: str) -> bool:
+        return directory.lookup(user) is not None
+
+    return known
+
+
+def _lmtp_server(
+    config: NodeConfig, store: MailStore, writes: ClusterWrites | None, metrics: NodeMetrics
+) -> LmtpServer | None:
+    """The LMTP listener, if ``[lmtp]`` is configured: deliveries take the
+    admin ``save``'s write path (the cluster's, in a cluster)."""
+    if config.lmtp is None:
+        return None
+    section = config.lmtp
+    delivery = NodeDelivery(
+        store,
+        writes if writes is not None else store,
+        user_exists=_user_lookup(config, store),
+        username_format=config.auth.username_format,
+    )
+    protocol = LmtpConfig(
+        hostname=config.name,
+        max_message_size=section.max_message_size,
+        max_recipients=section.max_recipients,
+    )
+    return LmtpServer(delivery, protocol, timeout=section.timeout, metrics=metrics)
 
 
 def _cluster_node(config: NodeConfig, store: MailStore, meter: LinkMeter) -> ClusterNode | None:

@@ -25,7 +25,7 @@ Contract:
   case the nodes this invocation started are stopped again.
 * ``down DIR`` sends SIGTERM to each running node, SIGKILL after 15 s; exit 0
   even if nothing was running, 68 if DIR holds no cluster.
-* ``status DIR`` lists each node: state, pid, port, and, where the node
+* ``status DIR`` lists each node: state, pid, port, LMTP port, and, where the node
   supports the ``cluster_status`` admin op, root, epoch and peer links.
   Exit 68 if DIR holds no cluster.
 * ``up --faults`` makes a cluster whose node-to-node links all pass through
@@ -94,7 +94,7 @@ _NODE_DIR = re.compile(r"n([1-9][0-9]*)")
 
 UP_FIELDS = ["node", "state", "pid", "port", "config"]
 DOWN_FIELDS = ["node", "pid", "result"]
-STATUS_FIELDS = ["node", "state", "pid", "port", "root", "epoch", "peers"]
+STATUS_FIELDS = ["node", "state", "pid", "port", "lmtp", "root", "epoch", "peers"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -432,14 +432,21 @@ def _cluster_sections(name: str, peers: Sequence[tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def node_text(name: str, ports: dict[str, int], peer_ports: dict[str, int] | None = None) -> str:
-    """The config of node ``name`` in a cluster whose nodes listen on ``ports``;
-    with ``peer_ports`` (``--faults``), the peers are dialled there instead."""
+def node_text(
+    name: str,
+    ports: dict[str, int],
+    lmtp_ports: dict[str, int],
+    peer_ports: dict[str, int] | None = None,
+) -> str:
+    """The config of node ``name`` in a cluster whose nodes listen on ``ports``
+    (node-to-node) and ``lmtp_ports`` (LMTP, loopback); with ``peer_ports``
+    (``--faults``), the peers are dialled there instead."""
     dial = peer_ports if peer_ports is not None else ports
     peers = [(peer, dial[peer]) for peer in ports if peer != name]
     return node_config_text(
         name,
         ports[name],
+        lmtp_ports[name],
         cluster_sections=_cluster_sections(name, peers),
         written_by="replicad cluster up",
     )
@@ -465,15 +472,21 @@ def create_cluster(
             "cluster config (an interrupted `cluster up`?); remove them or use another DIR"
         )
     ports = dict(zip(names, pick_ports(count, base_port), strict=True))
+    # LMTP on free loopback ports, picked together with room to skip the node ports.
+    lmtp_free = [p for p in pick_ports(2 * count, None) if p not in ports.values()]
+    lmtp_ports = dict(zip(names, lmtp_free[:count], strict=True))
     routes: list[faultproxy.Route] = []
     if faults:
         faultproxy.check_socket_path(directory)
         # count*count ports held open together are distinct, and at most
         # `count` of them can be node ports: enough remain for every route.
-        spare = [p for p in pick_ports(count * count, None) if p not in ports.values()]
+        taken = {*ports.values(), *lmtp_ports.values()}
+        spare = [p for p in pick_ports(count * count + count, None) if p not in taken]
         routes = faultproxy.plan_routes(ports, spare[: faultproxy.route_count(count)])
     texts = {
-        name: node_text(name, ports, faultproxy.peer_ports(routes, name) if faults else None)
+        name: node_text(
+            name, ports, lmtp_ports, faultproxy.peer_ports(routes, name) if faults else None
+        )
         for name in names
     }
     parsed = {
@@ -713,7 +726,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if faultproxy.is_proxied(directory):
         proxy_pid = faultproxy.running_pid(directory)
         state = "stopped" if proxy_pid is None else "running"
-        unknown = dict.fromkeys(["port", "root", "epoch", "peers"])
+        unknown = dict.fromkeys(["port", "lmtp", "root", "epoch", "peers"])
         rows.append({"node": "proxy", "state": state, "pid": proxy_pid, **unknown})
     _print(render_rows(_dashes(rows, fmt), STATUS_FIELDS, fmt))
     return 0
@@ -726,6 +739,7 @@ def status_row(node: ClusterNode, fmt: str) -> dict[str, Any]:
         "state": "stopped",
         "pid": running_pid(node),
         "port": node.port,
+        "lmtp": _lmtp_address(node.config),
         "root": None,
         "epoch": None,
         "peers": None,
@@ -752,6 +766,16 @@ def status_row(node: ClusterNode, fmt: str) -> dict[str, Any]:
             clean = [p for p in peers if isinstance(p, dict)]
             row["peers"] = clean if fmt == "json" else _peers_text(clean)
     return row
+
+
+def _lmtp_address(config: NodeConfig) -> int | str | None:
+    """The node's LMTP port; its socket path when it listens on unix sockets only."""
+    lmtp = config.lmtp
+    if lmtp is None:
+        return None
+    if lmtp.port is not None:
+        return lmtp.port
+    return str(lmtp.unix[0]) if lmtp.unix else None
 
 
 def _peers_text(peers: Sequence[dict[str, Any]]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 from replicad.cli.common import node_config, output_format, write_line
@@ -39,6 +40,14 @@ max_message_size = "64MiB"
 passwd_file = "users"
 # User names are lowercased (Dovecot's auth_username_format %Lu).
 username_format = "%Lu"
+[lmtp]
+# Mail in (RFC 2033). The MTA delivers here; with Postfix:
+#   virtual_transport = lmtp:inet:[127.0.0.1]:{lmtp_port}
+# host:port and/or an absolute unix socket path, one or a list.
+listen = "127.0.0.1:{lmtp_port}"
+max_recipients = 100
+max_message_size = "63MiB"
+timeout = 300
 
 # To join a cluster, add [tls] (see `replicad pki`) and one [[peers]] per node:
 # [tls]
@@ -56,10 +65,24 @@ username_format = "%Lu"
 _JOIN_HINT = "# To join a cluster"
 
 
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def node_config_text(
-    name: str, port: int, *, cluster_sections: str | None = None, written_by: str = "replicad init"
+    name: str,
+    port: int,
+    lmtp_port: int,
+    *,
+    cluster_sections: str | None = None,
+    written_by: str = "replicad init",
 ) -> str:
-    """The config text `replicad init` writes for node ``name`` listening on ``port``.
+    """The config text `replicad init` writes for node ``name`` listening on
+    ``port`` (node-to-node) and ``lmtp_port`` (LMTP, on loopback).
 
     With ``cluster_sections`` (real ``[tls]`` and ``[[peers]]`` TOML), the
     template's commented hint on joining a cluster is replaced by them, so
@@ -67,7 +90,7 @@ def node_config_text(
     ``init`` does. ``written_by`` names the command in the header comment.
     The text is not validated here; callers run it through ``parse_config``.
     """
-    text = CONFIG_TEMPLATE.format(name=name, port=port)
+    text = CONFIG_TEMPLATE.format(name=name, port=port, lmtp_port=lmtp_port)
     text = text.replace("written by `replicad init`", f"written by `{written_by}`", 1)
     if cluster_sections is not None:
         head, found, _hint = text.partition(_JOIN_HINT)
@@ -94,6 +117,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         metavar="P",
         help=f"node-to-node port (default {DEFAULT_PORT})",
     )
+    init.add_argument(
+        "--lmtp-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="LMTP port on 127.0.0.1 (default: a free port picked now)",
+    )
     init.set_defaults(handler=cmd_init)
 
     serve = subparsers.add_parser(
@@ -109,8 +139,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     directory: Path = args.dir.absolute()
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is outside 1..65535")
+    lmtp_port: int = args.lmtp_port if args.lmtp_port is not None else free_loopback_port()
+    if not 1 <= lmtp_port <= 65535:
+        raise UsageError(f"--lmtp-port {lmtp_port} is outside 1..65535")
+    if lmtp_port == args.port:
+        raise UsageError(f"--lmtp-port {lmtp_port} is the node-to-node --port")
     config_path = directory / CONFIG_NAME
-    text = CONFIG_TEMPLATE.format(name=args.name, port=args.port)
+    text = node_config_text(args.name, args.port, lmtp_port)
     # Validate what we are about to write, so `init` never leaves a config
     # that `serve` would reject (bad node name, socket path too long, ...).
     config = parse_config(text, config_path)
@@ -137,6 +172,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                     "admin_socket": str(node.admin_socket),
                     "port": config.listen.port,
                     "passwd_file": str(passwd_file),
+                    "lmtp": list(config.lmtp.addresses) if config.lmtp else [],
                 }
             )
         )
@@ -146,6 +182,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_line(f"  admin socket: {node.admin_socket}")
         write_line(f"  listen:       {config.listen.address}:{config.listen.port}")
         write_line(f"  users:        {passwd_file} (replicad user add USER)")
+        if config.lmtp is not None:
+            write_line(f"  lmtp:         {', '.join(config.lmtp.addresses)}")
         write_line(f"start it with: replicad serve -c {config_path}")
     return 0
 

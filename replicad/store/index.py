@@ -235,6 +235,10 @@ class MailIndex:
     def has_mailbox(self, txn: Any, user: str, name: str) -> bool:
         return txn.get(name_key(user, name), db=self.dbs.names) is not None
 
+    def has_user(self, txn: Any, user: str) -> bool:
+        """Whether ``user`` has any mailbox here."""
+        return self._user_exists(txn, check_user(user))
+
     def _user_exists(self, txn: Any, user: str) -> bool:
         prefix = user_prefix(user)
         with txn.cursor(db=self.dbs.names) as cur:

@@ -250,6 +250,10 @@ class MailStore:
     async def mailbox_status(self, user: str, name: str) -> MailboxStatus:
         return await self._read(lambda t: self.index.status(t, user, name))
 
+    async def has_user(self, user: str) -> bool:
+        """Whether ``user`` has any mailbox here (BadInputError for a bad name)."""
+        return await self._read(lambda t: self.index.has_user(t, user))
+
     async def list_users(self) -> list[str]:
         return await self._read(self.index.list_users)
 

@@ -280,3 +280,26 @@ def test_status_shows_cluster_status_or_dashes(
         else:
             [shown] = cluster_cmd._dashes([row], fmt)
             assert (shown["root"], shown["epoch"], shown["peers"]) == expected
+
+
+def test_each_node_gets_an_lmtp_port_shown_by_status(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path_factory.mktemp("lm")
+    nodes = cluster_cmd.create_cluster(directory, 3, None)
+    lmtp = {}
+    for node in nodes:
+        section = node.config.lmtp
+        assert section is not None and section.tcp[0][0] == "127.0.0.1"
+        lmtp[node.name] = section.port
+    node_ports = {node.port for node in nodes}
+    assert len(set(lmtp.values())) == 3 and not node_ports & set(lmtp.values())
+    monkeypatch.setattr(cluster_cmd, "running_pid", lambda _node: None)
+    for node in nodes:
+        row = cluster_cmd.status_row(node, "json")
+        assert (row["state"], row["lmtp"]) == ("stopped", lmtp[node.name])
+    result = run_cli("cluster", "status", directory)
+    assert result.returncode == 0, result.stderr.decode()
+    header, *rows = result.stdout.decode().splitlines()
+    assert header.split() == ["node", "state", "pid", "port", "lmtp", "root", "epoch", "peers"]
+    assert [row.split()[4] for row in rows] == [str(lmtp[n]) for n in NODES]

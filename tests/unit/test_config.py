@@ -219,3 +219,50 @@ def test_auth_section() -> None:
 )
 def test_bad_auth_values_name_the_key(text: str, expected: str) -> None:
     assert expected in error_of(MINIMAL + text)
+
+def test_lmtp_is_off_unless_configured() -> None:
+    assert parse_config(MINIMAL, BASE).lmtp is None
+
+
+def test_lmtp_listen_one_address_or_a_list_with_defaults() -> None:
+    one = parse_config(MINIMAL + '[lmtp]\nlisten = "127.0.0.1:24"\n', BASE).lmtp
+    assert one is not None
+    assert one.tcp == (("127.0.0.1", 24),) and one.unix == () and one.port == 24
+    assert one.max_recipients == 100 and one.timeout == 300.0
+    assert one.max_message_size == 63 * MIB  # what one SAVE can carry, less room
+    text = (
+        MINIMAL + '[lmtp]\nlisten = ["/run/replicad/lmtp", "[::1]:2424", "127.0.0.1:24"]\n'
+        'max_recipients = 50\nmax_message_size = "10MiB"\ntimeout = 30\n'
+    )
+    many = parse_config(text, BASE).lmtp
+    assert many is not None
+    assert many.tcp == (("::1", 2424), ("127.0.0.1", 24))
+    assert many.unix == (Path("/run/replicad/lmtp"),)
+    assert many.addresses == ("[::1]:2424", "127.0.0.1:24", "/run/replicad/lmtp")
+    assert (many.max_recipients, many.max_message_size, many.timeout) == (50, 10 * MIB, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ("[lmtp]\n", "missing required key lmtp.listen"),
+        ("[lmtp]\nlisten = []\n", "lmtp.listen must name at least one"),
+        ('[lmtp]\nlisten = "lmtp.sock"\n', "neither host:port nor an absolute"),
+        ('[lmtp]\nlisten = ["127.0.0.1:24", 24]\n', "lmtp.listen[1] must be a non-empty string"),
+        ('[lmtp]\nlisten = "127.0.0.1:99999"\n', "outside 1..65535"),
+        ('[lmtp]\nlisten = ["127.0.0.1:24", "127.0.0.1:24"]\n', "listed twice"),
+        ('[lmtp]\nlisten = "0.0.0.0:7750"\n', "the port of listen.port"),
+        ('[lmtp]\nlisten = "/' + "x" * 120 + '"\n', "longer than 107 bytes"),
+        ('[lmtp]\nlisten = "127.0.0.1:24"\nmax_recipients = 0\n', "lmtp.max_recipients 0"),
+        ('[lmtp]\nlisten = "127.0.0.1:24"\nmax_message_size = "64MiB"\n', "..63MiB"),
+        ('[lmtp]\nlisten = "127.0.0.1:24"\ntimeout = 0\n', "lmtp.timeout"),
+        ('[lmtp]\nlisten = "127.0.0.1:24"\nmax_rcpt = 5\n', "unknown key lmtp.max_rcpt"),
+    ],
+)
+def test_lmtp_errors_name_the_key(section: str, needle: str) -> None:
+    assert needle in error_of(MINIMAL + section)
+
+
+def test_lmtp_port_may_not_be_the_metrics_port() -> None:
+    text = MINIMAL + '[metrics]\nlisten = "127.0.0.1:9187"\n[lmtp]\nlisten = "127.0.0.1:9187"\n'
+    assert "the port of metrics.listen" in error_of(text)
