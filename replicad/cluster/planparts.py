@@ -20,10 +20,16 @@ from collections.abc import Callable
 from typing import Final
 
 from replicad.cluster.merge import MergePlan, PlanOp, PutMessage
+from replicad.protocol.frames import MAX_FRAME_VALUES
 
 #: Most estimated octets in one part: half the 64 MiB frame limit, so that
 #: the estimate below may be off by a lot and a part still fits (I9).
 PART_BYTES: Final = 32 * 1024 * 1024
+#: Most msgpack values in one part: half a frame's value budget
+#: (framing.md §3), the rest of the frame and a wide margin for the rest.
+#: Since every operation is at least 6 values, it also keeps a part within
+#: UPDATE's 100,000 operations.
+PART_VALUES: Final = MAX_FRAME_VALUES // 2
 #: Upper bounds of one operation's octets on the wire, bodies apart: the
 #: msgpack of UID, GUID, modseq, date, size, body hash and headers; per flag
 #: register its stamp and state (plus the flag name); per tombstone GUID and
@@ -43,10 +49,25 @@ def op_weight(op: PlanOp, with_body: Callable[[PutMessage], bool] = lambda _: Tr
     return OP_BYTES + GUID_BYTES * (len(t.guids) + 2 * len(t.moved))
 
 
+def op_values(op: PlanOp) -> int:
+    """msgpack values of ``op`` on the wire, exactly (``UPDATE_OPS`` in
+    replicad.protocol.commands): its array and kind, its fields, each flag
+    register an array of three, each tombstone GUID one, each move ``(uid
+    guid)`` an array of two."""
+    if isinstance(op, PutMessage):
+        return 10 + 4 * len(op.message.marks)
+    t = op.tombstone
+    return 6 + len(t.guids) + 3 * len(t.moved)
+
+
 def split_plan(
-    p: MergePlan, budget: int = PART_BYTES, weight: Callable[[PlanOp], int] = op_weight
+    p: MergePlan,
+    budget: int = PART_BYTES,
+    weight: Callable[[PlanOp], int] = op_weight,
+    values: int = PART_VALUES,
 ) -> tuple[MergePlan, ...]:
-    """``p`` as consecutive parts of at most ``budget`` estimated octets each.
+    """``p`` as consecutive parts of at most ``budget`` estimated octets and
+    ``values`` msgpack values (:func:`op_values`) each.
 
     An operation heavier than ``budget`` alone (one body that large) is a part
     by itself.  A plan without operations is one part.  Applying the parts
@@ -55,13 +76,14 @@ def split_plan(
     """
     parts: list[MergePlan] = []
     current: list[PlanOp] = []
-    size = 0
+    size = count = 0
     for op in p.ops:
-        w = weight(op)
-        if current and size + w > budget:
+        w, n = weight(op), op_values(op)
+        if current and (size + w > budget or count + n > values):
             parts.append(MergePlan(p.uidvalidity, p.uidnext, p.highestmodseq, tuple(current)))
-            current, size = [], 0
+            current, size, count = [], 0, 0
         current.append(op)
         size += w
+        count += n
     parts.append(MergePlan(p.uidvalidity, p.uidnext, p.highestmodseq, tuple(current)))
     return tuple(parts)

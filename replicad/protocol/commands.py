@@ -451,13 +451,31 @@ MBOX_ID: Final = UInt(0, MAX_U16)  # session-local mailbox id (seed 001)
 U32: Final = UInt(0, MAX_U32)
 UID: Final = UInt(1, MAX_U32)
 UIDVALIDITY: Final = UInt(1, MAX_U32)
-MODSEQ: Final = UInt(0, MAX_U63)
-SEQ: Final = UInt(1, MAX_U63)
+#: The largest hybrid-clock stamp a record may carry (verbs.md, "Value
+#: ranges").  A stamp is ``milliseconds << 16 | counter``
+#: (replicad.store.clock), so below 2^62 means milliseconds below 2^46: until
+#: the year 4199.  Above it the decoder refuses (I9), because every node
+#: pulls its clock past the stamps it applies and counts up from there: a
+#: stamp at the top of the wire range (2^63 - 1) made the next local stamp
+#: unencodable, and the outbox resent that change forever.  From 2^62 on,
+#: 2^62 increments remain before 2^63 - 1 -- one per nanosecond for 146
+#: years -- so no stamp a node derives from an accepted one overflows.
+#: (A stamp far ahead of physical time is the engine's to refuse, not the
+#: decoder's: that depends on the clock, this only on arithmetic.)
+MAX_STAMP: Final = 2**62 - 1
+#: The largest MODSEQ, change sequence number or epoch a record may carry.
+#: RFC 7162 allows 63 bits (2^63 - 1); each of these is incremented by its
+#: receiver (a replica's HIGHESTMODSEQ follows the master's, a resync
+#: allocates above it, ACKs and epochs count up), so the same headroom
+#: applies: 2^62 more increments fit before the 63-bit range ends.
+MAX_COUNTER: Final = 2**62 - 1
+MODSEQ: Final = UInt(0, MAX_COUNTER)
+SEQ: Final = UInt(1, MAX_COUNTER)
 #: Refused changes named in one ACK (a burst is at most 512 changes).
 MAX_REFUSED: Final = 4096
-EPOCH_T: Final = UInt(1, MAX_U63)
+EPOCH_T: Final = UInt(1, MAX_COUNTER)
 TIME: Final = UInt(0, MAX_U63)  # seconds since the epoch, UTC
-STAMP: Final = UInt(0, MAX_U63)  # hybrid logical clock: ms << 16 | counter (I5)
+STAMP: Final = UInt(0, MAX_STAMP)  # hybrid logical clock: ms << 16 | counter (I5)
 SIZE: Final = UInt(0, DEFAULT_MAX_FRAME)
 GUID: Final = Octets(16, 16)  # random message / mailbox GUID
 GUID_CHECK: Final = Octets(8, 8)  # the first 8 octets of a message GUID
@@ -666,7 +684,7 @@ class Ack(Untagged):
     write's durability level (I1)."""
 
     VERB = "ACK"
-    SCHEMA = (UInt(0, MAX_U63), ListOf(SEQ, MAX_REFUSED))
+    SCHEMA = (UInt(0, MAX_COUNTER), ListOf(SEQ, MAX_REFUSED))
     seq: int
     refused: tuple[int, ...] = ()
 

@@ -224,6 +224,28 @@ def plain_chunk(data: bytes) -> bytes:
     return _CHUNK.pack(CHUNK_PLAIN | len(data))
 
 
+#: zstd's largest block (RFC 8878 §3.1.1.2.3): the most one block inflates to.
+ZSTD_BLOCK: Final = 128 * 1024
+
+
+def zstd_max_inflate(n: int) -> int:
+    """The most ``n`` input octets of a zstd stream inflate to in one call.
+
+    An RLE block is 4 octets (3 of header, 1 to repeat) for a whole block of
+    output, the most any block achieves; the slice may also finish a block
+    begun before it.  So 4 KiB of input may inflate to 128 MiB inside a
+    single ``decompress`` call, before a check after the call could refuse it.
+    """
+    return (n // 4 + 1) * ZSTD_BLOCK
+
+
+def _safe_slice(budget: int) -> int:
+    """The largest input slice whose worst inflation (:func:`zstd_max_inflate`) fits
+    in ``budget`` octets; at least 1, so a budget nearly spent is overshot by at
+    most one block."""
+    return max(1, (budget // ZSTD_BLOCK - 1) * 4)
+
+
 class _Inflater:
     """Compressed input (a sequence of chunks, compression.md §2) -> frame decoder,
     refusing output beyond a per-call budget.
@@ -231,8 +253,11 @@ class _Inflater:
     zstd chunks' data are one zstd stream, fed to the decompressor in small
     slices with the output budget checked after each one, so a decompression
     bomb is caught after at most one slice's worth of inflation instead of
-    after the whole call.  ``decompressobj`` (unlike ``stream_writer``)
-    drains all the output a slice produces, so a frame never waits in zstd's
+    after the whole call; and a slice is never larger than what the budget
+    left could hold at zstd's worst ratio (:func:`_safe_slice`), so even one
+    slice cannot inflate beyond the budget before it is checked.
+    ``decompressobj`` (unlike ``stream_writer``) drains all the output a
+    slice produces, so a frame never waits in zstd's
     buffers for more input.  Plain chunks' data go to the frame decoder as
     they are: message bodies the store already compressed
     (replicad.blob), which a second compression would only cost time.
@@ -264,6 +289,9 @@ class _Inflater:
         leaves the rest of ``data`` unread.
         """
         decompress, feed, slice_size = self._dobj.decompress, self.decoder.feed, self.SLICE
+        # Cut frames at least every max-frame octets too: the decoder holds
+        # at most two frames' worth (FrameDecoder.max_buffered).
+        decode_every = min(self.DECODE_EVERY, self.decoder.max_frame)
         view = memoryview(data)
         position, end = 0, len(view)
         undecoded = 0
@@ -292,17 +320,30 @@ class _Inflater:
                 feed(piece)
                 undecoded += take
             else:
-                for start in range(0, take, slice_size):
-                    out = decompress(piece[start : start + slice_size])
+                start = 0
+                while start < take:
+                    # Never hand zstd more input than the budget left could
+                    # hold inflated (ZSTD_MAX_INFLATE): the bound holds before
+                    # the output is allocated, not after (I9).
+                    step = min(slice_size, take - start, _safe_slice(budget))
+                    out = decompress(piece[start : start + step])
+                    start += step
                     budget -= len(out)
                     if budget < 0:
                         raise ProtocolError(
                             "compressed input inflates beyond the limit (decompression bomb)"
                         )
-                    if out:
-                        feed(out)
-                        undecoded += len(out)
-            if undecoded >= self.DECODE_EVERY:
+                    # One slice may inflate to more than the decoder holds
+                    # (max_buffered): fed in pieces, frames cut in between.
+                    inflated = memoryview(out) if len(out) > decode_every else out
+                    for at in range(0, len(out), decode_every):
+                        part = inflated[at : at + decode_every]
+                        feed(part)
+                        undecoded += len(part)
+                        if undecoded >= decode_every:
+                            undecoded = 0
+                            yield from self.decoder.iter_frames()
+            if undecoded >= decode_every:
                 undecoded = 0
                 yield from self.decoder.iter_frames()
         if undecoded:

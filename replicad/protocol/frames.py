@@ -36,6 +36,20 @@ MAX_DEPTH: Final = 8
 #: before the frame-size check could help: a 5-byte array header may claim
 #: 4 billion elements).
 MAX_ARRAY_LEN: Final = 1_000_000
+#: Most values in one frame: every array and every scalar, the frame itself
+#: included (framing.md §3).  What a frame costs in memory once decoded is
+#: set by its values, not its octets: an empty array is one octet on the
+#: wire and about 64 bytes of Python heap, so 8 MiB of them became half a
+#: GiB (I9).  With this budget a decoded frame holds at most its own
+#: payload (string and bin contents) plus about 2^20 x 72 bytes ~ 72 MiB
+#: of objects, whatever it says.  Legitimate frames stay far below: a
+#: ``* SYNC`` chunk is at most 512 messages, and a merge is cut into parts
+#: of at most half the budget (replicad.cluster.planparts).
+MAX_FRAME_VALUES: Final = 1 << 20
+#: Payloads larger than this are scanned (:func:`scan_payload`) before they
+#: are decoded; smaller ones are decoded directly: every value takes at
+#: least one octet, so they cannot exceed the budget (:class:`FrameDecoder`).
+SCAN_ABOVE: Final = MAX_FRAME_VALUES
 #: Largest integer magnitude: msgpack's own range.
 MAX_INT: Final = 2**64 - 1
 MIN_INT: Final = -(2**63)
@@ -194,12 +208,138 @@ def _shape(obj: object) -> Frame:
     return obj
 
 
-def unpack_frame(payload: bytes | memoryview, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
-    """Decode one msgpack payload (no prefix) into a fully checked frame (:func:`check_frame`)."""
+def _scalar_widths() -> tuple[int, ...]:
+    """Encoded size of each msgpack type octet that starts a scalar of fixed
+    size (fixstr included: its length is in the type octet), else 0."""
+    width = [0] * 256
+    for octet in (*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3):
+        width[octet] = 1  # fixints, nil, booleans
+    for octet in range(0xA0, 0xC0):
+        width[octet] = 1 + (octet & 0x1F)  # fixstr
+    for octet, size in ((0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9), (0xCA, 5), (0xCB, 9)):
+        width[octet] = size  # uint 8..64, float 32/64
+    for octet, size in ((0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):
+        width[octet] = size  # int 8..64
+    return tuple(width)
+
+
+_WIDTH: Final = _scalar_widths()
+_U16: Final = struct.Struct(">H").unpack_from
+_U32: Final = struct.Struct(">I").unpack_from
+#: Type octets of str 8/16/32 and bin 8/16/32: the size of their length field.
+_LENGTHS: Final = {
+    0xD9: 1,
+    0xC4: 1,
+    0xDA: 2,
+    0xC5: 2,
+    0xDB: 4,
+    0xC6: 4,
+}
+
+
+def scan_payload(
+    payload: bytes | bytearray | memoryview,
+    *,
+    max_values: int = MAX_FRAME_VALUES,
+    max_depth: int = MAX_DEPTH,
+) -> None:
+    """Refuse ``payload`` unless it is exactly one msgpack object of at most
+    ``max_values`` values nested at most ``max_depth`` deep (framing.md §3, I9).
+
+    A walk over the encoding that builds nothing: arrays are counted as
+    their headers are read (so a bomb is refused after at most
+    ``max_values`` values have been stepped over, before a single object
+    is allocated), strings and bins are skipped over in O(1) whatever
+    their length.  Maps and extension types are refused here (they are
+    outside the value model); booleans and floats are counted and left to
+    the consumer to refuse.  The work is proportional to the number of
+    values, so a frame carrying a large body costs a handful of steps.
+    Raises :class:`ProtocolError` only.
+    """
+    width = _WIDTH
+    view = payload
+    end = len(view)
+    pos = 0
+    values = 1  # the outermost object
+    enclosing: list[int] = []  # elements still to read in each enclosing array
+    left = 1  # elements still to read at the current level
     try:
-        frame = msgpack.unpackb(payload, **_unpacker_options(max_frame))
+        while True:
+            # The elements of the innermost open array; scalars take the
+            # first branch, four operations each (the dense frames' bulk).
+            while left:
+                left -= 1
+                octet = view[pos]
+                size = width[octet]
+                if size:
+                    pos += size
+                    continue
+                if 0x90 <= octet <= 0x9F:
+                    count = octet & 0x0F
+                    pos += 1
+                elif octet == 0xDC:
+                    count = _U16(view, pos + 1)[0]
+                    pos += 3
+                elif octet == 0xDD:
+                    count = _U32(view, pos + 1)[0]
+                    pos += 5
+                else:
+                    length_size = _LENGTHS.get(octet)
+                    if length_size is None:
+                        raise ProtocolError(
+                            f"frame holds a value outside the value model (type 0x{octet:02x})"
+                        )
+                    if length_size == 1:
+                        length = view[pos + 1]
+                    elif length_size == 2:
+                        length = _U16(view, pos + 1)[0]
+                    else:
+                        length = _U32(view, pos + 1)[0]
+                    pos += 1 + length_size + length
+                    continue
+                # An array: one level deeper than the arrays around it.
+                if len(enclosing) >= max_depth:
+                    raise ProtocolError(f"frame nested deeper than {max_depth}")
+                if count:
+                    values += count
+                    if values > max_values:
+                        raise ProtocolError(f"frame holds more than {max_values} values")
+                    enclosing.append(left)
+                    left = count
+            if not enclosing:
+                break
+            left = enclosing.pop()
+    except (IndexError, struct.error):
+        raise ProtocolError("frame payload does not match its length prefix") from None
+    if pos != end:
+        raise ProtocolError("frame payload does not match its length prefix")
+
+
+def _decode_scanned(payload: bytes | bytearray | memoryview, options: dict[str, Any]) -> object:
+    """:func:`scan_payload`, then build the object (the large-frame path)."""
+    scan_payload(payload)
+    try:
+        return msgpack.unpackb(payload, **options)
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}") from None
+
+
+def unpack_frame(payload: bytes | memoryview, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+    """Decode one msgpack payload (no prefix) into a fully checked frame (:func:`check_frame`).
+
+    A payload larger than :data:`SCAN_ABOVE` is scanned first (values and
+    depth, :func:`scan_payload`), so it is refused before it is built.
+    """
+    if len(payload) > max_frame:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {max_frame}-byte limit")
+    options = _unpacker_options(max_frame)
+    if len(payload) > SCAN_ABOVE:
+        frame = _decode_scanned(payload, options)
+    else:
+        try:
+            frame = msgpack.unpackb(payload, **options)
+        except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+            raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}") from None
     return check_frame(frame)
 
 
@@ -225,13 +365,43 @@ class FrameDecoder:
     the frames after every feed of one network read.  After a
     :class:`ProtocolError` the decoder stays failed: the byte stream has
     lost its framing and the link must be closed.
+
+    Expansion (I9, framing.md §3): no frame handed out holds more than
+    :data:`MAX_FRAME_VALUES` values, so decoding one allocates at most its
+    payload plus about 72 MiB, however it was crafted.  Two paths:
+
+    * A payload of at most :data:`SCAN_ABOVE` octets (1 MiB: every change
+      record, command and reply but the largest merges and bodies, i.e.
+      the hot path) is decoded in place by msgpack's C unpacker with no
+      check at all: every value takes at least one octet, so it cannot
+      hold more than :data:`MAX_FRAME_VALUES` values.  Its nesting is
+      refused by its consumer: every verb's schema
+      (:func:`replicad.protocol.commands.decode`) goes at most 5 deep and
+      refuses a list wherever it expects none; generic consumers call
+      :func:`check_frame`.  Checking depth here as well would walk every
+      frame in Python: 8-17% of the whole receive path of a STORE,
+      measured, to refuse what the value budget already made harmless.
+    * A larger payload is collected in a buffer of its own and walked by
+      :func:`scan_payload` before anything is built: more than
+      :data:`MAX_FRAME_VALUES` values or nesting deeper than
+      :data:`MAX_DEPTH` is refused without allocating a single object.
+      The walk skips string and bin contents in O(1), so a frame carrying
+      a 10 MB body costs a few steps; a dense one (a merge of thousands of
+      messages) costs one Python step per value, about a quarter of what
+      its msgpack and typed decode cost.  Collecting the payload apart
+      costs nothing: it replaces the unpacker's own buffer, which grows by
+      copying.  msgpack's ``list_hook`` would count arrays in C, but only
+      after building them, and could not count the scalars still open in
+      enclosing arrays, so the bound would not hold.
     """
 
     __slots__ = (
+        "_big",
         "_end",
         "_expected_end",
         "_failed",
         "_iterating",
+        "_options",
         "_size",
         "_unpacker",
         "max_buffered",
@@ -246,24 +416,62 @@ class FrameDecoder:
         # Positions are stream offsets as the unpacker's tell() counts them:
         # what is buffered is _end - tell(), with no count to keep up to date
         # per frame.
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=self.max_buffered, **_unpacker_options(max_frame)
-        )
+        self._options = _unpacker_options(max_frame)
+        self._unpacker = msgpack.Unpacker(max_buffer_size=self.max_buffered, **self._options)
         self._end = 0  # stream offset just past the last byte fed
         self._size = -1  # payload size of a frame whose prefix was consumed, else -1
         self._expected_end = 0  # stream offset where that frame's payload must end
         self._failed: str | None = None
         self._iterating = False  # an iter_frames() generator is running or suspended
+        # The payload of a frame larger than SCAN_ABOVE, collected here rather
+        # than in the unpacker so that it can be scanned before it is decoded.
+        self._big: bytearray | bytes | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._failed is not None:
             raise ProtocolError(self._failed)
         if not data:
             return
-        if self._end - self._unpacker.tell() + len(data) > self.max_buffered:
+        big = self._big
+        held = len(big) if big is not None else 0
+        if self._end - self._unpacker.tell() + held + len(data) > self.max_buffered:
             self._fail(f"more than {self.max_buffered} bytes of undecoded input")
+        if big is not None:
+            assert type(big) is bytearray  # a complete one (bytes) is decoded at once
+            take = self._size - held
+            if len(data) <= take:
+                big += data
+                return
+            view = memoryview(data)
+            big += view[:take]
+            data = view[take:]
         self._unpacker.feed(data)
         self._end += len(data)
+
+    def _start_big(self, size: int) -> None:
+        """Collect the payload of the ``size``-octet frame whose prefix was just
+        read in a buffer of its own (what of it is buffered already, first)."""
+        take = min(self._end - self._unpacker.tell(), size)
+        first = self._unpacker.read_bytes(take) if take else b""
+        # All there already (one large read): decoded at once, from these bytes.
+        self._big = first if take == size else bytearray(first)
+
+    def _finish_big(self) -> Frame | None:
+        """The large frame being collected, scanned and decoded; None until complete."""
+        big = self._big
+        assert big is not None
+        if len(big) < self._size:
+            return None
+        self._big = None
+        self._size = -1
+        try:
+            obj = _decode_scanned(big, self._options)
+        except ProtocolError as exc:
+            self._fail(exc.message)
+        if type(obj) is not list or len(obj) < 2:
+            self._fail("frame is not an array of at least [tag, verb]")
+        frame: Frame = obj
+        return frame
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
@@ -282,6 +490,10 @@ class FrameDecoder:
                 self._fail(f"frame of {size} bytes exceeds the {self.max_frame}-byte limit")
             self._size = size
             self._expected_end = unpacker.tell() + size
+            if size > SCAN_ABOVE:
+                self._start_big(size)
+        if self._big is not None:
+            return self._finish_big()
         if self._end < self._expected_end:
             return None
         try:
@@ -328,6 +540,7 @@ class FrameDecoder:
         unpacker, max_frame = self._unpacker, self.max_frame
         read_bytes, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
         prefix = _PREFIX.unpack
+        small = SCAN_ABOVE
         position = tell()
         end = self._end
         self._iterating = True
@@ -335,16 +548,25 @@ class FrameDecoder:
             while end - position >= 4:  # PREFIX_LEN; a literal saves a global lookup per frame
                 (size,) = prefix(read_bytes(4))
                 position += 4
-                if not 0 < size <= max_frame or end - position < size:
-                    # A partial frame (the usual end of a read) or a bad prefix;
-                    # the prefix stays consumed, as in next_frame.
+                if not 0 < size <= small or end - position < size:
+                    # A partial frame (the usual end of a read), a bad prefix or
+                    # a large frame; the prefix stays consumed, as in next_frame.
                     self._size = size
                     self._expected_end = position + size
                     if size == 0:
                         self._fail("empty frame")
                     if size > max_frame:
                         self._fail(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
-                    return
+                    if size <= small:
+                        return
+                    # Large: collected apart and scanned (class docstring).
+                    self._start_big(size)
+                    frame = self._finish_big()
+                    if frame is None:
+                        return
+                    position = tell()
+                    yield frame
+                    continue
                 try:
                     obj = unpack()
                 except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
@@ -376,6 +598,9 @@ class FrameDecoder:
         if self._size >= 0:
             head = _PREFIX.pack(self._size)
             self._size = -1
+        if self._big is not None:
+            head += self._big
+            self._big = None
         left = self._end - self._unpacker.tell()
         rest: bytes = self._unpacker.read_bytes(left) if left else b""
         return head + rest
@@ -384,7 +609,8 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet decoded into frames."""
         left: int = self._end - self._unpacker.tell()
-        return left + (PREFIX_LEN if self._size >= 0 else 0)
+        big = len(self._big) if self._big is not None else 0
+        return left + big + (PREFIX_LEN if self._size >= 0 else 0)
 
     def _fail(self, reason: str) -> NoReturn:
         self._failed = reason

@@ -187,7 +187,9 @@ def test_decompression_bomb_is_refused() -> None:
     bomb = b"".join(compressor.compress(chunk) for _ in range(1024))
     bomb += compressor.flush()
     assert len(bomb) < 200_000
-    with pytest.raises(ProtocolError, match="bomb"):
+    # Refused as a bomb, or before that as what it inflates to: zeros are
+    # empty frames, and frames are cut at least every max-frame octets.
+    with pytest.raises(ProtocolError, match=r"bomb|empty frame"):
         server.receive_data(zstd_chunk(bomb) + bomb)
     assert server.state is State.CLOSED
 

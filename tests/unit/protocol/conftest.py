@@ -68,7 +68,7 @@ def strategy_for(kind: c.FieldType) -> st.SearchStrategy[Any]:
     if isinstance(kind, c.FlagList):
         return _flags()
     if isinstance(kind, c.MarkList):
-        register = st.tuples(st.integers(0, 2**63 - 1), st.booleans())
+        register = st.tuples(st.integers(0, c.MAX_STAMP), st.booleans())
         return st.dictionaries(st.sampled_from(SYSTEM_FLAGS + _KEYWORDS), register, max_size=4).map(
             lambda d: tuple((f, s, p) for f, (s, p) in sorted(d.items()))
         )

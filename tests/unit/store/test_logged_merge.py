@@ -156,3 +156,48 @@ def test_parts_applied_in_order_are_the_whole_plan() -> None:
     for part in parts:
         state = apply_plan(state, part)
     assert state == apply_plan(side, whole) == merged
+
+
+def test_parts_stay_within_the_frame_value_budget() -> None:
+    """A merge of many small messages is cut by values, not only octets: a
+    part never exceeds half the receiver's value budget (framing.md §3),
+    and its operations count as they are encoded."""
+    from replicad.protocol import commands as c
+    from replicad.protocol.frames import MAX_FRAME_VALUES
+
+    def message(uid: int) -> MessageState:
+        marks = (FlagMark("$Work", uid, False), FlagMark("\\Seen", uid, True))
+        return MessageState(uid, uid.to_bytes(16, "big"), uid + 1, 1, 10, bytes(32), marks)
+
+    count = 120_000
+    merged = MailboxState(
+        9, count + 1, count + 2, tuple(message(u) for u in range(1, count + 1)), ()
+    )
+    whole = plan(MailboxState(9, 1, 1, (), ()), merged)
+    parts = planparts.split_plan(whole)
+    assert len(parts) > 1
+    assert sum(len(p.ops) for p in parts) == len(whole.ops)
+    for part in parts:
+        assert sum(planparts.op_values(op) for op in part.ops) <= planparts.PART_VALUES
+        assert len(part.ops) <= 100_000
+    # The count is the encoding's: one op as UPDATE carries it.
+    op = whole.ops[0]
+    assert isinstance(op, PutMessage)
+    m = op.message
+    wire = c.UpdateAppend(
+        m.uid,
+        m.guid,
+        m.modseq,
+        m.internaldate,
+        m.size,
+        m.body_hash,
+        tuple((k.flag, k.stamp, k.present) for k in m.marks),
+        None,
+    )
+    encoded = c.UPDATE_OPS.encode((wire,))[0]
+
+    def values(v: object) -> int:
+        return 1 + sum(values(x) for x in v) if isinstance(v, list) else 1
+
+    assert values(encoded) == planparts.op_values(op)
+    assert planparts.PART_VALUES * 2 == MAX_FRAME_VALUES
