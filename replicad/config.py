@@ -28,6 +28,7 @@ from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.masters import Granularity
 from replicad.errors import BadInputError, ConfigError
 from replicad.pki import validate_node_name
+from replicad.transport.gate import DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 DEFAULT_CONFIG_PATH = Path("/etc/replicad/replicad.toml")
 CONFIG_ENV = "REPLICAD_CONFIG"
@@ -89,6 +90,10 @@ class ListenSection:
 
     address: str
     port: int
+    #: Connections in their TLS handshake at once, in total and from one
+    #: source address; more are closed at once (replicad.transport.gate).
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_handshakes_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,12 +308,28 @@ def parse_config(text: str, path: Path) -> NodeConfig:
     )
 
     listen_tbl = _table(doc, "listen")
-    _check_keys(listen_tbl, ("address", "port"), "listen.")
+    _check_keys(
+        listen_tbl, ("address", "port", "max_handshakes", "max_handshakes_per_source"), "listen."
+    )
     address = _get(listen_tbl, "listen.address", str, default="127.0.0.1")
     if not address:
         raise ConfigError("listen.address must not be empty")
     port = _port(listen_tbl, "listen.port", default=DEFAULT_PORT)
-    listen = ListenSection(address, port)
+    max_handshakes = _get(listen_tbl, "listen.max_handshakes", int, default=DEFAULT_MAX_HANDSHAKES)
+    per_source = _get(
+        listen_tbl,
+        "listen.max_handshakes_per_source",
+        int,
+        default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    )
+    if not 1 <= max_handshakes <= 100_000:
+        raise ConfigError(f"listen.max_handshakes {max_handshakes} is outside 1..100000")
+    if not 1 <= per_source <= max_handshakes:
+        raise ConfigError(
+            f"listen.max_handshakes_per_source {per_source} is outside 1..{max_handshakes} "
+            "(listen.max_handshakes)"
+        )
+    listen = ListenSection(address, port, max_handshakes, per_source)
 
     tls: TlsSection | None = None
     if "tls" in doc:

@@ -78,6 +78,7 @@ from replicad.sdnotify import Notifier
 from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
 from replicad.transport import load_tls_contexts
+from replicad.transport.gate import HandshakeGate
 from replicad.transport.logfmt import format_value
 
 log = logging.getLogger("replicad.node")
@@ -548,7 +549,15 @@ def _needs_restart(running: NodeConfig, new: NodeConfig) -> list[str]:
     return [
         name
         for name in (
-            "node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth", "lmtp"
+            "node",
+            "listen",
+            "tls",
+            "peers",
+            "admin",
+            "cluster",
+            "metrics",
+            "auth",
+            "lmtp",
         )
         if getattr(running, name) != getattr(new, name)
     ]
@@ -603,7 +612,14 @@ def _cluster_node(config: NodeConfig, store: MailStore, meter: LinkMeter) -> Clu
         peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),
         store=store,
         network=MeteredNetwork(
-            TlsNetwork(contexts, (config.listen.address, config.listen.port)), meter
+            TlsNetwork(
+                contexts,
+                (config.listen.address, config.listen.port),
+                HandshakeGate(
+                    config.listen.max_handshakes, config.listen.max_handshakes_per_source
+                ),
+            ),
+            meter,
         ),
         data_dir=config.node.data_dir,
         settings=ClusterSettings(

@@ -133,6 +133,7 @@ from replicad.store.records import (
 )
 from replicad.store.replica import CLOCK_SKEW, MISSING_MAILBOX
 from replicad.transport import Link, TlsContexts, open_link, serve_links
+from replicad.transport.gate import HandshakeGate
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
 
@@ -219,10 +220,13 @@ class Network(Protocol):
 class TlsNetwork:
     """Mutually authenticated TLS links (replicad.transport)."""
 
-    def __init__(self, contexts: TlsContexts, listen: tuple[str, int]) -> None:
+    def __init__(
+        self, contexts: TlsContexts, listen: tuple[str, int], gate: HandshakeGate | None = None
+    ) -> None:
         self.contexts = contexts
         self.cluster = contexts.cluster
         self.listen = listen
+        self.gate = gate if gate is not None else HandshakeGate()
 
     async def dial(self, peer: PeerAddress, config: LinkConfig) -> Link:
         return await open_link(peer.host, peer.port, peer.name, self.contexts, config=config)
@@ -242,6 +246,7 @@ class TlsNetwork:
             port=port,
             config=config,
             known_peers=known_peers,
+            gate=self.gate,
             task_status=task_status,
         )
 
@@ -1957,8 +1962,13 @@ class ClusterNode:
                 try:
                     await self.store.ack(session.peer, session.outbox.acked)
                 except TemporaryError as exc:
-                    log_event(log, logging.WARNING, "ack-not-persisted", peer=session.peer,
-                              reason=str(exc))
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "ack-not-persisted",
+                        peer=session.peer,
+                        reason=str(exc),
+                    )
                     session.ack_dirty.set()
                     await trio.sleep(STORE_FULL_RETRY_MAX)
                 await trio.sleep(0.05)

@@ -46,6 +46,7 @@ from replicad.transport.channel import (
     connect_channel,
     format_remote,
 )
+from replicad.transport.gate import HandshakeGate
 from replicad.transport.logfmt import log_event
 from replicad.transport.tls import LinkRefusedError, TlsContexts
 
@@ -370,6 +371,17 @@ async def open_link(
 
 
 LinkHandler = Callable[[Link], Awaitable[None]]
+#: A listener refusing connections over its handshake caps logs at most
+#: one line per this many seconds (with the running count).
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+def _source_address(tcp: trio.SocketStream) -> str:
+    try:
+        peer = tcp.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 async def accept_link(
@@ -380,13 +392,46 @@ async def accept_link(
     config: LinkConfig,
     known_peers: Collection[str] | None,
     handshake_timeout: float,
+    handshake_done: Callable[[], None] | None = None,
 ) -> None:
     """Set up one accepted connection and run ``handler`` on the link.
 
     Never raises for anything the peer did (I9): refusals and protocol
     violations are logged and the connection closed. Bugs in ``handler``
     do propagate, so that they are not silently swallowed.
+    ``handshake_done`` is called once the handshake ended, either way
+    (the listener's :class:`~replicad.transport.gate.HandshakeGate`).
     """
+    remote = format_remote(tcp)
+    try:
+        link = await _accept_handshake(tcp, contexts, config, known_peers, handshake_timeout)
+    finally:
+        if handshake_done is not None:
+            handshake_done()
+    if link is None:
+        return
+    log_event(
+        log,
+        logging.INFO,
+        "link-up",
+        side="server",
+        peer=link.peer,
+        remote=remote,
+        version=link.hello.version,
+        capabilities=",".join(sorted(link.capabilities)) or "-",
+    )
+    await _run_handler(link, handler)
+
+
+async def _accept_handshake(
+    tcp: trio.SocketStream,
+    contexts: TlsContexts,
+    config: LinkConfig,
+    known_peers: Collection[str] | None,
+    handshake_timeout: float,
+) -> Link | None:
+    """TLS, the peer check and HELLO of an accepted connection; None (the
+    connection closed, the refusal logged) if the peer failed any of them."""
     remote = format_remote(tcp)
     try:
         with trio.fail_after(handshake_timeout):
@@ -407,7 +452,7 @@ async def accept_link(
             reason="handshake-timeout",
             detail=f"no complete handshake within {handshake_timeout:g}s",
         )
-        return
+        return None
     except LinkRefusedError as exc:
         await trio.aclose_forcefully(tcp)
         log_event(
@@ -419,17 +464,11 @@ async def accept_link(
             reason=exc.reason,
             detail=exc.message,
         )
-        return
-    log_event(
-        log,
-        logging.INFO,
-        "link-up",
-        side="server",
-        peer=link.peer,
-        remote=remote,
-        version=link.hello.version,
-        capabilities=",".join(sorted(link.capabilities)) or "-",
-    )
+        return None
+    return link
+
+
+async def _run_handler(link: Link, handler: LinkHandler) -> None:
     try:
         await handler(link)
     except ProtocolError as exc:
@@ -453,6 +492,7 @@ async def serve_links(
     config: LinkConfig | None = None,
     known_peers: Collection[str] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    gate: HandshakeGate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept links on ``host:port`` forever, each in its own task.
@@ -460,14 +500,36 @@ async def serve_links(
     ``task_status.started`` reports the listeners (port 0 picks a free port;
     read it from ``listeners[0].socket.getsockname()``). ``known_peers``
     restricts which certified nodes may connect (None: any node the CA
-    certified). Runs until cancelled.
+    certified). ``gate`` caps the handshakes in progress (a default one if
+    None): a connection over a cap is closed before any TLS work (I9).
+    Runs until cancelled.
     """
+    gate = gate if gate is not None else HandshakeGate()
+    last_logged = -math.inf
     config = config or LinkConfig(cluster=contexts.cluster, node=contexts.node)
     if not math.isfinite(handshake_timeout) or handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be a positive number of seconds")
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def per_connection(tcp: trio.SocketStream) -> None:
+        nonlocal last_logged
+        source = _source_address(tcp)
+        if not gate.admit(source):
+            await trio.aclose_forcefully(tcp)
+            now = trio.current_time()
+            if now - last_logged >= REFUSAL_LOG_INTERVAL:  # a flood logs a line, not a flood
+                last_logged = now
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "link-refused",
+                    side="server",
+                    remote=source,
+                    reason="too-many-handshakes",
+                    in_progress=gate.in_progress,
+                    refused_total=gate.refused,
+                )
+            return
         await accept_link(
             tcp,
             contexts,
@@ -475,6 +537,7 @@ async def serve_links(
             config=config,
             known_peers=known_peers,
             handshake_timeout=handshake_timeout,
+            handshake_done=lambda: gate.release(source),
         )
 
     # serve_listeners spawns each connection into its own task of its

@@ -56,6 +56,7 @@ from replicad.transport import (
     serve_links,
     server_context,
 )
+from replicad.transport.gate import HandshakeGate
 
 CLUSTER = "c1"
 
@@ -582,3 +583,44 @@ async def test_a_body_with_an_unknown_codec_closes_the_link(server: Server, cert
         assert "unknown codec" in event.reason
     finally:
         await link.aclose()
+
+
+async def test_a_handshake_flood_from_one_address_leaves_room_for_peers(
+    certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    """I9: 50 idle connections from 127.0.0.2 hold no more than the
+    per-source cap of handshakes; the rest are closed at once, and a peer
+    from another address completes its handshake meanwhile."""
+    async with trio.open_nursery() as nursery:
+        gate = HandshakeGate(max_total=16, max_per_source=4)
+        listeners = await nursery.start(
+            lambda task_status: serve_links(
+                certs.contexts("n1"),
+                ping_server,
+                host="127.0.0.1",
+                port=0,
+                handshake_timeout=3600,
+                gate=gate,
+                task_status=task_status,
+            )
+        )
+        server = Server(listeners[0].socket.getsockname()[1], certs)
+        flood = [
+            await trio.open_tcp_stream("127.0.0.1", server.port, local_address="127.0.0.2")
+            for _ in range(50)
+        ]
+        try:
+            closed = 0
+            for stream in flood:
+                with trio.move_on_after(0.5):
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        if await stream.receive_some(1) == b"":
+                            closed += 1
+            assert closed == 50 - 4  # all but the per-source cap, closed before any TLS
+            assert gate.in_progress == 4
+            await wait_for_event(link_logs, "link-refused", reason="too-many-handshakes")
+            await good_peer_gets_in(server, link_logs)
+        finally:
+            for stream in flood:
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
