@@ -63,7 +63,7 @@ def test_flag_register_with_a_stamp_out_of_range_is_refused() -> None:
     [
         c.Mbox(1, "u", "INBOX", GUID, 1, 1, 0, 2**62),
         c.Sync(1, 2**62),
-        c.Update(1, 1, 2, 2**62, 1, None, ()),
+        c.Update(1, 1, 2, 2**62, 1, None, (), "INBOX", 0),
     ],
     ids=["MBOX highestmodseq", "SYNC since", "UPDATE highestmodseq"],
 )
@@ -74,7 +74,7 @@ def test_commands_with_a_modseq_out_of_range_are_refused(record: c.Command) -> N
 
 def test_ack_and_epoch_out_of_range_are_refused() -> None:
     with pytest.raises(ProtocolError, match="expected an integer"):
-        c.decode(["*", "ACK", 2**62])
+        c.decode(["*", "ACK", 2**62, []])
     with pytest.raises(ProtocolError, match="expected an integer"):
         c.decode(["*", "EPOCH", MAX_U63, "n1"])
 
