@@ -29,7 +29,7 @@ import trio
 
 from replicad.cluster.digest import GROUP_FLAG, DigestTree, MailboxDigest, bucket_of
 from replicad.cluster.masters import master_key
-from replicad.errors import ReplicadError
+from replicad.errors import ProtocolError, ReplicadError, TemporaryError
 from replicad.protocol import commands as c
 from replicad.store.changelog import RESYNC_CONFLICT
 from replicad.transport.logfmt import log_event
@@ -40,6 +40,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("replicad.verify")
 
 STEP_TIMEOUT = 60.0
+#: Most ``* MAILBOX``/``* DIGEST`` frames collected for one request (~200
+#: octets each here: some 50 MiB).  Past it the frames are dropped as they
+#: come, and MAILBOXES is asked again for half as many buckets (I9).
+COLLECT_BUDGET = 256 * 1024
+#: Buckets asked per MAILBOXES at first.
+MAILBOXES_BATCH = 4096
+
+
+class CollectTooLarge(TemporaryError):
+    """A reply went past :data:`COLLECT_BUDGET` frames (they were dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,7 @@ class AntiEntropy:
         self.last: dict[str, float] = {}  # peer -> when last compared (trio time)
         #: ``* DIGEST``/``* MAILBOX`` frames of a request in progress, by peer.
         self.collect: dict[str, list[c.Untagged]] = {}
+        self._over: set[str] = set()  # peers whose reply went past COLLECT_BUDGET
 
     # -- the asking side --
 
@@ -131,9 +142,17 @@ class AntiEntropy:
     ) -> list[MailboxDigest]:
         out: list[MailboxDigest] = []
         todo = sorted(buckets)
-        for start in range(0, len(todo), 4096):
-            part = c.Mailboxes(tuple(todo[start : start + 4096]))
-            frames = await self._collect(session, part, result)
+        start, step = 0, MAILBOXES_BATCH
+        while start < len(todo):
+            part = c.Mailboxes(tuple(todo[start : start + step]))
+            try:
+                frames = await self._collect(session, part, result)
+            except CollectTooLarge:
+                if step == 1:
+                    raise
+                step = max(1, step // 2)
+                continue
+            start += len(part.buckets)
             for f in frames:
                 assert isinstance(f, c.MailboxData)
                 out.append(
@@ -155,20 +174,29 @@ class AntiEntropy:
         self, session: PeerSession, command: c.Command, result: Comparison
     ) -> list[c.Untagged]:
         # One comparison per peer at a time (the callers are sequential per peer).
-        self.collect[session.peer] = []
+        frames: list[c.Untagged] = []
+        self.collect[session.peer] = frames
+        self._over.discard(session.peer)
         try:
             await session.request(command, timeout=STEP_TIMEOUT)
             result.round_trips += 1
-            return self.collect[session.peer]
         finally:
             self.collect.pop(session.peer, None)
+        if session.peer in self._over:
+            self._over.discard(session.peer)
+            raise CollectTooLarge(f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}")
+        return frames
 
     def on_data(self, session: PeerSession, data: c.Untagged) -> None:
         found = self.collect.get(session.peer)
         if found is None:
-            from replicad.errors import ProtocolError
-
             raise ProtocolError(f"unexpected * {data.VERB}")
+        if session.peer in self._over:
+            return  # past the budget: dropped as it comes (CollectTooLarge)
+        if len(found) >= COLLECT_BUDGET:
+            found.clear()
+            self._over.add(session.peer)
+            return
         found.append(data)
 
     async def repair(self, differences: list[Difference]) -> int:

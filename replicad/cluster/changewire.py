@@ -57,6 +57,25 @@ def mailboxes_of(change: Change) -> list[bytes]:
     return []
 
 
+def body_bytes(frame: c.Change) -> int:
+    """Octets of the bodies a change frame carries, in their stored form (what
+    the wire holds and what a receiver buffers until it applies the change).
+
+    Both ends of a change stream count a change with this one function: the
+    master's window (:class:`~replicad.cluster.outbox.OutboxStream`) and the
+    peer's inbox must agree on every change's weight, or a window that fits
+    the inbox on one side could overflow it on the other."""
+    if isinstance(frame, c.SaveChange):
+        return len(frame.body.stored) if frame.body is not None else 0
+    if isinstance(frame, c.UpdateChange):
+        return sum(
+            len(op.body.stored)
+            for op in frame.ops
+            if isinstance(op, c.UpdateAppend) and op.body is not None
+        )
+    return 0
+
+
 def ops_to_wire(
     ops: tuple[PlanOp, ...], bodies: dict[bytes, Blob], flags_only: frozenset[int] = frozenset()
 ) -> tuple[c.UpdateOp, ...]:

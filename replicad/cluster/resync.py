@@ -79,6 +79,44 @@ BODY_BATCH: Final = 64
 UPDATE_BODY_BYTES: Final = 32 * 1024 * 1024
 #: How long one resync step may wait for the peer.
 STEP_TIMEOUT: Final = 60.0
+#: Most of a SYNC reply collected before the merge, in items: an entry
+#: (message or tombstone) counts one, and one more for each flag register,
+#: GUID and move it carries, so a message's weight follows its size (no
+#: bodies: those are FETCHed, BODY_BATCH at a time).  An item is ~30-100
+#: octets on the wire and a few times that as objects here: 256k items
+#: hold some 50-100 MiB.  A larger reply is dropped as it arrives and the
+#: state pulled again in UID ranges of at most this much each
+#: (:meth:`Resyncer._pull_in_ranges`), so a mailbox of any size resyncs.
+SYNC_BUDGET: Final = 256 * 1024
+#: Above every modseq: a SYNC with it as ``since`` sends only the UIDs asked for.
+MAX_MODSEQ: Final = (1 << 63) - 1
+
+
+class SyncTooLarge(TemporaryError):
+    """A SYNC reply went past :data:`SYNC_BUDGET` (its entries were dropped)."""
+
+    def __init__(self, peer: str, reply: Any) -> None:
+        super().__init__(f"SYNC from {peer}: reply above {SYNC_BUDGET} items")
+        self.reply = reply
+
+
+class _Collected:
+    """The data frames of one SYNC or FETCH in progress; a SYNC's are counted
+    against :data:`SYNC_BUDGET` and dropped past it."""
+
+    __slots__ = ("frames", "items", "over")
+
+    def __init__(self) -> None:
+        self.frames: list[c.Untagged] = []
+        self.items = 0
+        self.over = False
+
+
+def sync_items(frame: c.SyncData) -> int:
+    """The weight of a ``* SYNC`` frame against :data:`SYNC_BUDGET`."""
+    return sum(1 + len(m.marks) for m in frame.messages) + sum(
+        1 + len(t.guids) + len(t.moved) for t in frame.gone
+    )
 
 
 class Resyncer:
@@ -100,8 +138,11 @@ class Resyncer:
         self.full: set[tuple[str, bytes]] = set()
         #: (peer, mailbox) -> the ``since`` of a RESYNC request (an incremental hint).
         self.requested: dict[tuple[str, bytes], int] = {}
-        #: Data frames of a SYNC or FETCH in progress, by (verb, mbox id).
-        self.collect: dict[tuple[str, str, int], list[c.Untagged]] = {}
+        #: Data frames of a SYNC or FETCH in progress, by (verb, peer, mbox id).
+        self.collect: dict[tuple[str, str, int], _Collected] = {}
+        #: The most SYNC items ever held for one request (tests assert on it).
+        self.peak_sync_items = 0
+        self.ranged = 0  # SYNC replies above the budget, pulled again in UID ranges
 
     # -- queueing --
 
@@ -140,6 +181,7 @@ class Resyncer:
             "merged_here": self.merged_here,
             "incremental": self.incremental,
             "fallbacks": self.fallbacks,
+            "ranged": self.ranged,
         }
 
     async def scan_marks(self) -> None:
@@ -282,10 +324,16 @@ class Resyncer:
                 ),
             )
         since = await self._since(session.peer, mailbox)
-        with trio.fail_after(STEP_TIMEOUT):
-            pulled = await self._pull_state(
-                session, mid, mailbox, await self._own_state(mailbox) if since else None, since
-            )
+        # Each SYNC waits at most STEP_TIMEOUT for its reply (a mailbox
+        # pulled in ranges takes several).
+        pulled = await self._pull_state(
+            session,
+            mid,
+            mailbox,
+            await self._own_state(mailbox) if since else None,
+            since,
+            large=status.messages >= SYNC_BUDGET // 2,
+        )
         if pulled is None:
             # The peer has no such mailbox (lost, or never got the CREATE): it
             # gets ours whole, created by the UPDATE under our claim.
@@ -393,6 +441,7 @@ class Resyncer:
         mailbox: bytes,
         ours: MailboxState | None,
         since: int,
+        large: bool = False,
     ) -> tuple[MailboxState, bytes, Claim] | None:
         """The peer's whole state of the mailbox, its GUID and name claim
         there; None if it has none.
@@ -404,33 +453,103 @@ class Resyncer:
         or below ``since`` at the UIDs the peer did not send, the peer holds
         exactly those: its whole state is known.  Otherwise (the hint was
         wrong: the copies differ below it) a second SYNC pulls it whole.
+
+        A whole state above :data:`SYNC_BUDGET` is pulled in UID ranges
+        (:meth:`_pull_in_ranges`): at once when ``large`` (this node's copy
+        is that large), else once a whole SYNC went past the budget; an
+        incremental SYNC past it is given up for the whole state.
         """
         if since and ours is not None:
             changed = [m.uid for m in ours.messages if m.modseq > since]
             changed += [t.uid for t in ours.tombstones if t.modseq > since]
-            part = await self._sync(session, mid, since, UidSet.of(changed) if changed else None)
-            if part is None:
-                return None
-            state, guid, rest, claim = part
-            if guid == mailbox and state.uidvalidity == ours.uidvalidity:
-                sent = {m.uid for m in state.messages} | {t.uid for t in state.tombstones}
-                kept = [m for m in ours.messages if m.modseq <= since and m.uid not in sent]
-                buried = [t for t in ours.tombstones if t.modseq <= since and t.uid not in sent]
-                if entries_digest(kept, buried) == rest:
-                    self.incremental += 1
-                    whole = replace(
-                        state,
-                        messages=tuple(sorted((*state.messages, *kept), key=lambda m: m.uid)),
-                        tombstones=tuple(sorted((*state.tombstones, *buried), key=lambda t: t.uid)),
-                    )
-                    return whole, guid, claim
+            part: tuple[MailboxState, bytes, bytes, Claim] | None = None
+            try:
+                part = await self._sync(
+                    session, mid, since, UidSet.of(changed) if changed else None
+                )
+                if part is None:
+                    return None
+            except SyncTooLarge:
+                pass  # not worth it: the whole state, in ranges if need be
+            if part is not None:
+                state, guid, rest, claim = part
+                if guid == mailbox and state.uidvalidity == ours.uidvalidity:
+                    sent = {m.uid for m in state.messages} | {t.uid for t in state.tombstones}
+                    kept = [m for m in ours.messages if m.modseq <= since and m.uid not in sent]
+                    buried = [t for t in ours.tombstones if t.modseq <= since and t.uid not in sent]
+                    if entries_digest(kept, buried) == rest:
+                        self.incremental += 1
+                        return _with_entries(state, kept, buried), guid, claim
             self.fallbacks += 1
             log_event(log, logging.INFO, "resync-sync-whole", peer=session.peer, since=since)
-        whole_part = await self._sync(session, mid, 0, None)
+        if large:
+            return await self._pull_in_ranges(session, mid)
+        try:
+            whole_part = await self._sync(session, mid, 0, None)
+        except SyncTooLarge:
+            return await self._pull_in_ranges(session, mid)
         if whole_part is None:
             return None
         state, guid, _, claim = whole_part
         return state, guid, claim
+
+    async def _pull_in_ranges(
+        self, session: PeerSession, mid: int
+    ) -> tuple[MailboxState, bytes, Claim] | None:
+        """The peer's whole state, pulled in UID ranges of at most
+        :data:`SYNC_BUDGET` items each (no protocol change: a SYNC with
+        ``since`` above every modseq sends exactly the UIDs it names).
+
+        The first SYNC (nothing sent) gives the peer's UIDNEXT and
+        HIGHESTMODSEQ ``H``.  The ranges follow; the peer may apply changes
+        meanwhile, so the entries above ``H`` they brought are set aside, and
+        a last, incremental SYNC from ``H`` sends every entry changed since
+        with the digest of all the others: equal to the digest of what the
+        ranges brought at the other UIDs, the state is exactly the peer's at
+        that last SYNC (resync.md §3).  Otherwise the resync fails and is
+        retried.  A range past the budget (messages with many registers) is
+        halved and asked again."""
+        self.ranged += 1
+        log_event(log, logging.INFO, "resync-sync-ranged", peer=session.peer, budget=SYNC_BUDGET)
+        head = await self._sync(session, mid, MAX_MODSEQ, None)
+        if head is None:
+            return None
+        first, guid, _, _ = head
+        top = first.highestmodseq
+        messages: list[MessageState] = []
+        gone: list[Tombstone] = []
+        low, span = 1, max(1, SYNC_BUDGET // 4)  # a UID holds at most one entry
+        while low < first.uidnext:
+            high = min(first.uidnext - 1, low + span - 1)
+            try:
+                part = await self._sync(session, mid, MAX_MODSEQ, UidSet.parse(f"{low}:{high}"))
+            except SyncTooLarge:
+                if span == 1:
+                    raise
+                span = max(1, span // 2)
+                continue
+            if part is None:
+                return None
+            state, there, _, _ = part
+            if there != guid or state.uidvalidity != first.uidvalidity:
+                raise TemporaryError(f"SYNC from {session.peer}: the mailbox changed under it")
+            messages.extend(m for m in state.messages if m.modseq <= top)
+            gone.extend(t for t in state.tombstones if t.modseq <= top)
+            low = high + 1
+        last = await self._sync(session, mid, top, None)
+        if last is None:
+            return None
+        state, there, rest, claim = last
+        sent = {m.uid for m in state.messages} | {t.uid for t in state.tombstones}
+        kept = [m for m in messages if m.uid not in sent]
+        buried = [t for t in gone if t.uid not in sent]
+        if (
+            there != guid
+            or state.uidvalidity != first.uidvalidity
+            or entries_digest(kept, buried) != rest
+        ):
+            raise TemporaryError(f"SYNC from {session.peer}: the ranges did not add up")
+        return _with_entries(state, kept, buried), guid, claim
 
     async def _sync(
         self, session: PeerSession, mid: int, since: int, uids: UidSet | None
@@ -440,16 +559,18 @@ class Resyncer:
         the rest and the mailbox's name claim there; None if the peer has
         no such mailbox."""
         key = ("SYNC", session.peer, mid)
-        self.collect[key] = []
+        collected = self.collect[key] = _Collected()
         try:
             done = await session.request(c.Sync(mid, since, uids), timeout=STEP_TIMEOUT)
-            chunks = self.collect[key]
         except MailboxDeletedError:
             raise  # not missing: deleted there (resync_one)
         except NotFoundError:
             return None
         finally:
             self.collect.pop(key, None)
+        if collected.over:
+            raise SyncTooLarge(session.peer, done)
+        chunks = collected.frames
         messages: list[MessageState] = []
         gone: list[Tombstone] = []
         for chunk in chunks:
@@ -492,12 +613,12 @@ class Resyncer:
         for start in range(0, len(uids), BODY_BATCH):
             part = uids[start : start + BODY_BATCH]
             key = ("FETCH", session.peer, mid)
-            self.collect[key] = []
+            collected = self.collect[key] = _Collected()
             try:
                 await session.request(c.Fetch(mid, UidSet.of(part), "BODY"), timeout=STEP_TIMEOUT)
-                frames = self.collect[key]
             finally:
                 self.collect.pop(key, None)
+            frames = collected.frames
             for frame in frames:
                 assert isinstance(frame, c.FetchData)
                 if frame.body is not None:
@@ -753,7 +874,16 @@ class Resyncer:
         found = self.collect.get((data.VERB, session.peer, mid))
         if found is None:
             raise ProtocolError(f"unexpected * {data.VERB} for mailbox id {mid}")
-        found.append(data)
+        if isinstance(data, c.SyncData):
+            if found.over:
+                return  # past the budget: dropped as it comes (SyncTooLarge)
+            found.items += sync_items(data)
+            if found.items > SYNC_BUDGET:
+                found.over = True
+                found.frames.clear()
+                return
+            self.peak_sync_items = max(self.peak_sync_items, found.items)
+        found.frames.append(data)
 
 
 def _chunks(
@@ -820,6 +950,17 @@ def _chunks(
         size += weight
     close()
     return parts
+
+
+def _with_entries(
+    state: MailboxState, messages: list[MessageState], tombstones: list[Tombstone]
+) -> MailboxState:
+    """``state`` with more entries (at other UIDs), all in UID order."""
+    return replace(
+        state,
+        messages=tuple(sorted((*state.messages, *messages), key=lambda m: m.uid)),
+        tombstones=tuple(sorted((*state.tombstones, *tombstones), key=lambda t: t.uid)),
+    )
 
 
 def _next(uidvalidity: int, step: int) -> int:

@@ -62,7 +62,13 @@ import trio
 
 from replicad.blob import Blob
 from replicad.cluster.antientropy import AntiEntropy
-from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
+from replicad.cluster.changewire import (
+    MboxBinding,
+    body_bytes,
+    from_wire,
+    mailboxes_of,
+    to_wire,
+)
 from replicad.cluster.durability import AckTracker, DurabilityLevel
 from replicad.cluster.masters import (
     Assignment,
@@ -150,20 +156,43 @@ RECENT_SAVES: Final = 65536
 #: How many latest changes of a mailbox a forwarded SAVE not remembered looks
 #: through for its first attempt (made before a restart or a master move).
 SAVE_RETRY_DEPTH: Final = 64
+# Replication buffers are bounded in changes *and* in octets of bodies
+# (stored form, replicad.cluster.changewire.body_bytes), since one body may
+# be 64 MiB: counts alone let a catch-up over large attachments hold
+# 1,024 x 64 MiB.  Each byte bound lets a single larger change through alone
+# (it must be sent some time; the frame limit bounds it).  They are
+# constants, not settings: the sender's window must fit the receiver's
+# inbox (below), and no handshake field tells one node the other's.
 #: Most change records applied in one store transaction.
 MAX_APPLY_BURST: Final = 512
-#: Most received changes waiting to be applied; past it the reader stops
-#: reading, which is the backpressure on the sender (I9: bounded memory).
+#: Most body octets applied in one store transaction: every body of a burst
+#: is checked (inflated, hashed) before the write, so this bounds that
+#: memory; 16 MiB still commits hundreds of ordinary messages at once (W1).
+APPLY_BURST_BYTES: Final = 16 * 1024 * 1024
+#: Most received changes waiting to be applied, and most body octets among
+#: them; past either the reader stops reading, which is the backpressure on
+#: the sender (I9: bounded memory).  A receiver holds at most these, the
+#: burst being applied (taken from them) and one frame being read.
 MAX_INBOX: Final = 1024
+MAX_INBOX_BYTES: Final = 32 * 1024 * 1024
 #: While the store is full, a replicated burst is tried again after this
 #: long, doubling up to the maximum (no ACK meanwhile).
 STORE_FULL_RETRY_MIN: Final = 0.5
 STORE_FULL_RETRY_MAX: Final = 10.0
-#: Unacknowledged changes in flight per peer, and changes read per batch: enough
-#: to keep a loopback link busy while the peer commits (W1), within MAX_INBOX.
 MAX_LAG_SAMPLES: Final = 1000  # per peer, for replication lag percentiles
+#: Unacknowledged changes in flight per peer, in changes and in body octets:
+#: enough to keep a loopback link busy while the peer commits (W1; 32 MiB is
+#: ~250 ms of a 1 Gbit/s link).  Never above the peer's MAX_INBOX /
+#: MAX_INBOX_BYTES, or the link can stall (replicad.cluster.outbox, "Deadlock").
 OUTBOX_WINDOW: Final = 1024
+OUTBOX_WINDOW_BYTES: Final = 32 * 1024 * 1024
+#: Changes read from the store per batch, and body octets: what the pump holds
+#: in memory at once per peer (plus the frames it queued from them).
 OUTBOX_BATCH: Final = 128
+OUTBOX_BATCH_BYTES: Final = 8 * 1024 * 1024
+
+if OUTBOX_WINDOW > MAX_INBOX or OUTBOX_WINDOW_BYTES > MAX_INBOX_BYTES:
+    raise RuntimeError("the outbox window must fit the receiver's inbox (outbox.py, Deadlock)")
 
 
 LOCAL: Final = DurabilityLevel("local", 1)
@@ -400,7 +429,10 @@ class PeerSession:
         self.acked_seq = 0
         self.cancel_scope = trio.CancelScope()
         self.closed = False
-        self.inbox: list[c.Change] = []  # received changes waiting for the applier
+        #: Received changes waiting for the applier, with their body octets.
+        self.inbox: deque[tuple[c.Change, int]] = deque()
+        self.inbox_bytes = 0
+        self.peak_inbox_bytes = 0  # the most there ever were (tests assert on it)
         self.inbox_ready = trio.Event()
         self.inbox_space = trio.Event()
 
@@ -749,7 +781,14 @@ class ClusterNode:
             for sent in self._root_sent.values():
                 sent.discard(link.peer)
         acked = await self.store.log_cursor(link.peer)
-        outbox = OutboxStream(link.peer, acked, window=OUTBOX_WINDOW, batch=OUTBOX_BATCH)
+        outbox = OutboxStream(
+            link.peer,
+            acked,
+            window=OUTBOX_WINDOW,
+            batch=OUTBOX_BATCH,
+            window_bytes=OUTBOX_WINDOW_BYTES,
+            batch_bytes=OUTBOX_BATCH_BYTES,
+        )
         session = PeerSession(self, link, outbox)
         self.sessions[link.peer] = session
         log_event(log, logging.INFO, "link-up", peer=link.peer, remote=link.remote)
@@ -823,9 +862,14 @@ class ClusterNode:
                 # Handed to the applier, which takes everything queued as one
                 # transaction; reading goes on meanwhile, so the next burst
                 # is as large as what arrived during the last commit.
-                while len(session.inbox) >= MAX_INBOX:
+                weight = body_bytes(event.data)
+                while len(session.inbox) >= MAX_INBOX or (
+                    session.inbox_bytes and session.inbox_bytes + weight > MAX_INBOX_BYTES
+                ):
                     await session.inbox_space.wait()
-                session.inbox.append(event.data)
+                session.inbox.append((event.data, weight))
+                session.inbox_bytes += weight
+                session.peak_inbox_bytes = max(session.peak_inbox_bytes, session.inbox_bytes)
                 session.inbox_ready.set()
             elif isinstance(event, ReplyReceived):
                 waiter = session.pending.pop(event.tag, None)
@@ -844,9 +888,19 @@ class ClusterNode:
         while True:
             await session.inbox_ready.wait()
             session.inbox_ready = trio.Event()
-            while session.inbox:
-                burst = session.inbox[:MAX_APPLY_BURST]
-                del session.inbox[:MAX_APPLY_BURST]
+            inbox = session.inbox
+            while inbox:
+                # At most MAX_APPLY_BURST changes and APPLY_BURST_BYTES of
+                # bodies; a larger change alone.
+                burst: list[c.Change] = []
+                size = 0
+                while inbox and len(burst) < MAX_APPLY_BURST:
+                    weight = inbox[0][1]
+                    if burst and size + weight > APPLY_BURST_BYTES:
+                        break
+                    burst.append(inbox.popleft()[0])
+                    size += weight
+                session.inbox_bytes -= size
                 session.inbox_space.set()
                 session.inbox_space = trio.Event()
                 await self._apply_burst(session, burst)
@@ -1635,22 +1689,25 @@ class ClusterNode:
         outbox = session.outbox
         while True:
             changed = self._log_changed
-            room = outbox.window - (outbox.sent - outbox.acked)
-            if room <= 0:
+            want = outbox.next_range()
+            if want is None:  # the window is full (in changes or in bytes)
                 with trio.move_on_after(1.0):
                     await changed.wait()
                 continue
             # One read transaction (one thread hop) for positions, entries and
             # bodies: the hops, not the work, dominate a single change's latency.
             batch = await self.store.outbox_batch(
-                session.peer, outbox.sent, min(room, outbox.batch)
+                session.peer, want.after, want.limit, want.max_bytes, want.alone
             )
             if batch.cursor > outbox.acked:
                 outbox.on_resync_jump(batch.cursor)  # the log dropped this peer's backlog
                 continue
             entries = batch.entries
             if not entries:
-                if batch.head > outbox.sent:
+                if batch.full:  # the next change waits for room in the window
+                    with trio.move_on_after(1.0):
+                        await changed.wait()
+                elif batch.head > outbox.sent:
                     outbox.on_sent(batch.head)  # the range was truncated away
                 else:
                     with trio.move_on_after(1.0):
@@ -1659,7 +1716,9 @@ class ClusterNode:
             wanted = [(seq, ch) for seq, ch, origin in entries if self._wants(session, origin)]
             bodies = batch.bodies
             for seq, change in wanted:
-                if await self._send_change(session, seq, change, bodies):
+                weight = await self._send_change(session, seq, change, bodies)
+                if weight is not None:
+                    outbox.on_frame(seq, weight)
                     session.last_sent = seq
                     self.stats["changes_sent"] += 1
             await session.link.flush()
@@ -1684,8 +1743,9 @@ class ClusterNode:
 
     async def _send_change(
         self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, Blob]
-    ) -> bool:
-        """Queue the frame of one log entry; False if there is nothing to send."""
+    ) -> int | None:
+        """Queue the frame of one log entry and return the octets of bodies it
+        carries (``body_bytes``); None if there is nothing to send."""
         if (
             isinstance(change, MailboxMerged)
             and change.peer == session.peer
@@ -1694,14 +1754,14 @@ class ClusterNode:
             # The merge of a resync with this very peer: its UPDATE brings it
             # the merged state, and its copy, which the merge differed from,
             # could never apply the plan (resync.md §7).
-            return False
+            return None
         ids: dict[bytes, int] = {}
         for guid in mailboxes_of(change):
             mid = session.stream_ids.get(guid)
             if mid is None:
                 status = await self.store.mailbox_by_guid(guid)
                 if status is None:
-                    return False  # deleted since; the DELETE that follows tells the peer
+                    return None  # deleted since; the DELETE that follows tells the peer
                 mid, new = session.mbox_id(status.user, status.name, status.guid)
                 if new:
                     mbox = c.Mbox(
@@ -1746,8 +1806,8 @@ class ClusterNode:
                 reason=str(exc),
             )
             self.stats["changes_oversized"] += 1
-            return False
-        return True
+            return None
+        return body_bytes(frame)
 
     async def _held_by(self, session: PeerSession, change: MailboxMerged) -> MailboxMerged:
         """``change`` with every body the peer stores in ``held``, so that only

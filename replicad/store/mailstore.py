@@ -97,6 +97,8 @@ class OutboxBatch:
     head: int  # the newest log entry
     entries: list[tuple[int, Change, str]]  # (seq, change, origin)
     bodies: dict[bytes, Blob]  # body hash -> stored body, for the appends among them
+    #: Entries were left out for the byte budget (there is more to send).
+    full: bool = False
 
 
 # --- the async facade -------------------------------------------------------
@@ -586,21 +588,51 @@ class MailStore:
     async def read_blob(self, body_hash: bytes) -> bytes:
         return await self._read(lambda t: blobs.read_body(t, self._dbs, body_hash))
 
-    async def outbox_batch(self, peer: str, after: int, limit: int) -> OutboxBatch:
+    async def outbox_batch(
+        self,
+        peer: str,
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+        alone: bool = True,
+    ) -> OutboxBatch:
         """What a peer's stream needs next, read in one transaction: the peer's
         durable cursor, the log head, up to ``limit`` entries after ``after``
-        (with origins) and the bodies of the appends among them."""
+        (with origins) and the bodies of the appends among them.
+
+        With ``max_bytes``, entries stop before the one that would take the
+        bodies read past it (each entry counts every body it would carry, in
+        stored form, so the frames sent weigh at most that); the first entry
+        is taken even when larger if ``alone``, else the batch comes back
+        empty with ``full`` set (it waits for room in the peer's window)."""
 
         def read(txn: Any) -> OutboxBatch:
             entries = self.log.entries_with_origin(txn, after, limit)
             bodies: dict[bytes, Blob] = {}
+            total = 0
+            taken = 0
+            full = False
             for _, change, _ in entries:
-                if not isinstance(change, (MessageAppended, MailboxMerged)):
-                    continue
-                for body_hash in body_hashes(change):
-                    if body_hash not in bodies and blobs.reference_count(txn, self._dbs, body_hash):
-                        bodies[body_hash] = blobs.read_blob(txn, self._dbs, body_hash)
-            return OutboxBatch(self.log.cursor(txn, peer), self.log.head(txn), entries, bodies)
+                weight = 0
+                added = []
+                if isinstance(change, (MessageAppended, MailboxMerged)):
+                    for body_hash in body_hashes(change):
+                        blob = bodies.get(body_hash)
+                        if blob is None and blobs.reference_count(txn, self._dbs, body_hash):
+                            blob = bodies[body_hash] = blobs.read_blob(txn, self._dbs, body_hash)
+                            added.append(body_hash)
+                        if blob is not None:
+                            weight += len(blob.stored)
+                if max_bytes is not None and total + weight > max_bytes and (taken or not alone):
+                    for body_hash in added:
+                        del bodies[body_hash]  # not sent in this batch: not held either
+                    full = True
+                    break
+                total += weight
+                taken += 1
+            return OutboxBatch(
+                self.log.cursor(txn, peer), self.log.head(txn), entries[:taken], bodies, full
+            )
 
         return await self._read(read)
 

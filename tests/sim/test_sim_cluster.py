@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from replicad.cluster import runtime
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
 from replicad.cluster.writes import ClusterWrites
@@ -278,3 +281,50 @@ async def test_a_copy_a_peer_refused_is_no_copy_for_durability(
         # The resync brings the message over: it carries no flag, so no stamp
         # beyond the bound; nothing is lost (I6).
         await wait_for("convergence", lambda: converged(nodes))
+
+
+async def test_catching_up_over_large_bodies_stays_within_the_byte_bounds(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I9: n3, cut off while n1 takes 200 incompressible 1 MiB messages,
+    catches up after the heal.  With a 4 MiB inbox and window (2 MiB batches
+    and bursts), the bodies buffered in any receiver's inbox and in flight
+    in any sender's window never exceed 4 MiB (counts alone would have let
+    1,024 changes, 200 MiB here, pile up), and everything converges."""
+    budget = 4 << 20
+    monkeypatch.setattr(runtime, "MAX_INBOX_BYTES", budget)
+    monkeypatch.setattr(runtime, "OUTBOX_WINDOW_BYTES", budget)
+    monkeypatch.setattr(runtime, "OUTBOX_BATCH_BYTES", budget // 2)
+    monkeypatch.setattr(runtime, "APPLY_BURST_BYTES", budget // 2)
+    sessions: list[runtime.PeerSession] = []
+
+    class Recorded(runtime.PeerSession):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    monkeypatch.setattr(runtime, "PeerSession", Recorded)
+    net = SimNetwork()
+    count = 200
+    sizes = dict.fromkeys(NAMES, 1 << 30)
+    async with sim_cluster(tmp_path, net, map_sizes=sizes) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+        await wait_for("a root", lambda: _rooted(nodes))
+        await nodes["n1"].writes.append("alice", "INBOX", body(0))
+        await wait_for("first copy", lambda: _messages(nodes["n3"], 1))
+        net.partition({"n1", "n2"}, {"n3"})
+        rng = random.Random(7)
+        for i in range(count):
+            data = b"Subject: attachment %d\r\n\r\n" % i + rng.randbytes(1 << 20)
+            await nodes["n1"].writes.append("alice", "INBOX", data)
+        net.heal()
+        await wait_for("n3 catching up", lambda: _messages(nodes["n3"], count + 1), timeout=600)
+        await wait_for("convergence", lambda: converged(nodes), timeout=600)
+        last = await nodes["n3"].store.fetch_body("alice", "INBOX", count + 1)
+        assert last.startswith(b"Subject: attachment %d\r\n" % (count - 1))
+    inboxes = [s.peak_inbox_bytes for s in sessions]
+    windows = [s.outbox.peak_bytes for s in sessions]
+    assert max(inboxes) <= budget, inboxes
+    assert max(windows) <= budget, windows
+    # The bound was reached for, not merely unused: several bodies were in flight.
+    assert max(windows) > 2 << 20, windows

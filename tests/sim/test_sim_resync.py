@@ -495,3 +495,37 @@ async def test_a_merge_after_an_overflow_sends_each_body_once(
             total = sum(net.sent.values())
             # 120 KB of bodies once, and the rest: states, digests, metadata.
             assert size < total < size + 40_000
+
+
+async def test_a_sync_reply_above_the_budget_is_pulled_in_uid_ranges(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I9: no SYNC reply is collected past resync.SYNC_BUDGET (here 60 items,
+    for a mailbox of 120 messages with flags on every one): the master drops
+    it as it comes and pulls the peer's state again in UID ranges, checked by
+    a last incremental SYNC's digest; the split brain is merged as usual."""
+    budget = 60
+    monkeypatch.setattr(resync, "SYNC_BUDGET", budget)
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        for i in range(120):
+            await nodes["n1"].writes.append("alice", "INBOX", body(i))
+        await wait_for("convergence", lambda: converged(nodes))
+        net.partition({"n1"}, {"n2", "n3"})
+        await trio.sleep(12)  # the majority side elects its own root
+        for i in range(5):
+            await nodes["n1"].writes.append("alice", "INBOX", body(200 + i))
+            await nodes["n2"].writes.append("alice", "INBOX", body(300 + i))
+        await nodes["n2"].writes.store_flags(
+            "alice", "INBOX", UidSet.of(range(1, 121)), "add", ["$Seen-elsewhere"]
+        )
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=300)
+        status = await nodes["n3"].store.mailbox_status("alice", "INBOX")
+        assert status.messages == 130  # nothing lost (I6)
+        flagged = await nodes["n1"].store.fetch("alice", "INBOX", UidSet.of(range(1, 121)))
+        assert all("$Seen-elsewhere" in m.flags for m in flagged)
+        resyncers = [nodes[n].node.resync for n in NAMES]
+        assert sum(r.ranged for r in resyncers) >= 1
+        assert max(r.peak_sync_items for r in resyncers) <= budget

@@ -348,3 +348,28 @@ async def test_a_deleted_mailbox_is_never_brought_back(tmp_path: Path) -> None:
         # A new mailbox of the same name is another mailbox (another GUID).
         await replica.create_mailbox("u", "Work")
         assert (await replica.mailbox_status("u", "Work")).guid != guid
+
+
+async def test_an_outbox_batch_stops_at_its_byte_budget(tmp_path: Path) -> None:
+    """The pump's read is bounded in body octets (stored form), and a change
+    larger than the budget comes alone, only when the stream may send it."""
+    rng = random.Random(3)
+    async with MailStore.open(tmp_path, peers=("b",)) as store:
+        await store.create_mailbox("alice", "INBOX")
+        sizes = [1000, 0, 3000, 1000, 9000, 1000]
+        for size in sizes:
+            if size:
+                await store.append("alice", "INBOX", rng.randbytes(size))  # raw: size + 1
+            else:
+                await store.store_flags("alice", "INBOX", UidSet.of([1]), "add", ["\\Seen"])
+        first = (await store.outbox_batch("b", 0, 100)).entries[0][0]  # the CREATE
+        whole = await store.outbox_batch("b", first, 100)
+        assert len(whole.entries) == len(sizes) and not whole.full
+        part = await store.outbox_batch("b", first, 100, max_bytes=4500)
+        assert [len(part.entries), part.full] == [3, True]  # 1001 + 0 + 3001
+        assert len(part.bodies) == 2  # the body left out is not held
+        big = part.entries[-1][0] + 2  # the 9000-octet append
+        alone = await store.outbox_batch("b", big - 1, 100, max_bytes=4500)
+        assert [e[0] for e in alone.entries] == [big] and alone.full
+        waits = await store.outbox_batch("b", big - 1, 100, max_bytes=4500, alone=False)
+        assert waits.entries == [] and waits.full and not waits.bodies
