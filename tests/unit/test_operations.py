@@ -4,6 +4,7 @@ HTTP listener (bounded, GET-only, token-gated details)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -546,7 +547,76 @@ async def test_http_slow_client_is_cut_off(
     assert status == 408
 
 
-async def test_http_connection_limit(nursery: trio.Nursery) -> None:
+async def test_http_slowloris_is_dropped_at_the_read_deadline(
+    http: tuple[HttpServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = http
+    monkeypatch.setattr(httpd, "READ_TIMEOUT", 0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with trio.fail_after(5):
+            # One byte every 50 ms keeps the socket busy but never finishes
+            # a head: the deadline covers the whole head, not each read.
+            with contextlib.suppress(trio.BrokenResourceError):
+                for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(0.05)
+            data = b""
+            with contextlib.suppress(trio.BrokenResourceError):
+                while chunk := await stream.receive_some(4096):
+                    data += chunk
+    assert data.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_health_answers_while_64_idle_sockets_are_held_open(
+    http: tuple[HttpServer, int],
+) -> None:
+    server, port = http
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(64)]
+    try:
+        await trio.sleep(0.1)  # every one of them accepted, none sends a byte
+        with trio.fail_after(2):
+            status, _, body = await exchange(port, get("/health"))
+        assert status == 200 and json.loads(body)["status"] == "up"
+        assert server.evicted >= 64 - httpd.MAX_CONNECTIONS
+    finally:
+        for stream in idle:
+            await stream.aclose()
+
+
+async def test_http_connection_limit_refuses_at_once_when_all_are_busy(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+
+    class SlowObserver(FakeObserver):
+        async def snapshot(self) -> Snapshot:
+            await release.wait()
+            return self.snap
+
+    server = HttpServer(
+        NodeMetrics(lambda user: "local"),
+        SlowObserver(snapshot()),  # type: ignore[arg-type]
+        max_connections=1,
+    )
+    listeners = await nursery.start(server.run, "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    busy = await trio.open_tcp_stream("127.0.0.1", port)  # holds the only slot
+    async with busy:
+        await busy.send_all(get("/health"))
+        await trio.sleep(0.05)
+        refused = await trio.open_tcp_stream("127.0.0.1", port)
+        async with refused:
+            with trio.fail_after(5):
+                assert await refused.receive_some(10) == b""  # closed at once
+        release.set()
+        with trio.fail_after(5):
+            assert (await busy.receive_some(100)).startswith(b"HTTP/1.1 200 ")
+    status, _, _ = await exchange(port, get("/health"))
+    assert status == 200
+
+
+async def test_an_idle_connection_gives_its_slot_to_a_newcomer(nursery: trio.Nursery) -> None:
     server = HttpServer(
         NodeMetrics(lambda user: "local"),
         FakeObserver(snapshot()),  # type: ignore[arg-type]
@@ -557,12 +627,11 @@ async def test_http_connection_limit(nursery: trio.Nursery) -> None:
     idle = await trio.open_tcp_stream("127.0.0.1", port)  # holds the only slot
     async with idle:
         await trio.sleep(0.05)
-        refused = await trio.open_tcp_stream("127.0.0.1", port)
-        async with refused:
-            with trio.fail_after(5):
-                assert await refused.receive_some(10) == b""  # closed at once
-    status, _, _ = await exchange(port, get("/health"))
-    assert status == 200
+        with trio.fail_after(2):
+            status, _, _ = await exchange(port, get("/health"))
+            assert status == 200
+            assert await idle.receive_some(10) == b""  # it was closed for the newcomer
+    assert server.evicted == 1
 
 
 async def test_http_port_in_use_names_the_key(nursery: trio.Nursery) -> None:
