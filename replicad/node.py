@@ -324,7 +324,9 @@ async def _run_locked(
                     "node.ready", extra={"kv": {"node": node.name, "socket": node.admin_socket}}
                 )
                 notify.ready(status_line(await observer.snapshot()))
-                nursery.start_soon(notify.watchdog_loop, store.log_head)
+                # The probe has a thread of its own: long reads (anti-entropy
+                # digests) filling the reader pool must not look like a hang.
+                nursery.start_soon(notify.watchdog_loop, store.probe)
                 if notify.enabled:
                     nursery.start_soon(_status_loop, observer, notify)
                 await _serve_until_stop(signals, live, notify, observer)

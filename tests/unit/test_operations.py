@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,6 +33,8 @@ from replicad.metrics import LogEventCounter, NodeMetrics
 from replicad.node import _drain, _drain_outbox, status_line
 from replicad.observe import LinkMeter, PeerTraffic, Phase, Snapshot
 from replicad.sdnotify import Notifier
+from replicad.store.mailstore import MailStore
+from replicad.store.writer import ThreadExecutor
 from replicad.transport.link import LinkTraffic
 from replicad.transport.logfmt import log_event
 
@@ -311,6 +314,42 @@ async def test_watchdog_pings_only_while_the_probe_answers(
             await notifier.watchdog_loop(probe)
         assert received() == []
     notifier.close()
+
+
+async def test_a_saturated_reader_pool_does_not_delay_the_watchdog_probe(
+    tmp_path: Path, datagram_socket: tuple[socket.socket, str]
+) -> None:
+    """Long reads (anti-entropy digests) holding every reader thread must not
+    stop the watchdog pings: the probe has a thread of its own."""
+    sock, path = datagram_socket
+    sock.setblocking(False)
+    executor = ThreadExecutor(readers=4)
+    unblock = threading.Event()
+    async with (
+        MailStore.open(tmp_path / "store", map_size=1 << 24, executor=executor) as store,
+        trio.open_nursery() as nursery,
+    ):
+        try:
+            # Four long reads hold the pool, two more queue behind them.
+            for _ in range(6):
+                nursery.start_soon(executor.run_read, lambda: unblock.wait(30))
+            await trio.sleep(0.1)
+            with trio.move_on_after(0.3) as queued:
+                await store.log_head()  # an ordinary read waits its turn
+            assert queued.cancelled_caught
+            with trio.fail_after(2):
+                assert await store.probe() == 0
+            notifier = Notifier(path, watchdog_usec=40_000)  # a ping every 20 ms
+            with trio.move_on_after(0.3):
+                await notifier.watchdog_loop(store.probe)
+            notifier.close()
+            pings = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    pings.append(sock.recv(4096))
+            assert len(pings) >= 3 and set(pings) == {b"WATCHDOG=1"}
+        finally:
+            unblock.set()
 
 
 # --- per-peer traffic and log events ------------------------------------------------------
