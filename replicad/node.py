@@ -67,6 +67,7 @@ from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress, 
 from replicad.cluster.writes import ClusterWrites
 from replicad.config import DEFAULT_SHUTDOWN_TIMEOUT, NodeConfig, load_config
 from replicad.errors import ReplicadError
+from replicad.fsmode import PRIVATE_FILE, private_directory
 from replicad.health import evaluate
 from replicad.httpd import HttpServer
 from replicad.lmtp.delivery import NodeDelivery
@@ -161,10 +162,12 @@ def data_dir_lock(path: Path) -> Iterator[None]:
     The kernel drops the lock when the process dies, even by ``kill -9``, so
     a crashed node never leaves a lock that blocks its restart.
     """
-    # Mail is private: a data directory we create is readable by the node only.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Mail is private: the data directory is the node's alone (0700, an
+    # existing one tightened), whatever the umask (replicad.fsmode).
+    private_directory(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask, or an older file, may differ
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -211,7 +214,9 @@ def clear_stale_socket(path: Path) -> None:
 def bind_admin_socket(path: Path) -> socket.socket:
     """A listening unix socket at ``path`` with mode 0600, never wider even briefly."""
     if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
+        # Created 0700 whatever the umask; an existing directory is the
+        # operator's (e.g. /run/replicad, 0750 for an LMTP socket's group).
+        private_directory(path.parent)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # umask is process-wide, but bind() is one syscall on this thread and

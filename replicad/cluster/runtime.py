@@ -593,6 +593,7 @@ class ClusterNode:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
+                os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode
                 os.write(fd, f"{self.election.max_epoch}\n".encode())
                 os.fsync(fd)
             finally:

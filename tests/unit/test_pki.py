@@ -90,9 +90,25 @@ def test_key_is_never_readable_by_others_while_written(
         pki.issue_node_certificate(ca_dir, "n1")
     finally:
         os.umask(old_umask)
-    # key written first (0600), then the certificate (0644)
+    # key written first, then the certificate, both 0600
     assert modes_while_writing[0] == 0o600
     assert _mode(ca_dir / "n1.key") == 0o600
+
+
+def test_every_file_is_0600_and_the_directory_0700_under_a_permissive_umask(
+    tmp_path: Path,
+) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        directory = tmp_path / "new" / "pki"
+        pki.init_cluster_ca(directory, "c1")
+        pki.issue_node_certificate(directory, "n1")
+    finally:
+        os.umask(old_umask)
+    assert _mode(directory) == 0o700
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["ca.key", "ca.pem", "cluster", "n1.key", "n1.pem"]
+    assert {name: _mode(directory / name) for name in names} == dict.fromkeys(names, 0o600)
 
 
 def test_refuses_to_overwrite_without_force(ca_dir: Path) -> None:
