@@ -78,7 +78,7 @@ from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Pha
 from replicad.sdnotify import Notifier
 from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
-from replicad.transport import load_tls_contexts
+from replicad.transport import TlsContexts, load_tls_contexts
 from replicad.transport.logfmt import format_value
 
 log = logging.getLogger("replicad.node")
@@ -283,6 +283,9 @@ async def _run_locked(
     )
     peers = tuple(p.name for p in config.peers)
     state = NodeState()
+    # Before the store: a bad certificate or an unprotected key stops the
+    # start with nothing created.
+    contexts = _tls_contexts(config)
     async with MailStore.open(
         node.data_dir / "store",
         map_size=node.map_size,
@@ -291,7 +294,7 @@ async def _run_locked(
         clock=HybridClock(max_skew=config.cluster.max_clock_skew),
     ) as store:
         meter = LinkMeter()
-        cluster = _cluster_node(config, store, meter)
+        cluster = _cluster_node(config, store, meter, contexts)
         writes = ClusterWrites(cluster) if cluster is not None else None
         dispatcher = AdminDispatcher(
             store, default_identity(node.name), config.admin.max_message_size, cluster=writes
@@ -598,13 +601,22 @@ def _lmtp_server(
     return LmtpServer(delivery, protocol, timeout=section.timeout, metrics=metrics)
 
 
-def _cluster_node(config: NodeConfig, store: MailStore, meter: LinkMeter) -> ClusterNode | None:
-    """The cluster runtime, if the config names peers (a [tls] section is then required)."""
+def _tls_contexts(config: NodeConfig) -> TlsContexts | None:
+    """The TLS identity of a cluster member (checked: certificate, key mode),
+    None for a single node (no peers, so no links to authenticate)."""
     if not config.peers:
         return None
     assert config.tls is not None  # config validation refuses peers without [tls]
     tls = config.tls
-    contexts = load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+    return load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+
+
+def _cluster_node(
+    config: NodeConfig, store: MailStore, meter: LinkMeter, contexts: TlsContexts | None
+) -> ClusterNode | None:
+    """The cluster runtime, if the config names peers (``contexts`` then given)."""
+    if contexts is None:
+        return None
     return ClusterNode(
         name=config.name,
         peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),

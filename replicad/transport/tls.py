@@ -11,7 +11,9 @@ it to learn who called.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +91,59 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def key_file_problem(key: Path, mode: int, owner: int, *, node_uid: int) -> str | None:
+    """Why the private key file ``key``, with ``mode`` and ``owner``, is unsafe, or None.
+
+    PostgreSQL's rule for its ``ssl_key_file`` (ssh's for a key owned by the
+    user running it): a key owned by the node's own user must be accessible
+    to it alone (0600 or less); a key owned by root may also be readable, not
+    writable, by its group (0640 or less: ``root:replicad 0640``, where the
+    service reads it through its group and cannot change it, deploy/README.md
+    1.3).  Nothing for others, ever; any other owner could read or replace it.
+    """
+    bits = stat.S_IMODE(mode)
+    if owner not in (node_uid, 0):
+        return (
+            f"is owned by uid {owner}, neither the node's user (uid {node_uid}) nor root; "
+            "whoever owns a key can read or replace it"
+        )
+    allowed = 0o740 if owner == 0 else 0o700
+    if bits & ~allowed & 0o777:
+        hint = "640" if owner == 0 else "600"
+        return (
+            f"is accessible by {'others' if bits & 0o007 else 'its group'} (mode {bits:04o}); "
+            f"run `chmod {hint} {key}`"
+        )
+    return None
+
+
+def check_key_file(key: Path) -> None:
+    """Refuse (ConfigError) a private key others could read: see :func:`key_file_problem`.
+
+    Checked before the key is used, so a node never runs on a key that may
+    already have leaked; the operator fixes the mode, or issues a new key if
+    it may have been read.
+    """
+    try:
+        st = os.stat(key)
+    except FileNotFoundError:
+        raise ConfigError(f"tls.key {key} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot stat tls.key {key}: {exc.strerror}") from None
+    problem = key_file_problem(key, st.st_mode, st.st_uid, node_uid=os.geteuid())
+    if problem is not None:
+        raise ConfigError(f"tls.key {key} {problem}")
+
+
 def load_tls_contexts(ca: Path, cert: Path, key: Path, *, node: str, cluster: str) -> TlsContexts:
-    """Build both contexts for ``node`` and check its own certificate first.
+    """Build both contexts for ``node`` and check its own certificate and key first.
 
     A node whose own certificate names another node, another cluster, or has
     expired would be refused by every peer; saying so at start-up, with the
     command that fixes it, beats a stream of refused links (ConfigError).
+    A key readable by others is refused too (:func:`check_key_file`).
     """
+    check_key_file(key)
     try:
         own = x509.load_pem_x509_certificate(Path(cert).read_bytes())
     except FileNotFoundError:

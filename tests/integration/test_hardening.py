@@ -4,6 +4,10 @@
   0755 and a store left 0644, every file the node creates or keeps is 0600
   and every directory 0700: the data directory, the store, the pid file,
   the epoch file, the admin socket's directory.
+* A node whose TLS key is readable (or writable) by others, or writable
+  by its group, refuses to start, with exit 65 and a message naming the
+  file and the fix, before it creates anything (the rule itself, with
+  owners other than the test's user, is unit-tested in test_pki.py).
 
 Every process is stopped by PID in the ``node_factory`` teardown.
 """
@@ -97,4 +101,32 @@ def test_files_are_private_whatever_the_umask(node_factory: type[NodeProcess]) -
     assert stat.S_ISSOCK(node.socket.lstat().st_mode)
     log = node.log()
     assert "event=fs.mode_tightened" in log and f"path={data} was=0755 now=0700" in log
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660])
+def test_a_key_readable_by_others_is_refused_at_start(
+    node_factory: type[NodeProcess], mode: int
+) -> None:
+    node = node_factory()
+    make_cluster_member(node, key_mode=mode)
+    result = subprocess.run(
+        [*REPLICAD, "serve", "-c", str(node.config)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 65, result.stderr.decode()
+    message = result.stderr.decode()
+    assert str(node.dir / "pki" / "n1.key") in message
+    assert f"mode {mode:04o}" in message and "chmod 6" in message
+    assert not (node.dir / "admin.sock").exists()
+    assert not (node.dir / "data" / "store").exists()  # refused before the store was made
+
+
+def test_a_private_key_is_accepted(node_factory: type[NodeProcess]) -> None:
+    node = node_factory()
+    make_cluster_member(node, key_mode=0o600)
+    start(node, umask=0o077)
     assert node.stop() == 0
