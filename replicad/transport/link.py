@@ -4,7 +4,8 @@
 a :class:`Link` is handed out only after
 
 1. a TLS 1.3 handshake in which both certificates chained to the cluster CA
-   (:mod:`replicad.transport.channel`), and
+   and name this cluster in their subject (:mod:`replicad.transport.channel`),
+   and
 2. the HELLO exchange of :class:`replicad.protocol.connection.Connection`:
    same protocol version, same cluster id, and a HELLO node id equal to the
    name in the peer's certificate.

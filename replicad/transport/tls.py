@@ -178,6 +178,30 @@ def load_tls_contexts(ca: Path, cert: Path, key: Path, *, node: str, cluster: st
     )
 
 
+def check_peer_cluster(der: bytes | None, cluster: str) -> None:
+    """Refuse (reason ``cluster``) a peer whose certificate is of another cluster.
+
+    The cluster name in the certificate's subject organisation (what
+    ``replicad pki`` writes, :func:`replicad.pki.cluster_of_certificate`)
+    must equal ``tls.cluster``.  HELLO carries the cluster name too, but
+    that is the peer's word; the certificate is the CA's, so a CA trusted
+    by several clusters (a shared CA, a bundle during a CA rotation) cannot
+    let a node of one cluster into another by claiming its name.
+    """
+    if not der:
+        raise LinkRefusedError("peer-certificate", "peer presented no certificate")
+    try:
+        named = pki.cluster_of_certificate(x509.load_der_x509_certificate(der))
+    except (BadInputError, ValueError) as exc:
+        raise LinkRefusedError("cluster", f"cluster mismatch: peer certificate: {exc}") from None
+    if named != cluster:
+        raise LinkRefusedError(
+            "cluster",
+            f"cluster mismatch: peer certificate is of cluster {named!r}, "
+            f"this node's is {cluster!r}",
+        )
+
+
 def peer_node_name(der: bytes | None) -> str:
     """The node name of the authenticated peer: its certificate's one DNS SAN.
 
