@@ -217,7 +217,12 @@ class Network(Protocol):
 
 
 class TlsNetwork:
-    """Mutually authenticated TLS links (replicad.transport)."""
+    """Mutually authenticated TLS links (replicad.transport).
+
+    :attr:`contexts` may be replaced while running (certificates reloaded
+    on SIGHUP): every link dialled or accepted afterwards uses the new
+    ones; links already up keep theirs.
+    """
 
     def __init__(self, contexts: TlsContexts, listen: tuple[str, int]) -> None:
         self.contexts = contexts
@@ -236,7 +241,7 @@ class TlsNetwork:
     ) -> None:
         host, port = self.listen
         await serve_links(
-            self.contexts,
+            lambda: self.contexts,
             handler,
             host=host,
             port=port,

@@ -446,7 +446,7 @@ async def accept_link(
 
 
 async def serve_links(
-    contexts: TlsContexts,
+    contexts: TlsContexts | Callable[[], TlsContexts],
     handler: LinkHandler,
     *,
     host: str = "127.0.0.1",
@@ -461,9 +461,18 @@ async def serve_links(
     ``task_status.started`` reports the listeners (port 0 picks a free port;
     read it from ``listeners[0].socket.getsockname()``). ``known_peers``
     restricts which certified nodes may connect (None: any node the CA
-    certified). Runs until cancelled.
+    certified). ``contexts`` may be a function returning the contexts in
+    force, called for each new connection: certificates reloaded meanwhile
+    then apply to new links, while established ones keep theirs. Runs until
+    cancelled.
     """
-    config = config or LinkConfig(cluster=contexts.cluster, node=contexts.node)
+    if isinstance(contexts, TlsContexts):
+        fixed = contexts
+        current: Callable[[], TlsContexts] = lambda: fixed  # noqa: E731
+    else:
+        current = contexts
+    first = current()
+    config = config or LinkConfig(cluster=first.cluster, node=first.node)
     if not math.isfinite(handshake_timeout) or handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be a positive number of seconds")
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -471,7 +480,7 @@ async def serve_links(
     async def per_connection(tcp: trio.SocketStream) -> None:
         await accept_link(
             tcp,
-            contexts,
+            current(),
             handler,
             config=config,
             known_peers=known_peers,

@@ -37,13 +37,34 @@ class LinkRefusedError(ProtocolError):
 
 
 @dataclass(frozen=True)
+class CertificateValidity:
+    """When one of the node's certificates ends: ``cert`` is ``node`` (its
+    own, ``tls.cert``) or ``ca`` (``tls.ca``; of a file holding several CA
+    certificates, as during a CA rotation, the one that ends first)."""
+
+    cert: str
+    path: Path
+    not_after: dt.datetime
+
+    def seconds_left(self, now: dt.datetime) -> float:
+        return (self.not_after - now).total_seconds()
+
+
+@dataclass(frozen=True)
 class TlsContexts:
-    """The local node's identity and the two SSL contexts its links use."""
+    """The local node's identity and the two SSL contexts its links use.
+
+    The SSL contexts are read when made: new certificates need new
+    contexts (``replicad.node`` makes them on SIGHUP for new links; a link
+    keeps the session it was set up with).
+    """
 
     node: str
     cluster: str
     server: ssl.SSLContext
     client: ssl.SSLContext
+    #: The end dates of the node's certificate and CA, as loaded.
+    certificates: tuple[CertificateValidity, ...] = ()
 
 
 def _base_context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
@@ -170,12 +191,29 @@ def load_tls_contexts(ca: Path, cert: Path, key: Path, *, node: str, cluster: st
             f"tls.cert {cert} expired on {own.not_valid_after_utc:%Y-%m-%d %H:%M} UTC "
             f"(reissue with `replicad pki issue --force DIR {node}`)"
         )
+    server = server_context(ca, cert, key)
+    client = client_context(ca, cert, key)
+    certificates = [CertificateValidity("node", Path(cert), own.not_valid_after_utc)]
+    ca_end = _earliest_end(Path(ca))
+    if ca_end is not None:
+        certificates.append(CertificateValidity("ca", Path(ca), ca_end))
     return TlsContexts(
         node=node,
         cluster=cluster,
-        server=server_context(ca, cert, key),
-        client=client_context(ca, cert, key),
+        server=server,
+        client=client,
+        certificates=tuple(certificates),
     )
+
+
+def _earliest_end(ca: Path) -> dt.datetime | None:
+    """The first end date among the certificates of the PEM file ``ca``
+    (OpenSSL already accepted it; None if it cannot be read again)."""
+    try:
+        certificates = x509.load_pem_x509_certificates(ca.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return min((c.not_valid_after_utc for c in certificates), default=None)
 
 
 def check_peer_cluster(der: bytes | None, cluster: str) -> None:

@@ -8,12 +8,19 @@
   by its group, refuses to start, with exit 65 and a message naming the
   file and the fix, before it creates anything (the rule itself, with
   owners other than the test's user, is unit-tested in test_pki.py).
+* Certificate ends: the expiry metric, warnings in the log, ``/health``
+  degraded within 7 days naming the file and date, and SIGHUP reading the
+  certificate again, which new links then present.
 
 Every process is stopped by PID in the ``node_factory`` teardown.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import signal
 import stat
 import subprocess
 import time
@@ -21,9 +28,14 @@ from pathlib import Path
 
 import lmdb
 import pytest
+import trio
+from cryptography import x509
 
 from replicad import pki
+from replicad.config import load_config
+from replicad.transport import TlsContexts, client_context, open_link, server_context
 from tests.conftest import REPLICAD, NodeProcess, free_port
+from tests.integration.test_operations import http_get, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -129,4 +141,88 @@ def test_a_private_key_is_accepted(node_factory: type[NodeProcess]) -> None:
     node = node_factory()
     make_cluster_member(node, key_mode=0o600)
     start(node, umask=0o077)
+    assert node.stop() == 0
+
+
+# --- certificate ends: metric, warnings, /health, reload on SIGHUP ---------------------------
+
+
+def file_end(path: Path) -> dt.datetime:
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+def served_certificate_end(port: int, certs: Path) -> dt.datetime:
+    """Dial the node as its peer n2 and return the end of the certificate it presents."""
+
+    async def dial() -> dt.datetime:
+        contexts = TlsContexts(
+            node="n2",
+            cluster="test",
+            server=server_context(certs / "ca.pem", certs / "n2.pem", certs / "n2.key"),
+            client=client_context(certs / "ca.pem", certs / "n2.pem", certs / "n2.key"),
+        )
+        link = await open_link("127.0.0.1", port, "n1", contexts)
+        try:
+            stream = link.channel.stream
+            assert isinstance(stream, trio.SSLStream)
+            der = stream.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).not_valid_after_utc
+        finally:
+            await link.aclose()
+
+    return trio.run(dial)
+
+
+def test_certificate_ends_are_watched_and_reloaded_on_sighup(
+    node_factory: type[NodeProcess],
+) -> None:
+    node = node_factory()
+    ca = node.dir / "pki"
+    pki.init_cluster_ca(ca, "test", days=25)
+    first = pki.issue_node_certificate(ca, "n1", days=5)
+    pki.issue_node_certificate(ca, "n2", days=20)
+    metrics_port = free_port()
+    with node.config.open("a") as f:
+        f.write(
+            f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+            "\n[tls]\n"
+            f'ca = "{ca / "ca.pem"}"\ncert = "{ca / "n1.pem"}"\nkey = "{ca / "n1.key"}"\n'
+            'cluster = "test"\n'
+            f'\n[[peers]]\nname = "n2"\naddress = "127.0.0.1:{free_port()}"\n'
+        )
+    port = load_config(node.config).listen.port
+    start(node, umask=0o077)
+
+    samples = scrape(metrics_port)
+    node_left = samples[("replicad_tls_certificate_expiry_seconds", (("cert", "node"),))]
+    ca_left = samples[("replicad_tls_certificate_expiry_seconds", (("cert", "ca"),))]
+    assert 4.9 * 86400 < node_left <= 5 * 86400
+    assert 24.9 * 86400 < ca_left <= 25 * 86400
+    status, body = http_get(metrics_port, "/health")
+    assert status == 200  # degraded, still serving
+    reasons = json.loads(body)["reasons"]
+    end = f"{first.not_valid_after:%Y-%m-%d %H:%M} UTC"
+    assert f"node certificate {ca / 'n1.pem'} expires on {end}" in " ".join(reasons)
+    assert not any("ca certificate" in r for r in reasons)  # 25 days: warned, not degraded
+    log = node.log()
+    assert "event=tls.certificate_expiring cert=node" in log
+    assert "event=tls.certificate_expiring cert=ca" in log
+    assert served_certificate_end(port, ca) == file_end(ca / "n1.pem")
+
+    pki.issue_node_certificate(ca, "n1", days=20, force=True)
+    os.kill(node.pid, signal.SIGHUP)
+    deadline = time.monotonic() + WAIT
+    while "event=tls.reloaded" not in node.log():
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    assert "applied=tls" in node.log()
+    samples = scrape(metrics_port)
+    node_left = samples[("replicad_tls_certificate_expiry_seconds", (("cert", "node"),))]
+    assert 19.9 * 86400 < node_left <= 20 * 86400
+    _, body = http_get(metrics_port, "/health")
+    assert not any("certificate" in r for r in json.loads(body)["reasons"])
+    # New links present the new certificate.
+    assert served_certificate_end(port, ca) == file_end(ca / "n1.pem")
+    assert file_end(ca / "n1.pem") > first.not_valid_after + dt.timedelta(days=14)
     assert node.stop() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import gc
 import json
 import logging
@@ -30,8 +31,8 @@ from replicad.errors import ConfigError, ExitCode, TemporaryError
 from replicad.health import Status, evaluate
 from replicad.httpd import HttpServer, is_loopback, parse_head
 from replicad.metrics import LogEventCounter, NodeMetrics
-from replicad.node import _drain, _drain_outbox, status_line
-from replicad.observe import LinkMeter, PeerTraffic, Phase, Snapshot
+from replicad.node import _drain, _drain_outbox, status_line, warn_expiring_certificates
+from replicad.observe import CertificateExpiry, LinkMeter, PeerTraffic, Phase, Snapshot
 from replicad.sdnotify import Notifier
 from replicad.store.mailstore import MailStore
 from replicad.store.writer import ThreadExecutor
@@ -208,6 +209,54 @@ def test_health_reasons(snap: Snapshot, status: Status, reason: str) -> None:
     health = evaluate(snap)
     assert health.status is status, health.reasons
     assert any(reason in r for r in health.reasons), health.reasons
+
+
+def certificate(cert: str, days: float) -> CertificateExpiry:
+    end = dt.datetime(2030, 1, 2, 3, 4, tzinfo=dt.UTC)
+    return CertificateExpiry(cert, f"/etc/replicad/{cert}.crt", end, days * 86400)
+
+
+def test_certificates_ending_within_7_days_degrade_naming_file_and_date() -> None:
+    fine = snapshot(certificates=(certificate("node", 20), certificate("ca", 400)))
+    health = evaluate(fine)
+    assert health.status is Status.UP and health.checks["tls"]["status"] == "up"
+    assert health.checks["tls"]["node"]["file"] == "/etc/replicad/node.crt"
+    soon = evaluate(snapshot(certificates=(certificate("node", 6.5), certificate("ca", 400))))
+    assert soon.status is Status.DEGRADED
+    assert soon.reasons == [
+        "node certificate /etc/replicad/node.crt expires on 2030-01-02 03:04 UTC "
+        "(in 6.5 days): replace it and reload"
+    ]
+    ended = evaluate(snapshot(certificates=(certificate("ca", -1),)))
+    assert ended.status is Status.DEGRADED
+    assert ended.reasons[0].startswith("ca certificate /etc/replicad/ca.crt expired on 2030-01-02")
+    assert "tls" not in evaluate(snapshot()).checks  # a single node has no certificates
+
+
+def test_certificate_expiry_metric() -> None:
+    metrics = NodeMetrics(lambda user: "local")
+    body, _ = metrics.render(
+        snapshot(certificates=(certificate("node", 2), certificate("ca", 400))), ""
+    )
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("replicad_tls_certificate_expiry_seconds", (("cert", "node"),))] == 2 * 86400
+    assert samples[("replicad_tls_certificate_expiry_seconds", (("cert", "ca"),))] == 400 * 86400
+
+
+def test_certificates_ending_within_30_days_are_warned_of(node_log: Records) -> None:
+    observer = SimpleNamespace(
+        certificates=lambda: (certificate("node", 29), certificate("ca", 31))
+    )
+    warn_expiring_certificates(observer)  # type: ignore[arg-type]
+    warned = [r for r in node_log.records if r.getMessage() == "tls.certificate_expiring"]
+    assert [r.kv["cert"] for r in warned] == ["node"]  # type: ignore[attr-defined]
+    assert warned[0].levelno == logging.WARNING
+    assert warned[0].kv["file"] == "/etc/replicad/node.crt"  # type: ignore[attr-defined]
+    assert warned[0].kv["not_after"] == "2030-01-02T03:04:00Z"  # type: ignore[attr-defined]
 
 
 def test_durability_that_cannot_be_met_degrades() -> None:
