@@ -5,7 +5,8 @@ or its store cannot take another message.  ``degraded`` means it serves but
 an operator should look: a configured peer is unreachable or has no direct
 link, an outbox is close to its bound (past it the peer needs a resync), a
 durability level cannot be met (writes at that level fail with exit 75),
-no root is elected (writes wait), or the store is nearly full.  Everything
+no root is elected (writes wait), the store is nearly full, or the node's
+certificate or its CA ends within 7 days (or has ended).  Everything
 else is ``up``.  A load balancer keeps a degraded node in rotation (HTTP 200)
 and takes a down one out (HTTP 503; see :mod:`replicad.httpd`).
 
@@ -26,6 +27,10 @@ from replicad.observe import Phase, Snapshot
 OUTBOX_NEAR_BOUND = 0.8
 #: A store (LMDB map or file system) this full is reported before writes fail.
 STORE_NEAR_FULL = 0.9
+#: A certificate (the node's or the CA's) ending this soon degrades the node:
+#: once it has ended, every link is refused.  (A warning is logged from 30
+#: days, replicad.node.CERT_WARN_WITHIN.)
+CERT_DEGRADED_WITHIN = 7 * 86400.0
 
 
 class Status(enum.IntEnum):
@@ -77,7 +82,35 @@ def evaluate(snap: Snapshot) -> Health:
     if snap.cluster is not None:
         _cluster(health, snap, snap.cluster)
     _durability(health, snap)
+    _certificates(health, snap)
     return health
+
+
+def _certificates(health: Health, snap: Snapshot) -> None:
+    if not snap.certificates:
+        return
+    check: dict[str, Any] = {"status": Status.UP.label}
+    health.checks["tls"] = check
+    for cert in snap.certificates:
+        end = f"{cert.not_after:%Y-%m-%d %H:%M} UTC"
+        check[cert.cert] = {
+            "file": cert.path,
+            "not_after": end,
+            "seconds_left": round(cert.seconds_left),
+        }
+        if cert.seconds_left <= 0:
+            health.flag(
+                "tls",
+                Status.DEGRADED,
+                f"{cert.cert} certificate {cert.path} expired on {end}: peers refuse the links",
+            )
+        elif cert.seconds_left <= CERT_DEGRADED_WITHIN:
+            health.flag(
+                "tls",
+                Status.DEGRADED,
+                f"{cert.cert} certificate {cert.path} expires on {end} "
+                f"(in {cert.seconds_left / 86400:.1f} days): replace it and reload",
+            )
 
 
 def _store(health: Health, snap: Snapshot) -> None:

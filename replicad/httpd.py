@@ -8,8 +8,15 @@ two read-only resources to Prometheus and to load-balancer health checks:
   :data:`MAX_REQUEST_HEAD` bytes is 431;
 * one request per connection (``Connection: close``), so no keep-alive or
   pipelining state; a request head must arrive within :data:`READ_TIMEOUT`
-  and the reply be taken within :data:`WRITE_TIMEOUT` (a slow or silent
-  client cannot hold a connection); at most :data:`MAX_CONNECTIONS` at once;
+  of the connection (a deadline for the whole head, so a client trickling
+  one byte at a time is dropped as fast as a silent one) and the reply be
+  taken within :data:`WRITE_TIMEOUT`;
+* at most :data:`MAX_CONNECTIONS` at once, and idle connections (no
+  complete request head yet) can never keep a monitor out: a connection
+  arriving at the cap takes the place of the oldest idle one, which is
+  closed; only when every connection is busy answering a request is the
+  newcomer refused, at once (closed, not queued), so a probe fails fast
+  and retries instead of timing out behind others;
 * ``/metrics``: the Prometheus text format, or OpenMetrics when asked
   through ``Accept`` (prometheus-client's negotiation);
 * ``/health``: JSON ``{"status": "up|degraded|down"}`` for anyone; the
@@ -42,7 +49,9 @@ from replicad.observe import Observer
 log = logging.getLogger("replicad.httpd")
 
 MAX_REQUEST_HEAD = 8 * 1024
-READ_TIMEOUT = 5.0
+#: A monitor sends its whole request head in one packet as soon as it is
+#: connected; two seconds is ample on any network that deserves monitoring.
+READ_TIMEOUT = 2.0
 WRITE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 READ_CHUNK = 4096
@@ -144,6 +153,15 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One admitted connection.  ``scope`` is cancelled when it is evicted."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    released: bool = False
+    evicted: bool = False
+
+
 class HttpServer:
     """Serves ``/metrics`` and ``/health`` of one node; see the module docstring."""
 
@@ -161,6 +179,11 @@ class HttpServer:
         self.health_token = health_token
         self._max_connections = max_connections
         self._active = 0
+        #: Admitted connections without a complete request head yet, oldest
+        #: first (a dict as an ordered set): the ones a newcomer may evict.
+        self._idle: dict[_Slot, None] = {}
+        #: Idle connections closed to make room for a newer one (tests, logs).
+        self.evicted = 0
 
     async def run(
         self,
@@ -180,35 +203,72 @@ class HttpServer:
         log.info("httpd.listening", extra={"kv": {"address": where}})
         await trio.serve_listeners(self._connection, listeners, task_status=task_status)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    def _admit(self) -> _Slot | None:
+        """A slot for a new connection, or None: refuse it.
+
+        At the cap, the oldest idle connection gives up its slot: whoever
+        holds sockets open without sending a request cannot starve a
+        client that asks at once (a health probe).  Busy connections are
+        bounded by the snapshot and :data:`WRITE_TIMEOUT`, so refusing a
+        newcomer while all are busy lasts only that long.
+        """
         if self._active >= self._max_connections:
+            if not self._idle:
+                return None
+            victim = next(iter(self._idle))
+            victim.evicted = True
+            self._release(victim)
+            victim.scope.cancel()
+            self.evicted += 1
+        self._active += 1
+        slot = _Slot()
+        self._idle[slot] = None
+        return slot
+
+    def _release(self, slot: _Slot) -> None:
+        self._idle.pop(slot, None)
+        if not slot.released:
+            slot.released = True
+            self._active -= 1
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        slot = self._admit()
+        if slot is None:
             await trio.aclose_forcefully(stream)
             return
-        self._active += 1
         try:
             remote = _remote_host(stream)
-            response, head_only = await self._answer(stream, remote)
-            with trio.move_on_after(WRITE_TIMEOUT):
-                await stream.send_all(response.encode(head_only=head_only))
-                # Close gracefully: a close with unread input resets the
-                # connection, and the client could lose the response.
-                await stream.send_eof()
-                with trio.move_on_after(1.0):
-                    while await stream.receive_some(READ_CHUNK):
-                        pass
+            with slot.scope:
+                response, head_only = await self._answer(stream, remote, slot)
+                with trio.move_on_after(WRITE_TIMEOUT):
+                    await stream.send_all(response.encode(head_only=head_only))
+                    if response.status == 408:
+                        return  # a client that never finished its request gets no grace
+                    # Close gracefully: a close with unread input resets the
+                    # connection, and the client could lose the response.
+                    await stream.send_eof()
+                    with trio.move_on_after(1.0):
+                        while await stream.receive_some(READ_CHUNK):
+                            pass
+            if slot.evicted:
+                log.debug("httpd.idle_evicted", extra={"kv": {"remote": remote}})
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away; nothing to answer
         finally:
-            self._active -= 1
+            self._release(slot)
             await trio.aclose_forcefully(stream)
 
-    async def _answer(self, stream: trio.SocketStream, remote: str) -> tuple[Response, bool]:
+    async def _answer(
+        self, stream: trio.SocketStream, remote: str, slot: _Slot
+    ) -> tuple[Response, bool]:
         request: Request | None = None
         try:
             with trio.move_on_after(READ_TIMEOUT) as scope:
                 request = parse_head(await read_head(stream))
             if scope.cancelled_caught or request is None:
                 raise HttpError(408, f"no complete request within {READ_TIMEOUT:g}s")
+            # A complete request: from now on this connection is busy, not idle.
+            self._idle.pop(slot, None)
             response = await self._route(request, remote)
         except HttpError as exc:
             response = exc.response

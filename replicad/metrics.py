@@ -237,6 +237,7 @@ class SnapshotCollector:
             return
         yield from _node_families(snap)
         yield from _store_families(snap)
+        yield from _tls_families(snap)
         if snap.cluster is not None:
             yield from _cluster_families(snap, snap.cluster)
 
@@ -247,6 +248,20 @@ def _gauge(name: str, doc: str, value: float | None = None, unit: str = "") -> G
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def _tls_families(snap: Snapshot) -> Iterable[Metric]:
+    if not snap.certificates:
+        return
+    expiry = GaugeMetricFamily(
+        "replicad_tls_certificate_expiry_seconds",
+        "Seconds until the node's certificate (cert=node, tls.cert) or its CA "
+        "(cert=ca, tls.ca: the first to end) stops being valid; negative once it has.",
+        labels=["cert"],
+    )
+    for cert in snap.certificates:
+        expiry.add_metric([cert.cert], cert.seconds_left)
+    yield expiry
 
 
 def _node_families(snap: Snapshot) -> Iterable[Metric]:

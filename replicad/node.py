@@ -33,6 +33,13 @@ avoids failing requests needlessly and leaves peers up to date.
 SIGHUP: the config file is read again; ``node.map_size`` (the store's
 ceiling), ``node.log_level``, ``node.shutdown_timeout``,
 ``metrics.health_token`` and the ``[[peers]]`` list take effect at once.
+The TLS files (``tls.ca``, ``tls.cert``, ``tls.key``, read again even if
+the config did not change, so replaced files are picked up) are checked as
+at start and made into new contexts for the links set up from then on;
+established links keep theirs; unusable files leave the running ones in
+place (``node.reload_failed section=tls``).  Certificates ending within 30
+days are warned of at start, daily and on reload; ``/health`` degrades
+from 7 days (:mod:`replicad.health`).
 A new peer gets an outbox cursor and a whole-node resync (its copy is
 built by resync), and its links are accepted and dialled; a removed one
 is disconnected, no longer accepted, and the log stops waiting for it; a
@@ -67,6 +74,7 @@ from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress, 
 from replicad.cluster.writes import ClusterWrites
 from replicad.config import DEFAULT_SHUTDOWN_TIMEOUT, NodeConfig, load_config
 from replicad.errors import ReplicadError
+from replicad.fsmode import PRIVATE_FILE, private_directory
 from replicad.health import evaluate
 from replicad.httpd import HttpServer
 from replicad.lmtp.delivery import NodeDelivery
@@ -77,7 +85,7 @@ from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Pha
 from replicad.sdnotify import Notifier
 from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
-from replicad.transport import load_tls_contexts
+from replicad.transport import TlsContexts, load_tls_contexts
 from replicad.transport.gate import HandshakeGate
 from replicad.transport.logfmt import format_value
 
@@ -87,6 +95,10 @@ log = logging.getLogger("replicad.node")
 SHUTDOWN_GRACE = DEFAULT_SHUTDOWN_TIMEOUT
 #: How often the systemd STATUS= line is brought up to date (sent only on change).
 STATUS_INTERVAL = 5.0
+#: A certificate (the node's or the CA's) ending this soon is warned of in
+#: the log, at start, daily and on reload (``/health`` degrades from 7 days).
+CERT_WARN_WITHIN = 30 * 86400.0
+CERT_CHECK_INTERVAL = 86400.0
 #: How often the drain checks whether the peers acknowledged everything.
 DRAIN_POLL = 0.05
 # Room for the msgpack envelope around a body of admin.max_message_size bytes.
@@ -162,10 +174,12 @@ def data_dir_lock(path: Path) -> Iterator[None]:
     The kernel drops the lock when the process dies, even by ``kill -9``, so
     a crashed node never leaves a lock that blocks its restart.
     """
-    # Mail is private: a data directory we create is readable by the node only.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Mail is private: the data directory is the node's alone (0700, an
+    # existing one tightened), whatever the umask (replicad.fsmode).
+    private_directory(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask, or an older file, may differ
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -212,7 +226,9 @@ def clear_stale_socket(path: Path) -> None:
 def bind_admin_socket(path: Path) -> socket.socket:
     """A listening unix socket at ``path`` with mode 0600, never wider even briefly."""
     if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
+        # Created 0700 whatever the umask; an existing directory is the
+        # operator's (e.g. /run/replicad, 0750 for an LMTP socket's group).
+        private_directory(path.parent)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # umask is process-wide, but bind() is one syscall on this thread and
@@ -279,6 +295,18 @@ async def _run_locked(
     )
     peers = tuple(p.name for p in config.peers)
     state = NodeState()
+    # Before the store: a bad certificate or an unprotected key stops the
+    # start with nothing created.
+    contexts = _tls_contexts(config)
+    tls_network = (
+        TlsNetwork(
+            contexts,
+            (config.listen.address, config.listen.port),
+            HandshakeGate(config.listen.max_handshakes, config.listen.max_handshakes_per_source),
+        )
+        if contexts is not None
+        else None
+    )
     async with MailStore.open(
         node.data_dir / "store",
         map_size=node.map_size,
@@ -287,7 +315,7 @@ async def _run_locked(
         clock=HybridClock(max_skew=config.cluster.max_clock_skew),
     ) as store:
         meter = LinkMeter()
-        cluster = _cluster_node(config, store, meter)
+        cluster = _cluster_node(config, store, meter, tls_network)
         writes = ClusterWrites(cluster) if cluster is not None else None
         dispatcher = AdminDispatcher(
             store, default_identity(node.name), config.admin.max_message_size, cluster=writes
@@ -298,12 +326,13 @@ async def _run_locked(
             max_frame=config.admin.max_message_size + FRAME_OVERHEAD,
         )
         observer = Observer(config, store, cluster, meter, state)
+        observer.tls = contexts
         httpd = (
             HttpServer(metrics, observer, health_token=config.metrics.health_token)
             if config.metrics is not None
             else None
         )
-        live = _LiveConfig(config, httpd, cluster, observer, store)
+        live = _LiveConfig(config, httpd, cluster, observer, store, tls_network=tls_network)
         async with trio.open_nursery() as nursery:
             if httpd is not None:
                 assert config.metrics is not None
@@ -325,9 +354,13 @@ async def _run_locked(
                     "node.ready", extra={"kv": {"node": node.name, "socket": node.admin_socket}}
                 )
                 notify.ready(status_line(await observer.snapshot()))
-                nursery.start_soon(notify.watchdog_loop, store.log_head)
+                # The probe has a thread of its own: long reads (anti-entropy
+                # digests) filling the reader pool must not look like a hang.
+                nursery.start_soon(notify.watchdog_loop, store.probe)
                 if notify.enabled:
                     nursery.start_soon(_status_loop, observer, notify)
+                if contexts is not None:
+                    nursery.start_soon(_certificate_watch, observer)
                 await _serve_until_stop(signals, live, notify, observer)
                 state.phase = Phase.STOPPING
                 notify.stopping("stopping: draining client requests and outbox sends")
@@ -455,6 +488,33 @@ async def _status_loop(observer: Observer, notify: Notifier) -> None:
             last = line
 
 
+def warn_expiring_certificates(observer: Observer) -> None:
+    """Log ``tls.certificate_expiring`` (warning) for each certificate in
+    force that ends within :data:`CERT_WARN_WITHIN` (or has ended)."""
+    for cert in observer.certificates():
+        if cert.seconds_left <= CERT_WARN_WITHIN:
+            log.warning(
+                "tls.certificate_expiring",
+                extra={
+                    "kv": {
+                        "cert": cert.cert,
+                        "file": cert.path,
+                        "not_after": f"{cert.not_after:%Y-%m-%dT%H:%M:%SZ}",
+                        "days_left": round(cert.seconds_left / 86400, 1),
+                    }
+                },
+            )
+
+
+async def _certificate_watch(observer: Observer) -> None:
+    """At start and then daily: warn of certificates about to end (the
+    metric and ``/health`` say it too, but a log line reaches whoever reads
+    only the journal)."""
+    while True:
+        warn_expiring_certificates(observer)
+        await trio.sleep(CERT_CHECK_INTERVAL)
+
+
 class _LiveConfig:
     """The configuration in force, and what a SIGHUP may change in it."""
 
@@ -465,12 +525,50 @@ class _LiveConfig:
         cluster: ClusterNode | None,
         observer: Observer,
         store: MailStore | None = None,
+        *,
+        tls_network: TlsNetwork | None = None,
     ) -> None:
         self.config = config
         self.httpd = httpd
         self.cluster = cluster
         self.observer = observer
         self.store = store
+        self.tls_network = tls_network
+
+    def _reload_tls(self, new: NodeConfig) -> bool:
+        """Read the certificates and key again (the same files, or those the
+        new ``[tls]`` names) into new contexts for new links; False if they
+        are unusable (the running ones stay) or the cluster name changed
+        (a restart: HELLO carries it)."""
+        old = self.config.tls
+        if self.tls_network is None or old is None or new.tls is None:
+            return False
+        if new.tls.cluster != old.cluster:
+            return False
+        tls = new.tls
+        try:
+            contexts = load_tls_contexts(
+                tls.ca, tls.cert, tls.key, node=self.config.name, cluster=tls.cluster
+            )
+        except ReplicadError as exc:
+            log.error(
+                "node.reload_failed",
+                extra={"kv": {"config": new.path, "section": "tls", "reason": str(exc)}},
+            )
+            return False
+        self.tls_network.contexts = contexts
+        self.observer.tls = contexts
+        log.info(
+            "tls.reloaded",
+            extra={
+                "kv": {
+                    f"{c.cert}_not_after": f"{c.not_after:%Y-%m-%dT%H:%M:%SZ}"
+                    for c in contexts.certificates
+                }
+            },
+        )
+        warn_expiring_certificates(self.observer)
+        return True
 
     async def reload(self) -> None:
         """Read the config file again; apply what can change live, report the rest."""
@@ -525,7 +623,11 @@ class _LiveConfig:
             else:
                 peers = new.peers
                 applied.append("peers")
-        self.config = dataclasses.replace(old, node=node, metrics=metrics, peers=peers)
+        tls = old.tls
+        if self._reload_tls(new):
+            tls = new.tls
+            applied.append("tls")
+        self.config = dataclasses.replace(old, node=node, metrics=metrics, peers=peers, tls=tls)
         self.observer.config = self.config
         pending = _needs_restart(self.config, new)
         log.info(
@@ -600,27 +702,27 @@ def _lmtp_server(
     return LmtpServer(delivery, protocol, timeout=section.timeout, metrics=metrics)
 
 
-def _cluster_node(config: NodeConfig, store: MailStore, meter: LinkMeter) -> ClusterNode | None:
-    """The cluster runtime, if the config names peers (a [tls] section is then required)."""
+def _tls_contexts(config: NodeConfig) -> TlsContexts | None:
+    """The TLS identity of a cluster member (checked: certificate, key mode),
+    None for a single node (no peers, so no links to authenticate)."""
     if not config.peers:
         return None
     assert config.tls is not None  # config validation refuses peers without [tls]
     tls = config.tls
-    contexts = load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+    return load_tls_contexts(tls.ca, tls.cert, tls.key, node=config.name, cluster=tls.cluster)
+
+
+def _cluster_node(
+    config: NodeConfig, store: MailStore, meter: LinkMeter, network: TlsNetwork | None
+) -> ClusterNode | None:
+    """The cluster runtime, if the config names peers (``network`` then given)."""
+    if network is None:
+        return None
     return ClusterNode(
         name=config.name,
         peers=tuple(PeerAddress(p.name, p.host, p.port) for p in config.peers),
         store=store,
-        network=MeteredNetwork(
-            TlsNetwork(
-                contexts,
-                (config.listen.address, config.listen.port),
-                HandshakeGate(
-                    config.listen.max_handshakes, config.listen.max_handshakes_per_source
-                ),
-            ),
-            meter,
-        ),
+        network=MeteredNetwork(network, meter),
         data_dir=config.node.data_dir,
         settings=ClusterSettings(
             granularity=config.cluster.granularity,

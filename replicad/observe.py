@@ -16,6 +16,7 @@ sums them per peer across reconnections.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import os
 import time
@@ -33,6 +34,7 @@ from replicad.config import NodeConfig
 from replicad.protocol.connection import LinkConfig
 from replicad.store.mailstore import MailStore
 from replicad.transport.link import Link, LinkTraffic
+from replicad.transport.tls import TlsContexts
 
 if TYPE_CHECKING:
     from replicad.cluster.runtime import ClusterNode, Network, PeerAddress
@@ -95,6 +97,20 @@ class Snapshot:
     #: Why writes fail for lack of room (the map at node.map_size, or the
     #: disk); None while they do not (replicad.store.writer).
     store_full: str | None = None
+    #: The node's TLS certificates in force (none on a single node).
+    certificates: tuple[CertificateExpiry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateExpiry:
+    """One certificate's end, as seen at the snapshot: ``cert`` is ``node``
+    or ``ca`` (see :class:`~replicad.transport.tls.CertificateValidity`)."""
+
+    cert: str
+    path: str
+    not_after: dt.datetime
+    #: Negative once it has expired.
+    seconds_left: float
 
 
 # --- bytes per peer ------------------------------------------------------------------
@@ -186,6 +202,18 @@ class Observer:
         self.cluster = cluster
         self.meter = meter
         self.state = state
+        #: The TLS contexts in force (replicad.node replaces them on SIGHUP).
+        self.tls: TlsContexts | None = None
+
+    def certificates(self) -> tuple[CertificateExpiry, ...]:
+        """The end of each certificate in force, from now."""
+        if self.tls is None:
+            return ()
+        now = dt.datetime.now(dt.UTC)
+        return tuple(
+            CertificateExpiry(c.cert, str(c.path), c.not_after, c.seconds_left(now))
+            for c in self.tls.certificates
+        )
 
     async def snapshot(self) -> Snapshot:
         config, store, cluster = self.config, self.store, self.cluster
@@ -218,6 +246,7 @@ class Observer:
             verify_runs=cluster.verify.runs if cluster is not None else 0,
             verify_found=cluster.verify.found if cluster is not None else 0,
             traffic=self.meter.totals(),
+            certificates=self.certificates(),
         )
 
 

@@ -18,6 +18,11 @@ small, and key generation is instant. Private keys are written atomically to
 a temporary file created 0600 and then linked into place, so a key is never
 readable by anyone else, not even for an instant, and a crash never leaves a
 half-written key under the final name.
+
+Every file written here is 0600 and a directory created here 0700,
+whatever the umask: certificates are not secret, but nothing in a CA
+directory is anyone else's business, and one rule is easier to audit.
+Installing them elsewhere (deploy/README.md) sets the modes there.
 """
 
 from __future__ import annotations
@@ -216,7 +221,9 @@ def init_cluster_ca(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BadInputError(f"{directory} exists and is not a directory")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        os.chmod(directory, 0o700)  # whatever the umask
     cert_path = directory / CA_CERT_FILE
     key_path = directory / CA_KEY_FILE
     cluster_path = directory / CLUSTER_FILE
@@ -261,9 +268,9 @@ def init_cluster_ca(
     # merely incomplete and `--force` repairs it.
     write_file_atomically(key_path, _key_pem(key), mode=0o600, force=force)
     write_file_atomically(
-        cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644, force=force
+        cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o600, force=force
     )
-    write_file_atomically(cluster_path, f"{cluster}\n".encode(), mode=0o644, force=force)
+    write_file_atomically(cluster_path, f"{cluster}\n".encode(), mode=0o600, force=force)
     return CAFiles(directory=directory, cluster=cluster, certificate=cert_path, key=key_path)
 
 
@@ -401,7 +408,7 @@ def issue_node_certificate(
     )
     write_file_atomically(key_path, _key_pem(key), mode=0o600, force=force)
     write_file_atomically(
-        cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644, force=force
+        cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o600, force=force
     )
     return NodeFiles(
         node=node, certificate=cert_path, key=key_path, not_valid_after=end.astimezone(dt.UTC)

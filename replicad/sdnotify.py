@@ -111,7 +111,9 @@ class Notifier:
         """Ping every :attr:`watchdog_interval` while ``probe`` completes in time.
 
         The ping is sent from the event loop after ``probe`` (a cheap store
-        read) answered, so it means "the loop runs and the store answers";
+        read on a thread of its own, ``MailStore.probe``, so that long reads
+        filling the reader threads do not delay it) answered, so it means
+        "the loop runs and the store answers";
         if either hangs, pings stop and systemd restarts the node, which is
         the point of a watchdog.  Returns at once when no watchdog is set.
         """

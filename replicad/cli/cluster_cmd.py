@@ -509,8 +509,8 @@ def create_cluster(
             # Copies, as on a real machine: the node's directory holds what the
             # node needs and nothing more (never the CA key).
             cert_pem, key_pem = issued.certificate.read_bytes(), issued.key.read_bytes()
-            write(node_dir / "ca.pem", ca_pem, mode=0o644, force=False)
-            write(node_dir / f"{name}.pem", cert_pem, mode=0o644, force=False)
+            write(node_dir / "ca.pem", ca_pem, mode=0o600, force=False)
+            write(node_dir / f"{name}.pem", cert_pem, mode=0o600, force=False)
             write(node_dir / f"{name}.key", key_pem, mode=0o600, force=False)
         if faults:
             created.append(directory / faultproxy.PROXY_DIR)

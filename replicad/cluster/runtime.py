@@ -247,7 +247,12 @@ class Network(Protocol):
 
 
 class TlsNetwork:
-    """Mutually authenticated TLS links (replicad.transport)."""
+    """Mutually authenticated TLS links (replicad.transport).
+
+    :attr:`contexts` may be replaced while running (certificates reloaded
+    on SIGHUP): every link dialled or accepted afterwards uses the new
+    ones; links already up keep theirs.
+    """
 
     def __init__(
         self, contexts: TlsContexts, listen: tuple[str, int], gate: HandshakeGate | None = None
@@ -269,7 +274,7 @@ class TlsNetwork:
     ) -> None:
         host, port = self.listen
         await serve_links(
-            self.contexts,
+            lambda: self.contexts,
             handler,
             host=host,
             port=port,
@@ -630,6 +635,7 @@ class ClusterNode:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
+                os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode
                 os.write(fd, f"{self.election.max_epoch}\n".encode())
                 os.fsync(fd)
             finally:

@@ -522,6 +522,17 @@ class MailStore:
         """Sequence number of the newest change log entry (0: empty)."""
         return await self._read(self.log.head)
 
+    async def probe(self) -> int:
+        """The log head, read on the executor's probe thread: proof that the
+        store answers, which long reads filling the reader threads cannot
+        delay (the systemd watchdog's probe, replicad.sdnotify)."""
+
+        def run() -> int:
+            with self._dbs.env.begin(write=False, buffers=False) as txn:
+                return self.log.head(txn)
+
+        return await self._executor.run_probe(run)
+
     async def log_cursor(self, peer: str) -> int:
         """The last log sequence ``peer`` acknowledged (durable)."""
         return await self._read(lambda t: self.log.cursor(t, peer))

@@ -32,6 +32,7 @@ import lmdb
 import msgpack
 
 from replicad.errors import BadInputError, ReplicadError
+from replicad.fsmode import PRIVATE_FILE, private_directory, tighten_if_present
 from replicad.store.namespace import Claim
 
 SCHEMA_VERSION = 1
@@ -228,12 +229,19 @@ def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databas
 
     ``sync=True`` makes every commit durable (fsync) before it returns: that is
     what lets a client's acknowledgement mean I1 at level ``local``.
+
+    The directory is 0700 and ``data.mdb``/``lock.mdb`` 0600 whatever the
+    umask; a store left more open (by an older version) is tightened
+    (:mod:`replicad.fsmode`).
     """
-    path.mkdir(parents=True, exist_ok=True)
+    private_directory(path)
     try:
         env = lmdb.open(
             str(path),
             map_size=map_size,
+            # LMDB creates its files with this mode less the umask (its
+            # default, 0755, would leave every message readable by all).
+            mode=PRIVATE_FILE,
             max_dbs=len(DB_NAMES) + 4,
             sync=sync,
             metasync=sync,
@@ -247,6 +255,8 @@ def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databas
         raise ReplicadError(f"store {path} is locked by another process: {exc}") from exc
     except lmdb.Error as exc:
         raise ReplicadError(f"cannot open store {path}: {exc}") from exc
+    for name in ("data.mdb", "lock.mdb"):
+        tighten_if_present(path / name, PRIVATE_FILE)
     handles = {name: env.open_db(name.encode()) for name in DB_NAMES}
     dbs = Databases(env=env, **handles)
     with env.begin(write=True) as txn:

@@ -43,6 +43,11 @@ class StoreExecutor(Protocol):
 
     async def run_read(self, fn: Callable[[], T]) -> T: ...
 
+    async def run_probe(self, fn: Callable[[], T]) -> T:
+        """Run a tiny read that must not queue behind other reads (the
+        systemd watchdog's liveness probe)."""
+        ...
+
     async def run_exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` with no other store work in flight (LMDB's map can only
         be resized when this process has no transaction open)."""
@@ -50,12 +55,21 @@ class StoreExecutor(Protocol):
 
 
 class ThreadExecutor:
-    """Production seam: one writer thread at a time, a few concurrent readers."""
+    """Production seam: one writer thread at a time, a few concurrent readers,
+    and one thread of its own for the liveness probe.
+
+    Reads share ``readers`` threads, and one anti-entropy digest of a large
+    mailbox can hold a reader for seconds; a few of them at once fill the
+    pool.  The watchdog's probe asks "does the store answer at all", not
+    "is it idle", so it has a limiter of its own and never waits behind
+    them (only behind a map resize, which excludes every transaction).
+    """
 
     def __init__(self, readers: int = 4) -> None:
         self._writer = trio.CapacityLimiter(1)
         self._readers = trio.CapacityLimiter(readers)
         self._reader_count = readers
+        self._probe = trio.CapacityLimiter(1)
 
     async def run_write(self, fn: Callable[[], T]) -> T:
         # Not abandoned on cancel: a commit in progress always finishes, so the
@@ -65,12 +79,15 @@ class ThreadExecutor:
     async def run_read(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._readers)
 
+    async def run_probe(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._probe)
+
     async def run_exclusive(self, fn: Callable[[], T]) -> T:
-        # Every reader token and the writer's: reads in flight finish first,
-        # new ones wait (a pause of one remap; the map grows by doubling, so
-        # it happens a handful of times in a store's life).
+        # Every reader token, the probe's and the writer's: reads in flight
+        # finish first, new ones wait (a pause of one remap; the map grows by
+        # doubling, so it happens a handful of times in a store's life).
         borrowers = [object() for _ in range(self._reader_count)]
-        async with self._writer:
+        async with self._writer, self._probe:
             taken: list[object] = []
             try:
                 for borrower in borrowers:
@@ -90,6 +107,10 @@ class InlineExecutor:
         return fn()
 
     async def run_read(self, fn: Callable[[], T]) -> T:
+        await trio.lowlevel.checkpoint()
+        return fn()
+
+    async def run_probe(self, fn: Callable[[], T]) -> T:
         await trio.lowlevel.checkpoint()
         return fn()
 

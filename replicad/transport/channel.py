@@ -12,6 +12,10 @@ stable ``reason`` token:
 ``peer-certificate``  its certificate is not from the cluster CA, has expired,
                       or names no valid node
 ``peer-name``         it is a valid node, but not the one we dialled
+``cluster``           its certificate is of another cluster (subject O=),
+                      whatever its HELLO will say (``cluster mismatch``)
+
+Both sides check all of this, the dialler and the acceptor alike.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from dataclasses import dataclass
 import trio
 
 from replicad.errors import UnreachableError
-from replicad.transport.tls import LinkRefusedError, TlsContexts, peer_node_name
+from replicad.transport.tls import (
+    LinkRefusedError,
+    TlsContexts,
+    check_peer_cluster,
+    peer_node_name,
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,9 @@ async def accept_channel(tcp: trio.SocketStream, contexts: TlsContexts) -> Secur
     """
     stream = trio.SSLStream(tcp, contexts.server, server_side=True)
     await _handshake(stream)
-    peer = peer_node_name(stream.getpeercert(binary_form=True))
+    der = stream.getpeercert(binary_form=True)
+    peer = peer_node_name(der)
+    check_peer_cluster(der, contexts.cluster)
     return SecureChannel(stream=stream, peer=peer, remote=format_remote(tcp))
 
 
@@ -112,11 +123,13 @@ async def connect_channel(
                     "peer-name", f"{host}:{port} is not node {expected_node}: {exc}"
                 ) from exc
             raise
-        peer = peer_node_name(stream.getpeercert(binary_form=True))
+        der = stream.getpeercert(binary_form=True)
+        peer = peer_node_name(der)
         if peer != expected_node:
             raise LinkRefusedError(
                 "peer-name", f"{host}:{port} authenticated as {peer!r}, not {expected_node!r}"
             )
+        check_peer_cluster(der, contexts.cluster)
     except BaseException:
         await trio.aclose_forcefully(tcp)
         raise

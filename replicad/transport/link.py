@@ -4,7 +4,8 @@
 a :class:`Link` is handed out only after
 
 1. a TLS 1.3 handshake in which both certificates chained to the cluster CA
-   (:mod:`replicad.transport.channel`), and
+   and name this cluster in their subject (:mod:`replicad.transport.channel`),
+   and
 2. the HELLO exchange of :class:`replicad.protocol.connection.Connection`:
    same protocol version, same cluster id, and a HELLO node id equal to the
    name in the peer's certificate.
@@ -484,7 +485,7 @@ async def _run_handler(link: Link, handler: LinkHandler) -> None:
 
 
 async def serve_links(
-    contexts: TlsContexts,
+    contexts: TlsContexts | Callable[[], TlsContexts],
     handler: LinkHandler,
     *,
     host: str = "127.0.0.1",
@@ -500,13 +501,21 @@ async def serve_links(
     ``task_status.started`` reports the listeners (port 0 picks a free port;
     read it from ``listeners[0].socket.getsockname()``). ``known_peers``
     restricts which certified nodes may connect (None: any node the CA
-    certified). ``gate`` caps the handshakes in progress (a default one if
-    None): a connection over a cap is closed before any TLS work (I9).
-    Runs until cancelled.
+    certified). ``contexts`` may be a function returning the contexts in
+    force, called for each new connection: certificates reloaded meanwhile
+    then apply to new links, while established ones keep theirs.  ``gate``
+    caps the handshakes in progress (a default one if None): a connection
+    over a cap is closed before any TLS work (I9).  Runs until cancelled.
     """
     gate = gate if gate is not None else HandshakeGate()
     last_logged = -math.inf
-    config = config or LinkConfig(cluster=contexts.cluster, node=contexts.node)
+    if isinstance(contexts, TlsContexts):
+        fixed = contexts
+        current: Callable[[], TlsContexts] = lambda: fixed  # noqa: E731
+    else:
+        current = contexts
+    first = current()
+    config = config or LinkConfig(cluster=first.cluster, node=first.node)
     if not math.isfinite(handshake_timeout) or handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be a positive number of seconds")
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -532,7 +541,7 @@ async def serve_links(
             return
         await accept_link(
             tcp,
-            contexts,
+            current(),
             handler,
             config=config,
             known_peers=known_peers,

@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import trio
 import zstandard
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from replicad import pki
 from replicad.blob import Blob
@@ -65,6 +69,8 @@ CLUSTER = "c1"
 class Pki:
     main: Path
     other: Path
+    #: n2's key and a certificate the main CA signed for another cluster's name.
+    foreign_cluster: Path
 
     def contexts(
         self, node: str, *, directory: Path | None = None, cluster: str = CLUSTER
@@ -89,7 +95,58 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki.issue_node_certificate(other, "n2")
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     pki.issue_node_certificate(main, "old", days=1, not_before=past)
-    return Pki(main, other)
+    foreign_cluster = tmp_path_factory.mktemp("foreign-cluster")
+    issue_for_another_cluster(main, foreign_cluster, "n2", "c2")
+    return Pki(main, other, foreign_cluster)
+
+
+def issue_for_another_cluster(ca_dir: Path, out: Path, node: str, cluster: str) -> None:
+    """What `replicad pki` never makes: a certificate from this CA whose subject
+    names another cluster (as a CA shared by two clusters would sign)."""
+    ca = pki.load_cluster_ca(ca_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, pki.CLUSTER_ORG_PREFIX + cluster),
+                    x509.NameAttribute(NameOID.COMMON_NAME, node),
+                ]
+            )
+        )
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node)]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    (out / f"{node}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (out / f"{node}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 async def ping_server(link: Link) -> None:
@@ -264,6 +321,37 @@ async def test_bad_hello_is_refused(
         await open_link("127.0.0.1", server.port, "n1", certs.contexts("n2"), config=config)
     await wait_for_event(link_logs, "link-refused", side="server", reason=reason)
     await good_peer_gets_in(server, link_logs)
+
+
+async def test_acceptor_refuses_a_certificate_of_another_cluster(
+    server: Server, certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    # Signed by the cluster's CA, but for cluster c2; its HELLO claims c1.
+    liar = certs.contexts("n2", directory=certs.foreign_cluster)
+    with pytest.raises(LinkRefusedError):
+        await open_link("127.0.0.1", server.port, "n1", liar)
+    record = await wait_for_event(link_logs, "link-refused", side="server", reason="cluster")
+    assert "cluster mismatch" in record.getMessage() and "'c2'" in record.getMessage()
+    await good_peer_gets_in(server, link_logs)
+
+
+async def test_dialler_refuses_a_certificate_of_another_cluster(
+    certs: Pki, link_logs: pytest.LogCaptureFixture
+) -> None:
+    liar = certs.contexts("n2", directory=certs.foreign_cluster)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            lambda task_status: serve_links(
+                liar, ping_server, host="127.0.0.1", port=0, task_status=task_status
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(LinkRefusedError) as raised:
+            await open_link("127.0.0.1", port, "n2", certs.contexts("n1"))
+        assert raised.value.reason == "cluster"
+        assert "cluster mismatch" in raised.value.message
+        await wait_for_event(link_logs, "link-refused", side="client", reason="cluster")
+        nursery.cancel_scope.cancel()
 
 
 async def test_plain_tcp_client_is_refused(

@@ -4,13 +4,16 @@ HTTP listener (bounded, GET-only, token-gated details)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 import gc
 import json
 import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,9 +31,11 @@ from replicad.errors import ConfigError, ExitCode, TemporaryError
 from replicad.health import Status, evaluate
 from replicad.httpd import HttpServer, is_loopback, parse_head
 from replicad.metrics import LogEventCounter, NodeMetrics
-from replicad.node import _drain, _drain_outbox, status_line
-from replicad.observe import LinkMeter, PeerTraffic, Phase, Snapshot
+from replicad.node import _drain, _drain_outbox, status_line, warn_expiring_certificates
+from replicad.observe import CertificateExpiry, LinkMeter, PeerTraffic, Phase, Snapshot
 from replicad.sdnotify import Notifier
+from replicad.store.mailstore import MailStore
+from replicad.store.writer import ThreadExecutor
 from replicad.transport.link import LinkTraffic
 from replicad.transport.logfmt import log_event
 
@@ -206,6 +211,54 @@ def test_health_reasons(snap: Snapshot, status: Status, reason: str) -> None:
     assert any(reason in r for r in health.reasons), health.reasons
 
 
+def certificate(cert: str, days: float) -> CertificateExpiry:
+    end = dt.datetime(2030, 1, 2, 3, 4, tzinfo=dt.UTC)
+    return CertificateExpiry(cert, f"/etc/replicad/{cert}.crt", end, days * 86400)
+
+
+def test_certificates_ending_within_7_days_degrade_naming_file_and_date() -> None:
+    fine = snapshot(certificates=(certificate("node", 20), certificate("ca", 400)))
+    health = evaluate(fine)
+    assert health.status is Status.UP and health.checks["tls"]["status"] == "up"
+    assert health.checks["tls"]["node"]["file"] == "/etc/replicad/node.crt"
+    soon = evaluate(snapshot(certificates=(certificate("node", 6.5), certificate("ca", 400))))
+    assert soon.status is Status.DEGRADED
+    assert soon.reasons == [
+        "node certificate /etc/replicad/node.crt expires on 2030-01-02 03:04 UTC "
+        "(in 6.5 days): replace it and reload"
+    ]
+    ended = evaluate(snapshot(certificates=(certificate("ca", -1),)))
+    assert ended.status is Status.DEGRADED
+    assert ended.reasons[0].startswith("ca certificate /etc/replicad/ca.crt expired on 2030-01-02")
+    assert "tls" not in evaluate(snapshot()).checks  # a single node has no certificates
+
+
+def test_certificate_expiry_metric() -> None:
+    metrics = NodeMetrics(lambda user: "local")
+    body, _ = metrics.render(
+        snapshot(certificates=(certificate("node", 2), certificate("ca", 400))), ""
+    )
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("replicad_tls_certificate_expiry_seconds", (("cert", "node"),))] == 2 * 86400
+    assert samples[("replicad_tls_certificate_expiry_seconds", (("cert", "ca"),))] == 400 * 86400
+
+
+def test_certificates_ending_within_30_days_are_warned_of(node_log: Records) -> None:
+    observer = SimpleNamespace(
+        certificates=lambda: (certificate("node", 29), certificate("ca", 31))
+    )
+    warn_expiring_certificates(observer)  # type: ignore[arg-type]
+    warned = [r for r in node_log.records if r.getMessage() == "tls.certificate_expiring"]
+    assert [r.kv["cert"] for r in warned] == ["node"]  # type: ignore[attr-defined]
+    assert warned[0].levelno == logging.WARNING
+    assert warned[0].kv["file"] == "/etc/replicad/node.crt"  # type: ignore[attr-defined]
+    assert warned[0].kv["not_after"] == "2030-01-02T03:04:00Z"  # type: ignore[attr-defined]
+
+
 def test_durability_that_cannot_be_met_degrades() -> None:
     levels = (("node", DurabilityLevel("quorum", 2)), ("user ceo", DurabilityLevel("all", 3)))
     rows = [peer_row("n2"), peer_row("n3", link="down", reachable=False, via=None)]
@@ -310,6 +363,42 @@ async def test_watchdog_pings_only_while_the_probe_answers(
             await notifier.watchdog_loop(probe)
         assert received() == []
     notifier.close()
+
+
+async def test_a_saturated_reader_pool_does_not_delay_the_watchdog_probe(
+    tmp_path: Path, datagram_socket: tuple[socket.socket, str]
+) -> None:
+    """Long reads (anti-entropy digests) holding every reader thread must not
+    stop the watchdog pings: the probe has a thread of its own."""
+    sock, path = datagram_socket
+    sock.setblocking(False)
+    executor = ThreadExecutor(readers=4)
+    unblock = threading.Event()
+    async with (
+        MailStore.open(tmp_path / "store", map_size=1 << 24, executor=executor) as store,
+        trio.open_nursery() as nursery,
+    ):
+        try:
+            # Four long reads hold the pool, two more queue behind them.
+            for _ in range(6):
+                nursery.start_soon(executor.run_read, lambda: unblock.wait(30))
+            await trio.sleep(0.1)
+            with trio.move_on_after(0.3) as queued:
+                await store.log_head()  # an ordinary read waits its turn
+            assert queued.cancelled_caught
+            with trio.fail_after(2):
+                assert await store.probe() == 0
+            notifier = Notifier(path, watchdog_usec=40_000)  # a ping every 20 ms
+            with trio.move_on_after(0.3):
+                await notifier.watchdog_loop(store.probe)
+            notifier.close()
+            pings = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    pings.append(sock.recv(4096))
+            assert len(pings) >= 3 and set(pings) == {b"WATCHDOG=1"}
+        finally:
+            unblock.set()
 
 
 # --- per-peer traffic and log events ------------------------------------------------------
@@ -546,7 +635,76 @@ async def test_http_slow_client_is_cut_off(
     assert status == 408
 
 
-async def test_http_connection_limit(nursery: trio.Nursery) -> None:
+async def test_http_slowloris_is_dropped_at_the_read_deadline(
+    http: tuple[HttpServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = http
+    monkeypatch.setattr(httpd, "READ_TIMEOUT", 0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with trio.fail_after(5):
+            # One byte every 50 ms keeps the socket busy but never finishes
+            # a head: the deadline covers the whole head, not each read.
+            with contextlib.suppress(trio.BrokenResourceError):
+                for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(0.05)
+            data = b""
+            with contextlib.suppress(trio.BrokenResourceError):
+                while chunk := await stream.receive_some(4096):
+                    data += chunk
+    assert data.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_health_answers_while_64_idle_sockets_are_held_open(
+    http: tuple[HttpServer, int],
+) -> None:
+    server, port = http
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(64)]
+    try:
+        await trio.sleep(0.1)  # every one of them accepted, none sends a byte
+        with trio.fail_after(2):
+            status, _, body = await exchange(port, get("/health"))
+        assert status == 200 and json.loads(body)["status"] == "up"
+        assert server.evicted >= 64 - httpd.MAX_CONNECTIONS
+    finally:
+        for stream in idle:
+            await stream.aclose()
+
+
+async def test_http_connection_limit_refuses_at_once_when_all_are_busy(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+
+    class SlowObserver(FakeObserver):
+        async def snapshot(self) -> Snapshot:
+            await release.wait()
+            return self.snap
+
+    server = HttpServer(
+        NodeMetrics(lambda user: "local"),
+        SlowObserver(snapshot()),  # type: ignore[arg-type]
+        max_connections=1,
+    )
+    listeners = await nursery.start(server.run, "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    busy = await trio.open_tcp_stream("127.0.0.1", port)  # holds the only slot
+    async with busy:
+        await busy.send_all(get("/health"))
+        await trio.sleep(0.05)
+        refused = await trio.open_tcp_stream("127.0.0.1", port)
+        async with refused:
+            with trio.fail_after(5):
+                assert await refused.receive_some(10) == b""  # closed at once
+        release.set()
+        with trio.fail_after(5):
+            assert (await busy.receive_some(100)).startswith(b"HTTP/1.1 200 ")
+    status, _, _ = await exchange(port, get("/health"))
+    assert status == 200
+
+
+async def test_an_idle_connection_gives_its_slot_to_a_newcomer(nursery: trio.Nursery) -> None:
     server = HttpServer(
         NodeMetrics(lambda user: "local"),
         FakeObserver(snapshot()),  # type: ignore[arg-type]
@@ -557,12 +715,11 @@ async def test_http_connection_limit(nursery: trio.Nursery) -> None:
     idle = await trio.open_tcp_stream("127.0.0.1", port)  # holds the only slot
     async with idle:
         await trio.sleep(0.05)
-        refused = await trio.open_tcp_stream("127.0.0.1", port)
-        async with refused:
-            with trio.fail_after(5):
-                assert await refused.receive_some(10) == b""  # closed at once
-    status, _, _ = await exchange(port, get("/health"))
-    assert status == 200
+        with trio.fail_after(2):
+            status, _, _ = await exchange(port, get("/health"))
+            assert status == 200
+            assert await idle.receive_some(10) == b""  # it was closed for the newcomer
+    assert server.evicted == 1
 
 
 async def test_http_port_in_use_names_the_key(nursery: trio.Nursery) -> None:

@@ -15,7 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from replicad import pki
 from replicad.cli import pki_cmd
-from replicad.errors import AlreadyExistsError, BadInputError, ExitCode, ReplicadError
+from replicad.errors import AlreadyExistsError, BadInputError, ConfigError, ExitCode, ReplicadError
+from replicad.transport.tls import check_key_file, key_file_problem
 
 
 def _mode(path: Path) -> int:
@@ -90,9 +91,25 @@ def test_key_is_never_readable_by_others_while_written(
         pki.issue_node_certificate(ca_dir, "n1")
     finally:
         os.umask(old_umask)
-    # key written first (0600), then the certificate (0644)
+    # key written first, then the certificate, both 0600
     assert modes_while_writing[0] == 0o600
     assert _mode(ca_dir / "n1.key") == 0o600
+
+
+def test_every_file_is_0600_and_the_directory_0700_under_a_permissive_umask(
+    tmp_path: Path,
+) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        directory = tmp_path / "new" / "pki"
+        pki.init_cluster_ca(directory, "c1")
+        pki.issue_node_certificate(directory, "n1")
+    finally:
+        os.umask(old_umask)
+    assert _mode(directory) == 0o700
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["ca.key", "ca.pem", "cluster", "n1.key", "n1.pem"]
+    assert {name: _mode(directory / name) for name in names} == dict.fromkeys(names, 0o600)
 
 
 def test_refuses_to_overwrite_without_force(ca_dir: Path) -> None:
@@ -190,3 +207,44 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(ReplicadError) as raised:
         args.handler(args)
     assert raised.value.exit_code == ExitCode.BAD_INPUT
+
+
+# --- the node key's mode (checked by the node at start) ------------------------------------
+
+NODE_UID = 1000
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "problem"),
+    [
+        (0o600, NODE_UID, None),
+        (0o400, NODE_UID, None),
+        (0o640, NODE_UID, "accessible by its group (mode 0640); run `chmod 600 /k`"),
+        (0o644, NODE_UID, "accessible by others (mode 0644); run `chmod 600 /k`"),
+        (0o640, 0, None),  # root:replicad 0640, as deploy/README.md installs it
+        (0o600, 0, None),
+        (0o660, 0, "accessible by its group (mode 0660); run `chmod 640 /k`"),
+        (0o644, 0, "accessible by others (mode 0644); run `chmod 640 /k`"),
+        (0o604, 0, "accessible by others (mode 0604)"),
+        (0o600, 1001, "owned by uid 1001, neither the node's user (uid 1000) nor root"),
+    ],
+)
+def test_key_file_rule(mode: int, owner: int, problem: str | None) -> None:
+    got = key_file_problem(Path("/k"), stat.S_IFREG | mode, owner, node_uid=NODE_UID)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got
+
+
+def test_key_file_check_names_the_file_and_is_a_config_error(tmp_path: Path) -> None:
+    key = tmp_path / "n1.key"
+    key.write_bytes(b"")
+    key.chmod(0o604)
+    with pytest.raises(ConfigError, match=rf"tls.key {key} is accessible by others") as info:
+        check_key_file(key)
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    key.chmod(0o600)
+    check_key_file(key)
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_key_file(tmp_path / "missing.key")
