@@ -1,9 +1,14 @@
 """``replicad sync``, ``replicad verify`` and ``replicad replicator dsync-status`` (DESIGN §9).
 
 ``sync`` asks the node to resync mailboxes now (protocol-spec/resync.md):
-those it masters with every linked peer (or ``--peer``), the others with
-their masters, then follows the work to its end with a progress line on
-standard error.  ``verify`` compares state digests with every linked peer
+without ``--full``, it first compares digests with every linked peer (or
+``--peer``), as ``verify`` does, and resyncs only the mailboxes that differ
+(on either side, including those one side lacks): one round trip per peer
+when nothing does (I8).  ``--full`` resyncs every mailbox, whole states.
+Mailboxes this node masters are resynced here, the others by their
+masters; the command follows the work to its end (a progress bar on a
+terminal for more than a few hundred mailboxes) and prints how many were
+compared, found different and resynced.  ``verify`` compares state digests with every linked peer
 and lists the mailboxes that differ (exit 1 if any, like diff).
 ``dsync-status`` shows resyncs running and queued, and the marks waiting.
 """
@@ -21,6 +26,8 @@ from replicad.errors import TemporaryError, UsageError
 
 #: How long ``sync`` follows the work before it reports it still running.
 SYNC_WAIT = 600.0
+#: From this many mailboxes to resync, a terminal shows a progress bar.
+PROGRESS_BAR_FROM = 200
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -83,35 +90,57 @@ def cmd_sync(args: argparse.Namespace) -> int:
         done_before = int(started.get("done", 0))
         total = int(started["queued_here"]) + int(started["asked_masters"])
         status = started
-        deadline = time.monotonic() + SYNC_WAIT
-        tty = sys.stderr.isatty()
-        while not args.no_wait:
-            status = client.call("dsync_status")
-            pending = _pending(status)
-            asked = sum(1 for m in status.get("marks", []) if m["why"] == "requested")
-            done = int(status.get("done", 0)) - done_before
-            line = f"resync: {done} done, {pending} queued or running, {asked} asked of masters"
-            if tty:
-                sys.stderr.write("\r" + line.ljust(72))
-                sys.stderr.flush()
-            if pending == 0 and asked == 0:
-                break
-            if time.monotonic() > deadline:
-                if tty:
-                    sys.stderr.write("\n")
-                raise TemporaryError(f"sync still running after {SYNC_WAIT:g}s: {line}")
-            time.sleep(0.2)
-        if tty and not args.no_wait:
-            sys.stderr.write("\n")
+        if not args.no_wait:
+            status = _follow(client, total, done_before)
     row = {
-        "mailboxes": total,
+        "compared": started.get("compared", total),
+        "different": started.get("different", total),
+        "resynced": total,
         "queued_here": started["queued_here"],
         "asked_masters": started["asked_masters"],
         "done": int(status.get("done", 0)) - done_before,
         "failed": int(status.get("failed", 0)) - int(started.get("failed", 0)),
+        "round_trips": started.get("round_trips", 0),
+        "bytes": started.get("bytes", 0),
     }
     print_rows(args, [row], list(row))
     return 0
+
+
+def _follow(client: Any, total: int, done_before: int) -> dict[str, Any]:
+    """Poll the node until the queued and asked resyncs are done; a progress
+    bar on a terminal when there are many, a progress line for a few."""
+    deadline = time.monotonic() + SYNC_WAIT
+    tty = sys.stderr.isatty()
+    bar = None
+    if tty and total >= PROGRESS_BAR_FROM:
+        from rich.progress import Progress  # only when a bar is shown
+
+        bar = Progress(transient=False)
+        task = bar.add_task("resync", total=total)
+        bar.start()
+    try:
+        while True:
+            status: dict[str, Any] = client.call("dsync_status")
+            pending = _pending(status)
+            asked = sum(1 for m in status.get("marks", []) if m["why"] == "requested")
+            done = int(status.get("done", 0)) - done_before
+            line = f"resync: {done} done, {pending} queued or running, {asked} asked of masters"
+            if bar is not None:
+                bar.update(task, completed=min(total, max(done, total - pending - asked)))
+            elif tty:
+                sys.stderr.write("\r" + line.ljust(72))
+                sys.stderr.flush()
+            if pending == 0 and asked == 0:
+                return status
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"sync still running after {SYNC_WAIT:g}s: {line}")
+            time.sleep(0.2)
+    finally:
+        if bar is not None:
+            bar.stop()
+        elif tty:
+            sys.stderr.write("\n")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

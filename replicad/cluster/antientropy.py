@@ -78,6 +78,7 @@ class Comparison:
     differences: list[Difference]
     round_trips: int
     bytes_in: int  # digest and mailbox payload octets received (an estimate of the wire)
+    compared: int = 0  # mailboxes of this node the comparison covered
 
 
 class AntiEntropy:
@@ -101,7 +102,9 @@ class AntiEntropy:
         if users is not None:
             buckets = {bucket_of(u) for u in users}
         else:
-            mine = DigestTree.build(await self.store.mailbox_digests())
+            digests = await self.store.mailbox_digests()
+            result.compared = len(digests)
+            mine = DigestTree.build(digests)
             theirs = await self._digests(session, (), result)
             if theirs.get(None) == mine.whole:
                 return result
@@ -117,6 +120,7 @@ class AntiEntropy:
         if users is not None:
             remote = [m for m in remote if m.user in users]
             local = [m for m in local if m.user in users]
+            result.compared = len(local)
         here = {(m.user, m.name): m for m in local}
         there = {(m.user, m.name): m for m in remote}
         for key in sorted(here.keys() | there.keys()):

@@ -1480,6 +1480,8 @@ class ClusterNode:
         for p in peers:
             if p not in self.sessions:
                 raise UnreachableError(f"no link to {p}")
+        if not full:
+            return await self._sync_differences(users, peers)
         names = users if users is not None else await self.store.list_users()
         queued = marked = 0
         for user in names:
@@ -1494,7 +1496,88 @@ class ClusterNode:
                     await self.store.mark_resync([master], status.guid, RESYNC_REQUESTED, 0)
                     marked += 1
         await self.resync.scan_marks()
-        return {**self.resync.status(), "queued_here": queued, "asked_masters": marked}
+        compared = await self._count_mailboxes(names)
+        return {
+            **self.resync.status(),
+            "queued_here": queued,
+            "asked_masters": marked,
+            "compared": compared,
+            "different": compared,
+            "round_trips": 0,
+            "bytes": 0,
+        }
+
+    async def _count_mailboxes(self, users: list[str] | None) -> int:
+        if users is None:
+            return len(await self.store.mailbox_digests())
+        count = 0
+        for user in users:
+            count += len(await self.store.list_mailboxes(user))
+        return count
+
+    async def _sync_differences(self, users: list[str] | None, peers: list[str]) -> dict[str, Any]:
+        """``sync`` without ``--full``: the digest descent of anti-entropy
+        first (one round trip per peer when nothing differs, I8), then a
+        resync of exactly the mailboxes whose digests differ, on either side,
+        including those one side lacks.  Each is queued here when this node
+        masters it, else asked of its master (RESYNC), who resyncs it with
+        this node and so creates it here if it is missing."""
+        wanted = set(users) if users is not None else None
+        queued = marked = skipped = trips = size = compared = 0
+        differing: set[tuple[str, str]] = set()  # (user, mailbox) differing with any peer
+        ask: dict[str, set[tuple[str, str]]] = {}
+        for p in peers:
+            session = self.sessions.get(p)
+            if session is None:
+                raise UnreachableError(f"no link to {p}")
+            found = await self.verify.compare(session, wanted)
+            compared = compared or found.compared  # this node's mailboxes, before any repair
+            trips += found.round_trips
+            size += found.bytes_in
+            differing.update((d.user, d.name) for d in found.differences)
+            for d in found.differences:
+                key = master_key(self.settings.granularity, d.user, d.name)
+                master = await self.master_of(key, trio.current_time() + WRITE_DEADLINE)
+                if master == self.name and d.local is not None:
+                    self.resync.enqueue(p, [d.local.guid])
+                    queued += 1
+                elif master != self.name and master in self.sessions and d.local is not None:
+                    await self.store.mark_resync([master], d.local.guid, RESYNC_REQUESTED, 0)
+                    marked += 1
+                elif master != self.name and master in self.sessions:
+                    ask.setdefault(master, set()).add((d.user, d.name))
+                elif (
+                    master == self.name
+                    and d.remote is not None
+                    and not await self.store.mailbox_deleted(d.remote.guid)
+                    and await self.store.mailbox_by_guid(d.remote.guid) is None
+                ):
+                    # This node masters a mailbox only the peer holds: an
+                    # empty copy of it here, which the resync fills.
+                    await self.store.create_copy_of(
+                        d.user, d.name, d.remote.guid, d.remote.uidvalidity
+                    )
+                    self.resync.enqueue(p, [d.remote.guid])
+                    queued += 1
+                else:
+                    # A master out of reach, a mailbox deleted here (the
+                    # DELETE wins), or one already copied for another peer.
+                    skipped += 1
+        for master, named in ask.items():
+            items = tuple(c.ResyncItem(u, n, 0) for u, n in sorted(named))
+            await self.sessions[master].request(c.Resync(items), timeout=WRITE_DEADLINE)
+            marked += len(items)
+        await self.resync.scan_marks()
+        return {
+            **self.resync.status(),
+            "queued_here": queued,
+            "asked_masters": marked,
+            "skipped": skipped,
+            "compared": compared,
+            "different": len(differing),
+            "round_trips": trips,
+            "bytes": size,
+        }
 
     async def verify_mailboxes(self, users: list[str] | None) -> dict[str, Any]:
         """Compare digests with every linked peer; the differing mailboxes (I8)."""

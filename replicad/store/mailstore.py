@@ -220,6 +220,19 @@ class MailStore:
     async def create_mailbox(self, user: str, name: str) -> MailboxCreated:
         return await self._write(lambda t: self.index.create_mailbox(t, user, name))
 
+    async def create_copy_of(
+        self, user: str, name: str, guid: bytes, uidvalidity: int
+    ) -> MailboxCreated:
+        """An empty local copy of a peer's mailbox (same GUID and UIDVALIDITY)
+        for a resync to fill: this node masters the name but lacks the
+        mailbox.  Its name claim is stamped 0, so the peer's claim, which
+        the resync brings, wins (replicad.store.namespace)."""
+        return await self._write(
+            lambda t: self.index.create_mailbox(
+                t, user, name, guid=guid, uidvalidity=uidvalidity, stamp=0
+            )
+        )
+
     async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted:
         return await self._write(lambda t: self.index.delete_mailbox(t, user, name))
 

@@ -529,3 +529,57 @@ async def test_a_sync_reply_above_the_budget_is_pulled_in_uid_ranges(
         resyncers = [nodes[n].node.resync for n in NAMES]
         assert sum(r.ranged for r in resyncers) >= 1
         assert max(r.peak_sync_items for r in resyncers) <= budget
+
+
+async def test_sync_resyncs_only_what_differs_and_an_identical_cluster_costs_one_exchange(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``sync`` without ``--full`` (I8): among 3,000 mailboxes, one with flags
+    changed by hand, one lost and one extra on n3 are found by the digest
+    descent and repaired; nothing else is resynced; once identical, a sync
+    costs one digest exchange per peer and resyncs nothing."""
+    net = SimNetwork()
+    settings = ClusterSettings(compress=False, verify_interval=0)  # no background check
+    async with sim_cluster(tmp_path, net, settings) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        users = [f"user{i:04d}" for i in range(1000)]
+        for user in users:
+            await nodes["n1"].writes.append(user, "INBOX", body(1))
+            for folder in ("Sent", "Archive"):
+                await nodes["n1"].writes.create_mailbox(user, folder)
+        await nodes["n1"].writes.store_flags("user0007", "INBOX", UidSet.of([1]), "add", ["\\Seen"])
+        await wait_for("convergence", lambda: converged(nodes), timeout=300)
+        victim = nodes["n3"]
+
+        def damage(txn: Any) -> None:
+            index = victim.store.index
+            guid = index._mailbox_guid(txn, "user0007", "INBOX")
+            row = index._message(txn, guid, 1)
+            assert row is not None
+            txn.put(
+                message_key(guid, 1),
+                replace(row, flags=(), marks=()).encode(),
+                db=index.dbs.messages,
+            )
+            lost = index._mailbox_guid(txn, "user0300", "Archive")
+            index.delete_mailbox(txn, "user0300", "Archive")
+            txn.delete(lost, db=index.dbs.deleted)
+            index.create_mailbox(txn, "user0500", "Extra")
+
+        await victim.store.writer.submit(damage)
+        assert not await converged(nodes)
+        result = await victim.node.sync(None, None)
+        assert result["compared"] == 3000
+        assert result["different"] == 3
+        assert result["queued_here"] + result["asked_masters"] + result["skipped"] <= 6
+        assert result["round_trips"] <= 2 * 4  # DIGEST whole, groups, buckets, MAILBOXES
+        await wait_for("the repair", lambda: converged(nodes), timeout=120)
+        [info] = await victim.store.fetch("user0007", "INBOX", UidSet.of([1]))
+        assert info.flags == ("\\Seen",)
+        for node in nodes.values():
+            names = [s.name for s in await node.store.list_mailboxes("user0500")]
+            assert "Extra" in names
+        again = await nodes["n1"].node.sync(None, None)
+        assert again["different"] == 0
+        assert again["queued_here"] == again["asked_masters"] == 0
+        assert again["round_trips"] == 2  # one digest exchange with each peer
