@@ -441,6 +441,11 @@ async def check(nodes: dict[str, Node], model: Model, folders: bool = False) -> 
             continue
         row = by_name.get(key)
         if row is None:
+            # A mailbox no acknowledged write put a message in (only refused
+            # copies bounded it, all at 0) need not exist (seed 7035, 5 nodes).
+            acked = any(k[:2] == key for k in model.seen)
+            if not acked and not any(model.low.get(key, {}).values()):
+                continue
             raise AssertionError(f"I6: mailbox {key} missing")
         counts: dict[bytes, int] = {}
         for m in row[8]:

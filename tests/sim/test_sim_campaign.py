@@ -97,6 +97,16 @@ def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
+@pytest.mark.parametrize("seed", [7035])
+def test_regression_seed_with_five_nodes_link_faults_and_mailbox_ops(seed: int) -> None:
+    """With 5 nodes, --link-faults and --mailbox-ops: 7035 (a checker bug: a
+    COPY into a user's INBOX that was refused, before any message reached
+    that INBOX, made the checker demand a mailbox nothing ever created)."""
+    result = sim("--seed", str(seed), "--nodes", "5", "--link-faults", "--mailbox-ops")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"seed {seed}: ok" in result.stdout
+
+
 @pytest.mark.slow
 def test_campaign_slice_runs_clean() -> None:
     for args in (

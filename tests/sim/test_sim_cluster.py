@@ -25,7 +25,7 @@ from replicad.cluster import runtime
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
 from replicad.cluster.writes import ClusterWrites
-from replicad.errors import DurabilityError, ProtocolError, ReplicadError
+from replicad.errors import BadInputError, DurabilityError, ProtocolError, ReplicadError
 from replicad.protocol import commands as c
 from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
@@ -328,3 +328,34 @@ async def test_catching_up_over_large_bodies_stays_within_the_byte_bounds(
     assert max(windows) <= budget, windows
     # The bound was reached for, not merely unused: several bodies were in flight.
     assert max(windows) > 2 << 20, windows
+
+
+async def test_a_damaged_epoch_file_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    """Epochs fence stale roots and must never repeat: an epoch file that is
+    not one number was damaged after its atomic write, and reading it as 0
+    could reuse an epoch.  The node refuses to start and says what to do."""
+    net = SimNetwork()
+    async with MailStore.open(tmp_path / "store", executor=InlineExecutor(), sync=False) as store:
+
+        def node() -> ClusterNode:
+            return ClusterNode(
+                name="n1",
+                peers=(PeerAddress("n2", "sim", 0),),
+                store=store,
+                network=net.node("n1"),
+                data_dir=tmp_path,
+                settings=ClusterSettings(compress=False),
+            )
+
+        assert node().election.max_epoch == 0  # no file yet: a new node
+        for damaged in ("", "12\x0034", "-3", "9" * 40):
+            (tmp_path / "cluster-epoch").write_text(damaged)
+            with pytest.raises(BadInputError, match=r"is damaged .* delete it and start again"):
+                node()
+        (tmp_path / "cluster-epoch").write_text("41\n")
+        restarted = node()
+        assert restarted.election.max_epoch == 41
+        restarted.election.max_epoch = 42
+        restarted._save_epoch()
+        assert (tmp_path / "cluster-epoch").read_text() == "42\n"
+        assert not (tmp_path / "cluster-epoch.tmp").exists()
