@@ -4,9 +4,9 @@ Global options (DESIGN §9) are accepted before or after the subcommand:
 ``-c CONFIG`` (else ``$REPLICAD_CONFIG``, else ``/etc/replicad/replicad.toml``)
 and ``-f table|json|tab``.  Every failure maps to one exit code here: a
 :class:`~replicad.errors.ReplicadError` exits with its ``exit_code`` (64
-usage, 65 bad input, 67 no such user in the passwd-file, 68 not found, 69
-unreachable, 75 temporary), argparse mistakes exit 64 (not argparse's 2),
-anything unexpected exits 1.
+usage, 65 bad input, 67 no such user (in the store or the passwd-file), 68
+no such mailbox, message or other object, 69 unreachable, 75 temporary),
+argparse mistakes exit 64 (not argparse's 2), anything unexpected exits 1.
 """
 
 from __future__ import annotations

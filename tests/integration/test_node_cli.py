@@ -190,9 +190,16 @@ def test_exit_codes(node: NodeProcess) -> None:
             ("fetch", "-u", "alice", "uid", "mailbox", "INBOX", "uid", "1:x"),
             ("fetch", "-u", "alice", "uid", "mailbox", "INBOX", "uid", "0"),
         ],
+        # EX_NOUSER for a user the store has no mailbox of (sysexits, pipe(8), doveadm).
+        67: [
+            ("mailbox", "list", "-u", "nobody"),
+            ("mailbox", "status", "-u", "nobody", "INBOX"),
+            ("fetch", "-u", "nobody", "uid", "mailbox", "INBOX"),
+        ],
+        # A missing mailbox or message of a user who exists.
         68: [
             ("fetch", "-u", "alice", "uid", "mailbox", "Nope"),
-            ("mailbox", "list", "-u", "nobody"),
+            ("mailbox", "status", "-u", "alice", "Nope"),
             ("fetch", "-u", "alice", "text", "mailbox", "INBOX", "uid", "99"),
         ],
     }
