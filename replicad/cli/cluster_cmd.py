@@ -60,6 +60,7 @@ from typing import Any
 
 from replicad import faultproxy, pki
 from replicad.admin.client import AdminClient
+from replicad.cli.common import path_argument
 from replicad.cli.node_cmds import CONFIG_NAME, create_passwd_file, node_config_text
 from replicad.cli.output import FORMATS, render_rows
 from replicad.config import NodeConfig, load_config, parse_config
@@ -135,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"number of nodes, {MIN_NODES}..{MAX_NODES} (default {DEFAULT_NODES}, "
         "or the size of the cluster already in DIR)",
     )
-    up.add_argument("directory", metavar="DIR", type=Path)
+    up.add_argument("directory", metavar="DIR", type=path_argument)
     up.add_argument(
         "--base-port",
         type=int,
@@ -157,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="stop every node of a local cluster",
         description=f"SIGTERM every running node of DIR, SIGKILL after {STOP_TIMEOUT:g}s.",
     )
-    down.add_argument("directory", metavar="DIR", type=Path)
+    down.add_argument("directory", metavar="DIR", type=path_argument)
     down.set_defaults(handler=cmd_down)
 
     status = actions.add_parser(
@@ -167,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="One row per node: state, pid, port and, when the node reports it, "
         "root, epoch and peer links.",
     )
-    status.add_argument("directory", metavar="DIR", type=Path)
+    status.add_argument("directory", metavar="DIR", type=path_argument)
     status.set_defaults(handler=cmd_status)
 
     # Imported here, not at the top: chaos_cmd builds on this module.

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from replicad.admin.client import AdminClient
-from replicad.cli.common import connect, node_config, print_rows
+from replicad.cli.common import (
+    connect,
+    node_config,
+    path_argument,
+    print_rows,
+    user_name,
+    user_of,
+)
 from replicad.errors import AlreadyExistsError, ExitCode, NoSuchUserError
 from replicad.maildir import MaildirMessage, walk
 
@@ -35,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Import a Maildir++ tree: cur/ and new/ into INBOX, .A.B into A/B; "
         "flags from the ':2,' suffix, internal date from the file mtime.",
     )
-    imp.add_argument("-u", "--user", required=True, metavar="USER")
-    imp.add_argument("maildir", metavar="MAILDIR", type=Path)
+    imp.add_argument("-u", "--user", required=True, metavar="USER", type=user_name)
+    imp.add_argument("maildir", metavar="MAILDIR", type=path_argument)
     imp.set_defaults(handler=cmd_import)
 
 
@@ -125,19 +132,20 @@ class _Batcher:
 
 def cmd_import(args: argparse.Namespace) -> int:
     limit = node_config(args).admin.max_message_size
+    user = user_of(args)
     rows: list[dict[str, Any]] = []
     skipped = 0
     with connect(args) as client, contextlib.closing(_Sender(client.path)) as sender:
         try:
-            existing = {s["name"] for s in client.call("mailbox_list", user=args.user)}
+            existing = {s["name"] for s in client.call("mailbox_list", user=user)}
         except NoSuchUserError:
             existing = set()
         for folder, messages in walk(args.maildir):
             if folder.mailbox not in existing:
                 # Created meanwhile (e.g. INBOX by a concurrent delivery) is fine.
                 with contextlib.suppress(AlreadyExistsError):
-                    client.call("mailbox_create", user=args.user, name=folder.mailbox)
-            batcher = _Batcher(sender, args.user, folder.mailbox)
+                    client.call("mailbox_create", user=user, name=folder.mailbox)
+            batcher = _Batcher(sender, user, folder.mailbox)
             for message in messages:
                 body = _read(message, limit)
                 if body is None:

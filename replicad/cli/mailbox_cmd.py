@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from replicad.cli.common import connect, print_json_only, print_rows, split_words
+from replicad.cli.common import (
+    connect,
+    mailbox_name,
+    print_json_only,
+    print_rows,
+    split_words,
+    user_name,
+    user_of,
+)
 from replicad.errors import UsageError
 
 STATUS_FIELDS = ("messages", "uidnext", "uidvalidity", "highestmodseq", "vsize", "guid")
@@ -22,20 +30,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     create = actions.add_parser("create", parents=[common], help="create mailboxes")
     _user(create)
-    create.add_argument("names", nargs="+", metavar="NAME")
+    create.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     create.set_defaults(handler=cmd_create)
 
     delete = actions.add_parser("delete", parents=[common], help="delete mailboxes")
     _user(delete)
-    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     delete.set_defaults(handler=cmd_delete)
 
     rename = actions.add_parser(
         "rename", parents=[common], help="rename a mailbox (and its children)"
     )
     _user(rename)
-    rename.add_argument("old", metavar="OLD")
-    rename.add_argument("new", metavar="NEW")
+    rename.add_argument("old", metavar="OLD", type=mailbox_name)
+    rename.add_argument("new", metavar="NEW", type=mailbox_name)
     rename.set_defaults(handler=cmd_rename)
 
     listing = actions.add_parser("list", parents=[common], help="list a user's mailboxes")
@@ -54,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _user(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-u", "--user", required=True, metavar="USER")
+    parser.add_argument("-u", "--user", required=True, metavar="USER", type=user_name)
 
 
 def status_row(status: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +79,10 @@ def status_row(status: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_create(args: argparse.Namespace) -> int:
     created = []
+    user = user_of(args)
     with connect(args) as client:
         for name in args.names:
-            result = client.call("mailbox_create", user=args.user, name=name)
+            result = client.call("mailbox_create", user=user, name=name)
             created.append({"mailbox": result["name"], "guid": result["guid"].hex()})
     print_json_only(args, created)
     return 0
@@ -81,9 +90,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     deleted = []
+    user = user_of(args)
     with connect(args) as client:
         for name in args.names:
-            result = client.call("mailbox_delete", user=args.user, name=name)
+            result = client.call("mailbox_delete", user=user, name=name)
             deleted.append({"mailbox": result["name"], "guid": result["guid"].hex()})
     print_json_only(args, deleted)
     return 0
@@ -91,14 +101,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_rename(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        result = client.call("mailbox_rename", user=args.user, old=args.old, new=args.new)
+        result = client.call("mailbox_rename", user=user_of(args), old=args.old, new=args.new)
     print_json_only(args, {"old": result["old"], "new": result["new"]})
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        statuses = client.call("mailbox_list", user=args.user)
+        statuses = client.call("mailbox_list", user=user_of(args))
     print_rows(args, [{"mailbox": s["name"]} for s in statuses], ["mailbox"])
     return 0
 
@@ -118,6 +128,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"(fields: {' '.join(STATUS_FIELDS)})"
             )
     with connect(args) as client:
-        status = client.call("mailbox_status", user=args.user, name=name)
+        status = client.call("mailbox_status", user=user_of(args), name=name)
     print_rows(args, [status_row(status)], ["mailbox", *fields])
     return 0

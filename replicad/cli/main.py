@@ -28,6 +28,7 @@ from replicad.cli import (
     resync_cmd,
     user_cmd,
 )
+from replicad.cli.common import check_arguments
 from replicad.cli.output import FORMATS
 from replicad.errors import ExitCode, ReplicadError, UsageError
 
@@ -128,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        # Before anything is read, written or sent: no argument that is not
+        # UTF-8, holds control characters or is absurdly long goes further (65).
+        check_arguments(args)
         handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
         if handler is None:
             parser.print_usage(sys.stderr)

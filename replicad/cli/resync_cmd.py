@@ -15,7 +15,14 @@ import sys
 import time
 from typing import Any
 
-from replicad.cli.common import connect, output_format, print_rows, write_line
+from replicad.cli.common import (
+    connect,
+    optional_user_of,
+    output_format,
+    print_rows,
+    user_name,
+    write_line,
+)
 from replicad.cli.output import render_document
 from replicad.errors import TemporaryError, UsageError
 
@@ -64,7 +71,7 @@ def register_replicator(
 
 def _who(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("-u", "--user", metavar="USER")
+    who.add_argument("-u", "--user", metavar="USER", type=user_name)
     who.add_argument("--all", action="store_true", help="every user")
 
 
@@ -78,7 +85,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UsageError("--peer needs a node name")
     with connect(args) as client:
         started: dict[str, Any] = client.call(
-            "sync", user=args.user or "", peer=args.peer or "", full=args.full
+            "sync", user=optional_user_of(args) or "", peer=args.peer or "", full=args.full
         )
         done_before = int(started.get("done", 0))
         total = int(started["queued_here"]) + int(started["asked_masters"])
@@ -116,7 +123,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        result: dict[str, Any] = client.call("verify", user=args.user or "")
+        result: dict[str, Any] = client.call("verify", user=optional_user_of(args) or "")
     rows = result["differences"]
     if output_format(args) == "json":
         write_line(render_document(result))

@@ -42,7 +42,7 @@ def test_init_writes_config_and_refuses_to_overwrite(node_factory: type[NodeProc
     text = n.config.read_text()
     assert 'name = "n1"' in text and 'data_dir = "data"' in text
     # An empty passwd-file for `replicad user`, private to the node's user.
-    assert '[auth]\n' in text and 'passwd_file = "users"' in text
+    assert "[auth]\n" in text and 'passwd_file = "users"' in text
     users = n.dir / "users"
     assert users.read_bytes() == b""
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
@@ -283,3 +283,29 @@ def test_hostile_frames_get_an_error_and_a_closed_connection(node: NodeProcess) 
             raise AssertionError("unknown op accepted")
         assert client.call("ping")["node"] == "n1"
     assert save(node, MESSAGE) == 1
+
+
+def test_user_names_are_normalised_as_lmtp_does(node_factory: type[NodeProcess]) -> None:
+    """``-u`` goes through ``[auth] username_format`` (%Lu by default), so
+    ``Alice@Example.ORG`` and ``alice@example.org`` are one user."""
+    node = node_factory()
+    node.start()
+    assert save(node, MESSAGE, user="Alice@Example.ORG") == 1
+    assert save(node, MESSAGE, user="alice@example.org") == 2
+    listed = node.cli("-f", "json", "mailbox", "list", "-u", "ALICE@EXAMPLE.ORG")
+    assert json.loads(listed.stdout) == [{"mailbox": "INBOX"}]
+    assert node.cli("mailbox", "create", "-u", "aLiCe@example.org", "Work").returncode == 0
+    assert [
+        r["uid"] for r in fetch_json(node, "uid", "mailbox", "INBOX", user="Alice@EXAMPLE.org")
+    ] == [1, 2]
+    with node.client() as client:
+        assert client.call("list_users") == ["alice@example.org"]
+    # %n keeps only the local part, as written.
+    node.stop()
+    node.set_option("auth", "username_format", '"%n"')
+    node.start()
+    assert save(node, MESSAGE, user="Bob@example.org") == 1
+    with node.client() as client:
+        assert client.call("list_users") == ["Bob", "alice@example.org"]
+    only_domain = node.cli("mailbox", "list", "-u", "@example.org")
+    assert only_domain.returncode == 65 and b"empty" in only_domain.stderr
