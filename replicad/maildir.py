@@ -53,6 +53,9 @@ class MaildirMessage:
     flags: tuple[str, ...]
     internaldate: int
     size: int
+    #: The file's unique name: its name before the ``:2,`` info (which
+    #: changes with the flags while the message stays the same).
+    unique_name: str = ""
 
 
 def is_maildir(path: Path) -> bool:
@@ -197,6 +200,7 @@ def list_messages(folder: MaildirFolder, keywords: dict[str, str]) -> list[Maild
                 flags=flags_from_name(entry.name, keywords),
                 internaldate=int(st.st_mtime),
                 size=st.st_size,
+                unique_name=basename,
             )
             found.append((key, message))
     found.sort(key=lambda item: item[0])
