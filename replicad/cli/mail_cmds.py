@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 import time
 from typing import Any
@@ -58,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="print message fields, or the raw message with 'text'",
         description="Print FIELDS (any of: uid guid flags modseq size date) of the messages "
-        "the query selects, or with FIELDS 'text' the raw message of one UID.",
+        "the query selects, or with FIELDS 'text' the raw message of one UID: its octets "
+        'as stored, or with -f json one document {"uid": UID, "text": BASE64} '
+        "(-f tab does not apply to text: exit 64).",
     )
     _user(fetch)
     fetch.add_argument("fields", metavar="FIELDS", help="e.g. 'uid flags' or 'text'")
@@ -173,6 +176,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _fetch_text(args: argparse.Namespace, mailbox: str, uids: str) -> int:
+    fmt = output_format(args)
+    if fmt == "tab":
+        raise UsageError(
+            "fetch text prints the raw message: -f tab does not apply (-f json: base64)"
+        )
     user = user_of(args)
     with connect(args) as client:
         infos = client.call("fetch", user=user, mailbox=mailbox, uids=uids)
@@ -181,6 +189,10 @@ def _fetch_text(args: argparse.Namespace, mailbox: str, uids: str) -> int:
         if len(infos) > 1:
             raise UsageError("fetch text prints one message: select a single UID")
         body: bytes = client.call("fetch_body", user=user, mailbox=mailbox, uid=infos[0]["uid"])
+    if fmt == "json":
+        text = base64.b64encode(body).decode("ascii")
+        write_line(render_document({"uid": infos[0]["uid"], "text": text}))
+        return 0
     sys.stdout.buffer.write(body)
     sys.stdout.buffer.flush()
     return 0

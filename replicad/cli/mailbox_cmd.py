@@ -54,10 +54,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "status",
         parents=[common],
         help="mailbox status",
-        description=f"Print FIELDS (default all: {' '.join(STATUS_FIELDS)}) of mailbox NAME.",
+        description=f"Print FIELDS (default all: {' '.join(STATUS_FIELDS)}) of mailbox NAME. "
+        "FIELDS may come before or after NAME (quote several: 'messages uidnext'); "
+        "when both words could be FIELDS, the first is.",
     )
     _user(status)
-    status.add_argument("words", nargs="+", metavar="[FIELDS] NAME")
+    status.add_argument("words", nargs="+", metavar="[FIELDS] NAME [FIELDS]")
     status.set_defaults(handler=cmd_status)
 
 
@@ -113,20 +115,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    words: list[str] = args.words
+def _is_fields(word: str) -> bool:
+    fields = split_words(word)
+    return word == "all" or (bool(fields) and all(f in STATUS_FIELDS for f in fields))
+
+
+def status_words(words: list[str]) -> tuple[list[str], str]:
+    """(fields, mailbox name) of ``[FIELDS] NAME`` or ``NAME FIELDS``."""
     if len(words) > 2:
-        raise UsageError("mailbox status takes [FIELDS] NAME (quote FIELDS: 'messages uidnext')")
-    name = words[-1]
-    fields = list(STATUS_FIELDS)
-    if len(words) == 2 and words[0] != "all":
-        fields = split_words(words[0])
-        unknown = [f for f in fields if f not in STATUS_FIELDS]
-        if unknown or not fields:
-            raise UsageError(
-                f"mailbox status: unknown field {(unknown or [''])[0]!r} "
-                f"(fields: {' '.join(STATUS_FIELDS)})"
-            )
+        raise UsageError(
+            "mailbox status takes [FIELDS] NAME or NAME [FIELDS] (quote FIELDS: 'messages uidnext')"
+        )
+    if len(words) == 1:
+        return list(STATUS_FIELDS), words[0]
+    first, second = words
+    if not _is_fields(first) and _is_fields(second):
+        first, second = second, first  # NAME FIELDS, as fetch puts the mailbox after its fields
+    if first == "all":
+        return list(STATUS_FIELDS), second
+    fields = split_words(first)
+    unknown = [f for f in fields if f not in STATUS_FIELDS]
+    if unknown or not fields:
+        raise UsageError(
+            f"mailbox status: unknown field {(unknown or [''])[0]!r} "
+            f"(fields: {' '.join(STATUS_FIELDS)})"
+        )
+    return fields, second
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    fields, name = status_words(args.words)
+    mailbox_name(name)
     with connect(args) as client:
         status = client.call("mailbox_status", user=user_of(args), name=name)
     print_rows(args, [status_row(status)], ["mailbox", *fields])

@@ -180,7 +180,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_line(f"wrote {config_path} for node {node.name}")
         write_line(f"  data dir:     {node.data_dir}")
         write_line(f"  admin socket: {node.admin_socket}")
-        write_line(f"  listen:       {config.listen.address}:{config.listen.port}")
+        write_line(
+            f"  listen:       {config.listen.address}:{config.listen.port} "
+            "(node-to-node; not opened while the config has no [[peers]])"
+        )
         write_line(f"  users:        {passwd_file} (replicad user add USER)")
         if config.lmtp is not None:
             write_line(f"  lmtp:         {', '.join(config.lmtp.addresses)}")

@@ -6,17 +6,19 @@ the hostile-input checks of I9, a raw socket), the way an operator would.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
 import stat
 import struct
+from pathlib import Path
 
 import msgpack
 
 from replicad.admin.framing import FrameDecoder, decode_document
-from tests.conftest import NodeProcess, run_cli
+from tests.conftest import NodeProcess, free_port, run_cli
 
 MESSAGE = (
     b"From: a@example.org\r\nTo: alice@example.net\r\nSubject: caf\xc3\xa9\r\n\r\n"
@@ -309,3 +311,45 @@ def test_user_names_are_normalised_as_lmtp_does(node_factory: type[NodeProcess])
         assert client.call("list_users") == ["Bob", "alice@example.org"]
     only_domain = node.cli("mailbox", "list", "-u", "@example.org")
     assert only_domain.returncode == 65 and b"empty" in only_domain.stderr
+
+
+def test_fetch_text_as_json_is_base64_and_tab_is_refused(node: NodeProcess) -> None:
+    uid = save(node, MESSAGE)
+    query = ("mailbox", "INBOX", "uid", str(uid))
+    doc = node.cli("-f", "json", "fetch", "-u", "alice", "text", *query)
+    assert doc.returncode == 0, doc.stderr
+    parsed = json.loads(doc.stdout)
+    assert parsed["uid"] == uid and base64.b64decode(parsed["text"]) == MESSAGE
+    tab = node.cli("-f", "tab", "fetch", "-u", "alice", "text", *query)
+    assert tab.returncode == 64 and b"-f json" in tab.stderr and not tab.stdout
+
+
+def test_mailbox_status_takes_fields_before_or_after_the_name(node: NodeProcess) -> None:
+    save(node, MESSAGE)
+    before = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "messages uidnext", "INBOX")
+    after = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "INBOX", "messages uidnext")
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    assert before.stdout == after.stdout
+    assert before.stdout.decode().splitlines() == ["mailbox\tmessages\tuidnext", "INBOX\t1\t2"]
+    # A mailbox whose name is a field: the first word is FIELDS.
+    assert node.cli("mailbox", "create", "-u", "alice", "messages").returncode == 0
+    named = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "uidnext", "messages")
+    assert named.stdout.decode().splitlines() == ["mailbox\tuidnext", "messages\t1"]
+
+
+def test_init_says_a_node_without_peers_opens_no_peer_port(
+    node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    port = free_port()
+    made = run_cli("init", tmp_path / "solo", "--name", "solo", "--port", str(port))
+    assert made.returncode == 0, made.stderr
+    listen = [line for line in made.stdout.decode().splitlines() if "listen:" in line]
+    assert listen == [
+        f"  listen:       127.0.0.1:{port} (node-to-node; not opened while the config "
+        "has no [[peers]])"
+    ]
+    node = node_factory()
+    node.start()
+    peer_port = int(node.config.read_text().split("\nport = ")[1].split()[0])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", peer_port)) != 0  # nothing listens there
