@@ -26,7 +26,8 @@ Contract:
 * ``down DIR`` sends SIGTERM to each running node, SIGKILL after 15 s; exit 0
   even if nothing was running, 68 if DIR holds no cluster.
 * ``status DIR`` lists each node: state, pid, port, LMTP port, and, where the node
-  supports the ``cluster_status`` admin op, root, epoch and peer links.
+  supports the ``cluster_status`` admin op, root, epoch and peer links; the
+  root reads ``electing`` until the first election is decided (epoch 0).
   Exit 68 if DIR holds no cluster.
 * ``up --faults`` makes a cluster whose node-to-node links all pass through
   one fault-injecting proxy process (:mod:`replicad.faultproxy`, files in
@@ -766,6 +767,10 @@ def status_row(node: ClusterNode, fmt: str) -> dict[str, Any]:
         if isinstance(peers, list):
             clean = [p for p in peers if isinstance(p, dict)]
             row["peers"] = clean if fmt == "json" else _peers_text(clean)
+            if row["root"] is None and clean and fmt != "json":
+                # A cluster member before its first election is decided (right
+                # after `up`): no root yet, epoch 0. JSON keeps null.
+                row["root"] = "electing"
     return row
 
 

@@ -101,7 +101,7 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
             "lag_p50_ms": p.get("lag_p50_ms"),
             "lag_p99_ms": p.get("lag_p99_ms"),
             "resync": p.get("resync", 0),
-            "why": p.get("resync_reasons", []),
+            "why": sorted({resync_cmd.shown_reason(r) for r in p.get("resync_reasons", [])}),
         }
         for p in status.get("peers", [])
     ]
@@ -135,10 +135,24 @@ def cmd_master_status(args: argparse.Namespace) -> int:
         )
         return 0
     write_line(
-        f"node {status.get('node')}  root {status.get('root') or '-'}  "
+        f"node {status.get('node')}  root {root_text(status)}  "
         f"epoch {status.get('epoch')}  phase {status.get('phase', '-')}"
     )
+    # Each node knows the masters of the mailboxes it has dealt with (the
+    # root knows them all): other nodes may list other mailboxes.
+    write_line(f"masters known here (on {status.get('node')}; other nodes may know others):")
     print_rows(
-        args, [{**m, "mailbox": m["mailbox"] or "(namespace)"} for m in masters], MASTER_FIELDS
+        args,
+        [{**m, "mailbox": m["mailbox"] or "(namespace)"} for m in masters],
+        MASTER_FIELDS,
     )
     return 0
+
+
+def root_text(status: dict[str, Any]) -> str:
+    """The root as text: ``electing`` for a cluster member before its first
+    election is decided (no root yet), ``-`` for a node without peers."""
+    root = status.get("root")
+    if isinstance(root, str) and root:
+        return root
+    return "electing" if status.get("peers") else "-"

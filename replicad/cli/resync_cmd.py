@@ -29,6 +29,17 @@ from replicad.errors import TemporaryError, UsageError
 #: How long ``sync`` follows the work before it reports it still running.
 SYNC_WAIT = 600.0
 
+#: Resync mark reasons as the command line shows them.  The stored mark keeps
+#: its name (replicad.store.changelog.RESYNC_PARTITION): "partition" is what
+#: the node records for writes made while a peer was unreachable, whatever
+#: the cause (a stopped or killed peer as much as a cut network).
+SHOWN_REASONS = {"partition": "unreachable"}
+
+
+def shown_reason(reason: str) -> str:
+    """A resync mark's reason as ``replicator status`` and ``dsync-status`` show it."""
+    return SHOWN_REASONS.get(reason, reason)
+
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     sync = subparsers.add_parser(
@@ -148,7 +159,7 @@ def cmd_dsync_status(args: argparse.Namespace) -> int:
         {"peer": p, "state": f"queued ({n})", "mailbox": "-"} for p, n in status["queued"].items()
     ]
     rows += [
-        {"peer": m["peer"], "state": f"marked: {m['why']}", "mailbox": m["mailbox"]}
+        {"peer": m["peer"], "state": f"marked: {shown_reason(m['why'])}", "mailbox": m["mailbox"]}
         for m in status["marks"]
     ]
     print_rows(args, rows, ["peer", "state", "mailbox"])
