@@ -17,8 +17,8 @@ class ExitCode(IntEnum):
     OTHER = 1
     USAGE = 64
     BAD_INPUT = 65
-    NO_USER = 67
-    NOT_FOUND = 68
+    NO_USER = 67  # EX_NOUSER: no such user (mail store or passwd-file)
+    NOT_FOUND = 68  # no such mailbox, message, file or cluster
     UNREACHABLE = 69
     TEMPORARY = 75
 
@@ -61,21 +61,24 @@ class AlreadyExistsError(BadInputError):
 
 
 class NotFoundError(ReplicadError):
-    """No such user, mailbox or message."""
+    """No such mailbox, message, file or cluster: exit 68.  A missing *user*
+    is :class:`NoSuchUserError` (67)."""
 
     exit_code = ExitCode.NOT_FOUND
 
 
 class NoSuchUserError(NotFoundError):
-    pass
-
-
-class NoSuchAccountError(ReplicadError):
-    """No such user in the passwd-file (``[auth] passwd_file``): exit 67,
-    EX_NOUSER.  Not to be confused with :class:`NoSuchUserError`, a user
-    the mail store holds no mailbox of (68)."""
+    """No such user: exit 67, EX_NOUSER, as sysexits.h, Postfix's ``pipe(8)``
+    and ``doveadm`` use it.  Raised when the mail store holds no mailbox of
+    the user; still a :class:`NotFoundError` for callers that catch any
+    missing object."""
 
     exit_code = ExitCode.NO_USER
+
+
+class NoSuchAccountError(NoSuchUserError):
+    """No such user in the passwd-file (``[auth] passwd_file``): exit 67 like
+    every unknown user; the class name says which directory was asked."""
 
 
 class NoSuchMailboxError(NotFoundError):

@@ -53,6 +53,9 @@ class MaildirMessage:
     flags: tuple[str, ...]
     internaldate: int
     size: int
+    #: The file's unique name: its name before the ``:2,`` info (which
+    #: changes with the flags while the message stays the same).
+    unique_name: str = ""
 
 
 def is_maildir(path: Path) -> bool:
@@ -83,7 +86,19 @@ def folder_mailbox_name(dirname: str) -> str:
     levels = dirname[1:].split(".")
     if any(not level for level in levels):
         raise BadInputError(f"Maildir++ folder {dirname!r} has an empty hierarchy level")
-    return "/".join(decode_mutf7(level) for level in levels)
+    name = "/".join(decode_mutf7(level) for level in levels)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A directory name that is not UTF-8 (os.scandir hands it over as
+        # lone surrogates): no mailbox can be named after it.
+        shown = dirname.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise BadInputError(
+            f"Maildir++ folder '{shown}' is not valid UTF-8 (nor modified UTF-7); rename it"
+        ) from None
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
+        raise BadInputError(f"Maildir++ folder {dirname!r} holds control characters; rename it")
+    return name
 
 
 def decode_mutf7(text: str) -> str:
@@ -121,6 +136,8 @@ def read_keywords(root: Path) -> dict[str, str]:
         lines = path.read_text("utf-8", "replace").splitlines()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     keywords: dict[str, str] = {}
     for line in lines:
         index, _, name = line.partition(" ")
@@ -183,6 +200,7 @@ def list_messages(folder: MaildirFolder, keywords: dict[str, str]) -> list[Maild
                 flags=flags_from_name(entry.name, keywords),
                 internaldate=int(st.st_mtime),
                 size=st.st_size,
+                unique_name=basename,
             )
             found.append((key, message))
     found.sort(key=lambda item: item[0])
@@ -190,7 +208,11 @@ def list_messages(folder: MaildirFolder, keywords: dict[str, str]) -> list[Maild
 
 
 def walk(root: Path) -> Iterator[tuple[MaildirFolder, list[MaildirMessage]]]:
-    """Every folder with its messages (file names and stat data only, no bodies)."""
+    """Every folder with its messages (file names and stat data only, no bodies).
+
+    The tree is checked (a directory, a Maildir, every folder name valid)
+    before the first folder is yielded: a bad tree imports nothing."""
+    folders = list_folders(root)
     keywords = read_keywords(root)
-    for folder in list_folders(root):
+    for folder in folders:
         yield folder, list_messages(folder, keywords)

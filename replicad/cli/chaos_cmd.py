@@ -32,6 +32,7 @@ from typing import Any
 from replicad import faultproxy
 from replicad.cli import cluster_cmd
 from replicad.cli.cluster_cmd import ClusterNode
+from replicad.cli.common import path_argument
 from replicad.cli.output import render_rows
 from replicad.errors import BadInputError, ReplicadError, UsageError
 
@@ -54,7 +55,7 @@ def register(
         "spaces. Nodes named in no group form one more group together, so "
         "`partition DIR n1` isolates n1. Replaces any previous partition.",
     )
-    partition.add_argument("directory", metavar="DIR", type=Path)
+    partition.add_argument("directory", metavar="DIR", type=path_argument)
     partition.add_argument("groups", metavar="GROUP", nargs="+", help="e.g. n1,n2")
     partition.set_defaults(handler=cmd_partition)
 
@@ -65,7 +66,7 @@ def register(
         description="Remove the partition: every link is allowed again and the nodes "
         "re-dial on their own backoff. The delay, if any, stays.",
     )
-    heal.add_argument("directory", metavar="DIR", type=Path)
+    heal.add_argument("directory", metavar="DIR", type=path_argument)
     heal.set_defaults(handler=cmd_heal)
 
     delay = actions.add_parser(
@@ -75,7 +76,7 @@ def register(
         description="Hold the data of each direction of every link MS milliseconds before "
         "forwarding it, in order (the round trip grows by 2 x MS). 0 removes the delay.",
     )
-    delay.add_argument("directory", metavar="DIR", type=Path)
+    delay.add_argument("directory", metavar="DIR", type=path_argument)
     delay.add_argument("ms", metavar="MS", type=int)
     delay.set_defaults(handler=cmd_delay)
 
@@ -85,7 +86,7 @@ def register(
         help="the fault proxy's partition, delay and connections (--faults clusters)",
         description="Show the fault proxy's pid, partition, delay and live connections.",
     )
-    faults.add_argument("directory", metavar="DIR", type=Path)
+    faults.add_argument("directory", metavar="DIR", type=path_argument)
     faults.set_defaults(handler=cmd_faults)
 
     kill = actions.add_parser(
@@ -95,7 +96,7 @@ def register(
         description="Send SIGKILL to NODE's process (kill -9: no shutdown at all) and wait "
         "until it is gone. `cluster restart` or `cluster up` starts it again.",
     )
-    kill.add_argument("directory", metavar="DIR", type=Path)
+    kill.add_argument("directory", metavar="DIR", type=path_argument)
     kill.add_argument("node", metavar="NODE")
     kill.set_defaults(handler=cmd_kill)
 
@@ -107,7 +108,7 @@ def register(
         f"{cluster_cmd.STOP_TIMEOUT:g}s), start it with the same config and data, and wait "
         "until it answers on its admin socket.",
     )
-    restart.add_argument("directory", metavar="DIR", type=Path)
+    restart.add_argument("directory", metavar="DIR", type=path_argument)
     restart.add_argument("node", metavar="NODE")
     restart.set_defaults(handler=cmd_restart)
 

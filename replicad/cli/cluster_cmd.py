@@ -26,7 +26,8 @@ Contract:
 * ``down DIR`` sends SIGTERM to each running node, SIGKILL after 15 s; exit 0
   even if nothing was running, 68 if DIR holds no cluster.
 * ``status DIR`` lists each node: state, pid, port, LMTP port, and, where the node
-  supports the ``cluster_status`` admin op, root, epoch and peer links.
+  supports the ``cluster_status`` admin op, root, epoch and peer links; the
+  root reads ``electing`` until the first election is decided (epoch 0).
   Exit 68 if DIR holds no cluster.
 * ``up --faults`` makes a cluster whose node-to-node links all pass through
   one fault-injecting proxy process (:mod:`replicad.faultproxy`, files in
@@ -60,6 +61,7 @@ from typing import Any
 
 from replicad import faultproxy, pki
 from replicad.admin.client import AdminClient
+from replicad.cli.common import path_argument
 from replicad.cli.node_cmds import CONFIG_NAME, create_passwd_file, node_config_text
 from replicad.cli.output import FORMATS, render_rows
 from replicad.config import NodeConfig, load_config, parse_config
@@ -135,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"number of nodes, {MIN_NODES}..{MAX_NODES} (default {DEFAULT_NODES}, "
         "or the size of the cluster already in DIR)",
     )
-    up.add_argument("directory", metavar="DIR", type=Path)
+    up.add_argument("directory", metavar="DIR", type=path_argument)
     up.add_argument(
         "--base-port",
         type=int,
@@ -157,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="stop every node of a local cluster",
         description=f"SIGTERM every running node of DIR, SIGKILL after {STOP_TIMEOUT:g}s.",
     )
-    down.add_argument("directory", metavar="DIR", type=Path)
+    down.add_argument("directory", metavar="DIR", type=path_argument)
     down.set_defaults(handler=cmd_down)
 
     status = actions.add_parser(
@@ -167,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="One row per node: state, pid, port and, when the node reports it, "
         "root, epoch and peer links.",
     )
-    status.add_argument("directory", metavar="DIR", type=Path)
+    status.add_argument("directory", metavar="DIR", type=path_argument)
     status.set_defaults(handler=cmd_status)
 
     # Imported here, not at the top: chaos_cmd builds on this module.
@@ -765,6 +767,10 @@ def status_row(node: ClusterNode, fmt: str) -> dict[str, Any]:
         if isinstance(peers, list):
             clean = [p for p in peers if isinstance(p, dict)]
             row["peers"] = clean if fmt == "json" else _peers_text(clean)
+            if row["root"] is None and clean and fmt != "json":
+                # A cluster member before its first election is decided (right
+                # after `up`): no root yet, epoch 0. JSON keeps null.
+                row["root"] = "electing"
     return row
 
 

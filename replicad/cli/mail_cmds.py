@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 import time
 from typing import Any
 
 from replicad.cli.common import (
     connect,
+    mailbox_name,
     node_config,
     output_format,
     print_json_only,
     print_rows,
     split_words,
+    user_name,
+    user_of,
     write_line,
 )
 from replicad.cli.output import render_document
@@ -34,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "INBOX is created on first delivery.",
     )
     _user(save)
-    save.add_argument("-m", "--mailbox", default="INBOX", metavar="MAILBOX")
+    save.add_argument("-m", "--mailbox", default="INBOX", metavar="MAILBOX", type=mailbox_name)
     save.add_argument(
         "--flags",
         action="append",
@@ -55,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="print message fields, or the raw message with 'text'",
         description="Print FIELDS (any of: uid guid flags modseq size date) of the messages "
-        "the query selects, or with FIELDS 'text' the raw message of one UID.",
+        "the query selects, or with FIELDS 'text' the raw message of one UID: its octets "
+        'as stored, or with -f json one document {"uid": UID, "text": BASE64} '
+        "(-f tab does not apply to text: exit 64).",
     )
     _user(fetch)
     fetch.add_argument("fields", metavar="FIELDS", help="e.g. 'uid flags' or 'text'")
@@ -91,13 +97,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Copy the selected messages to DEST; prints source and new UIDs.",
     )
     _user(copy)
-    copy.add_argument("dest", metavar="DEST")
+    copy.add_argument("dest", metavar="DEST", type=mailbox_name)
     copy.add_argument("query", nargs="+", metavar="QUERY", help=QUERY_HELP)
     copy.set_defaults(handler=cmd_copy)
 
 
 def _user(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-u", "--user", required=True, metavar="USER")
+    parser.add_argument("-u", "--user", required=True, metavar="USER", type=user_name)
 
 
 def format_date(epoch: int) -> str:
@@ -133,7 +139,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result = client.call(
             "save",
-            user=args.user,
+            user=user_of(args),
             mailbox=args.mailbox,
             body=body,
             flags=flags,
@@ -151,6 +157,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not fields:
         raise UsageError("fetch: no fields given")
     query = parse_query(args.query, require_selection=False)
+    mailbox_name(query.mailbox)
     if TEXT_FIELD in fields:
         if fields != [TEXT_FIELD]:
             raise UsageError("fetch: 'text' cannot be combined with other fields")
@@ -161,21 +168,31 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             f"fetch: unknown field {unknown[0]!r} (fields: {' '.join(FETCH_FIELDS)} or text)"
         )
     with connect(args) as client:
-        infos = client.call("fetch", user=args.user, mailbox=query.mailbox, uids=str(query.uids))
+        infos = client.call(
+            "fetch", user=user_of(args), mailbox=query.mailbox, uids=str(query.uids)
+        )
     print_rows(args, [message_row(i) for i in infos], fields)
     return 0
 
 
 def _fetch_text(args: argparse.Namespace, mailbox: str, uids: str) -> int:
+    fmt = output_format(args)
+    if fmt == "tab":
+        raise UsageError(
+            "fetch text prints the raw message: -f tab does not apply (-f json: base64)"
+        )
+    user = user_of(args)
     with connect(args) as client:
-        infos = client.call("fetch", user=args.user, mailbox=mailbox, uids=uids)
+        infos = client.call("fetch", user=user, mailbox=mailbox, uids=uids)
         if not infos:
             raise NoSuchMessageError(f"no message with UID {uids} in mailbox {mailbox!r}")
         if len(infos) > 1:
             raise UsageError("fetch text prints one message: select a single UID")
-        body: bytes = client.call(
-            "fetch_body", user=args.user, mailbox=mailbox, uid=infos[0]["uid"]
-        )
+        body: bytes = client.call("fetch_body", user=user, mailbox=mailbox, uid=infos[0]["uid"])
+    if fmt == "json":
+        text = base64.b64encode(body).decode("ascii")
+        write_line(render_document({"uid": infos[0]["uid"], "text": text}))
+        return 0
     sys.stdout.buffer.write(body)
     sys.stdout.buffer.flush()
     return 0
@@ -186,10 +203,11 @@ def cmd_flags(args: argparse.Namespace) -> int:
     if not flags and args.mode != "replace":
         raise UsageError(f"flags {args.mode}: no flags given")
     query = parse_query(args.query, require_selection=True)
+    mailbox_name(query.mailbox)
     with connect(args) as client:
         result = client.call(
             "store_flags",
-            user=args.user,
+            user=user_of(args),
             mailbox=query.mailbox,
             uids=str(query.uids),
             mode=args.mode,
@@ -201,17 +219,25 @@ def cmd_flags(args: argparse.Namespace) -> int:
 
 def cmd_expunge(args: argparse.Namespace) -> int:
     query = parse_query(args.query, require_selection=True)
+    mailbox_name(query.mailbox)
     with connect(args) as client:
-        result = client.call("expunge", user=args.user, mailbox=query.mailbox, uids=str(query.uids))
+        result = client.call(
+            "expunge", user=user_of(args), mailbox=query.mailbox, uids=str(query.uids)
+        )
     print_json_only(args, {"uids": result["uids"], "modseq": result["modseq"]})
     return 0
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
     query = parse_query(args.query, require_selection=True)
+    mailbox_name(query.mailbox)
     with connect(args) as client:
         result = client.call(
-            "copy", user=args.user, mailbox=query.mailbox, uids=str(query.uids), dest=args.dest
+            "copy",
+            user=user_of(args),
+            mailbox=query.mailbox,
+            uids=str(query.uids),
+            dest=args.dest,
         )
     rows = [
         {"uid": src, "dest_uid": dst}

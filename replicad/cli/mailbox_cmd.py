@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from replicad.cli.common import connect, print_json_only, print_rows, split_words
+from replicad.cli.common import (
+    connect,
+    mailbox_name,
+    print_json_only,
+    print_rows,
+    split_words,
+    user_name,
+    user_of,
+)
 from replicad.errors import UsageError
 
 STATUS_FIELDS = ("messages", "uidnext", "uidvalidity", "highestmodseq", "vsize", "guid")
@@ -22,20 +30,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     create = actions.add_parser("create", parents=[common], help="create mailboxes")
     _user(create)
-    create.add_argument("names", nargs="+", metavar="NAME")
+    create.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     create.set_defaults(handler=cmd_create)
 
     delete = actions.add_parser("delete", parents=[common], help="delete mailboxes")
     _user(delete)
-    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     delete.set_defaults(handler=cmd_delete)
 
     rename = actions.add_parser(
         "rename", parents=[common], help="rename a mailbox (and its children)"
     )
     _user(rename)
-    rename.add_argument("old", metavar="OLD")
-    rename.add_argument("new", metavar="NEW")
+    rename.add_argument("old", metavar="OLD", type=mailbox_name)
+    rename.add_argument("new", metavar="NEW", type=mailbox_name)
     rename.set_defaults(handler=cmd_rename)
 
     listing = actions.add_parser("list", parents=[common], help="list a user's mailboxes")
@@ -46,15 +54,17 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "status",
         parents=[common],
         help="mailbox status",
-        description=f"Print FIELDS (default all: {' '.join(STATUS_FIELDS)}) of mailbox NAME.",
+        description=f"Print FIELDS (default all: {' '.join(STATUS_FIELDS)}) of mailbox NAME. "
+        "FIELDS may come before or after NAME (quote several: 'messages uidnext'); "
+        "when both words could be FIELDS, the first is.",
     )
     _user(status)
-    status.add_argument("words", nargs="+", metavar="[FIELDS] NAME")
+    status.add_argument("words", nargs="+", metavar="[FIELDS] NAME [FIELDS]")
     status.set_defaults(handler=cmd_status)
 
 
 def _user(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-u", "--user", required=True, metavar="USER")
+    parser.add_argument("-u", "--user", required=True, metavar="USER", type=user_name)
 
 
 def status_row(status: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +81,10 @@ def status_row(status: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_create(args: argparse.Namespace) -> int:
     created = []
+    user = user_of(args)
     with connect(args) as client:
         for name in args.names:
-            result = client.call("mailbox_create", user=args.user, name=name)
+            result = client.call("mailbox_create", user=user, name=name)
             created.append({"mailbox": result["name"], "guid": result["guid"].hex()})
     print_json_only(args, created)
     return 0
@@ -81,9 +92,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     deleted = []
+    user = user_of(args)
     with connect(args) as client:
         for name in args.names:
-            result = client.call("mailbox_delete", user=args.user, name=name)
+            result = client.call("mailbox_delete", user=user, name=name)
             deleted.append({"mailbox": result["name"], "guid": result["guid"].hex()})
     print_json_only(args, deleted)
     return 0
@@ -91,33 +103,50 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_rename(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        result = client.call("mailbox_rename", user=args.user, old=args.old, new=args.new)
+        result = client.call("mailbox_rename", user=user_of(args), old=args.old, new=args.new)
     print_json_only(args, {"old": result["old"], "new": result["new"]})
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        statuses = client.call("mailbox_list", user=args.user)
+        statuses = client.call("mailbox_list", user=user_of(args))
     print_rows(args, [{"mailbox": s["name"]} for s in statuses], ["mailbox"])
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    words: list[str] = args.words
+def _is_fields(word: str) -> bool:
+    fields = split_words(word)
+    return word == "all" or (bool(fields) and all(f in STATUS_FIELDS for f in fields))
+
+
+def status_words(words: list[str]) -> tuple[list[str], str]:
+    """(fields, mailbox name) of ``[FIELDS] NAME`` or ``NAME FIELDS``."""
     if len(words) > 2:
-        raise UsageError("mailbox status takes [FIELDS] NAME (quote FIELDS: 'messages uidnext')")
-    name = words[-1]
-    fields = list(STATUS_FIELDS)
-    if len(words) == 2 and words[0] != "all":
-        fields = split_words(words[0])
-        unknown = [f for f in fields if f not in STATUS_FIELDS]
-        if unknown or not fields:
-            raise UsageError(
-                f"mailbox status: unknown field {(unknown or [''])[0]!r} "
-                f"(fields: {' '.join(STATUS_FIELDS)})"
-            )
+        raise UsageError(
+            "mailbox status takes [FIELDS] NAME or NAME [FIELDS] (quote FIELDS: 'messages uidnext')"
+        )
+    if len(words) == 1:
+        return list(STATUS_FIELDS), words[0]
+    first, second = words
+    if not _is_fields(first) and _is_fields(second):
+        first, second = second, first  # NAME FIELDS, as fetch puts the mailbox after its fields
+    if first == "all":
+        return list(STATUS_FIELDS), second
+    fields = split_words(first)
+    unknown = [f for f in fields if f not in STATUS_FIELDS]
+    if unknown or not fields:
+        raise UsageError(
+            f"mailbox status: unknown field {(unknown or [''])[0]!r} "
+            f"(fields: {' '.join(STATUS_FIELDS)})"
+        )
+    return fields, second
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    fields, name = status_words(args.words)
+    mailbox_name(name)
     with connect(args) as client:
-        status = client.call("mailbox_status", user=args.user, name=name)
+        status = client.call("mailbox_status", user=user_of(args), name=name)
     print_rows(args, [status_row(status)], ["mailbox", *fields])
     return 0

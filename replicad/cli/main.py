@@ -4,9 +4,9 @@ Global options (DESIGN §9) are accepted before or after the subcommand:
 ``-c CONFIG`` (else ``$REPLICAD_CONFIG``, else ``/etc/replicad/replicad.toml``)
 and ``-f table|json|tab``.  Every failure maps to one exit code here: a
 :class:`~replicad.errors.ReplicadError` exits with its ``exit_code`` (64
-usage, 65 bad input, 67 no such user in the passwd-file, 68 not found, 69
-unreachable, 75 temporary), argparse mistakes exit 64 (not argparse's 2),
-anything unexpected exits 1.
+usage, 65 bad input, 67 no such user (in the store or the passwd-file), 68
+no such mailbox, message or other object, 69 unreachable, 75 temporary),
+argparse mistakes exit 64 (not argparse's 2), anything unexpected exits 1.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from replicad.cli import (
     resync_cmd,
     user_cmd,
 )
+from replicad.cli.common import check_arguments
 from replicad.cli.output import FORMATS
 from replicad.errors import ExitCode, ReplicadError, UsageError
 
@@ -128,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        # Before anything is read, written or sent: no argument that is not
+        # UTF-8, holds control characters or is absurdly long goes further (65).
+        check_arguments(args)
         handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
         if handler is None:
             parser.print_usage(sys.stderr)

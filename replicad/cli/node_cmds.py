@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from replicad.cli.common import node_config, output_format, write_line
+from replicad.cli.common import node_config, output_format, path_argument, write_line
 from replicad.cli.output import render_document
 from replicad.config import DEFAULT_PORT, NodeConfig, parse_config
 from replicad.errors import AlreadyExistsError, BadInputError, UsageError
@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "(data in DIR/data, admin socket DIR/admin.sock, users in DIR/users). "
         "Never overwrites.",
     )
-    init.add_argument("dir", metavar="DIR", type=Path)
+    init.add_argument("dir", metavar="DIR", type=path_argument)
     init.add_argument("--name", required=True, metavar="NODE", help="node name, e.g. n1")
     init.add_argument(
         "--port",
@@ -180,7 +180,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_line(f"wrote {config_path} for node {node.name}")
         write_line(f"  data dir:     {node.data_dir}")
         write_line(f"  admin socket: {node.admin_socket}")
-        write_line(f"  listen:       {config.listen.address}:{config.listen.port}")
+        write_line(
+            f"  listen:       {config.listen.address}:{config.listen.port} "
+            "(node-to-node; not opened while the config has no [[peers]])"
+        )
         write_line(f"  users:        {passwd_file} (replicad user add USER)")
         if config.lmtp is not None:
             write_line(f"  lmtp:         {', '.join(config.lmtp.addresses)}")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from replicad import pki
+from replicad.cli.common import path_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     actions = pki_parser.add_subparsers(dest="pki_action", metavar="ACTION", required=True)
 
     init = actions.add_parser("init", help="make a cluster CA in DIR")
-    init.add_argument("directory", metavar="DIR", type=Path)
+    init.add_argument("directory", metavar="DIR", type=path_argument)
     init.add_argument("--cluster", required=True, metavar="NAME", help="the cluster name")
     init.add_argument(
         "--days",
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     init.set_defaults(handler=run_init)
 
     issue = actions.add_parser("issue", help="make a node key and certificate signed by DIR's CA")
-    issue.add_argument("directory", metavar="DIR", type=Path)
+    issue.add_argument("directory", metavar="DIR", type=path_argument)
     issue.add_argument("node", metavar="NODE")
     issue.add_argument(
         "--days",

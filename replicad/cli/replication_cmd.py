@@ -16,7 +16,16 @@ from typing import Any
 
 from replicad.admin.client import AdminClient
 from replicad.cli import resync_cmd
-from replicad.cli.common import connect, output_format, print_rows, write_line
+from replicad.cli.common import (
+    connect,
+    mailbox_name,
+    optional_user_of,
+    output_format,
+    print_rows,
+    user_name,
+    user_of,
+    write_line,
+)
 from replicad.cli.output import render_document
 
 PEER_FIELDS = [
@@ -48,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     master = subparsers.add_parser("master", parents=[common], help="root, epoch, masters")
     mactions = master.add_subparsers(dest="action", metavar="ACTION", required=True)
     mstatus = mactions.add_parser("status", parents=[common], help="root, epoch and masters")
-    mstatus.add_argument("-u", "--user", metavar="USER", help="only this user's mailboxes")
+    mstatus.add_argument(
+        "-u", "--user", metavar="USER", type=user_name, help="only this user's mailboxes"
+    )
     mstatus.set_defaults(handler=cmd_master_status)
     move = mactions.add_parser(
         "move",
@@ -57,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Hand the mastership of MAILBOX over to NODE. Writes arriving "
         "meanwhile are held, not failed; NODE must have a direct link to the current master.",
     )
-    move.add_argument("-u", "--user", required=True, metavar="USER")
-    move.add_argument("mailbox", metavar="MAILBOX")
+    move.add_argument("-u", "--user", required=True, metavar="USER", type=user_name)
+    move.add_argument("mailbox", metavar="MAILBOX", type=mailbox_name)
     move.add_argument("node", metavar="NODE")
     move.set_defaults(handler=cmd_master_move)
 
@@ -90,7 +101,7 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
             "lag_p50_ms": p.get("lag_p50_ms"),
             "lag_p99_ms": p.get("lag_p99_ms"),
             "resync": p.get("resync", 0),
-            "why": p.get("resync_reasons", []),
+            "why": sorted({resync_cmd.shown_reason(r) for r in p.get("resync_reasons", [])}),
         }
         for p in status.get("peers", [])
     ]
@@ -101,17 +112,16 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
 def cmd_master_move(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result: dict[str, Any] = client.call(
-            "master_move", user=args.user, mailbox=args.mailbox, node=args.node
+            "master_move", user=user_of(args), mailbox=args.mailbox, node=args.node
         )
     print_rows(args, [result], ["user", "mailbox", "master", "epoch"])
     return 0
 
 
 def cmd_master_status(args: argparse.Namespace) -> int:
+    user = optional_user_of(args)
     status = _status(args)
-    masters = [
-        m for m in status.get("masters_known", []) if args.user is None or m["user"] == args.user
-    ]
+    masters = [m for m in status.get("masters_known", []) if user is None or m["user"] == user]
     if output_format(args) == "json":
         write_line(
             render_document(
@@ -125,10 +135,24 @@ def cmd_master_status(args: argparse.Namespace) -> int:
         )
         return 0
     write_line(
-        f"node {status.get('node')}  root {status.get('root') or '-'}  "
+        f"node {status.get('node')}  root {root_text(status)}  "
         f"epoch {status.get('epoch')}  phase {status.get('phase', '-')}"
     )
+    # Each node knows the masters of the mailboxes it has dealt with (the
+    # root knows them all): other nodes may list other mailboxes.
+    write_line(f"masters known here (on {status.get('node')}; other nodes may know others):")
     print_rows(
-        args, [{**m, "mailbox": m["mailbox"] or "(namespace)"} for m in masters], MASTER_FIELDS
+        args,
+        [{**m, "mailbox": m["mailbox"] or "(namespace)"} for m in masters],
+        MASTER_FIELDS,
     )
     return 0
+
+
+def root_text(status: dict[str, Any]) -> str:
+    """The root as text: ``electing`` for a cluster member before its first
+    election is decided (no root yet), ``-`` for a node without peers."""
+    root = status.get("root")
+    if isinstance(root, str) and root:
+        return root
+    return "electing" if status.get("peers") else "-"

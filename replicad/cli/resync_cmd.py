@@ -20,7 +20,14 @@ import sys
 import time
 from typing import Any
 
-from replicad.cli.common import connect, output_format, print_rows, write_line
+from replicad.cli.common import (
+    connect,
+    optional_user_of,
+    output_format,
+    print_rows,
+    user_name,
+    write_line,
+)
 from replicad.cli.output import render_document
 from replicad.errors import TemporaryError, UsageError
 
@@ -28,6 +35,17 @@ from replicad.errors import TemporaryError, UsageError
 SYNC_WAIT = 600.0
 #: From this many mailboxes to resync, a terminal shows a progress bar.
 PROGRESS_BAR_FROM = 200
+
+#: Resync mark reasons as the command line shows them.  The stored mark keeps
+#: its name (replicad.store.changelog.RESYNC_PARTITION): "partition" is what
+#: the node records for writes made while a peer was unreachable, whatever
+#: the cause (a stopped or killed peer as much as a cut network).
+SHOWN_REASONS = {"partition": "unreachable"}
+
+
+def shown_reason(reason: str) -> str:
+    """A resync mark's reason as ``replicator status`` and ``dsync-status`` show it."""
+    return SHOWN_REASONS.get(reason, reason)
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -71,7 +89,7 @@ def register_replicator(
 
 def _who(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("-u", "--user", metavar="USER")
+    who.add_argument("-u", "--user", metavar="USER", type=user_name)
     who.add_argument("--all", action="store_true", help="every user")
 
 
@@ -85,7 +103,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UsageError("--peer needs a node name")
     with connect(args) as client:
         started: dict[str, Any] = client.call(
-            "sync", user=args.user or "", peer=args.peer or "", full=args.full
+            "sync", user=optional_user_of(args) or "", peer=args.peer or "", full=args.full
         )
         done_before = int(started.get("done", 0))
         total = int(started["queued_here"]) + int(started["asked_masters"])
@@ -145,7 +163,7 @@ def _follow(client: Any, total: int, done_before: int) -> dict[str, Any]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        result: dict[str, Any] = client.call("verify", user=args.user or "")
+        result: dict[str, Any] = client.call("verify", user=optional_user_of(args) or "")
     rows = result["differences"]
     if output_format(args) == "json":
         write_line(render_document(result))
@@ -170,7 +188,7 @@ def cmd_dsync_status(args: argparse.Namespace) -> int:
         {"peer": p, "state": f"queued ({n})", "mailbox": "-"} for p, n in status["queued"].items()
     ]
     rows += [
-        {"peer": m["peer"], "state": f"marked: {m['why']}", "mailbox": m["mailbox"]}
+        {"peer": m["peer"], "state": f"marked: {shown_reason(m['why'])}", "mailbox": m["mailbox"]}
         for m in status["marks"]
     ]
     print_rows(args, rows, ["peer", "state", "mailbox"])

@@ -45,7 +45,6 @@ NODES = ("n1", "n2", "n3")
 MESSAGE = b"From: a@example.org\r\nTo: alice@example.net\r\nSubject: kept\r\n\r\nbody\r\n"
 
 
-
 def pid_file(directory: Path, node: str) -> Path:
     return directory / node / "data" / "replicad.pid"
 
@@ -246,6 +245,18 @@ def _answer_once(sock: socket.socket, response: dict[str, Any]) -> None:
                 }
             ),
             ("n2", 3, "n2:up n3:down,via=n2,outbox=7"),
+        ),
+        # Right after `up`: linked, but the first election is not decided yet.
+        (
+            ok_response(
+                {
+                    "node": "n1",
+                    "root": None,
+                    "epoch": 0,
+                    "peers": [{"name": "n2", "link": "up", "reachable": True, "via": "n2"}],
+                }
+            ),
+            ("electing", 0, "n2:up"),
         ),
         (error_response(ProtocolError("unknown operation 'cluster_status'")), ("-", "-", "-")),
     ],

@@ -666,8 +666,9 @@ def test_replicator_status_shows_the_outbox_of_a_stopped_peer(cluster: LocalClus
     assert rows["n3"]["reachable"] is False
     assert rows["n3"]["lag_s"] > 0 and rows["n2"]["lag_s"] == 0, rows
     assert isinstance(rows["n3"]["acked"], int) and rows["n3"]["acked"] < rows["n2"]["acked"], rows
-    # I7: writes made while n3 was unreachable are recorded as possible divergence.
-    assert rows["n3"]["resync"] == 1 and rows["n3"]["why"] == ["partition"], rows
+    # I7: writes made while n3 was unreachable are recorded as possible divergence
+    # (the mark stored as "partition", shown as what happened: n3 was unreachable).
+    assert rows["n3"]["resync"] == 1 and rows["n3"]["why"] == ["unreachable"], rows
     assert rows["n2"]["resync"] == 0, rows
 
 

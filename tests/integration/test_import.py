@@ -68,8 +68,10 @@ def test_import_maildir_corpus(node: NodeProcess, corpus: Path) -> None:
 
     result = node.cli("-f", "json", "import", "-u", "carol", corpus)
     assert result.returncode == 0, result.stderr.decode()
-    counts = {row["mailbox"]: row["messages"] for row in json.loads(result.stdout)}
+    rows = json.loads(result.stdout)
+    counts = {row["mailbox"]: row["imported"] for row in rows}
     assert counts == {name: len(files) for name, files in expected.items()}
+    assert all(row["skipped"] == row["failed"] == 0 for row in rows)
 
     with node.client() as client:
         for mailbox, files in expected.items():
@@ -96,15 +98,62 @@ def test_import_maildir_corpus(node: NodeProcess, corpus: Path) -> None:
     assert row == [{"date": "2017-07-14T02:40:00Z"}]
 
 
-def test_import_into_existing_user_appends(node: NodeProcess, corpus: Path) -> None:
+def import_rows(node: NodeProcess, user: str, maildir: Path) -> dict[str, dict[str, int]]:
+    result = node.cli("-f", "json", "import", "-u", user, maildir)
+    assert result.returncode == 0, result.stderr.decode()
+    return {row.pop("mailbox"): row for row in json.loads(result.stdout)}
+
+
+def messages(node: NodeProcess, user: str, mailbox: str) -> int:
+    status = node.cli("-f", "json", "mailbox", "status", "-u", user, "messages", mailbox)
+    assert status.returncode == 0, status.stderr.decode()
+    count: int = json.loads(status.stdout)[0]["messages"]
+    return count
+
+
+def test_import_twice_adds_nothing_the_second_time(node: NodeProcess, corpus: Path) -> None:
     assert node.cli("mailbox", "create", "-u", "dave", "Sent").returncode == 0
-    first = node.cli("-f", "json", "import", "-u", "dave", corpus)
-    assert first.returncode == 0, first.stderr.decode()
-    counts = {row["mailbox"]: row["messages"] for row in json.loads(first.stdout)}
-    assert counts["Sent"] == len(expected_folders(corpus)["Sent"]) > 0
-    # Importing again appends (new UIDs), it never replaces what is there.
-    again = node.cli("-f", "json", "import", "-u", "dave", corpus)
-    assert again.returncode == 0, again.stderr.decode()
-    status = node.cli("-f", "json", "mailbox", "status", "-u", "dave", "messages uidnext", "Sent")
-    assert json.loads(status.stdout)[0]["messages"] == 2 * counts["Sent"]
+    expected = {name: len(files) for name, files in expected_folders(corpus).items()}
+    first = import_rows(node, "dave", corpus)
+    assert {name: row["imported"] for name, row in first.items()} == expected
+    assert expected["Sent"] > 0
+
+    again = import_rows(node, "dave", corpus)
+    # Every message is already there: none imported, all counted as skipped.
+    assert again == {
+        name: {"imported": 0, "skipped": n, "failed": 0} for name, n in expected.items()
+    }
+    for name, count in expected.items():
+        assert messages(node, "dave", name) == count
+    # The table says so in words, too.
+    table = node.cli("import", "-u", "dave", corpus)
+    assert table.returncode == 0, table.stderr.decode()
+    assert f"0 imported, {sum(expected.values())} skipped (already there), 0 failed" in (
+        table.stdout.decode()
+    )
     assert node.cli("import", "-u", "dave", corpus / "nonexistent").returncode == 65
+
+
+def test_import_again_adds_only_what_is_new(node: NodeProcess, tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    same = b"Subject: same\r\n\r\nidentical bytes\r\n"
+    (root / "cur" / "1.M1.host:2,S").write_bytes(same)
+    (root / "cur" / "2.M2.host:2,").write_bytes(same)  # another message, the same body
+    (root / "new" / "3.M3.host").write_bytes(b"Subject: three\r\n\r\n3\r\n")
+    first = import_rows(node, "erin", root)
+    assert first == {"INBOX": {"imported": 3, "skipped": 0, "failed": 0}}
+
+    # A new delivery, and a message whose flags changed since (renamed file).
+    (root / "new" / "4.M4.host").write_bytes(b"Subject: four\r\n\r\n4\r\n")
+    (root / "new" / "3.M3.host").rename(root / "cur" / "3.M3.host:2,RS")
+    second = import_rows(node, "erin", root)
+    assert second == {"INBOX": {"imported": 1, "skipped": 3, "failed": 0}}
+    assert messages(node, "erin", "INBOX") == 4
+
+    # A third copy of the same body is a new message: one more.
+    (root / "cur" / "5.M5.host:2,").write_bytes(same)
+    third = import_rows(node, "erin", root)
+    assert third == {"INBOX": {"imported": 1, "skipped": 4, "failed": 0}}
+    assert messages(node, "erin", "INBOX") == 5

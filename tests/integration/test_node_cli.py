@@ -6,17 +6,19 @@ the hostile-input checks of I9, a raw socket), the way an operator would.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
 import stat
 import struct
+from pathlib import Path
 
 import msgpack
 
 from replicad.admin.framing import FrameDecoder, decode_document
-from tests.conftest import NodeProcess, run_cli
+from tests.conftest import NodeProcess, free_port, run_cli
 
 MESSAGE = (
     b"From: a@example.org\r\nTo: alice@example.net\r\nSubject: caf\xc3\xa9\r\n\r\n"
@@ -42,7 +44,7 @@ def test_init_writes_config_and_refuses_to_overwrite(node_factory: type[NodeProc
     text = n.config.read_text()
     assert 'name = "n1"' in text and 'data_dir = "data"' in text
     # An empty passwd-file for `replicad user`, private to the node's user.
-    assert '[auth]\n' in text and 'passwd_file = "users"' in text
+    assert "[auth]\n" in text and 'passwd_file = "users"' in text
     users = n.dir / "users"
     assert users.read_bytes() == b""
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
@@ -190,9 +192,16 @@ def test_exit_codes(node: NodeProcess) -> None:
             ("fetch", "-u", "alice", "uid", "mailbox", "INBOX", "uid", "1:x"),
             ("fetch", "-u", "alice", "uid", "mailbox", "INBOX", "uid", "0"),
         ],
+        # EX_NOUSER for a user the store has no mailbox of (sysexits, pipe(8), doveadm).
+        67: [
+            ("mailbox", "list", "-u", "nobody"),
+            ("mailbox", "status", "-u", "nobody", "INBOX"),
+            ("fetch", "-u", "nobody", "uid", "mailbox", "INBOX"),
+        ],
+        # A missing mailbox or message of a user who exists.
         68: [
             ("fetch", "-u", "alice", "uid", "mailbox", "Nope"),
-            ("mailbox", "list", "-u", "nobody"),
+            ("mailbox", "status", "-u", "alice", "Nope"),
             ("fetch", "-u", "alice", "text", "mailbox", "INBOX", "uid", "99"),
         ],
     }
@@ -276,3 +285,71 @@ def test_hostile_frames_get_an_error_and_a_closed_connection(node: NodeProcess) 
             raise AssertionError("unknown op accepted")
         assert client.call("ping")["node"] == "n1"
     assert save(node, MESSAGE) == 1
+
+
+def test_user_names_are_normalised_as_lmtp_does(node_factory: type[NodeProcess]) -> None:
+    """``-u`` goes through ``[auth] username_format`` (%Lu by default), so
+    ``Alice@Example.ORG`` and ``alice@example.org`` are one user."""
+    node = node_factory()
+    node.start()
+    assert save(node, MESSAGE, user="Alice@Example.ORG") == 1
+    assert save(node, MESSAGE, user="alice@example.org") == 2
+    listed = node.cli("-f", "json", "mailbox", "list", "-u", "ALICE@EXAMPLE.ORG")
+    assert json.loads(listed.stdout) == [{"mailbox": "INBOX"}]
+    assert node.cli("mailbox", "create", "-u", "aLiCe@example.org", "Work").returncode == 0
+    assert [
+        r["uid"] for r in fetch_json(node, "uid", "mailbox", "INBOX", user="Alice@EXAMPLE.org")
+    ] == [1, 2]
+    with node.client() as client:
+        assert client.call("list_users") == ["alice@example.org"]
+    # %n keeps only the local part, as written.
+    node.stop()
+    node.set_option("auth", "username_format", '"%n"')
+    node.start()
+    assert save(node, MESSAGE, user="Bob@example.org") == 1
+    with node.client() as client:
+        assert client.call("list_users") == ["Bob", "alice@example.org"]
+    only_domain = node.cli("mailbox", "list", "-u", "@example.org")
+    assert only_domain.returncode == 65 and b"empty" in only_domain.stderr
+
+
+def test_fetch_text_as_json_is_base64_and_tab_is_refused(node: NodeProcess) -> None:
+    uid = save(node, MESSAGE)
+    query = ("mailbox", "INBOX", "uid", str(uid))
+    doc = node.cli("-f", "json", "fetch", "-u", "alice", "text", *query)
+    assert doc.returncode == 0, doc.stderr
+    parsed = json.loads(doc.stdout)
+    assert parsed["uid"] == uid and base64.b64decode(parsed["text"]) == MESSAGE
+    tab = node.cli("-f", "tab", "fetch", "-u", "alice", "text", *query)
+    assert tab.returncode == 64 and b"-f json" in tab.stderr and not tab.stdout
+
+
+def test_mailbox_status_takes_fields_before_or_after_the_name(node: NodeProcess) -> None:
+    save(node, MESSAGE)
+    before = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "messages uidnext", "INBOX")
+    after = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "INBOX", "messages uidnext")
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    assert before.stdout == after.stdout
+    assert before.stdout.decode().splitlines() == ["mailbox\tmessages\tuidnext", "INBOX\t1\t2"]
+    # A mailbox whose name is a field: the first word is FIELDS.
+    assert node.cli("mailbox", "create", "-u", "alice", "messages").returncode == 0
+    named = node.cli("-f", "tab", "mailbox", "status", "-u", "alice", "uidnext", "messages")
+    assert named.stdout.decode().splitlines() == ["mailbox\tuidnext", "messages\t1"]
+
+
+def test_init_says_a_node_without_peers_opens_no_peer_port(
+    node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    port = free_port()
+    made = run_cli("init", tmp_path / "solo", "--name", "solo", "--port", str(port))
+    assert made.returncode == 0, made.stderr
+    listen = [line for line in made.stdout.decode().splitlines() if "listen:" in line]
+    assert listen == [
+        f"  listen:       127.0.0.1:{port} (node-to-node; not opened while the config "
+        "has no [[peers]])"
+    ]
+    node = node_factory()
+    node.start()
+    peer_port = int(node.config.read_text().split("\nport = ")[1].split()[0])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", peer_port)) != 0  # nothing listens there

@@ -454,11 +454,13 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit = (ROOT / "deploy" / "systemd" / "replicad.service").read_text()
     assert "\nType=notify\n" in unit and "\nWatchdogSec=" in unit
     # verify checks that ExecStart's binary exists: point it at this
-    # checkout's entry point instead of the packaged /usr/bin/replicad.
+    # checkout's entry point instead of the installed /opt/replicad/bin/replicad.
     installed = Path(sys.executable).parent / "replicad"
     assert installed.exists(), "pip install -e . puts the replicad entry point beside python"
     copy = tmp_path / "replicad.service"
-    copy.write_text(unit.replace("ExecStart=/usr/bin/replicad ", f"ExecStart={installed} ", 1))
+    copy.write_text(
+        unit.replace("ExecStart=/opt/replicad/bin/replicad ", f"ExecStart={installed} ", 1)
+    )
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", "--man=no", str(copy)],
         capture_output=True,

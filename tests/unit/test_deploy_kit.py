@@ -227,3 +227,54 @@ def test_guide_options_exist(flag: str) -> None:
         timeout=60,
     )
     assert flag in result.stdout
+
+
+UNIT = DEPLOY / "systemd" / "replicad.service"
+NODE_SOURCE = Path(__file__).resolve().parents[2] / "replicad" / "node.py"
+
+
+def unit_settings(key: str) -> list[str]:
+    return [
+        line.split("=", 1)[1]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+def test_unit_documentation_is_a_file_the_guide_installs() -> None:
+    code = guide_code()
+    [documentation] = unit_settings("Documentation")
+    for uri in documentation.split():
+        assert uri.startswith("file:"), uri
+        path = uri.removeprefix("file:")
+        assert re.search(rf"install\b[^\n]*\s{re.escape(path)}\n", code), (
+            f"the unit's Documentation={path} is not installed by deploy/README.md"
+        )
+
+
+def test_unit_runs_the_command_the_guide_installs() -> None:
+    code = guide_code()
+    [exec_start] = unit_settings("ExecStart")
+    binary = exec_start.split()[0]
+    venv = binary.removesuffix("/bin/replicad")
+    assert f"python3 -m venv {venv} && {venv}/bin/pip install" in code
+    assert f"ln -s {binary} /usr/local/bin/" in code
+
+
+def test_unit_and_guide_list_what_sighup_applies() -> None:
+    """The keys node.py applies on SIGHUP are named in the unit's comment and
+    in deploy/README.md section 3, and neither says peers need a restart."""
+    applied = set(re.findall(r'applied\.append\("([a-z_.]+)"\)', NODE_SOURCE.read_text()))
+    assert {"peers", "node.map_size", "node.log_level"} <= applied
+    unit = " ".join(UNIT.read_text().split())
+    guide = " ".join(GUIDE.read_text().split())
+    for key in applied:
+        shown = {"peers": "[[peers]]", "tls": "tls.cert"}.get(key, key)
+        assert shown in unit, f"the unit's SIGHUP comment does not name {shown}"
+        assert f"`{shown}`" in guide, f"deploy/README.md does not name {shown}"
+    assert "peers too" not in unit
+
+
+def test_readme_says_how_long_the_gate_takes() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert "about ten minutes on 2 cores" in " ".join(readme.split())
