@@ -1,6 +1,6 @@
 """A message body in its stored form: what the store keeps and the wire carries.
 
-The single-instance store (DESIGN §5) keeps every body as one octet naming
+The single-instance store (docs/architecture.md §5) keeps every body as one octet naming
 its codec followed by the payload: ``0x00`` + the body itself, or ``0x01`` +
 one zstd frame (RFC 8878) whose header declares the body's size.  Since
 protocol version 3 the body fields of SAVE, ``* SAVE``, UPDATE's APPEND and

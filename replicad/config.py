@@ -7,7 +7,7 @@ straight to the line.  Unknown keys are errors, not warnings: a typo such as
 operator believed they had changed.  Relative paths are resolved against the
 directory of the config file, so a config directory can be moved as a whole.
 
-Config path resolution (DESIGN §9): ``-c CONFIG``, else ``$REPLICAD_CONFIG``,
+Config path resolution (docs/architecture.md §9): ``-c CONFIG``, else ``$REPLICAD_CONFIG``,
 else ``/etc/replicad/replicad.toml``.
 """
 
@@ -122,7 +122,7 @@ class AdminSection:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSection:
-    """How the node takes part in the cluster (DESIGN §6)."""
+    """How the node takes part in the cluster (docs/architecture.md §6)."""
 
     granularity: Granularity = Granularity.MAILBOX
     #: Unacknowledged changes kept per peer; past it the peer's mailboxes are
@@ -218,7 +218,7 @@ class NodeConfig:
 
 
 def resolve_config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """``-c CONFIG``, else ``$REPLICAD_CONFIG``, else the system default (DESIGN §9)."""
+    """``-c CONFIG``, else ``$REPLICAD_CONFIG``, else the system default (architecture.md §9)."""
     env = os.environ if environ is None else environ
     if cli_value:
         return Path(cli_value)

@@ -1,7 +1,7 @@
 """The exception hierarchy of replicad.
 
 Every error a user or a peer can cause is a :class:`ReplicadError` carrying the
-process exit code of DESIGN §9, so the command line maps any failure to the
+process exit code of docs/architecture.md §9, so the command line maps any failure to the
 right code in one place, and errors can cross the admin socket by name.
 """
 
@@ -11,7 +11,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of the command-line contract (DESIGN §9, sysexits.h values)."""
+    """Exit codes of the command-line contract (docs/architecture.md §9, sysexits.h values)."""
 
     OK = 0
     OTHER = 1

@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy on every node-to-node link of a local cluster (DESIGN §8).
+"""A fault-injecting TCP proxy on every node-to-node link of a local cluster (architecture.md §8).
 
 ``replicad cluster up --faults -n N DIR`` writes node configs whose peer
 addresses point at this proxy instead of at the peers' real ports, and runs

@@ -4,7 +4,7 @@ Startup order matters and each step says why:
 
 1. the data-directory lock (``flock`` on ``DATA_DIR/replicad.pid``): a second
    node on the same LMDB environment would break the single-writer design
-   (DESIGN §5); LMDB's own lock file allows several processes, so it cannot
+   (docs/architecture.md §5); LMDB's own lock file allows several processes, so it cannot
    be relied on for this;
 2. the admin socket path is checked: a stale file left by a killed node is
    removed, a live node answering on it makes this one refuse to start;

@@ -1,4 +1,4 @@
-"""Cluster CA and node certificates (DESIGN §4, invariant I9).
+"""Cluster CA and node certificates (docs/architecture.md §4, invariant I9).
 
 A cluster has one certificate authority; every node holds a key and a
 certificate that CA signed. Links accept only peers presenting such a

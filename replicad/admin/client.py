@@ -3,7 +3,7 @@
 Plain sockets, no event loop: a ``replicad`` command starts, sends a few
 requests, prints, exits, and should not pay for importing an async runtime.
 Every failure is a :class:`~replicad.errors.ReplicadError` with the exit code
-of DESIGN §9: a missing socket or a refused connection is
+of docs/architecture.md §9: a missing socket or a refused connection is
 :class:`~replicad.errors.UnreachableError` naming the socket path (exit 69);
 an error response is rebuilt with :func:`~replicad.errors.error_from_name`.
 """

@@ -7,7 +7,7 @@ and turns the records it returns into plain maps.  It does no socket I/O.
 
 A :class:`~replicad.errors.ReplicadError` from the store becomes an error
 response carrying its class name, so the client rebuilds the same error and
-the command line exits with the code of DESIGN §9.  Any other exception is a
+the command line exits with the code of docs/architecture.md §9.  Any other exception is a
 bug: it is logged and answered as an internal error, and the node keeps
 serving (I9: a request never crashes the node).
 """

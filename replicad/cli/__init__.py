@@ -1,1 +1,1 @@
-"""The ``replicad`` command (DESIGN §9): doveadm-like subcommands over the admin socket."""
+"""The ``replicad`` command (architecture.md §9): doveadm-like subcommands over the admin socket."""

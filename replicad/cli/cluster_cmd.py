@@ -1,4 +1,4 @@
-"""``replicad cluster up | down | status``: a local development cluster (DESIGN §9).
+"""``replicad cluster up | down | status``: a local development cluster (docs/architecture.md §9).
 
 Layout of a cluster directory ``DIR`` (each node exactly as ``replicad init``
 lays one out, plus its TLS files, so a node directory could be moved to

@@ -1,4 +1,4 @@
-"""Message commands: ``save``, ``fetch``, ``flags``, ``expunge``, ``copy`` (DESIGN §9)."""
+"""Message commands: ``save``, ``fetch``, ``flags``, ``expunge``, ``copy`` (architecture.md §9)."""
 
 from __future__ import annotations
 

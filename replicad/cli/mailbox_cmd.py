@@ -1,4 +1,4 @@
-"""``replicad mailbox create|delete|rename|list|status -u USER ...`` (DESIGN §9)."""
+"""``replicad mailbox create|delete|rename|list|status -u USER ...`` (docs/architecture.md §9)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Entry point of the ``replicad`` command (console script ``replicad``).
 
-Global options (DESIGN §9) are accepted before or after the subcommand:
+Global options (docs/architecture.md §9) are accepted before or after the subcommand:
 ``-c CONFIG`` (else ``$REPLICAD_CONFIG``, else ``/etc/replicad/replicad.toml``)
 and ``-f table|json|tab``.  Every failure maps to one exit code here: a
 :class:`~replicad.errors.ReplicadError` exits with its ``exit_code`` (64

@@ -1,4 +1,4 @@
-"""Output formatters of DESIGN §9: ``table`` (default), ``json``, ``tab``.
+"""Output formatters of docs/architecture.md §9: ``table`` (default), ``json``, ``tab``.
 
 Pure functions from rows (maps keyed by field name) to text.  Values arrive
 already JSON-shaped (numbers, strings, lists of strings; GUIDs as lowercase

@@ -1,7 +1,7 @@
 """`replicad pki init|issue`: make the cluster CA and node certificates (I9).
 
 Thin glue over :mod:`replicad.pki`; every failure is a ReplicadError carrying
-its DESIGN §9 exit code (bad names or an existing file without ``--force``:
+its docs/architecture.md §9 exit code (bad names or an existing file without ``--force``:
 65).
 """
 

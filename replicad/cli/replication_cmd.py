@@ -1,4 +1,4 @@
-"""``replicad replicator status`` and ``replicad master status`` (DESIGN §9).
+"""``replicad replicator status`` and ``replicad master status`` (docs/architecture.md §9).
 
 Both read the node's ``cluster_status`` admin operation: the cluster as
 this node sees it.  ``replicator status`` is one row per peer (the

@@ -1,4 +1,4 @@
-"""``replicad sync``, ``replicad verify`` and ``replicad replicator dsync-status`` (DESIGN §9).
+"""``replicad sync``, ``verify`` and ``replicator dsync-status`` (architecture.md §9).
 
 ``sync`` asks the node to resync mailboxes now (protocol-spec/resync.md):
 without ``--full``, it first compares digests with every linked peer (or

@@ -1,4 +1,4 @@
-"""``replicad top``: a live console of the whole cluster as one node sees it (DESIGN §9).
+"""``replicad top``: a live console of the whole cluster as one node sees it (architecture.md §9).
 
 Three layers, kept apart so that the first two are pure (and unit-tested):
 

@@ -1,1 +1,1 @@
-"""Cluster layer: links, routing, root and masters, replication (DESIGN §6)."""
+"""Cluster layer: links, routing, root and masters, replication (docs/architecture.md §6)."""

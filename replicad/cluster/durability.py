@@ -1,4 +1,4 @@
-"""Durability levels and the acknowledgements that satisfy them (I1, DESIGN §6).
+"""Durability levels and the acknowledgements that satisfy them (I1, docs/architecture.md §6).
 
 A level says how many nodes must have a change on disk before the client
 is told it succeeded: ``local`` (1), ``quorum`` (a majority of the

@@ -1,4 +1,4 @@
-"""Deterministic merge of divergent copies of one mailbox (DESIGN §7; I2-I6).
+"""Deterministic merge of divergent copies of one mailbox (docs/architecture.md §7; I2-I6).
 
 After a partition heals, the mailbox master gathers the state of one mailbox
 (one mailbox GUID) from several nodes, the *sides*, computes with
@@ -6,7 +6,7 @@ After a partition heals, the mailbox master gathers the state of one mailbox
 :func:`plan` the operations that turn each side into it.  Everything here is
 pure: no I/O, no LMDB, no trio; the result depends only on the multiset of
 input states, so any node computing it gets the same answer, but only the
-master does, and its plans replicate as ordinary changes (DESIGN §7), so no
+master does, and its plans replicate as ordinary changes (docs/architecture.md §7), so no
 two nodes can pick different new UIDs.
 
 Rules of :func:`merge`:

@@ -1,7 +1,7 @@
 """Resync: bring a peer's copy of a mailbox and the master's to one merged state.
 
 The trio glue around :mod:`replicad.cluster.merge` (pure) and the store's
-:mod:`~replicad.store.statesync` (DESIGN §7, protocol-spec/resync.md).
+:mod:`~replicad.store.statesync` (docs/architecture.md §7, protocol-spec/resync.md).
 
 **Who resyncs what.**  A resync always runs at the mailbox's *master*
 ``M`` with one directly linked peer ``P``, so conflicts are resolved in one

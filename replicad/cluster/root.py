@@ -1,4 +1,4 @@
-"""Root selection and failover with epochs (seed 001 "Mailbox master", DESIGN §6).
+"""Root selection and failover with epochs (seed 001 "Mailbox master", docs/architecture.md §6).
 
 One node per connected part of the cluster is the *root*: it hands out
 mailbox masters.  Every root rules under an *epoch*, a number that only

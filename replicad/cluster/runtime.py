@@ -1,4 +1,4 @@
-"""The cluster runtime: links, root and masters, forwarding, change streams (DESIGN §6).
+"""The cluster runtime: links, root and masters, forwarding, change streams (architecture.md §6).
 
 This is the trio glue around the pure parts of :mod:`replicad.cluster`
 (routing, root election, master directory and cache, outbox, durability)

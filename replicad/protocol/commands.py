@@ -694,7 +694,7 @@ class Ack(Untagged):
 
 @dataclass(frozen=True, slots=True)
 class Epoch(Untagged):
-    """Gossip of the root claim the sender follows (root election, DESIGN §6)."""
+    """Gossip of the root claim the sender follows (root election, docs/architecture.md §6)."""
 
     VERB = "EPOCH"
     SCHEMA = (EPOCH_T, NODE)

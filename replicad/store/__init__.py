@@ -1,1 +1,1 @@
-"""The node's mail store: the only code that touches LMDB (DESIGN §5)."""
+"""The node's mail store: the only code that touches LMDB (docs/architecture.md §5)."""

@@ -1,4 +1,4 @@
-"""The durable change log and per-peer outboxes (DESIGN §6, seed 001 "replication logs").
+"""The durable change log and per-peer outboxes (architecture.md §6, seed 001 "replication logs").
 
 A master writes each change record to the log *in the same transaction*
 that applies it, so a change is either both applied and queued for every

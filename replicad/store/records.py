@@ -1,7 +1,7 @@
 """Records the store hands out: mailbox status, message metadata, change records.
 
 Every client-visible write is one transaction that returns one change record
-(DESIGN §5).  Change records are what the replication engine ships to peers:
+(docs/architecture.md §5).  Change records are what the replication engine ships to peers:
 they carry flag *deltas*, never flag states (I5), and every message change
 carries the MODSEQ the master assigned (I3).
 """
@@ -16,7 +16,7 @@ from replicad.flags import sorted_flags
 
 @dataclass(frozen=True, slots=True)
 class MailboxStatus:
-    """IMAP STATUS-like view of one mailbox (fields of DESIGN §9 ``mailbox status``)."""
+    """IMAP STATUS-like view of one mailbox (fields of architecture.md §9 ``mailbox status``)."""
 
     user: str
     name: str

@@ -5,7 +5,7 @@ fsync.  Operations submitted while a commit is in flight are queued; when the
 writer is free it runs *all* of them in one transaction, one nested
 transaction each (so one failing operation rolls back alone), and commits
 once.  Throughput therefore follows LMDB's batch rate, not the fsync rate
-(DESIGN §5).  Callers are answered only after the commit returned, so an
+(docs/architecture.md §5).  Callers are answered only after the commit returned, so an
 acknowledgement always means "on disk" (I1).
 
 Every blocking LMDB call goes through one seam, :class:`StoreExecutor`:
@@ -37,7 +37,7 @@ GROW_AT_LEAST = 64 << 20
 
 
 class StoreExecutor(Protocol):
-    """Where blocking store work runs (the seam of DESIGN §3)."""
+    """Where blocking store work runs (the seam of docs/architecture.md §3)."""
 
     async def run_write(self, fn: Callable[[], T]) -> T: ...
 

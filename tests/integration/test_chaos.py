@@ -1,4 +1,4 @@
-"""Real-process faults (DESIGN §8): ``cluster up --faults``, partition, heal, kill -9, restart.
+"""Real-process faults (architecture.md §8): ``cluster up --faults``, partition, kill -9.
 
 A 3-node cluster whose node-to-node links all pass through the fault proxy
 (replicad/faultproxy.py), driven through the command line only.  Reads poll

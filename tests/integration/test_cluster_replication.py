@@ -1,4 +1,4 @@
-"""Replication across a real 3-node cluster (DESIGN §2 I2, I4, I1/I7, §6), driven through the CLI.
+"""Replication across a real 3-node cluster (architecture.md §2, I1/I2/I4/I7, §6), by the CLI.
 
 Every test starts its own cluster with ``replicad cluster up`` (real
 processes, mutual TLS with the cluster's own CA, 127.0.0.1, ports chosen by

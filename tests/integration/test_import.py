@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import NodeProcess
 
-# The project's copy of the benchmark corpus generator (DESIGN §10).
+# The project's copy of the benchmark corpus generator (docs/architecture.md §10).
 GEN_CORPUS = Path(__file__).resolve().parents[2] / "tools" / "gen_corpus.py"
 
 LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered", "D": "\\Draft", "T": "\\Deleted"}

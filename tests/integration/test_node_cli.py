@@ -1,4 +1,4 @@
-"""The command line end to end against a real ``replicad serve`` (DESIGN §9).
+"""The command line end to end against a real ``replicad serve`` (docs/architecture.md §9).
 
 Each test drives the node only through ``replicad`` subprocesses (and, for
 the hostile-input checks of I9, a raw socket), the way an operator would.

@@ -1,4 +1,4 @@
-"""Writes on both sides of a real partition, then heal: the resync merges them (DESIGN §2, §7, §10).
+"""Writes on both sides of a real partition, then heal: the resync merges them (architecture.md §7).
 
 A 3-node ``cluster up --faults`` cluster (real processes, mutual TLS, the
 fault proxy on every node-to-node link, 127.0.0.1, ports chosen by the
@@ -6,7 +6,7 @@ kernel), cut with ``cluster partition DIR n1 n2,n3`` and healed with
 ``cluster heal``, driven through the command line only.  After the heal
 every node must hold the state protocol-spec/resync.md §4 prescribes:
 
-* W4 (DESIGN §10): both sides save 5 messages into INBOX (UIDs 11..15 on
+* W4 (docs/architecture.md §10): both sides save 5 messages into INBOX (UIDs 11..15 on
   each: a collision, I2) and change flags concurrently (I5); after the heal
   every colliding message is moved above every used UID, in canonical order
   (old uid, GUID), flags are joined per flag, and all nodes agree (I4, I6).

@@ -97,7 +97,7 @@ def test_once_shows_the_root_every_node_and_the_outbox_of_a_stopped_peer(
     assert f"! {stopped} unreachable, " in text
     assert "self" in row_of(text, writer)[1]
 
-    # The stopped node itself: node unreachable (DESIGN §9).
+    # The stopped node itself: node unreachable (docs/architecture.md §9).
     gone = cluster.cli("-c", cluster.config(stopped), "top", "--once")
     assert gone.returncode == 69, gone.stderr
     assert b"node unreachable" in gone.stderr

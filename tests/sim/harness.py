@@ -1,4 +1,4 @@
-"""Seeded cluster simulation: a workload, faults, and the invariant checks (DESIGN §8).
+"""Seeded cluster simulation: a workload, faults, and the invariant checks (architecture.md §8).
 
 One run is a pure function of its seed: N real :class:`ClusterNode`s with
 real LMDB stores run inline, on :class:`SimNetwork`, under

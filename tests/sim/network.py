@@ -1,4 +1,4 @@
-"""An in-memory network for the deterministic cluster simulator (DESIGN §8).
+"""An in-memory network for the deterministic cluster simulator (docs/architecture.md §8).
 
 Nodes register a serve handler; a dial creates a ``trio.testing`` memory
 stream pair, runs the accepting side's HELLO and handler in the *target*

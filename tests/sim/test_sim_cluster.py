@@ -1,6 +1,6 @@
 """The cluster runtime in one trio run: in-memory links, a mock clock, real LMDB.
 
-The first slice of the deterministic simulator (DESIGN §8): every node is a
+The first slice of the deterministic simulator (docs/architecture.md §8): every node is a
 real :class:`~replicad.cluster.runtime.ClusterNode` with a real store (run
 inline, so a run replays exactly), wired through :class:`SimNetwork`.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""W1 replicated across a 3-node cluster, against Dovecot's dsync (DESIGN §10, issue 4).
+"""W1 replicated across a 3-node cluster, against Dovecot's dsync (architecture.md §10, issue 4).
 
 1. The anchor: ``doveadm backup`` of the W1 Maildir into an empty local
    Maildir (dsync between two local stores), wall time.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""W5 (DESIGN §10): 3 nodes, a steady stream of SAVEs; replication lag and ack latency.
+"""W5 (architecture.md §10): 3 nodes, a steady stream of SAVEs; replication lag and ack latency.
 
 A local 3-node cluster (``replicad cluster up``); clients save W5-sized
 messages into n1 (the master of their mailboxes) at a fixed rate, first

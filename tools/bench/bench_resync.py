@@ -8,7 +8,7 @@ bytes on the wire: TLS + zstd, both directions, PINGs included).
 Every Dovecot figure comes from ``doveadm`` run as ``nobody`` on a copy of the
 same corpus (dovecot-core; as in bench_cluster.py).
 
-W1, resync of a node that lost everything (the W1 corpus of DESIGN §10,
+W1, resync of a node that lost everything (the W1 corpus of docs/architecture.md §10,
 10,000 messages; its 163 MB INBOX goes in several UPDATEs of at most 32 MiB
 of bodies each)
     replicad: W1 imported through n1 and replicated; the last node is killed,
@@ -112,7 +112,7 @@ class Sizes:
     w3_users: int
 
 
-#: DESIGN §10's sizes.
+#: docs/architecture.md §10's sizes.
 FULL = Sizes(w1_messages=10000, w2_new=200, w2_flags=1000, w2_expunges=100, w3_users=1000)
 QUICK = Sizes(w1_messages=1000, w2_new=20, w2_flags=100, w2_expunges=10, w3_users=50)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Store benchmark on workload W1 (DESIGN §10), printed as ratios to machine limits.
+"""Store benchmark on workload W1 (docs/architecture.md §10), printed as ratios to machine limits.
 
 Measures, in one run:
 
@@ -12,7 +12,7 @@ Measures, in one run:
    socket: saves/s as a ratio to the disk's fsync rate (target >= 10: group
    commit), and to raw py-lmdb durable writes of the same body one per
    commit (the unbatched limit) and 500 per commit (LMDB's batch limit,
-   which DESIGN §5 says throughput must approach).
+   which docs/architecture.md §5 says throughput must approach).
 
 Usage:
     tools/bench/bench_store.py [--corpus DIR] [--messages 10000] [--runs 3]

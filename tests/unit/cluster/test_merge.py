@@ -452,7 +452,7 @@ def mailbox(
 
 
 def test_concurrent_flag_deltas_merge_per_flag() -> None:
-    """DESIGN I5: +\\Answered on one side, +\\Seen -\\Flagged on the other, from (\\Flagged)."""
+    """I5: +\\Answered on one side, +\\Seen -\\Flagged on the other, from (\\Flagged)."""
     g = guid(1)
     base = make_message(1, g, 2, [FlagMark("\\Flagged", 1, True)])
     a = replace(
