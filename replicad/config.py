@@ -141,6 +141,9 @@ class ClusterSection:
     #: How far ahead of this node's clock a peer's change may be stamped;
     #: beyond it the change waits for a resync (replicad.store.clock).
     max_clock_skew: float = 300.0
+    #: Nodes of the cluster reached only through others (a chain); every
+    #: other node is a [[peers]] entry (protocol-spec/trust.md §1).
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +494,7 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
             "resync_interval",
             "verify_interval",
             "max_clock_skew",
+            "members",
         ),
         "cluster.",
     )
@@ -527,8 +531,26 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     if verify != 0:
         verify = _seconds(tbl, "cluster.verify_interval", 300.0)
     skew = _seconds(tbl, "cluster.max_clock_skew", 300.0, low=1.0, high=86400.0)
+    raw_members = _get(tbl, "cluster.members", list, default=[])
+    members = []
+    for i, member in enumerate(raw_members):
+        if not isinstance(member, str):
+            raise ConfigError(f"cluster.members[{i}] must be a node name (a string)")
+        try:
+            members.append(validate_node_name(member))
+        except BadInputError as exc:
+            raise ConfigError(f"cluster.members[{i}]: {exc}") from None
     return ClusterSection(
-        granularity, max_outbox, ping, dead, tuple(overrides), compress, resync, float(verify), skew
+        granularity,
+        max_outbox,
+        ping,
+        dead,
+        tuple(overrides),
+        compress,
+        resync,
+        float(verify),
+        skew,
+        tuple(sorted(set(members))),
     )
 
 

@@ -213,6 +213,10 @@ class ClusterSettings:
     resync_interval: float = 1.0
     #: How often every peer's digests are compared (anti-entropy); 0: never.
     verify_interval: float = 300.0
+    #: Nodes of the cluster besides this node and its peers: reached only
+    #: through others (a chain).  No node outside members and peers is
+    #: routed to or followed as root (protocol-spec/trust.md).
+    members: frozenset[str] = frozenset()
 
     def level_for(self, user: str) -> DurabilityLevel:
         """The durability level of ``user``'s writes: an override, else the node's (I1)."""
@@ -523,7 +527,7 @@ class ClusterNode:
         self.link_config = LinkConfig(cluster=network.cluster, node=name)
         self.order = tuple(sorted([name, *self.peers]))
         self._epoch_file = data_dir / "cluster-epoch"
-        self.routing = RoutingTable(name, frozenset(self.peers) | {name})
+        self.routing = RoutingTable(name, self._members())
         self.election = RootElection(name, self.order, last_epoch=self._load_epoch())
         self.directory: MasterDirectory | None = None
         self.cache = MasterCache()
@@ -693,7 +697,7 @@ class ClusterNode:
         await self.store.set_peers(tuple(sorted(new)))
         self.peers.clear()
         self.peers.update(new)  # in place: the listener checks this very dict
-        self.routing.set_members(frozenset(new) | {self.name})
+        self.routing.set_members(self._members())
         for name in changed:
             scope = self._dialers.pop(name, None)
             if scope is not None:
@@ -1037,12 +1041,16 @@ class ClusterNode:
             self._view_changed.set()
             self._view_changed = trio.Event()
 
+    def _members(self) -> frozenset[str]:
+        """The configured cluster: this node, its peers and ``cluster.members``."""
+        return frozenset(self.peers) | self.settings.members | {self.name}
+
     def _believable(self, session: PeerSession, verb: str, root: str, epoch: int) -> bool:
         """Whether a peer's claim that ``root`` rules under ``epoch`` may be
         followed: the root is a configured node and the epoch a plausible
         step above what this node has seen (protocol-spec/trust.md).  A claim
         that is not is logged and ignored; the sender's other traffic goes on."""
-        if root in self.peers or root == self.name:
+        if root in self._members():
             if plausible_epoch(epoch, self.election.max_epoch):
                 return True
             why = f"epoch {epoch} is not within {MAX_EPOCH_STEP} of {self.election.max_epoch}"

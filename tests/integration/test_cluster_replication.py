@@ -197,6 +197,19 @@ class LocalCluster:
         path.write_text(text)
         assert sorted(p["name"] for p in tomllib.loads(text)["peers"]) == sorted(names)
 
+    def add_members(self, node: str, names: Sequence[str]) -> None:
+        """List ``names`` in ``node``'s ``cluster.members`` (reached through others)."""
+        path = self.config(node)
+        text = path.read_text()
+        members = "members = [" + ", ".join(f'"{n}"' for n in names) + "]\n"
+        if re.search(r"(?m)^\[cluster\]$", text):
+            text = re.sub(r"(?m)^\[cluster\]\n", "[cluster]\n" + members, text, count=1)
+        else:
+            head, sep, rest = text.partition("[[peers]]")
+            text = head + "[cluster]\n" + members + "\n" + sep + rest
+        path.write_text(text)
+        assert tomllib.loads(text)["cluster"]["members"] == list(names)
+
     # -- waiting --
 
     def wait_until(
@@ -545,6 +558,9 @@ def test_chain_forwards_writes_and_relays_changes_through_the_middle_node(
     cluster.keep_peers("n1", ["n2"])
     cluster.keep_peers("n2", ["n1", "n3"])
     cluster.keep_peers("n3", ["n2"])
+    # n1 and n3 know of each other only as members reached through n2.
+    cluster.add_members("n1", ["n3"])
+    cluster.add_members("n3", ["n1"])
     cluster.up()
     cluster.wait_root()
 

@@ -266,3 +266,11 @@ def test_lmtp_errors_name_the_key(section: str, needle: str) -> None:
 def test_lmtp_port_may_not_be_the_metrics_port() -> None:
     text = MINIMAL + '[metrics]\nlisten = "127.0.0.1:9187"\n[lmtp]\nlisten = "127.0.0.1:9187"\n'
     assert "the port of metrics.listen" in error_of(text)
+
+
+def test_cluster_members_name_nodes_reached_through_others() -> None:
+    config = parse_config(MINIMAL + '[cluster]\nmembers = ["n3", "n4", "n3"]\n', BASE)
+    assert config.cluster.members == ("n3", "n4")
+    assert parse_config(MINIMAL, BASE).cluster.members == ()
+    assert "cluster.members[0]" in error_of(MINIMAL + "[cluster]\nmembers = [3]\n")
+    assert "cluster.members[0]" in error_of(MINIMAL + '[cluster]\nmembers = ["Bad Name"]\n')
