@@ -18,6 +18,7 @@ Every write is one transaction and returns one change record
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -127,6 +128,58 @@ class AppendRequest:
     flags: tuple[str, ...] = ()
     internaldate: int | None = None
     guid: bytes | None = None
+
+
+#: How long after a delivery the same delivery arriving again (same user,
+#: mailbox, sender and message octets: the MTA's retry of a message it was
+#: told to send again) is answered with the first copy instead of a second.
+DELIVERY_RETRY_WINDOW = 24 * 3600
+
+
+def delivery_guid(user: str, mailbox: str, message_key: bytes) -> bytes:
+    """The message GUID of a delivery, derived from what it is, not random:
+    ``message_key`` names the message as the MTA sent it (LMTP: a hash of
+    the sender and the octets, before the trace headers).  A retry of the
+    delivery gets the same GUID, so the master recognises it as it
+    recognises a retried SAVE (:meth:`MailIndex.recent_save`).
+
+    The 16 octets are a UUID version 8 (RFC 9562, custom), which random
+    (version 4) GUIDs never are: :func:`is_delivery_guid`.
+    """
+    digest = hashlib.sha256(
+        b"replicad delivery guid v1\0"
+        + user.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + mailbox.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + message_key
+    ).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
+    raw[8] = (raw[8] & 0x3F) | 0x80  # variant 10
+    return bytes(raw)
+
+
+def is_delivery_guid(guid: bytes) -> bool:
+    """Whether ``guid`` has the form :func:`delivery_guid` gives.  A GUID of
+    ``os.urandom`` may have it too (1 in 64): such a save is then only looked
+    for among recent saves by GUID, which finds nothing."""
+    return len(guid) == 16 and guid[6] >> 4 == 8 and guid[8] >> 6 == 2
+
+
+def retry_within_window(internaldate: int) -> Callable[[MessageAppended], bool]:
+    """For a delivery arriving at ``internaldate``: whether an earlier copy
+    with its GUID is this delivery again (it came at most
+    :data:`DELIVERY_RETRY_WINDOW` before), or a new delivery of the same
+    octets much later, which gets its own copy.  A copy expunged since
+    (its record has no date) counts as the first delivery."""
+
+    def accept(earlier: MessageAppended) -> bool:
+        return earlier.internaldate == 0 or (
+            internaldate - earlier.internaldate <= DELIVERY_RETRY_WINDOW
+        )
+
+    return accept
 
 
 @dataclass(frozen=True, slots=True)

@@ -305,11 +305,21 @@ class MailStore:
         return [c for c in result if isinstance(c, MessageAppended)]
 
     async def save_once(
-        self, user: str, mailbox: str, item: AppendRequest, *, depth: int
+        self,
+        user: str,
+        mailbox: str,
+        item: AppendRequest,
+        *,
+        depth: int,
+        accept: Callable[[MessageAppended], bool] | None = None,
     ) -> MessageAppended:
         """Append one message unless a message with its GUID is among the
         mailbox's last ``depth`` changes: then that one, nothing written (a
-        retried SAVE, :meth:`MailIndex.recent_save`).  One transaction either way."""
+        retried SAVE, :meth:`MailIndex.recent_save`).  One transaction either way.
+
+        ``accept``: whether the earlier message found is the one this SAVE
+        retries (:func:`~replicad.store.index.retry_within_window`); if not,
+        the message is appended all the same."""
         guid = item.guid
         if guid is None:
             [appended] = await self.append_many(user, mailbox, [item])
@@ -319,7 +329,7 @@ class MailStore:
 
         def op(txn: Any) -> list[Change | _Retried]:
             earlier = index.recent_save(txn, user, mailbox, guid, depth)
-            if earlier is not None:
+            if earlier is not None and (accept is None or accept(earlier)):
                 return [_Retried(earlier)]
             prepared = prepare()[0]
             changes: list[Change | _Retried] = []
