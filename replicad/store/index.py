@@ -906,29 +906,34 @@ class MailIndex:
         if not self.has_mailbox(txn, user, name):
             return None
         mailbox, row = self._resolve(txn, user, name)
+        messages, tombstones, get = self.dbs.messages, self.dbs.tombstones, txn.get
         with txn.cursor(db=self.dbs.changes) as cur:
             if cur.set_range(change_key(mailbox, 2**64 - 1, MAX_UID)):
                 found = cur.prev()
             else:
                 found = cur.last()
-            seen = 0
-            while found and seen < depth:
-                key = bytes(cur.key())
-                if key[:16] != mailbox:
+            if not found:
+                return None
+            # Every delivery looks here first: kept lean (no key parsing, a row
+            # decoded only when the GUID's octets are in it).
+            for seen, (key, value) in enumerate(cur.iterprev()):
+                if seen >= depth or key[:16] != mailbox:
                     break
-                seen += 1
-                modseq, uid = split_change_key(key)
-                if bytes(cur.value()) == CHANGE_MESSAGE:
-                    msg = self._message(txn, mailbox, uid)
-                    if msg is not None and msg.guid == guid:
-                        return _appended(row.user, mailbox, uid, msg, 0, row.uidvalidity)
+                at = key[:16] + key[24:]  # the message key: mailbox, uid
+                if value == CHANGE_MESSAGE:
+                    raw = get(at, db=messages)
+                    if raw is not None and guid in raw:
+                        msg = MessageRow.decode(raw)
+                        if msg.guid == guid:
+                            uid = split_change_key(key)[1]
+                            return _appended(row.user, mailbox, uid, msg, 0, row.uidvalidity)
                 else:
-                    raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
+                    raw = get(at, db=tombstones)
                     if raw is not None and guid in unpack_tombstone(bytes(raw))[0]:
+                        modseq, uid = split_change_key(key)
                         return MessageAppended(
                             row.user, mailbox, uid, guid, modseq, (), 0, 0, b"", 0, row.uidvalidity
                         )
-                found = cur.prev()
         return None
 
     def tombstones(self, txn: Any, user: str, name: str) -> list[tuple[int, bytes, int]]:
