@@ -181,10 +181,14 @@ class MailStore:
         self, items: Sequence[AppendRequest]
     ) -> Callable[[], list[_PreparedAppend]]:
         """What the write op calls for the prepared appends (INLINE_PREPARE_BYTES).
-        Flags, internal date and GUID are checked and fixed at once, either way."""
+        Flags, internal date and GUID are checked and fixed at once, either way.
+
+        While the writer is busy (concurrent deliveries) the write waits for
+        its turn anyway: the bodies are prepared on a worker thread meanwhile,
+        in parallel with the commit, instead of inside the write."""
         items = [_admit(i) for i in items]
         size = sum(i.body.size if isinstance(i.body, Blob) else len(i.body) for i in items)
-        if size <= INLINE_PREPARE_BYTES:
+        if size <= INLINE_PREPARE_BYTES and not self.writer.busy:
             return lambda: [_prepare(i) for i in items]
         early = await self._executor.run_read(lambda: [_prepare(i) for i in items])
         return lambda: early
