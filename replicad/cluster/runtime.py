@@ -125,7 +125,12 @@ from replicad.store.changelog import (
     RESYNC_PARTITION,
     RESYNC_REQUESTED,
 )
-from replicad.store.index import AppendRequest, FlagMode
+from replicad.store.index import (
+    AppendRequest,
+    FlagMode,
+    is_delivery_guid,
+    retry_within_window,
+)
 from replicad.store.mailstore import MailStore
 from replicad.store.records import (
     FlagsChanged,
@@ -1436,20 +1441,27 @@ class ClusterNode:
         return result
 
     async def _save(self, op: SaveOp) -> MessageAppended:
-        """A SAVE, idempotent by GUID when forwarded: the forwarding node
-        retries one whose link broke before the reply, which may have been
-        applied (I6: once).  Recent saves are remembered here; the store's
+        """A SAVE, idempotent by GUID when forwarded or a delivery's: the
+        forwarding node retries one whose link broke before the reply, which
+        may have been applied (I6: once), and an MTA retries a delivery it
+        was answered 451 for.  Recent saves are remembered here; the store's
         latest changes of the mailbox cover a first attempt made before this
         process started or while another node was the master."""
-        if not op.forwarded:
+        delivery = is_delivery_guid(op.guid)
+        if not op.forwarded and not delivery:
             [appended] = await self.store.append_many(op.user, op.mailbox, [_append_request(op)])
             return appended
+        # A delivery's GUID is derived from the message (delivery_guid): the
+        # same GUID again is the MTA's retry of a delivery it was answered
+        # 451 for after its copy was written here (the durability wait ran
+        # out), if the first copy came within the retry window.
+        accept = retry_within_window(op.internaldate) if delivery else None
         key = (op.user, op.mailbox, op.guid)
         earlier = self._saved.get(key)
-        if earlier is not None:
+        if earlier is not None and (accept is None or accept(earlier)):
             return earlier
         appended = await self.store.save_once(
-            op.user, op.mailbox, _append_request(op), depth=SAVE_RETRY_DEPTH
+            op.user, op.mailbox, _append_request(op), depth=SAVE_RETRY_DEPTH, accept=accept
         )
         self._saved[key] = appended
         while len(self._saved) > RECENT_SAVES:

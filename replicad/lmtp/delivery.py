@@ -10,6 +10,14 @@ different masters -- and every copy is the same octets (the trace headers
 name no single recipient when there are several), so each node stores the
 body once, under its content hash (:mod:`replicad.store.blobs`).
 
+Each copy's message GUID is derived from the delivery
+(:func:`~replicad.store.index.delivery_guid`: user, folder, and the
+message as the MTA sent it), not random: when the MTA retries a message it
+was answered 451 for after the copy was written (the durability wait ran
+out at the write deadline), the mailbox's master recognises the GUID and
+answers with the first copy, as it does for a SAVE retried over a broken
+link, within :data:`~replicad.store.index.DELIVERY_RETRY_WINDOW`.
+
 Errors become outcomes, never a 250 for a copy that is not stored:
 
 * :class:`~replicad.errors.DurabilityError` (the level cannot be met now)
@@ -22,12 +30,15 @@ Errors become outcomes, never a 250 for a copy that is not stored:
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from replicad.auth.usernames import DEFAULT_USERNAME_FORMAT, normalise_user
+from replicad.cluster.runtime import SAVE_RETRY_DEPTH
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import (
     BadInputError,
@@ -39,8 +50,15 @@ from replicad.errors import (
 )
 from replicad.lmtp.protocol import INBOX, DeliveryStatus
 from replicad.lmtp.server import DeliveryOutcome
-from replicad.store.index import check_mailbox_name, check_user
+from replicad.store.index import (
+    AppendRequest,
+    check_mailbox_name,
+    check_user,
+    delivery_guid,
+    retry_within_window,
+)
 from replicad.store.mailstore import MailStore
+from replicad.store.records import MessageAppended
 
 log = logging.getLogger("replicad.lmtp")
 
@@ -82,12 +100,17 @@ class NodeDelivery:
         return await self._user_exists(user)
 
     async def deliver(
-        self, body: bytes, recipients: Sequence[tuple[str, str]]
+        self,
+        body: bytes,
+        recipients: Sequence[tuple[str, str]],
+        *,
+        message_key: bytes | None = None,
     ) -> list[DeliveryOutcome]:
         outcomes: list[DeliveryOutcome | None] = [None] * len(recipients)
+        key = message_key if message_key is not None else hashlib.sha256(body).digest()
 
         async def one(index: int, user: str, mailbox: str) -> None:
-            outcomes[index] = await self._deliver_one(body, user, mailbox)
+            outcomes[index] = await self._deliver_one(body, user, mailbox, key)
 
         async with trio.open_nursery() as nursery:
             for index, (user, mailbox) in enumerate(recipients):
@@ -96,18 +119,20 @@ class NodeDelivery:
         assert len(done) == len(recipients)
         return done
 
-    async def _deliver_one(self, body: bytes, user: str, mailbox: str) -> DeliveryOutcome:
+    async def _deliver_one(
+        self, body: bytes, user: str, mailbox: str, key: bytes
+    ) -> DeliveryOutcome:
         try:
             user = normalise_user(user, self._format)
             folder = await self._folder(user, mailbox)
             try:
-                appended = await self._writes.append(user, folder, body)
+                appended = await self._save(user, folder, body, key)
             except NoSuchMailboxError:
                 if folder == INBOX:
                     raise
                 # Deleted (or renamed away) since we looked: INBOX, as if absent.
                 folder = INBOX
-                appended = await self._writes.append(user, folder, body)
+                appended = await self._save(user, folder, body, key)
         except DurabilityError as exc:
             return DeliveryOutcome(DeliveryStatus.DURABILITY, error=_describe(exc))
         except StoreFullError as exc:
@@ -118,6 +143,20 @@ class NodeDelivery:
             log.exception("lmtp.delivery_failed", extra={"kv": {"error": type(exc).__name__}})
             return DeliveryOutcome(DeliveryStatus.TEMPFAIL, error=_describe(exc))
         return DeliveryOutcome(DeliveryStatus.SAVED, mailbox=folder, uid=appended.uid)
+
+    async def _save(self, user: str, folder: str, body: bytes, key: bytes) -> MessageAppended:
+        """One copy, under the GUID the delivery derives from ``key``: a retry
+        of a delivery already stored (within the retry window) is answered
+        with that copy, by the mailbox's master (or the store, on a single
+        node), and nothing is written twice."""
+        guid = delivery_guid(user, folder, key)
+        if isinstance(self._writes, MailStore):
+            now = int(time.time())
+            request = AppendRequest(body, (), now, guid)
+            return await self._writes.save_once(
+                user, folder, request, depth=SAVE_RETRY_DEPTH, accept=retry_within_window(now)
+            )
+        return await self._writes.append(user, folder, body, guid=guid)
 
     async def _folder(self, user: str, mailbox: str) -> str:
         """``mailbox`` if the user has that folder here, else INBOX

@@ -26,6 +26,7 @@ bodies are never logged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -89,9 +90,19 @@ class Delivery(Protocol):
         ...
 
     async def deliver(
-        self, body: bytes, recipients: Sequence[tuple[str, str]]
+        self,
+        body: bytes,
+        recipients: Sequence[tuple[str, str]],
+        *,
+        message_key: bytes | None = None,
     ) -> Sequence[DeliveryOutcome]:
         """Save ``body`` (trace headers in front) for each ``(user, mailbox)``.
+
+        ``message_key`` names the message as the client sent it (a hash of
+        the sender and the octets, without the trace headers, which change
+        with the number of recipients): the same message delivered again to
+        the same mailbox soon after is the MTA's retry, answered with the
+        first copy (:func:`replicad.store.index.delivery_guid`).
 
         ``mailbox`` is the folder the address asked for (its ``+detail``) or
         INBOX; an implementation saves into INBOX when that folder does not
@@ -329,7 +340,11 @@ class LmtpServer:
         start = time.perf_counter()
         outcomes: Sequence[DeliveryOutcome]
         try:
-            outcomes = await self._delivery.deliver(body, [(r.user, r.mailbox) for r in recipients])
+            outcomes = await self._delivery.deliver(
+                body,
+                [(r.user, r.mailbox) for r in recipients],
+                message_key=message_key(message.sender, message.body),
+            )
             if len(outcomes) != len(recipients):
                 raise ReplicadError(
                     f"{len(outcomes)} delivery outcomes for {len(recipients)} recipients"
@@ -373,6 +388,15 @@ class LmtpServer:
                 "lmtp.aborted_in_data",
                 extra={"kv": {"session": session.id, "reason": event.reason}},
             )
+
+
+def message_key(sender: str, body: bytes) -> bytes:
+    """What identifies a message as the MTA sends it: its retry sends the
+    same sender and octets (the queue file), whatever the recipients."""
+    h = hashlib.sha256(sender.encode("utf-8", "surrogateescape"))
+    h.update(b"\0")
+    h.update(body)
+    return h.digest()
 
 
 async def _send(stream: trio.SocketStream, conn: LmtpConnection) -> None:

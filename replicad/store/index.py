@@ -18,6 +18,7 @@ Every write is one transaction and returns one change record
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -127,6 +128,58 @@ class AppendRequest:
     flags: tuple[str, ...] = ()
     internaldate: int | None = None
     guid: bytes | None = None
+
+
+#: How long after a delivery the same delivery arriving again (same user,
+#: mailbox, sender and message octets: the MTA's retry of a message it was
+#: told to send again) is answered with the first copy instead of a second.
+DELIVERY_RETRY_WINDOW = 24 * 3600
+
+
+def delivery_guid(user: str, mailbox: str, message_key: bytes) -> bytes:
+    """The message GUID of a delivery, derived from what it is, not random:
+    ``message_key`` names the message as the MTA sent it (LMTP: a hash of
+    the sender and the octets, before the trace headers).  A retry of the
+    delivery gets the same GUID, so the master recognises it as it
+    recognises a retried SAVE (:meth:`MailIndex.recent_save`).
+
+    The 16 octets are a UUID version 8 (RFC 9562, custom), which random
+    (version 4) GUIDs never are: :func:`is_delivery_guid`.
+    """
+    digest = hashlib.sha256(
+        b"replicad delivery guid v1\0"
+        + user.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + mailbox.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + message_key
+    ).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
+    raw[8] = (raw[8] & 0x3F) | 0x80  # variant 10
+    return bytes(raw)
+
+
+def is_delivery_guid(guid: bytes) -> bool:
+    """Whether ``guid`` has the form :func:`delivery_guid` gives.  A GUID of
+    ``os.urandom`` may have it too (1 in 64): such a save is then only looked
+    for among recent saves by GUID, which finds nothing."""
+    return len(guid) == 16 and guid[6] >> 4 == 8 and guid[8] >> 6 == 2
+
+
+def retry_within_window(internaldate: int) -> Callable[[MessageAppended], bool]:
+    """For a delivery arriving at ``internaldate``: whether an earlier copy
+    with its GUID is this delivery again (it came at most
+    :data:`DELIVERY_RETRY_WINDOW` before), or a new delivery of the same
+    octets much later, which gets its own copy.  A copy expunged since
+    (its record has no date) counts as the first delivery."""
+
+    def accept(earlier: MessageAppended) -> bool:
+        return earlier.internaldate == 0 or (
+            internaldate - earlier.internaldate <= DELIVERY_RETRY_WINDOW
+        )
+
+    return accept
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,29 +906,34 @@ class MailIndex:
         if not self.has_mailbox(txn, user, name):
             return None
         mailbox, row = self._resolve(txn, user, name)
+        messages, tombstones, get = self.dbs.messages, self.dbs.tombstones, txn.get
         with txn.cursor(db=self.dbs.changes) as cur:
             if cur.set_range(change_key(mailbox, 2**64 - 1, MAX_UID)):
                 found = cur.prev()
             else:
                 found = cur.last()
-            seen = 0
-            while found and seen < depth:
-                key = bytes(cur.key())
-                if key[:16] != mailbox:
+            if not found:
+                return None
+            # Every delivery looks here first: kept lean (no key parsing, a row
+            # decoded only when the GUID's octets are in it).
+            for seen, (key, value) in enumerate(cur.iterprev()):
+                if seen >= depth or key[:16] != mailbox:
                     break
-                seen += 1
-                modseq, uid = split_change_key(key)
-                if bytes(cur.value()) == CHANGE_MESSAGE:
-                    msg = self._message(txn, mailbox, uid)
-                    if msg is not None and msg.guid == guid:
-                        return _appended(row.user, mailbox, uid, msg, 0, row.uidvalidity)
+                at = key[:16] + key[24:]  # the message key: mailbox, uid
+                if value == CHANGE_MESSAGE:
+                    raw = get(at, db=messages)
+                    if raw is not None and guid in raw:
+                        msg = MessageRow.decode(raw)
+                        if msg.guid == guid:
+                            uid = split_change_key(key)[1]
+                            return _appended(row.user, mailbox, uid, msg, 0, row.uidvalidity)
                 else:
-                    raw = txn.get(message_key(mailbox, uid), db=self.dbs.tombstones)
+                    raw = get(at, db=tombstones)
                     if raw is not None and guid in unpack_tombstone(bytes(raw))[0]:
+                        modseq, uid = split_change_key(key)
                         return MessageAppended(
                             row.user, mailbox, uid, guid, modseq, (), 0, 0, b"", 0, row.uidvalidity
                         )
-                found = cur.prev()
         return None
 
     def tombstones(self, txn: Any, user: str, name: str) -> list[tuple[int, bytes, int]]:

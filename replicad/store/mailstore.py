@@ -183,10 +183,14 @@ class MailStore:
         self, items: Sequence[AppendRequest]
     ) -> Callable[[], list[_PreparedAppend]]:
         """What the write op calls for the prepared appends (INLINE_PREPARE_BYTES).
-        Flags, internal date and GUID are checked and fixed at once, either way."""
+        Flags, internal date and GUID are checked and fixed at once, either way.
+
+        While the writer is busy (concurrent deliveries) the write waits for
+        its turn anyway: the bodies are prepared on a worker thread meanwhile,
+        in parallel with the commit, instead of inside the write."""
         items = [_admit(i) for i in items]
         size = sum(i.body.size if isinstance(i.body, Blob) else len(i.body) for i in items)
-        if size <= INLINE_PREPARE_BYTES:
+        if size <= INLINE_PREPARE_BYTES and not self.writer.busy:
             return lambda: [_prepare(i) for i in items]
         early = await self._executor.run_read(lambda: [_prepare(i) for i in items])
         return lambda: early
@@ -320,11 +324,21 @@ class MailStore:
         return [c for c in result if isinstance(c, MessageAppended)]
 
     async def save_once(
-        self, user: str, mailbox: str, item: AppendRequest, *, depth: int
+        self,
+        user: str,
+        mailbox: str,
+        item: AppendRequest,
+        *,
+        depth: int,
+        accept: Callable[[MessageAppended], bool] | None = None,
     ) -> MessageAppended:
         """Append one message unless a message with its GUID is among the
         mailbox's last ``depth`` changes: then that one, nothing written (a
-        retried SAVE, :meth:`MailIndex.recent_save`).  One transaction either way."""
+        retried SAVE, :meth:`MailIndex.recent_save`).  One transaction either way.
+
+        ``accept``: whether the earlier message found is the one this SAVE
+        retries (:func:`~replicad.store.index.retry_within_window`); if not,
+        the message is appended all the same."""
         guid = item.guid
         if guid is None:
             [appended] = await self.append_many(user, mailbox, [item])
@@ -334,7 +348,7 @@ class MailStore:
 
         def op(txn: Any) -> list[Change | _Retried]:
             earlier = index.recent_save(txn, user, mailbox, guid, depth)
-            if earlier is not None:
+            if earlier is not None and (accept is None or accept(earlier)):
                 return [_Retried(earlier)]
             prepared = prepare()[0]
             changes: list[Change | _Retried] = []

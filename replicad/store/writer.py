@@ -173,6 +173,11 @@ class GroupCommitWriter:
         self.stats = WriterStats()
 
     @property
+    def busy(self) -> bool:
+        """A commit is in progress or writes are waiting: a write submitted now waits."""
+        return bool(self._inflight or self._queue)
+
+    @property
     def map_size(self) -> int:
         return int(self._dbs.env.info()["map_size"])
 

@@ -23,9 +23,12 @@ import trio.testing
 
 from replicad.cluster import runtime
 from replicad.cluster.durability import DurabilityLevel
-from replicad.cluster.runtime import ClusterNode, ClusterSettings, PeerAddress
+from replicad.cluster.runtime import WRITE_DEADLINE, ClusterNode, ClusterSettings, PeerAddress
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import BadInputError, DurabilityError, ProtocolError, ReplicadError
+from replicad.lmtp.delivery import NodeDelivery
+from replicad.lmtp.protocol import DeliveryStatus
+from replicad.lmtp.server import message_key
 from replicad.protocol import commands as c
 from replicad.store.clock import HybridClock
 from replicad.store.mailstore import MailStore
@@ -359,3 +362,43 @@ async def test_a_damaged_epoch_file_stops_the_start_with_a_clear_error(tmp_path:
         restarted._save_epoch()
         assert (tmp_path / "cluster-epoch").read_text() == "42\n"
         assert not (tmp_path / "cluster-epoch.tmp").exists()
+
+
+async def test_a_delivery_retried_after_the_write_deadline_is_stored_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """At ``quorum`` the master writes the copy, but the confirmations come
+    after the write deadline: LMTP answers 451 with the copy on the
+    master's disk.  The MTA's retry -- the same message, through the master
+    or through another node, with the master's memory of recent saves gone
+    (as after a restart) -- is answered with that copy: one message."""
+    net = SimNetwork()
+    settings = ClusterSettings(compress=False, durability=DurabilityLevel.parse("quorum", 3))
+    async with sim_cluster(tmp_path, net, settings=settings) as nodes:
+        await wait_for("links", lambda: linked(nodes))
+        await wait_for("a root", lambda: _rooted(nodes))
+        lmtp = {
+            name: NodeDelivery(n.store, n.writes, user_exists=n.store.has_user)
+            for name, n in nodes.items()
+        }
+        # The master of alice's INBOX is the node that writes first: n1.
+        [ok] = await lmtp["n1"].deliver(body(0), [("alice", "INBOX")])
+        assert ok.status is DeliveryStatus.SAVED
+        key = message_key("mta@example.net", body(1))
+
+        net.delay = WRITE_DEADLINE + 5  # every confirmation comes too late
+        [late] = await lmtp["n1"].deliver(body(1), [("alice", "INBOX")], message_key=key)
+        assert late.status is DeliveryStatus.DURABILITY  # 451 4.3.0
+        assert (await nodes["n1"].store.mailbox_status("alice", "INBOX")).messages == 2
+        net.delay = 0.0
+        await wait_for("convergence", lambda: converged(nodes))
+
+        [again] = await lmtp["n1"].deliver(body(1), [("alice", "INBOX")], message_key=key)
+        assert (again.status, again.uid) == (DeliveryStatus.SAVED, 2)
+        nodes["n1"].node._saved.clear()  # found in the store's latest changes
+        [forwarded] = await lmtp["n3"].deliver(body(1), [("alice", "INBOX")], message_key=key)
+        assert (forwarded.status, forwarded.uid) == (DeliveryStatus.SAVED, 2)
+        await wait_for("convergence", lambda: converged(nodes))
+        for n in nodes.values():
+            assert (await n.store.mailbox_status("alice", "INBOX")).messages == 2
+            assert await n.store.fetch_body("alice", "INBOX", 2) == body(1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from replicad.errors import (
 )
 from replicad.lmtp.delivery import NodeDelivery
 from replicad.lmtp.protocol import DeliveryStatus
+from replicad.lmtp.server import message_key
+from replicad.store.index import DELIVERY_RETRY_WINDOW, delivery_guid, is_delivery_guid
 from replicad.store.mailstore import MailStore
 from replicad.uidset import UidSet
 
@@ -89,3 +93,49 @@ async def test_errors_map_to_statuses_never_saved(
         assert outcome.status is status
         assert outcome.error is not None and type(error).__name__ in outcome.error
         assert outcome.uid is None
+
+
+async def test_the_mta_retry_of_a_stored_delivery_is_answered_with_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same user, mailbox and message (key) within the window: the first copy."""
+    async with MailStore.open(tmp_path / "s", sync=False) as store:
+        delivery = NodeDelivery(store, store, user_exists=store.has_user)
+        key = message_key("s@x", b"Subject: one body\r\n\r\nhello\r\n")
+        [first] = await delivery.deliver(BODY, [("alice", "INBOX")], message_key=key)
+        # The retry: the trace headers differ (fewer recipients), the message not.
+        retried = await delivery.deliver(
+            b"Delivered-To: alice\r\n" + BODY,
+            [("alice", "INBOX"), ("bob", "INBOX")],
+            message_key=key,
+        )
+        assert [(o.status, o.uid) for o in retried] == [
+            (DeliveryStatus.SAVED, first.uid),
+            (DeliveryStatus.SAVED, 1),  # bob's first copy
+        ]
+        assert (await store.mailbox_status("alice", "INBOX")).messages == 1
+        assert await store.fetch_body("alice", "INBOX", 1) == BODY
+        # One mailbox named twice in a transaction: one copy.
+        twice = await delivery.deliver(BODY, [("carol", "INBOX")] * 2, message_key=key)
+        assert [o.uid for o in twice] == [1, 1]
+        assert (await store.mailbox_status("carol", "INBOX")).messages == 1
+        # Another sender, or other octets: another message.
+        other = await delivery.deliver(BODY, [("alice", "INBOX")], message_key=b"k" * 32)
+        assert other[0].uid == 2
+        # The same message a day and more later: a new delivery, a new copy.
+        later = time.time() + DELIVERY_RETRY_WINDOW + 60
+        monkeypatch.setattr(time, "time", lambda: later)
+        [again] = await delivery.deliver(BODY, [("alice", "INBOX")], message_key=key)
+        assert again.status is DeliveryStatus.SAVED and again.uid == 3
+        assert (await store.mailbox_status("alice", "INBOX")).messages == 3
+
+
+def test_delivery_guids_are_derived_and_never_look_random() -> None:
+    key = message_key("s@x", b"body")
+    guid = delivery_guid("alice", "INBOX", key)
+    assert guid == delivery_guid("alice", "INBOX", key) and len(guid) == 16
+    assert is_delivery_guid(guid)
+    assert delivery_guid("bob", "INBOX", key) != guid
+    assert delivery_guid("alice", "Lists", key) != guid
+    assert message_key("t@x", b"body") != key
+    assert not any(is_delivery_guid(uuid.uuid4().bytes) for _ in range(1000))
