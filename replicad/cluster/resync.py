@@ -88,8 +88,9 @@ STEP_TIMEOUT: Final = 60.0
 #: state pulled again in UID ranges of at most this much each
 #: (:meth:`Resyncer._pull_in_ranges`), so a mailbox of any size resyncs.
 SYNC_BUDGET: Final = 256 * 1024
-#: Above every modseq: a SYNC with it as ``since`` sends only the UIDs asked for.
-MAX_MODSEQ: Final = (1 << 63) - 1
+#: Above every modseq a store holds (the wire's largest, verbs.md "Value
+#: ranges"): a SYNC with it as ``since`` sends only the UIDs asked for.
+MAX_MODSEQ: Final = c.MAX_COUNTER
 
 
 class SyncTooLarge(TemporaryError):
