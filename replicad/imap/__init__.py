@@ -1,0 +1,1 @@
+"""IMAP server: sans-I/O protocol, sessions and trio glue (architecture.md §11)."""
