@@ -26,6 +26,7 @@ import lmdb
 import trio
 
 from replicad.errors import ReplicadError, StoreFullError
+from replicad.store.commitwatch import CommitWatch
 from replicad.store.schema import Databases
 
 T = TypeVar("T")
@@ -171,6 +172,8 @@ class GroupCommitWriter:
         #: Why the store is full (writes fail until a commit fits again); None: it is not.
         self.full: str | None = None
         self.stats = WriterStats()
+        #: Bumped after every committed batch (IMAP IDLE, read-your-writes).
+        self.watch = CommitWatch()
 
     @property
     def busy(self) -> bool:
@@ -216,6 +219,7 @@ class GroupCommitWriter:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 for pending in batch:
                     pending.done.set()
+                self.watch.committed()
         finally:
             self._closed = True
             # A batch whose thread finished while we were being cancelled has
