@@ -62,6 +62,15 @@ DEFAULT_LMTP_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: at least 100
 MAX_LMTP_RECIPIENTS = 10_000
 #: RFC 5321 §4.5.3.2.7: a server waits 5 minutes for the next command.
 DEFAULT_LMTP_TIMEOUT = 300.0
+# IMAP limits (architecture.md §11): a literal is an APPEND's message, so its
+# ceiling is the store's; a command line without literals is small.
+DEFAULT_IMAP_MAX_LINE = 64 * KIB
+DEFAULT_IMAP_MAX_LITERAL = MAX_LMTP_MESSAGE_SIZE
+DEFAULT_IMAP_SESSIONS_PER_USER = 50
+DEFAULT_IMAP_SESSIONS_PER_IP = 200
+# RFC 3501 §5.4: an inactivity autologout timer of at least 30 minutes.
+DEFAULT_IMAP_IDLE_TIMEOUT = 1800.0
+DEFAULT_IMAP_SELECT_WAIT = 2.0
 # AF_UNIX paths are limited to 108 bytes including the NUL on Linux (sun_path).
 MAX_SOCKET_PATH_BYTES = 107
 
@@ -196,6 +205,35 @@ class LmtpSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapSection:
+    """The IMAP listeners (mail out, RFC 3501/9051); absent: no listener."""
+
+    #: (host, port) of each plain listener (STARTTLS offered when a certificate is set).
+    tcp: tuple[tuple[str, int], ...]
+    #: (host, port) of each implicit-TLS listener (port 993's kind).
+    tls_tcp: tuple[tuple[str, int], ...] = ()
+    #: The operator's certificate and key for clients (not the cluster CA's).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_line: int = DEFAULT_IMAP_MAX_LINE
+    max_literal: int = DEFAULT_IMAP_MAX_LITERAL
+    max_sessions_per_user: int = DEFAULT_IMAP_SESSIONS_PER_USER
+    max_sessions_per_ip: int = DEFAULT_IMAP_SESSIONS_PER_IP
+    #: Seconds of client silence before ``* BYE`` (IDLE included).
+    idle_timeout: float = DEFAULT_IMAP_IDLE_TIMEOUT
+    #: Seconds SELECT may wait for the local copy to catch up with the master.
+    select_wait: float = DEFAULT_IMAP_SELECT_WAIT
+    #: LOGIN / AUTHENTICATE PLAIN without TLS from a non-loopback address.
+    allow_plaintext_auth: bool = False
+
+    @property
+    def port(self) -> int | None:
+        """The first plain port, else the first TLS port (what ``cluster status`` shows)."""
+        first = self.tcp or self.tls_tcp
+        return first[0][1] if first else None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node configuration; ``path`` is the file it was read from."""
 
@@ -209,6 +247,7 @@ class NodeConfig:
     metrics: MetricsSection | None = None
     auth: AuthSection = AuthSection()
     lmtp: LmtpSection | None = None
+    imap: ImapSection | None = None
 
     @property
     def name(self) -> str:
@@ -257,7 +296,18 @@ def parse_config(text: str, path: Path) -> NodeConfig:
     base = path.parent.resolve()
     _check_keys(
         doc,
-        ("node", "listen", "tls", "peers", "admin", "cluster", "metrics", "auth", "lmtp"),
+        (
+            "node",
+            "listen",
+            "tls",
+            "peers",
+            "admin",
+            "cluster",
+            "metrics",
+            "auth",
+            "lmtp",
+            "imap",
+        ),
         "",
     )
 
@@ -371,6 +421,7 @@ def parse_config(text: str, path: Path) -> NodeConfig:
         metrics=metrics,
         auth=_auth(doc, base),
         lmtp=_lmtp(doc, listen, metrics),
+        imap=_imap(doc, base),
     )
 
 
@@ -439,6 +490,83 @@ def _lmtp(
     )
     timeout = _seconds(tbl, "lmtp.timeout", DEFAULT_LMTP_TIMEOUT, low=1.0, high=3600.0)
     return LmtpSection(tuple(tcp), tuple(unix), max_recipients, size, timeout)
+
+
+_IMAP_KEYS = (
+    "listen",
+    "listen_tls",
+    "tls_cert",
+    "tls_key",
+    "max_line_length",
+    "max_literal_size",
+    "max_sessions_per_user",
+    "max_sessions_per_ip",
+    "idle_timeout",
+    "select_wait",
+    "allow_plaintext_auth",
+)
+
+
+def _imap(doc: Mapping[str, Any], base: Path) -> ImapSection | None:
+    """``[imap]``: off unless given; ``listen``/``listen_tls`` take one address or a list."""
+    if "imap" not in doc:
+        return None
+    tbl = _table(doc, "imap")
+    _check_keys(tbl, _IMAP_KEYS, "imap.")
+
+    def addresses(key: str) -> tuple[tuple[str, int], ...]:
+        raw = _get(tbl, f"imap.{key}", (str, list), default=[])
+        out: list[tuple[str, int]] = []
+        for i, address in enumerate([raw] if isinstance(raw, str) else raw):
+            name = f"imap.{key}" if isinstance(raw, str) else f"imap.{key}[{i}]"
+            if not isinstance(address, str) or ":" not in address:
+                raise ConfigError(f"{name} must be host:port, not {address!r}")
+            host_port = split_host_port(address, name)
+            if host_port in out:
+                raise ConfigError(f"{name} {address!r} is listed twice")
+            out.append(host_port)
+        return tuple(out)
+
+    plain, implicit = addresses("listen"), addresses("listen_tls")
+    if not plain and not implicit:
+        raise ConfigError("[imap] needs imap.listen or imap.listen_tls (host:port)")
+    if set(plain) & set(implicit):
+        raise ConfigError("imap.listen and imap.listen_tls share an address")
+    cert = _path(tbl, "imap.tls_cert", base)
+    key = _path(tbl, "imap.tls_key", base)
+    if (cert is None) != (key is None):
+        raise ConfigError("imap.tls_cert and imap.tls_key go together: set both or neither")
+    if implicit and cert is None:
+        raise ConfigError("imap.listen_tls needs imap.tls_cert and imap.tls_key")
+    max_line = _size(tbl, "imap.max_line_length", DEFAULT_IMAP_MAX_LINE, KIB, 16 * MIB)
+    max_literal = _size(
+        tbl,
+        "imap.max_literal_size",
+        DEFAULT_IMAP_MAX_LITERAL,
+        MIN_MAX_MESSAGE_SIZE,
+        MAX_LMTP_MESSAGE_SIZE,
+    )
+    per_user = _get(tbl, "imap.max_sessions_per_user", int, default=DEFAULT_IMAP_SESSIONS_PER_USER)
+    per_ip = _get(tbl, "imap.max_sessions_per_ip", int, default=DEFAULT_IMAP_SESSIONS_PER_IP)
+    for what, value in (("max_sessions_per_user", per_user), ("max_sessions_per_ip", per_ip)):
+        if not 1 <= value <= 100_000:
+            raise ConfigError(f"imap.{what} {value} is outside 1..100000")
+    idle = _seconds(tbl, "imap.idle_timeout", DEFAULT_IMAP_IDLE_TIMEOUT, low=1.0, high=86400.0)
+    select_wait = _seconds(tbl, "imap.select_wait", DEFAULT_IMAP_SELECT_WAIT, low=0.0, high=60.0)
+    plaintext = _get(tbl, "imap.allow_plaintext_auth", bool, default=False)
+    return ImapSection(
+        plain,
+        implicit,
+        cert,
+        key,
+        max_line,
+        max_literal,
+        per_user,
+        per_ip,
+        idle,
+        select_wait,
+        plaintext,
+    )
 
 
 def _same_host(a: str, b: str) -> bool:

@@ -274,3 +274,42 @@ def test_cluster_members_name_nodes_reached_through_others() -> None:
     assert parse_config(MINIMAL, BASE).cluster.members == ()
     assert "cluster.members[0]" in error_of(MINIMAL + "[cluster]\nmembers = [3]\n")
     assert "cluster.members[0]" in error_of(MINIMAL + '[cluster]\nmembers = ["Bad Name"]\n')
+
+
+def test_imap_is_off_unless_configured_and_has_defaults() -> None:
+    assert parse_config(MINIMAL, BASE).imap is None
+    imap = parse_config(MINIMAL + '[imap]\nlisten = "127.0.0.1:1143"\n', BASE).imap
+    assert imap is not None
+    assert imap.tcp == (("127.0.0.1", 1143),) and imap.tls_tcp == ()
+    assert imap.tls_cert is None and imap.port == 1143
+    assert imap.idle_timeout == 1800.0  # RFC 3501 §5.4: at least 30 minutes
+    assert imap.allow_plaintext_auth is False
+
+
+def test_imap_implicit_tls_with_the_operators_certificate() -> None:
+    text = (
+        MINIMAL
+        + '[imap]\nlisten = ["127.0.0.1:143"]\nlisten_tls = "0.0.0.0:993"\n'
+        + 'tls_cert = "imap.crt"\ntls_key = "imap.key"\nmax_literal_size = "10MiB"\n'
+    )
+    imap = parse_config(text, BASE).imap
+    assert imap is not None
+    assert imap.tls_tcp == (("0.0.0.0", 993),)
+    assert imap.tls_cert == Path("/srv/replicad/imap.crt")
+    assert imap.max_literal == 10 * MIB
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[imap]\n", "needs imap.listen or imap.listen_tls"),
+        ('[imap]\nlisten = "imap.sock"\n', "imap.listen must be host:port"),
+        ('[imap]\nlisten_tls = "127.0.0.1:993"\n', "listen_tls needs imap.tls_cert"),
+        ('[imap]\nlisten = "127.0.0.1:143"\ntls_cert = "c.crt"\n', "go together"),
+        ('[imap]\nlisten = "127.0.0.1:143"\nmax_sessions_per_ip = 0\n', "max_sessions_per_ip 0"),
+        ('[imap]\nlisten = "127.0.0.1:143"\nidle = 5\n', "unknown key imap.idle"),
+        ('[imap]\nlisten = ["127.0.0.1:143", "127.0.0.1:143"]\n', "listed twice"),
+    ],
+)
+def test_imap_config_errors_name_the_key(section: str, message: str) -> None:
+    assert message in error_of(MINIMAL + section)
