@@ -27,6 +27,7 @@ import trio
 from replicad.admin.framing import error_response, ok_response
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import BadInputError, ProtocolError, ReplicadError, TemporaryError
+from replicad.store.hierarchy import create_with_superiors
 from replicad.store.mailstore import AppendRequest, MailStore
 from replicad.store.records import MailboxStatus, MessageAppended, MessageInfo
 from replicad.uidset import UidSet
@@ -302,7 +303,7 @@ class AdminDispatcher:
     # -- mailboxes --
 
     async def _mailbox_create(self, a: _Args) -> dict[str, Any]:
-        created = await self._writes.create_mailbox(a.text("user"), a.text("name"))
+        created = await create_with_superiors(self._writes, a.text("user"), a.text("name"))
         return {"name": created.name, "guid": created.mailbox, "uidvalidity": created.uidvalidity}
 
     async def _mailbox_delete(self, a: _Args) -> dict[str, Any]:

@@ -28,12 +28,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     actions = mailbox.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    create = actions.add_parser("create", parents=[common], help="create mailboxes")
+    create = actions.add_parser(
+        "create",
+        parents=[common],
+        help="create mailboxes (and their missing superiors: Work/2026 makes Work too)",
+    )
     _user(create)
     create.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     create.set_defaults(handler=cmd_create)
 
-    delete = actions.add_parser("delete", parents=[common], help="delete mailboxes")
+    delete = actions.add_parser(
+        "delete",
+        parents=[common],
+        help="delete mailboxes (the mailboxes below one stay, RFC 3501 §6.3.4)",
+    )
     _user(delete)
     delete.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
     delete.set_defaults(handler=cmd_delete)

@@ -501,6 +501,16 @@ class MailIndex:
         )
 
     def delete_mailbox(self, txn: Any, user: str, name: str) -> MailboxDeleted:
+        """Delete the mailbox and its messages; its inferiors stay (RFC 3501
+        §6.3.4, replicad.store.hierarchy).  A name that only stands above
+        other mailboxes is not a mailbox: deleting it is an error."""
+        if not self.has_mailbox(txn, check_user(user), check_mailbox_name(name)):
+            below = self._first_inferior(txn, user, check_mailbox_name(name))
+            if below is not None:
+                raise NoSuchMailboxError(
+                    f"{name!r} is not a mailbox of user {user!r}, only the superior of "
+                    f"{below!r} (\\Noselect): delete the mailboxes below it first"
+                )
         guid, row = self._resolve(txn, user, name)
         if row.name == INBOX:
             raise BadInputError("INBOX cannot be deleted")
@@ -515,6 +525,13 @@ class MailIndex:
         txn.put(guid, pack([row.user, row.name]), db=self.dbs.deleted)
         self.settle_names(txn, row.user)  # a claimant it outranked takes the name
         return MailboxDeleted(user=row.user, mailbox=guid, name=row.name)
+
+    def _first_inferior(self, txn: Any, user: str, name: str) -> str | None:
+        prefix = name_key(user, name + SEPARATOR)
+        with txn.cursor(db=self.dbs.names) as cur:
+            if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
+                return bytes(cur.key()).split(b"\0", 1)[1].decode()
+        return None
 
     def was_deleted(self, txn: Any, guid: bytes) -> bool:
         """Whether the mailbox with this GUID was deleted here."""

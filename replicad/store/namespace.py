@@ -26,7 +26,7 @@ sides of a partition, and those are merged into one mailbox.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 
@@ -76,3 +76,18 @@ def effective_names(claims: Mapping[bytes, Claim]) -> dict[bytes, str]:
         out[guid] = candidate
         taken.add(candidate)
     return out
+
+
+def superiors(name: str, separator: str = "/") -> list[str]:
+    """The names above ``name`` in the hierarchy, outermost first
+    (``a/b/c`` → ``a``, ``a/b``): what CREATE makes when they are missing
+    (RFC 3501 §6.3.3, RFC 9051 §6.3.4)."""
+    parts = name.split(separator)
+    return [separator.join(parts[:n]) for n in range(1, len(parts))]
+
+
+def implied_names(names: Iterable[str], separator: str = "/") -> set[str]:
+    """Names that are not mailboxes but have mailboxes below them: shown by
+    IMAP LIST as ``\\Noselect`` (RFC 3501 §7.2.2) / ``\\NonExistent`` (RFC 9051)."""
+    real = set(names)
+    return {s for n in real for s in superiors(n, separator)} - real
