@@ -58,7 +58,7 @@ from replicad.store.records import (
 from replicad.store.replica import ApplyResult, Outcome, ReplicaApplier
 from replicad.store.schema import Databases, MailboxRow, open_environment
 from replicad.store.writer import GroupCommitWriter, StoreExecutor, ThreadExecutor
-from replicad.uidset import UidSet
+from replicad.uidset import STAR, UidSet
 
 __all__ = ["INBOX", "SEPARATOR", "AppendRequest", "FlagMode", "MailStore", "StoreUsage"]
 
@@ -418,6 +418,18 @@ class MailStore:
 
     async def fetch(self, user: str, mailbox: str, uids: UidSet) -> list[MessageInfo]:
         return await self._read(lambda t: self.index.fetch(t, user, mailbox, uids))
+
+    async def snapshot(self, user: str, mailbox: str) -> tuple[MailboxStatus, list[MessageInfo]]:
+        """The mailbox's status and all its messages, read in one transaction
+        (what IMAP SELECT numbers the messages from)."""
+
+        def read(txn: Any) -> tuple[MailboxStatus, list[MessageInfo]]:
+            everything = UidSet(((1, STAR),))
+            return self.index.status(txn, user, mailbox), self.index.fetch(
+                txn, user, mailbox, everything
+            )
+
+        return await self._read(read)
 
     async def fetch_body(self, user: str, mailbox: str, uid: int) -> bytes:
         return await self._read(lambda t: self.index.fetch_body(t, user, mailbox, uid))

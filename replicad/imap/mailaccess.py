@@ -1,0 +1,243 @@
+"""What an IMAP session may do to mail: reads from the local store, writes
+through the node's write path, and the wait that makes a session see its
+own writes (architecture.md §11).
+
+The write path is the store itself on a single node and the cluster's
+(:class:`~replicad.cluster.writes.ClusterWrites`) in a cluster: a write
+goes to the mailbox master and returns once the node's durability level is
+met.  When the master is another node, its answer can arrive before the
+change has streamed back to this node's copy, which IMAP reads from; so
+after every write :class:`MailAccess` waits until the local copy holds the
+write's modseq, bounded by ``catch_up`` seconds (the copy only lags while
+the stream is delayed; after the bound the session goes on and sees the
+change at a later NOOP or IDLE, as it would a change made elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from replicad.blob import Blob
+from replicad.errors import NoSuchMailboxError
+from replicad.store.commitwatch import CommitWatch
+from replicad.store.hierarchy import create_with_superiors
+from replicad.store.index import FlagMode
+from replicad.store.mailstore import MailStore
+from replicad.store.records import (
+    ChangeSet,
+    FlagsChanged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxRenamed,
+    MailboxStatus,
+    MessageAppended,
+    MessageInfo,
+    MessagesCopied,
+    MessagesExpunged,
+)
+from replicad.uidset import UidSet
+
+
+class WritePath(Protocol):
+    """The store's write API (:class:`MailStore` or the cluster's ``ClusterWrites``)."""
+
+    async def append(
+        self,
+        user: str,
+        mailbox: str,
+        body: bytes | Blob,
+        *,
+        flags: Iterable[str] = (),
+        internaldate: int | None = None,
+        guid: bytes | None = None,
+    ) -> MessageAppended: ...
+
+    async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied: ...
+
+    async def store_flags(
+        self,
+        user: str,
+        mailbox: str,
+        uids: UidSet,
+        mode: FlagMode,
+        flags: Iterable[str],
+        *,
+        unchangedsince: int | None = None,
+    ) -> FlagsChanged: ...
+
+    async def expunge(self, user: str, mailbox: str, uids: UidSet) -> MessagesExpunged: ...
+
+    async def create_mailbox(self, user: str, name: str) -> MailboxCreated: ...
+
+    async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted: ...
+
+    async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed: ...
+
+
+class Authenticator(Protocol):
+    """The user directory (:class:`~replicad.auth.directory.UserDirectory`)."""
+
+    def normalise(self, name: str) -> str: ...
+
+    async def verify(self, user: str, password: str | bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A mailbox as SELECT reads it: its status and every message, in one transaction."""
+
+    status: MailboxStatus
+    messages: tuple[MessageInfo, ...]
+
+
+class MailAccess:
+    """One node's mail, as every IMAP session of that node sees it."""
+
+    def __init__(
+        self,
+        store: MailStore,
+        writes: WritePath,
+        users: Authenticator | None,
+        *,
+        catch_up: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.writes = writes
+        self.users = users
+        self.catch_up = catch_up
+
+    @property
+    def watch(self) -> CommitWatch:
+        """Bumped after every commit on this node (IDLE waits on it)."""
+        return self.store.writer.watch
+
+    # -- users --
+
+    async def login(self, name: str, password: bytes) -> str | None:
+        """The normalised user if ``password`` is theirs, else None (no directory: None)."""
+        if self.users is None:
+            return None
+        user = self.users.normalise(name)
+        return user if await self.users.verify(user, password) else None
+
+    # -- reads --
+
+    async def mailboxes(self, user: str) -> list[MailboxStatus]:
+        """Every mailbox of ``user`` (none for a user without mail yet)."""
+        if not await self.store.has_user(user):
+            return []
+        return await self.store.list_mailboxes(user)
+
+    async def status(self, user: str, name: str) -> MailboxStatus:
+        return await self.store.mailbox_status(user, name)
+
+    async def snapshot(self, user: str, name: str) -> Snapshot:
+        status, messages = await self.store.snapshot(user, name)
+        return Snapshot(status, tuple(messages))
+
+    async def changes_since(self, user: str, name: str, modseq: int) -> ChangeSet:
+        return await self.store.changes_since(user, name, modseq)
+
+    async def fetch(self, user: str, name: str, uids: UidSet) -> list[MessageInfo]:
+        return await self.store.fetch(user, name, uids)
+
+    async def body(self, user: str, name: str, uid: int) -> bytes:
+        return await self.store.fetch_body(user, name, uid)
+
+    async def tombstones(self, user: str, name: str) -> list[tuple[int, bytes, int]]:
+        return await self.store.tombstones(user, name)
+
+    # -- writes: each returns once this node's copy holds it (or catch_up passed) --
+
+    async def append(
+        self, user: str, name: str, body: bytes, flags: tuple[str, ...], internaldate: int | None
+    ) -> MessageAppended:
+        appended = await self.writes.append(
+            user, name, body, flags=flags, internaldate=internaldate
+        )
+        await self.caught_up(user, name, appended.modseq)
+        return appended
+
+    async def copy(self, user: str, source: str, uids: UidSet, dest: str) -> MessagesCopied:
+        copied = await self.writes.copy(user, source, uids, dest)
+        if copied.appended:
+            await self.caught_up(user, dest, max(m.modseq for m in copied.appended))
+        return copied
+
+    async def store_flags(
+        self,
+        user: str,
+        name: str,
+        uids: UidSet,
+        mode: FlagMode,
+        flags: tuple[str, ...],
+        unchangedsince: int | None,
+    ) -> FlagsChanged:
+        changed = await self.writes.store_flags(
+            user, name, uids, mode, flags, unchangedsince=unchangedsince
+        )
+        await self.caught_up(user, name, changed.modseq)
+        return changed
+
+    async def expunge(self, user: str, name: str, uids: UidSet) -> MessagesExpunged:
+        expunged = await self.writes.expunge(user, name, uids)
+        await self.caught_up(user, name, expunged.modseq)
+        return expunged
+
+    async def create(self, user: str, name: str) -> MailboxCreated:
+        created = await create_with_superiors(self.writes, user, name)
+        await self._until(lambda s: any(m.guid == created.mailbox for m in s), user)
+        return created
+
+    async def delete(self, user: str, name: str) -> MailboxDeleted:
+        deleted = await self.writes.delete_mailbox(user, name)
+        await self._until(lambda s: all(m.guid != deleted.mailbox for m in s), user)
+        return deleted
+
+    async def rename(self, user: str, old: str, new: str) -> MailboxRenamed:
+        renamed = await self.writes.rename_mailbox(user, old, new)
+        await self._until(lambda s: any(m.name == new for m in s), user)
+        return renamed
+
+    async def caught_up(self, user: str, name: str, modseq: int) -> bool:
+        """Wait until this node's copy of the mailbox reached ``modseq``
+        (bounded by ``catch_up``); whether it did."""
+
+        async def reached() -> bool:
+            try:
+                status = await self.store.mailbox_status(user, name)
+            except NoSuchMailboxError:
+                return False
+            return status.highestmodseq >= modseq
+
+        return await self._wait(reached)
+
+    async def _until(self, check: _MailboxesCheck, user: str) -> bool:
+        async def reached() -> bool:
+            return check(await self.mailboxes(user))
+
+        return await self._wait(reached)
+
+    async def _wait(self, reached: _Probe) -> bool:
+        with trio.move_on_after(self.catch_up if self.catch_up > 0 else math.inf):
+            while True:
+                generation = self.watch.generation
+                if await reached():
+                    return True
+                if self.catch_up <= 0:
+                    return False
+                await self.watch.wait_past(generation)
+        return False
+
+
+class _MailboxesCheck(Protocol):
+    def __call__(self, mailboxes: list[MailboxStatus], /) -> bool: ...
+
+
+class _Probe(Protocol):
+    async def __call__(self) -> bool: ...
