@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-ImapValue: TypeAlias = "None | int | bytes | list[ImapValue] | Adjacent"
+ImapValue: TypeAlias = "int | bytes | list[ImapValue] | Adjacent | None"
 
 
 @dataclass(frozen=True, slots=True)
