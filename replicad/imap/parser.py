@@ -227,6 +227,11 @@ class CommandParser:
     def mode(self) -> Mode:
         return self._mode
 
+    @property
+    def buffered(self) -> int:
+        """Octets fed but not yet parsed (after STARTTLS there must be none)."""
+        return len(self._buffer) + len(self._command)
+
     # --- input --------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
