@@ -161,7 +161,7 @@ class Reader:
                 return bytes(out)
             if octet == 0x5C:
                 if self.pos >= len(data) or data[self.pos] not in (0x22, 0x5C):
-                    raise self.error("only \\\\ and \\\" may be escaped in a quoted string")
+                    raise self.error('only \\\\ and \\" may be escaped in a quoted string')
                 octet = data[self.pos]
                 self.pos += 1
             elif octet in (0x0D, 0x0A, 0x00):

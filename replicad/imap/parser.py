@@ -219,7 +219,7 @@ class CommandParser:
         """Do not accept the synchronising literal just announced by
         :class:`NeedContinuation`: the command is abandoned (the client
         sends no literal when it gets a tagged answer instead of ``+``)."""
-        if self._literal_left == 0 or not self._keep_literal:
+        if not self._started or self._dropping or not self._command.endswith(b"}\r\n"):
             raise BadInputError("no synchronising literal is waiting")
         self._end_command()
 
@@ -326,7 +326,8 @@ class CommandParser:
             return self._after_drop(line, LiteralTooLarge(self._tag, size, limit, synchronizing))
         self._command += line + b"\r\n"
         self._literal_left, self._keep_literal = size, True
-        if synchronizing and size:
+        if synchronizing:
+            # Even {0}: the client waits for "+" before sending the rest.
             return NeedContinuation(self._tag, size)
         return None
 
