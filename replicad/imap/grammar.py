@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -44,6 +43,8 @@ _FETCH_MACROS: Final = {
         c.FetchAttribute.BODY,
     ),
 }
+_SECTION_WORD_CHARS: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
+_FETCH_WORD_CHARS: Final = _SECTION_WORD_CHARS | frozenset(b"0123456789")
 _STATUS_ITEMS: Final = {item.value: item for item in c.StatusItem}
 _SEARCH_RETURNS: Final = {opt.value: opt for opt in c.SearchReturn}
 _LIST_SELECTION: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -493,7 +494,7 @@ def _fetch(ctx: _Context) -> c.Command:
 
 def _fetch_word(r: Reader) -> str:
     start = r.pos
-    while not r.at_end() and (chr(r.data[r.pos]).isalnum() or r.data[r.pos] == 0x2E):
+    while not r.at_end() and r.data[r.pos] in _FETCH_WORD_CHARS:
         r.pos += 1
     if r.pos == start:
         raise r.error("expected a FETCH item")
@@ -548,7 +549,7 @@ def _section(r: Reader) -> c.Section:
             return c.Section(tuple(part))
         r.expect(b".")
     start = r.pos
-    while not r.at_end() and (chr(r.data[r.pos]).isalpha() or r.data[r.pos] == 0x2E):
+    while not r.at_end() and r.data[r.pos] in _SECTION_WORD_CHARS:
         r.pos += 1
     word = r.data[start : r.pos].decode("ascii").upper()
     try:
@@ -601,9 +602,12 @@ def _search(ctx: _Context) -> c.Command:
     if r.try_take(b"CHARSET "):
         charset = r.astring("a charset").decode("ascii", "replace")
         try:
-            codecs.lookup(charset)
+            # A non-empty probe: it also refuses codecs that are not text encodings.
+            b"a".decode(charset)
         except LookupError:
             raise UnknownCharsetError(f"unknown charset {charset}") from None
+        except UnicodeDecodeError:
+            pass  # a known charset (e.g. UTF-16) in which one octet is incomplete
         r.sp()
     criteria = parse_search_program(r, charset or "utf-8")
     return c.Search(ctx.tag, ctx.uid, criteria, charset, returns)

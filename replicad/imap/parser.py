@@ -22,8 +22,10 @@ the trio glue sit on top::
                 # non-synchronising: its octets are swallowed; the glue may close
             case LineTooLong(tag, limit):
                 send(render_tagged(...BAD...)); close the connection
+            case BadCommand(tag=None, message=message):
+                send(render_untagged_status(Status.BAD, message))    # no valid tag
             case BadCommand(tag, message):
-                send(render_tagged(tag or "*", Status.BAD, message))  # session lives on
+                send(render_tagged(tag, Status.BAD, message))         # session lives on
             case IdleDone(tag) | SaslResponse(tag, data): ...
             case Command():               # a record of replicad.imap.commands
                 session.dispatch(event)

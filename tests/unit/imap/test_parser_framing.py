@@ -253,3 +253,65 @@ def test_utf8_names_after_enable() -> None:
     parser.enable_utf8_names()
     parser.feed('a SELECT "Entwürfe"\r\n'.encode())
     assert parser.next_event() == c.Select("a", "Entwürfe")
+
+
+# --- robustness --------------------------------------------------------------------------
+
+_noise = st.lists(
+    st.one_of(
+        st.binary(max_size=30),
+        st.sampled_from(
+            [
+                b"a ",
+                b"FETCH ",
+                b"SEARCH ",
+                b"{3}\r\n",
+                b"{2+}\r\n",
+                b"~{1}\r\n",
+                b"\r\n",
+                b"(",
+                b")",
+                b'"',
+                b"\\",
+                b"[",
+                b"]",
+                b"<",
+                b"1:*",
+                b"BODY[",
+                b"CHARSET ",
+                b"\xb2",
+                b"\xaa",
+                b"UID ",
+                b"APPEND ",
+                b"LIST ",
+                b"SELECT ",
+                b"STORE ",
+                b"NOT ",
+                b"OR ",
+                b"&",
+            ]
+        ),
+    ),
+    max_size=40,
+)
+
+
+@given(_noise)
+def test_any_input_gives_events_never_exceptions(parts: list[bytes]) -> None:
+    parser = CommandParser(ParserLimits(max_line_bytes=200, max_literal_bytes=50))
+    for part in parts:
+        parser.feed(part)
+        for event in drain(parser):
+            if isinstance(event, NeedContinuation):
+                continue
+            assert isinstance(event, c.Command | BadCommand | LineTooLong | LiteralTooLarge)
+    # Whatever came before, a fresh command after a line end is understood.
+    parser.feed(b"\r\n" + b"x" * 60 + b"}\r\n" + b"z NOOP\r\n")
+    assert drain(parser)[-1] == c.Noop("z")
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex"])
+def test_non_text_codecs_are_unknown_charsets(charset: str) -> None:
+    events = parse_all(b"a SEARCH CHARSET " + charset.encode() + b" TEXT x\r\n")
+    assert len(events) == 1
+    assert isinstance(events[0], BadCommand) and events[0].bad_charset
