@@ -155,6 +155,19 @@ def decode_base64(line: bytes) -> bytes:
         raise CommandSyntaxError("invalid base64 in SASL data") from None
 
 
+def parse_sasl_plain(message: bytes) -> tuple[str, str, bytes]:
+    """RFC 4616 §2: ``[authzid] NUL authcid NUL passwd`` to (authzid, authcid,
+    password); authzid is ``""`` when absent.  Raises :class:`CommandSyntaxError`
+    (answered ``BAD``) for a malformed message."""
+    parts = message.split(b"\x00")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise CommandSyntaxError("malformed PLAIN message")
+    try:
+        return parts[0].decode("utf-8"), parts[1].decode("utf-8"), parts[2]
+    except UnicodeDecodeError:
+        raise CommandSyntaxError("PLAIN identities must be UTF-8") from None
+
+
 def _authenticate(ctx: _Context) -> c.Command:
     ctx.r.sp()
     mechanism = ctx.r.keyword("a SASL mechanism")

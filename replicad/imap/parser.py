@@ -64,7 +64,8 @@ Modes.  After answering IDLE with ``+ idling`` the session calls
 tag, which also ends the IDLE).  After sending an AUTHENTICATE
 continuation it calls :meth:`CommandParser.expect_sasl_response`: the next
 line is base64 (:class:`SaslResponse` with the decoded octets) or ``*``
-(``data`` is ``None``: the client cancelled, RFC 3501 §6.2.2).  Either
+(``data`` is ``None``: the client cancelled, RFC 3501 §6.2.2); a PLAIN
+message is split by :func:`replicad.imap.grammar.parse_sasl_plain`.  Either
 mode lasts for one line, then the parser reads commands again.
 :meth:`CommandParser.enable_utf8_names` switches mailbox names from
 modified UTF-7 to UTF-8 (RFC 6855, after ``ENABLE UTF8=ACCEPT``).

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from replicad.imap import commands as c
 from replicad.imap.commands import FetchAttribute as A
 from replicad.imap.commands import Section, SectionText
+from replicad.imap.grammar import parse_sasl_plain
+from replicad.imap.lexer import CommandSyntaxError
 from replicad.imap.parser import BadCommand, CommandParser, ParseEvent
 from replicad.imap.searchkeys import FlagKey, HeaderKey
 from replicad.imap.sequences import STAR, SequenceSet
@@ -426,3 +428,15 @@ def test_literal_round_trip(data: bytes, plus: bool) -> None:
     marker = b"+" if plus else b""
     events = parse_all(b"a LOGIN x {%d%s}\r\n" % (len(data), marker) + data + b"\r\n")
     assert events == [c.Login("a", "x", data)]
+
+
+def test_sasl_plain_messages() -> None:
+    assert parse_sasl_plain(b"\x00alice\x00secret") == ("", "alice", b"secret")
+    assert parse_sasl_plain(b"admin\x00alice\x00s\xe9cret") == ("admin", "alice", b"s\xe9cret")
+    for bad in (b"alice\x00secret", b"\x00\x00secret", b"\x00alice\x00", b"a\x00b\x00c\x00d"):
+        with pytest.raises(CommandSyntaxError):
+            parse_sasl_plain(bad)
+
+
+def test_list_of_the_hierarchy_delimiter() -> None:
+    assert parse_one(b'a LIST "" ""') == c.List("a", "", ("",))
