@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from replicad.flags import normalise_flag
 from replicad.imap import commands as c
-from replicad.imap import searchkeys as k
 from replicad.imap.lexer import CommandSyntaxError, Reader, UnknownCharsetError, is_tag_char
 from replicad.imap.mutf7 import decode_mailbox_name
+from replicad.imap.searchgrammar import parse_search_program
 from replicad.imap.sequences import SequenceSet
 
-#: Nesting depth of search keys (NOT, OR, parentheses): deeper programs are
-#: refused rather than risk the interpreter's recursion limit.
-MAX_SEARCH_DEPTH: Final = 64
 #: Commands that take the ``UID`` prefix (RFC 3501 §6.4.8, RFC 4315, RFC 6851).
 UID_COMMANDS: Final = frozenset({"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"})
 
@@ -47,6 +43,8 @@ _FETCH_MACROS: Final = {
         c.FetchAttribute.BODY,
     ),
 }
+_SECTION_WORD_CHARS: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
+_FETCH_WORD_CHARS: Final = _SECTION_WORD_CHARS | frozenset(b"0123456789")
 _STATUS_ITEMS: Final = {item.value: item for item in c.StatusItem}
 _SEARCH_RETURNS: Final = {opt.value: opt for opt in c.SearchReturn}
 _LIST_SELECTION: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -54,12 +52,6 @@ _LIST_RETURNS: Final = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
 _SPECIAL_USE: Final = frozenset(
     {"\\ALL", "\\ARCHIVE", "\\DRAFTS", "\\FLAGGED", "\\JUNK", "\\SENT", "\\TRASH"}
 )
-_DATE_KEYS: Final = {
-    f"{prefix}{relation.value}": (field, relation)
-    for prefix, field in (("", k.DateField.INTERNAL), ("SENT", k.DateField.SENT))
-    for relation in k.DateRelation
-}
-_ENTRY_TYPES: Final = {t.value: t for t in k.EntryType}
 
 
 def read_tag(reader: Reader) -> str:
@@ -161,6 +153,19 @@ def decode_base64(line: bytes) -> bytes:
         return base64.b64decode(line, validate=True)
     except binascii.Error:
         raise CommandSyntaxError("invalid base64 in SASL data") from None
+
+
+def parse_sasl_plain(message: bytes) -> tuple[str, str, bytes]:
+    """RFC 4616 §2: ``[authzid] NUL authcid NUL passwd`` to (authzid, authcid,
+    password); authzid is ``""`` when absent.  Raises :class:`CommandSyntaxError`
+    (answered ``BAD``) for a malformed message."""
+    parts = message.split(b"\x00")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise CommandSyntaxError("malformed PLAIN message")
+    try:
+        return parts[0].decode("utf-8"), parts[1].decode("utf-8"), parts[2]
+    except UnicodeDecodeError:
+        raise CommandSyntaxError("PLAIN identities must be UTF-8") from None
 
 
 def _authenticate(ctx: _Context) -> c.Command:
@@ -502,7 +507,7 @@ def _fetch(ctx: _Context) -> c.Command:
 
 def _fetch_word(r: Reader) -> str:
     start = r.pos
-    while not r.at_end() and (chr(r.data[r.pos]).isalnum() or r.data[r.pos] == 0x2E):
+    while not r.at_end() and r.data[r.pos] in _FETCH_WORD_CHARS:
         r.pos += 1
     if r.pos == start:
         raise r.error("expected a FETCH item")
@@ -557,7 +562,7 @@ def _section(r: Reader) -> c.Section:
             return c.Section(tuple(part))
         r.expect(b".")
     start = r.pos
-    while not r.at_end() and (chr(r.data[r.pos]).isalpha() or r.data[r.pos] == 0x2E):
+    while not r.at_end() and r.data[r.pos] in _SECTION_WORD_CHARS:
         r.pos += 1
     word = r.data[start : r.pos].decode("ascii").upper()
     try:
@@ -610,118 +615,15 @@ def _search(ctx: _Context) -> c.Command:
     if r.try_take(b"CHARSET "):
         charset = r.astring("a charset").decode("ascii", "replace")
         try:
-            codecs.lookup(charset)
+            # A non-empty probe: it also refuses codecs that are not text encodings.
+            b"a".decode(charset)
         except LookupError:
             raise UnknownCharsetError(f"unknown charset {charset}") from None
-        r.sp()
-    searcher = _SearchParser(r, charset or "utf-8")
-    keys = [searcher.key(0)]
-    while r.try_take(b" "):
-        keys.append(searcher.key(0))
-    criteria = keys[0] if len(keys) == 1 else k.AndKey(tuple(keys))
-    return c.Search(ctx.tag, ctx.uid, criteria, charset, returns)
-
-
-class _SearchParser:
-    """RFC 3501 ``search-key`` with RFC 7162 §3.1.5 MODSEQ."""
-
-    def __init__(self, reader: Reader, charset: str) -> None:
-        self.r = reader
-        self.charset = charset
-
-    def text(self, what: str) -> str:
-        self.r.sp()
-        raw = self.r.astring(what)
-        try:
-            return raw.decode(self.charset)
         except UnicodeDecodeError:
-            raise CommandSyntaxError(f"search string is not valid {self.charset}") from None
-
-    def key(self, depth: int) -> k.SearchKey:
-        if depth > MAX_SEARCH_DEPTH:
-            raise CommandSyntaxError("search program nested too deeply")
-        r = self.r
-        octet = r.peek()
-        if octet == 0x28:
-            r.pos += 1
-            keys = [self.key(depth + 1)]
-            while not r.try_take(b")"):
-                r.sp()
-                keys.append(self.key(depth + 1))
-            return keys[0] if len(keys) == 1 else k.AndKey(tuple(keys))
-        if octet is not None and (0x30 <= octet <= 0x39 or octet in b"*$"):
-            return k.SequenceKey(r.sequence_set())
-        name = r.keyword("a search key")
-        simple = self._simple(name)
-        if simple is not None:
-            return simple
-        return self._with_arguments(name, depth)
-
-    def _simple(self, name: str) -> k.SearchKey | None:
-        if name == "ALL":
-            return k.AllKey()
-        if name in k.FLAG_KEYS:
-            return k.FlagKey(k.FLAG_KEYS[name], True)
-        if name.startswith("UN") and name[2:] in k.FLAG_KEYS:
-            return k.FlagKey(k.FLAG_KEYS[name[2:]], False)
-        if name == "RECENT":
-            return k.RecentKey(True)
-        if name == "OLD":
-            return k.RecentKey(False)
-        if name == "NEW":
-            return k.AndKey((k.RecentKey(True), k.FlagKey("\\Seen", False)))
-        return None
-
-    def _with_arguments(self, name: str, depth: int) -> k.SearchKey:
-        r = self.r
-        if name in ("KEYWORD", "UNKEYWORD"):
-            r.sp()
-            flag = normalise_flag(r.atom("a keyword"))
-            return k.FlagKey(flag, name == "KEYWORD")
-        if name in k.HEADER_KEYS:
-            return k.HeaderKey(k.HEADER_KEYS[name], self.text("a search string"))
-        if name == "HEADER":
-            field = self.text("a header field name")
-            return k.HeaderKey(field, self.text("a search string"))
-        if name == "BODY":
-            return k.BodyKey(self.text("a search string"))
-        if name == "TEXT":
-            return k.TextKey(self.text("a search string"))
-        if name in _DATE_KEYS:
-            date_field, relation = _DATE_KEYS[name]
-            r.sp()
-            return k.DateKey(date_field, relation, r.date())
-        if name in ("LARGER", "SMALLER"):
-            r.sp()
-            return k.SizeKey(name == "LARGER", r.number(what="a size"))
-        if name == "UID":
-            r.sp()
-            return k.UidKey(r.sequence_set())
-        if name == "MODSEQ":
-            return self._modseq()
-        if name == "NOT":
-            r.sp()
-            return k.NotKey(self.key(depth + 1))
-        if name == "OR":
-            r.sp()
-            left = self.key(depth + 1)
-            r.sp()
-            return k.OrKey(left, self.key(depth + 1))
-        raise CommandSyntaxError(f"unknown search key {name}")
-
-    def _modseq(self) -> k.SearchKey:
-        """RFC 7162 §3.1.5: ``MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer``."""
-        r = self.r
+            pass  # a known charset (e.g. UTF-16) in which one octet is incomplete
         r.sp()
-        if r.peek() == 0x22:
-            entry = r.quoted().decode("ascii", "replace")
-            r.sp()
-            kind = _ENTRY_TYPES.get(r.atom("an entry type").lower())
-            if kind is None:
-                raise CommandSyntaxError("entry type must be priv, shared or all")
-            r.sp()
-            return k.ModSeqKey(r.modseq(zero=True), entry, kind)
-        return k.ModSeqKey(r.modseq(zero=True))
+    criteria = parse_search_program(r, charset or "utf-8")
+    return c.Search(ctx.tag, ctx.uid, criteria, charset, returns)
 
 
 _HANDLERS: Final[dict[str, Handler]] = {

@@ -161,7 +161,7 @@ class Reader:
                 return bytes(out)
             if octet == 0x5C:
                 if self.pos >= len(data) or data[self.pos] not in (0x22, 0x5C):
-                    raise self.error("only \\\\ and \\\" may be escaped in a quoted string")
+                    raise self.error('only \\\\ and \\" may be escaped in a quoted string')
                 octet = data[self.pos]
                 self.pos += 1
             elif octet in (0x0D, 0x0A, 0x00):
@@ -182,11 +182,17 @@ class Reader:
         self.pos += size
         return value, binary
 
+    def at_string(self) -> bool:
+        """Whether a quoted string or a literal comes next (``~`` alone
+        starts an atom: only ``~{`` is literal8)."""
+        octet = self.peek()
+        return octet in (0x22, 0x7B) or self.peek_is(b"~{")
+
     def string(self, what: str = "a string") -> bytes:
         octet = self.peek()
         if octet == 0x22:
             return self.quoted()
-        if octet in (0x7B, 0x7E):
+        if self.at_string():
             value, binary = self.literal()
             if binary:
                 raise self.error("literal8 is only allowed in APPEND")
@@ -194,7 +200,7 @@ class Reader:
         raise self.error(f"expected {what}")
 
     def astring(self, what: str = "a string") -> bytes:
-        if self.peek() in (0x22, 0x7B, 0x7E):
+        if self.at_string():
             return self.string(what)
         word = self._run(None, _ASTRING_EXTRA)
         if not word:
@@ -217,7 +223,7 @@ class Reader:
 
     def list_mailbox(self) -> bytes:
         """RFC 3501 ``list-mailbox``: a pattern with ``*`` and ``%``."""
-        if self.peek() in (0x22, 0x7B, 0x7E):
+        if self.at_string():
             return self.string("a mailbox pattern")
         word = self._run(None, _LIST_EXTRA)
         if not word:

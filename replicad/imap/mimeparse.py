@@ -40,7 +40,7 @@ counts for nothing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # -- header fields -------------------------------------------------------------
 
@@ -351,7 +351,6 @@ class _Hit:
 class _Parser:
     raw: bytes
     parts_left: int = MAX_PARTS
-    _eol_cache: dict[int, int] = field(default_factory=dict)
 
     # -- lines ---------------------------------------------------------------
 

@@ -96,9 +96,7 @@ def decode_mailbox_name(wire: str) -> str:
         ch = wire[i]
         if ch != "&":
             if not _is_direct(ch):
-                raise MailboxNameError(
-                    f"mailbox name {wire!r}: character {ch!r} must be encoded"
-                )
+                raise MailboxNameError(f"mailbox name {wire!r}: character {ch!r} must be encoded")
             out.append(ch)
             i += 1
             continue
@@ -122,4 +120,3 @@ def decode_mailbox_name(wire: str) -> str:
         # non-zero padding bits.
         raise MailboxNameError(f"mailbox name {wire!r} is not in canonical modified UTF-7")
     return result
-

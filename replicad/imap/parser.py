@@ -22,8 +22,10 @@ the trio glue sit on top::
                 # non-synchronising: its octets are swallowed; the glue may close
             case LineTooLong(tag, limit):
                 send(render_tagged(...BAD...)); close the connection
+            case BadCommand(tag=None, message=message):
+                send(render_untagged_status(Status.BAD, message))    # no valid tag
             case BadCommand(tag, message):
-                send(render_tagged(tag or "*", Status.BAD, message))  # session lives on
+                send(render_tagged(tag, Status.BAD, message))         # session lives on
             case IdleDone(tag) | SaslResponse(tag, data): ...
             case Command():               # a record of replicad.imap.commands
                 session.dispatch(event)
@@ -62,7 +64,8 @@ Modes.  After answering IDLE with ``+ idling`` the session calls
 tag, which also ends the IDLE).  After sending an AUTHENTICATE
 continuation it calls :meth:`CommandParser.expect_sasl_response`: the next
 line is base64 (:class:`SaslResponse` with the decoded octets) or ``*``
-(``data`` is ``None``: the client cancelled, RFC 3501 §6.2.2).  Either
+(``data`` is ``None``: the client cancelled, RFC 3501 §6.2.2); a PLAIN
+message is split by :func:`replicad.imap.grammar.parse_sasl_plain`.  Either
 mode lasts for one line, then the parser reads commands again.
 :meth:`CommandParser.enable_utf8_names` switches mailbox names from
 modified UTF-7 to UTF-8 (RFC 6855, after ``ENABLE UTF8=ACCEPT``).
@@ -219,7 +222,7 @@ class CommandParser:
         """Do not accept the synchronising literal just announced by
         :class:`NeedContinuation`: the command is abandoned (the client
         sends no literal when it gets a tagged answer instead of ``+``)."""
-        if self._literal_left == 0 or not self._keep_literal:
+        if not self._started or self._dropping or not self._command.endswith(b"}\r\n"):
             raise BadInputError("no synchronising literal is waiting")
         self._end_command()
 
@@ -331,7 +334,8 @@ class CommandParser:
             return self._after_drop(line, LiteralTooLarge(self._tag, size, limit, synchronizing))
         self._command += line + b"\r\n"
         self._literal_left, self._keep_literal = size, True
-        if synchronizing and size:
+        if synchronizing:
+            # Even {0}: the client waits for "+" before sending the rest.
             return NeedContinuation(self._tag, size)
         return None
 

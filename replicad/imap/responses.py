@@ -213,9 +213,7 @@ def _status_line(prefix: bytes, status: Status, text: str, code: ResponseCode | 
     return line + b" " + clean.encode("utf-8") + CRLF
 
 
-def render_tagged(
-    tag: str, status: Status, text: str, code: ResponseCode | None = None
-) -> bytes:
+def render_tagged(tag: str, status: Status, text: str, code: ResponseCode | None = None) -> bytes:
     """``tag OK [CODE] text`` (RFC 3501 §7.1): the end of a command."""
     if status not in (Status.OK, Status.NO, Status.BAD):
         raise ValueError(f"{status.value} is never tagged")

@@ -61,25 +61,20 @@ class SectionSpec:
 def find_part(root: MimePart, path: tuple[int, ...]) -> MimePart | None:
     """The part numbered ``path`` in the message ``root``, or None."""
     part = root
+    message_root = True  # ``part`` is a message: the top one, or one a message/rfc822 carries
     closed = False  # the part 1 of a non-multipart message takes no more numbers
     for number in path:
         if part.message is not None:
-            part = part.message
+            part, message_root = part.message, True
         if part.is_multipart:
             if not 1 <= number <= len(part.children):
                 return None
-            part = part.children[number - 1]
+            part, message_root = part.children[number - 1], False
             continue
         if number != 1 or closed:
             return None
-        if part is root or _is_message_root(part, root):
-            closed = True
+        closed = message_root
     return part
-
-
-def _is_message_root(part: MimePart, root: MimePart) -> bool:
-    """True when ``part`` is the message carried by a message/rfc822 part."""
-    return any(p.message is part for p in root.walk())
 
 
 def section_bytes(raw: bytes, root: MimePart, spec: SectionSpec) -> bytes:
