@@ -23,7 +23,6 @@ from typing import Protocol
 
 import trio
 
-from replicad.blob import Blob
 from replicad.errors import (
     AlreadyExistsError,
     NoSuchMailboxError,
@@ -58,7 +57,7 @@ class WritePath(Protocol):
         self,
         user: str,
         mailbox: str,
-        body: bytes | Blob,
+        body: bytes,
         *,
         flags: Iterable[str] = (),
         internaldate: int | None = None,
