@@ -224,7 +224,9 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
                 info.flags,
                 MessageBytes(raw) if raw is not None else None,
                 with_uid=cmd.uid,
-                with_modseq=cmd.changed_since is not None,
+                # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
+                # CONDSTORE is on, every FETCH answer carries MODSEQ.
+                with_modseq=session.condstore,
             )
         except UnknownTransferEncodingError as exc:
             raise Refusal(str(exc), "UNKNOWN-CTE") from None
