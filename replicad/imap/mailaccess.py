@@ -29,6 +29,7 @@ from replicad.errors import (
     TemporaryError,
     UnreachableError,
 )
+from replicad.imap.recent import RecentClaims
 from replicad.store.commitwatch import CommitWatch
 from replicad.store.hierarchy import create_with_superiors
 from replicad.store.index import FlagMode
@@ -117,6 +118,8 @@ class MailAccess:
         self.writes = writes
         self.users = users
         self.catch_up = catch_up
+        #: Which messages this node's sessions were told are \Recent.
+        self.recent = RecentClaims()
 
     @property
     def watch(self) -> CommitWatch:

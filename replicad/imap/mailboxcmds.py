@@ -93,16 +93,19 @@ async def status(session: ImapSession, cmd: Status) -> None:
 async def _status_items(
     session: ImapSession, state: MailboxStatus, wanted: tuple[StatusItem, ...]
 ) -> list[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    if StatusItem.UNSEEN in wanted or StatusItem.DELETED in wanted:
+    counts: dict[str, int] = {"RECENT": 0}
+    if {StatusItem.UNSEEN, StatusItem.DELETED, StatusItem.RECENT} & set(wanted):
         # Flags live per message: one read of the index, no bodies.
         user = session.require_user()
         infos = await session.access.snapshot(user, state.name)
         counts["UNSEEN"] = sum(1 for m in infos.messages if "\\Seen" not in m.flags)
         counts["DELETED"] = sum(1 for m in infos.messages if "\\Deleted" in m.flags)
+        counts["RECENT"] = session.access.recent.count(
+            state.guid, state.uidvalidity, (m.uid for m in infos.messages)
+        )
     values = {
         StatusItem.MESSAGES: state.messages,
-        StatusItem.RECENT: 0,
+        StatusItem.RECENT: counts["RECENT"],
         StatusItem.UIDNEXT: state.uidnext,
         StatusItem.UIDVALIDITY: state.uidvalidity,
         StatusItem.HIGHESTMODSEQ: state.highestmodseq,
@@ -115,7 +118,7 @@ async def _status_items(
         else:
             out.append((item.value, values[item]))
     if StatusItem.HIGHESTMODSEQ in wanted:
-        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        await session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     return out
 
 

@@ -135,7 +135,7 @@ async def search(session: ImapSession, cmd: Search) -> None:
     key = _saved_replaced(cmd.criteria, session.saved_uids)
     with_modseq = _uses_modseq(key)
     if with_modseq:
-        session.condstore = True
+        await session.enable_condstore()
     infos = await session.access.fetch(user, selected.name, UidSet.parse("1:*"))
     scope = SearchScope(view.exists, view.highest_uid)
     found: list[tuple[int, int, int]] = []  # (uid, seq, modseq)
@@ -144,7 +144,7 @@ async def search(session: ImapSession, cmd: Search) -> None:
         seq = view.seq_of(info.uid)
         if seq is None:
             continue  # arrived after the client was last told; not numbered yet
-        candidate = Candidate(info, seq)
+        candidate = Candidate(info, seq, info.uid in selected.recent)
         try:
             hit = matches(key, candidate, scope, _no_text)
         except _NeedText:
@@ -157,13 +157,31 @@ async def search(session: ImapSession, cmd: Search) -> None:
         if hit:
             found.append((info.uid, seq, info.modseq))
     numbers = [uid if cmd.uid else seq for uid, seq, _ in found]
-    highest = max((m for _, _, m in found), default=None) if with_modseq else None
+    highest = _modseq_of(found, cmd.returns) if with_modseq else None
     if cmd.returns is None:
         await session.send(render_search(numbers, modseq=highest))
     else:
         await _esearch(session, cmd, numbers, [u for u, _, _ in found], highest)
     await send_updates(session, expunges=cmd.uid)
     await session.ok(cmd.tag, "SEARCH completed")
+
+
+def _modseq_of(
+    found: list[tuple[int, int, int]], returns: frozenset[SearchReturn] | None
+) -> int | None:
+    """RFC 7162 §3.1.5 with RFC 4731: the highest modseq of the messages
+    returned -- only the MIN and/or MAX one when nothing else is asked."""
+    if not found:
+        return None
+    wanted = (returns or frozenset()) - {SearchReturn.SAVE}
+    if wanted and wanted <= {SearchReturn.MIN, SearchReturn.MAX}:
+        ends = []
+        if SearchReturn.MIN in wanted:
+            ends.append(found[0])
+        if SearchReturn.MAX in wanted:
+            ends.append(found[-1])
+        return max(m for _, _, m in ends)
+    return max(m for _, _, m in found)
 
 
 async def _esearch(

@@ -12,9 +12,8 @@ for flag/date/size keys").
 Semantics follow RFC 3501 §6.4.4 (RFC 9051 §6.4.4 where it simplifies):
 date keys compare dates only, disregarding time and time zone (the internal
 date is taken in UTC; the sent date as written in its ``Date:`` header);
-string keys are case-insensitive substring matches.  ``RECENT`` matches
-nothing and ``OLD`` everything: the server does not keep ``\\Recent``,
-which RFC 9051 removed.
+string keys are case-insensitive substring matches.  ``RECENT``/``OLD``
+follow the session's ``\\Recent`` messages (replicad.imap.recent).
 """
 
 from __future__ import annotations
@@ -64,6 +63,8 @@ class Candidate:
 
     info: MessageInfo
     seq: int
+    #: \\Recent for this session (replicad.imap.recent).
+    recent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ def matches(
     if isinstance(key, FlagKey):
         return (key.flag in info.flags) == key.present
     if isinstance(key, RecentKey):
-        return not key.present
+        return message.recent == key.present
     if isinstance(key, SizeKey):
         return info.size > key.size if key.larger else info.size < key.size
     if isinstance(key, SequenceKey):

@@ -18,6 +18,8 @@ from replicad.imap.commands import (
     Copy,
     Expunge,
     Fetch,
+    FetchAttribute,
+    FetchSimple,
     Move,
     Select,
     Store,
@@ -39,13 +41,18 @@ from replicad.imap.searchcmd import resolve
 from replicad.imap.sections import UnknownTransferEncodingError
 from replicad.imap.sequences import SequenceSet
 from replicad.imap.session import ImapSession, Refusal, Selected
-from replicad.imap.updates import send_updates, send_view_updates
+from replicad.imap.updates import (
+    SYSTEM_FLAGS,
+    announce_keywords,
+    send_updates,
+    send_view_updates,
+    shown_flags,
+)
 from replicad.imap.view import MailboxView
 from replicad.store.index import FlagMode
 from replicad.store.records import MessageInfo
 from replicad.uidset import UidSet
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _MODES: dict[StoreMode, FlagMode] = {
     StoreMode.ADD: "add",
     StoreMode.REMOVE: "remove",
@@ -65,7 +72,7 @@ async def select(session: ImapSession, cmd: Select) -> None:
     if cmd.qresync is not None and not session.qresync:
         raise Refusal("QRESYNC must be ENABLEd first", bad=True)
     if cmd.condstore or cmd.qresync is not None:
-        session.condstore = True
+        session.condstore = True  # SELECT reports HIGHESTMODSEQ itself
     snapshot = await session.access.snapshot(user, cmd.mailbox)
     state = snapshot.status
     known = cmd.qresync
@@ -82,8 +89,16 @@ async def select(session: ImapSession, cmd: Select) -> None:
     permanent = () if cmd.read_only else (*SYSTEM_FLAGS, *keywords)
     code = ResponseCode.permanentflags(permanent, new_keywords=not cmd.read_only)
     await session.untagged_ok("Flags permitted", code)
+    uids = [m.uid for m in snapshot.messages]
+    claims = session.access.recent
+    if cmd.read_only:  # EXAMINE changes nothing, \Recent included (RFC 3501 §6.3.2)
+        recent: set[int] = set()
+        recent_count = claims.count(state.guid, state.uidvalidity, uids)
+    else:
+        recent = claims.claim(state.guid, state.uidvalidity, uids)
+        recent_count = len(recent)
     await session.send(render_exists(view.exists))
-    await session.send(render_recent(0))
+    await session.send(render_recent(recent_count))
     first_unseen = next(
         (n for n, m in enumerate(view.uids, 1) if "\\Seen" not in view.flags_of(m)), None
     )
@@ -94,7 +109,17 @@ async def select(session: ImapSession, cmd: Select) -> None:
     await session.untagged_ok("Predicted next UID", ResponseCode.uidnext(uidnext))
     modseq = view.report_highestmodseq(state.highestmodseq)
     await session.untagged_ok("Highest", ResponseCode.highestmodseq(modseq))
-    session.select(Selected(state.name, state.guid, view, cmd.read_only))
+    session.select(
+        Selected(
+            state.name,
+            state.guid,
+            view,
+            cmd.read_only,
+            recent=recent,
+            keywords=set(keywords),
+            told_exists=view.exists,
+        )
+    )
     if known is not None and floor:
         await _qresync_changes(session, view, known.modseq, known.known_uids)
     access = "READ-ONLY" if cmd.read_only else "READ-WRITE"
@@ -120,9 +145,10 @@ async def _qresync_changes(
         if view.modseq_of(uid) > modseq:
             seq = view.seq_of(uid)
             assert seq is not None
+            await announce_keywords(session, view.flags_of(uid))
             items: list[tuple[str, Value]] = [
                 ("UID", uid),
-                ("FLAGS", flag_list(view.flags_of(uid))),
+                ("FLAGS", flag_list(shown_flags(selected, uid, view.flags_of(uid)))),
                 ("MODSEQ", (view.modseq_of(uid),)),
             ]
             await session.send(render_fetch(seq, items))
@@ -188,8 +214,10 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
     selected = session.require_selected()
     user = session.require_user()
     uids = resolve(session, cmd.sequence, uid=cmd.uid)
-    if cmd.changed_since is not None:
-        session.condstore = True
+    if cmd.changed_since is not None or any(
+        isinstance(i, FetchSimple) and i.attribute is FetchAttribute.MODSEQ for i in cmd.items
+    ):
+        await session.enable_condstore()
     if cmd.vanished:
         if not (session.qresync and cmd.uid and cmd.changed_since is not None):
             raise Refusal("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE", bad=True)
@@ -217,11 +245,12 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         if body and raw is None:
             missing = True
             continue
+        await announce_keywords(session, info.flags)
         try:
             values = fetch_values(
                 cmd.items,
                 info,
-                info.flags,
+                shown_flags(selected, uid, info.flags),
                 MessageBytes(raw) if raw is not None else None,
                 with_uid=cmd.uid,
                 # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
@@ -275,7 +304,7 @@ async def store(session: ImapSession, cmd: Store) -> None:
         raise Refusal("Mailbox is read-only", "READ-ONLY")
     uids = resolve(session, cmd.sequence, uid=cmd.uid)
     if cmd.unchanged_since is not None:
-        session.condstore = True
+        await session.enable_condstore()
     flags = tuple(f for f in cmd.flags if f != "\\Recent")
     rejected: set[int] = set()
     if uids:
@@ -296,7 +325,8 @@ async def store(session: ImapSession, cmd: Store) -> None:
         if cmd.uid:
             items.append(("UID", uid))
         if not cmd.silent:
-            items.append(("FLAGS", flag_list(info.flags)))
+            await announce_keywords(session, info.flags)
+            items.append(("FLAGS", flag_list(shown_flags(selected, uid, info.flags))))
         if session.condstore:
             items.append(("MODSEQ", (info.modseq,)))
         await session.send(render_fetch(seq, items))

@@ -118,6 +118,12 @@ class Selected:
     guid: bytes
     view: MailboxView
     read_only: bool
+    #: UIDs that are \Recent for this session (replicad.imap.recent).
+    recent: set[int] = field(default_factory=set)
+    #: Keywords the client was told of in ``* FLAGS`` (RFC 3501 §7.2.6).
+    keywords: set[str] = field(default_factory=set)
+    #: The message count in the last EXISTS the client was sent.
+    told_exists: int = 0
 
 
 Handler = Callable[[Any, Any], Awaitable[None]]
@@ -200,6 +206,18 @@ class ImapSession:
     def require_user(self) -> str:
         assert self.user is not None, "handler ran before authentication"
         return self.user
+
+    async def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command ran (RFC 7162 §3.1).  When it is the
+        first and a mailbox is selected, the client learns HIGHESTMODSEQ
+        now, in an untagged OK, as §3.1 requires."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None and self.user is not None:
+            status = await self.access.status(self.user, self.selected.name)
+            modseq = self.selected.view.report_highestmodseq(status.highestmodseq)
+            await self.untagged_ok("Highest", ResponseCode.highestmodseq(modseq))
 
     def require_selected(self) -> Selected:
         if self.selected is None:

@@ -26,9 +26,11 @@ from replicad.imap.responses import (
     render_exists,
     render_expunge,
     render_fetch,
+    render_flags,
+    render_recent,
     render_vanished,
 )
-from replicad.imap.session import ImapSession, Outcome
+from replicad.imap.session import ImapSession, Outcome, Selected
 from replicad.imap.view import Exists, Expunged, FlagsUpdate, OutOfOrder, Update, Vanished
 
 
@@ -63,18 +65,61 @@ async def send_updates(session: ImapSession, *, expunges: bool) -> None:
     await send_view_updates(session, updates)
 
 
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def shown_flags(selected: Selected, uid: int, flags: tuple[str, ...]) -> tuple[str, ...]:
+    """The flags a client is shown: the stored ones, plus ``\\Recent`` when
+    this session holds the message as recent (replicad.imap.recent)."""
+    return (*flags, "\\Recent") if uid in selected.recent else flags
+
+
+async def announce_keywords(session: ImapSession, flags: tuple[str, ...]) -> None:
+    """Before a FETCH shows a keyword the client has not seen in ``* FLAGS``,
+    send the new list (RFC 3501 §7.2.6: FLAGS lists every flag in use)."""
+    selected = session.selected
+    if selected is None:
+        return
+    new = {f for f in flags if not f.startswith("\\")} - selected.keywords
+    if not new:
+        return
+    selected.keywords |= new
+    keywords = sorted(selected.keywords)
+    await session.send(render_flags([*SYSTEM_FLAGS, *keywords]))
+    if not selected.read_only:
+        code = ResponseCode.permanentflags([*SYSTEM_FLAGS, *keywords])
+        await session.untagged_ok("Flags permitted", code)
+
+
 async def send_view_updates(session: ImapSession, updates: list[Update]) -> None:
+    selected = session.selected
     for update in updates:
         if isinstance(update, Exists):
             await session.send(render_exists(update.count))
+            if selected is not None and not selected.read_only:
+                fresh = selected.view.uids[selected.told_exists : update.count]
+                selected.recent |= session.access.recent.claim(
+                    selected.guid, selected.view.uidvalidity, fresh
+                )
+            if selected is not None:
+                await session.send(render_recent(len(selected.recent)))
+            _note_told(selected, update.count)
         elif isinstance(update, Expunged):
             await session.send(render_expunge(update.seq))
+            if selected is not None:
+                selected.recent.discard(update.uid)
+                selected.told_exists -= 1
         elif isinstance(update, Vanished):
             await session.send(render_vanished(update.uids))
+            if selected is not None:
+                selected.recent.difference_update(update.uids)
+                selected.told_exists -= len(update.uids)
         elif isinstance(update, FlagsUpdate):
+            assert selected is not None
+            await announce_keywords(session, update.flags)
             items: list[tuple[str, Value]] = [
                 ("UID", update.uid),
-                ("FLAGS", flag_list(update.flags)),
+                ("FLAGS", flag_list(shown_flags(selected, update.uid, update.flags))),
             ]
             if session.condstore:
                 items.append(("MODSEQ", (update.modseq,)))
@@ -82,6 +127,11 @@ async def send_view_updates(session: ImapSession, updates: list[Update]) -> None
         elif isinstance(update, OutOfOrder):
             await _close(session, "Messages arrived out of UID order; select the mailbox again")
             return
+
+
+def _note_told(selected: Selected | None, count: int) -> None:
+    if selected is not None:
+        selected.told_exists = count
 
 
 async def _close(session: ImapSession, why: str) -> None:
