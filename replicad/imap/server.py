@@ -30,9 +30,10 @@ import logging
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -46,12 +47,23 @@ from replicad.imap.updates import send_updates
 
 log = logging.getLogger("replicad.imap")
 
+#: Command names that become metric labels.
+_KNOWN = frozenset(cls.__name__.upper() for cls in COMMANDS)
+
 READ_CHUNK = 64 * 1024
 FLUSH_AT = 256 * 1024
 BACKLOG = 128
 #: Output that cannot be written within this is given up (the client stopped reading).
 SEND_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 30.0
+
+
+class CommandMetrics(Protocol):
+    """Where the listeners report (:class:`~replicad.metrics.NodeMetrics`)."""
+
+    def imap_command(self, command: str, result: str, seconds: float) -> None: ...
+
+    def count_imap_sessions(self, count: Callable[[], int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +132,12 @@ class ImapServer:
         config: ImapListenConfig,
         *,
         version: str = "",
+        metrics: CommandMetrics | None = None,
     ) -> None:
         self._access = access
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_imap_sessions(lambda: len(self._connections))
         self._config = config
         self._version = version
         self._tls: ssl.SSLContext | None = None
@@ -135,7 +151,6 @@ class ImapServer:
         self.closed = trio.Event()
         #: Per-command results, for /metrics: (command, result) -> count.
         self.commands: Counter[tuple[str, str]] = Counter()
-        self.latency_total = 0.0
 
     @property
     def session_count(self) -> int:
@@ -332,8 +347,11 @@ class ImapServer:
                     await out.flush()
 
     def _record(self, command: str, result: str, seconds: float) -> None:
+        if command not in _KNOWN:
+            command = "UNKNOWN"  # a client cannot create metric series at will
         self.commands[(command, result)] += 1
-        self.latency_total += seconds
+        if self._metrics is not None:
+            self._metrics.imap_command(command, result, seconds)
 
 
 def _is_loopback(host: str) -> bool:

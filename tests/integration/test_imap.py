@@ -170,3 +170,29 @@ def test_bad_syntax_keeps_the_session_and_wrong_state_is_refused(alice: NodeProc
         assert reader.readline().startswith(b"d OK")
     finally:
         sock.close()
+
+
+def test_metrics_count_sessions_and_commands(node_factory: type[NodeProcess]) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    node = node_factory()
+    port = free_port()
+    with node.config.open("a") as fh:
+        fh.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    node.start()
+    add_user(node)
+    client = connect(node)
+    try:
+        client.select("INBOX")
+        typ, data = client.select("Nowhere")
+        assert typ == "NO" and b"NONEXISTENT" in data[0]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        client.logout()
+    metrics = text.decode()
+    assert "replicad_imap_sessions 1.0" in metrics
+    assert 'replicad_imap_commands_total{command="SELECT",result="ok"} 1.0' in metrics
+    assert 'replicad_imap_commands_total{command="SELECT",result="no"} 1.0' in metrics
+    assert 'replicad_imap_commands_total{command="LOGIN",result="ok"} 1.0' in metrics
