@@ -197,7 +197,9 @@ class Status(Command):
 @dataclass(frozen=True, slots=True)
 class AppendMessage:
     """One message of APPEND (RFC 3501 §6.3.11; several with RFC 3502
-    MULTIAPPEND).  ``binary`` when sent as ``literal8`` (RFC 3516 §4.4)."""
+    MULTIAPPEND).  ``binary`` when sent as ``literal8`` (RFC 3516 §4.4);
+    ``data`` is then the message as it is stored, its binary parts in
+    base64 (:mod:`~replicad.imap.binaryparts`)."""
 
     data: bytes
     flags: tuple[str, ...] = ()

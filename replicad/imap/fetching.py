@@ -93,12 +93,17 @@ def fetch_values(
     *,
     with_uid: bool,
     with_modseq: bool,
+    seen_now: bool = False,
 ) -> list[tuple[str, Value]]:
     """The response items for one message, in the order asked.
 
     ``flags`` are the flags the session reports (its own view).  ``with_uid``
     adds UID for UID FETCH (RFC 3501 §6.4.8); ``with_modseq`` adds MODSEQ
     once CONDSTORE is on and CHANGEDSINCE was given (RFC 7162 §3.1.4.1).
+    ``seen_now`` says this FETCH has just set ``\\Seen`` on the message (a
+    BODY[] or RFC822 item without .PEEK): the changed flags are then part
+    of the answer (RFC 3501 §6.4.5 "SHOULD be included"), as Dovecot does,
+    even when FLAGS was not asked for.
     Raises :class:`~replicad.imap.sections.UnknownTransferEncodingError` for
     BINARY of a part whose encoding cannot be undone.
     """
@@ -128,6 +133,8 @@ def fetch_values(
         elif isinstance(item, FetchBinarySize):
             assert message is not None
             add(item.response_name(), binary_size(message.raw, message.tree, item.part))
+    if seen_now:
+        add("FLAGS", flag_list(flags))
     if with_modseq:
         add("MODSEQ", (info.modseq,))
     return out

@@ -18,8 +18,9 @@ from typing import Final
 
 from replicad.flags import normalise_flag
 from replicad.imap import commands as c
+from replicad.imap.binaryparts import encode_binary_parts
 from replicad.imap.lexer import CommandSyntaxError, Reader, UnknownCharsetError, is_tag_char
-from replicad.imap.mutf7 import decode_mailbox_name
+from replicad.imap.mutf7 import mailbox_name_from_wire
 from replicad.imap.searchgrammar import parse_search_program
 from replicad.imap.sequences import SequenceSet
 
@@ -117,7 +118,7 @@ class _Context:
             raise CommandSyntaxError(
                 "8-bit mailbox name: use modified UTF-7 or ENABLE UTF8=ACCEPT"
             ) from None
-        return decode_mailbox_name(text)
+        return mailbox_name_from_wire(text)
 
     def mailbox(self) -> str:
         """RFC 3501 ``mailbox``: INBOX in any case is INBOX (§5.1)."""
@@ -391,7 +392,8 @@ def _flags(raw: list[str]) -> tuple[str, ...]:
 
 
 def _append(ctx: _Context) -> c.Command:
-    """RFC 3501 §6.3.11, RFC 3502 MULTIAPPEND, RFC 3516 literal8."""
+    """RFC 3501 §6.3.11, RFC 3502 MULTIAPPEND, RFC 3516 literal8 (whose
+    binary parts are re-encoded for storage, :mod:`~replicad.imap.binaryparts`)."""
     r = ctx.r
     r.sp()
     mailbox = ctx.mailbox()
@@ -406,6 +408,8 @@ def _append(ctx: _Context) -> c.Command:
             date = r.date_time()
             r.sp()
         data, binary = r.literal()
+        if binary:
+            data = encode_binary_parts(data)
         messages.append(c.AppendMessage(data, flags, date, binary))
     if not messages:
         raise r.error("APPEND needs a message literal")

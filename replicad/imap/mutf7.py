@@ -10,7 +10,13 @@ Decoding is strict because a name has exactly one valid spelling: a name
 that decodes but is not in that canonical form (a printable character
 shifted, two adjacent shifted runs, stray padding bits, a lone surrogate,
 an unterminated run) is refused with :class:`MailboxNameError`, so two
-different wire names can never reach the same mailbox.
+different valid wire names can never reach the same mailbox.
+
+Commands read names with :func:`mailbox_name_from_wire`, which takes a
+name that is no valid modified UTF-7 (``a&b``, ``&AGE-``) literally, as
+Dovecot does: SELECT of it answers NO like any missing mailbox and a LIST
+pattern spelt so matches nothing, where refusing the whole command as
+malformed would make clients drop the connection.
 """
 
 from __future__ import annotations
@@ -120,3 +126,13 @@ def decode_mailbox_name(wire: str) -> str:
         # non-zero padding bits.
         raise MailboxNameError(f"mailbox name {wire!r} is not in canonical modified UTF-7")
     return result
+
+
+def mailbox_name_from_wire(wire: str) -> str:
+    """The mailbox name a client means by ``wire``: its modified UTF-7
+    decoding, or ``wire`` itself when that is not valid modified UTF-7 (see
+    the module docstring).  Never raises."""
+    try:
+        return decode_mailbox_name(wire)
+    except MailboxNameError:
+        return wire

@@ -28,6 +28,7 @@ which the server answers with ``NO [UNKNOWN-CTE]``.
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,21 +60,31 @@ class SectionSpec:
 
 
 def find_part(root: MimePart, path: tuple[int, ...]) -> MimePart | None:
-    """The part numbered ``path`` in the message ``root``, or None."""
+    """The part numbered ``path`` in the message ``root``, or None.
+
+    Numbers are taken against a *message* (the top one, or one a
+    message/rfc822 part carries) or against a part.  A message's numbers
+    are its multipart children, or, when it is not multipart, only 1: the
+    message's own body.  A part that is message/rfc822 hands the next
+    number to the message it carries, so ``1.1`` of a top-level
+    message/rfc822 is the body of the attached message, not the attached
+    message itself.
+    """
     part = root
-    message_root = True  # ``part`` is a message: the top one, or one a message/rfc822 carries
+    at_message = True  # the next number is taken against ``part`` as a message
     closed = False  # the part 1 of a non-multipart message takes no more numbers
     for number in path:
-        if part.message is not None:
-            part, message_root = part.message, True
+        if not at_message and part.message is not None:
+            part, at_message, closed = part.message, True, False
         if part.is_multipart:
             if not 1 <= number <= len(part.children):
                 return None
-            part, message_root = part.children[number - 1], False
-            continue
-        if number != 1 or closed:
+            part, closed = part.children[number - 1], False
+        elif number != 1 or closed:
             return None
-        closed = message_root
+        else:
+            closed = at_message
+        at_message = False
     return part
 
 
@@ -139,7 +150,8 @@ def decode_transfer_encoding(data: bytes, encoding: bytes | None) -> bytes:
 
     Decoding is lenient, as mail readers are: base64 skips characters
     outside its alphabet and stops at a broken quartet's padding; stray
-    ``=`` in quoted-printable stay as they are.
+    ``=`` in quoted-printable stay as they are (see
+    :func:`decode_quoted_printable`).
     """
     name = (encoding or b"7bit").strip().lower()
     if name in IDENTITY_ENCODINGS:
@@ -147,8 +159,38 @@ def decode_transfer_encoding(data: bytes, encoding: bytes | None) -> bytes:
     if name == b"base64":
         return _decode_base64(data)
     if name == b"quoted-printable":
-        return binascii.a2b_qp(data)
+        return decode_quoted_printable(data)
     raise UnknownTransferEncodingError(encoding or b"")
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable undone (RFC 2045 §6.7), line by line.
+
+    White space at the end of a line was added in transport and is dropped
+    (rule 3), also before a soft line break's ``=`` and after it: ``= `` at
+    the end of a line is still a soft line break (rule 5), which joins the
+    line to the next one.  ``=XX`` (hex digits of either case) is the octet
+    XX; any other ``=`` stays as it is.  Hard line ends are kept as stored
+    (CRLF, or a bare LF).
+    """
+    out = bytearray()
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
+        crlf = line.endswith(b"\r")
+        line = line.removesuffix(b"\r").rstrip(b" \t")
+        soft = line.endswith(b"=")
+        out += _QP_ESCAPE.sub(_qp_octet, line[:-1] if soft else line)
+        if not soft and index < last:
+            out += b"\r\n" if crlf else b"\n"
+    return bytes(out)
+
+
+def _qp_octet(match: re.Match[bytes]) -> bytes:
+    return bytes((int(match.group(1), 16),))
 
 
 def _decode_base64(data: bytes) -> bytes:

@@ -8,6 +8,12 @@
 - :func:`sent_date`: the date of the Date: header, for SENTBEFORE, SENTON
   and SENTSINCE.
 
+Address fields (From, To, Cc, Bcc, Sender, Reply-To and their Resent-
+forms) also match in their parsed form, each address written
+``name <local@domain>``, as Dovecot searches them: so
+``FROM user@example.org`` finds ``<user (comment)@ example.org>``, whose
+stored text never spells the address whole.
+
 Strings match as case-insensitive substrings (RFC 3501 §6.4.4: "case-
 insensitive substring"), compared after Unicode case folding.  Header values
 are matched with their RFC 2047 encoded-words decoded (``email.header``),
@@ -25,6 +31,7 @@ import datetime
 import email.header
 import email.utils
 
+from replicad.imap.envelope import parse_address_list
 from replicad.imap.mimeparse import MimePart
 from replicad.imap.sections import UnknownTransferEncodingError, decode_transfer_encoding
 
@@ -62,13 +69,50 @@ def _contains(haystack: str, needle: str) -> bool:
     return needle.casefold() in haystack.casefold()
 
 
+ADDRESS_FIELDS = frozenset(
+    {
+        b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+        b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc",
+    }
+)
+
+
 def header_contains(message: MimePart, name: bytes, needle: str) -> bool:
     """HEADER name needle: some field ``name`` of the message's header holds
-    ``needle``; an empty needle matches every message having the field."""
+    ``needle`` (an address field: as stored or in its parsed form, see the
+    module docstring); an empty needle matches every message having the
+    field."""
     values = message.header_values(name)
     if not needle:
         return bool(values)
-    return any(_contains(decode_header_value(value), needle) for value in values)
+    address_field = name.lower() in ADDRESS_FIELDS
+    return any(
+        _contains(decode_header_value(value), needle)
+        or (address_field and _contains(address_text(value), needle))
+        for value in values
+    )
+
+
+def address_text(value: bytes) -> str:
+    """An address-list field written from its parsed addresses:
+    ``name <local@domain>`` (or ``local@domain`` without a name), groups as
+    ``group: members;``, separated by ``, ``; display names decoded."""
+    out: list[str] = []
+    in_group = False
+    for address in parse_address_list(value):
+        if address.mailbox is None:  # a group's end
+            out.append(";")
+            in_group = False
+        elif address.host is None:  # a group's start: its name
+            out.append((", " if out else "") + _text(address.mailbox) + ":")
+            in_group = True
+        else:
+            text = _text(address.mailbox) + "@" + _text(address.host)
+            if address.name is not None:
+                text = decode_header_value(address.name) + " <" + text + ">"
+            separator = " " if in_group and out[-1].endswith(":") else ", "
+            out.append((separator if out else "") + text)
+    return "".join(out)
 
 
 def _header_text(message: MimePart) -> str:

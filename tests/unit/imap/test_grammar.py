@@ -54,6 +54,10 @@ VALID: list[tuple[bytes, ParseEvent]] = [
     (b"a SELECT inbox", c.Select("a", "INBOX")),
     (b"a EXAMINE Archive/2024", c.Select("a", "Archive/2024", read_only=True)),
     (b"a SELECT Entw&APw-rfe (CONDSTORE)", c.Select("a", "Entwürfe", condstore=True)),
+    # Not modified UTF-7 (non-canonical, a bad shifted run): taken literally.
+    (b"a SELECT &AGE-", c.Select("a", "&AGE-")),
+    (b"a SELECT !#$&'+,-.09:;<=>?@^_`|[}", c.Select("a", "!#$&'+,-.09:;<=>?@^_`|[}")),
+    (b'a LIST "" a&b%*', c.List("a", "", ("a&b%*",))),
     (
         b"a SELECT INBOX (QRESYNC (67890007 90060115194045000))",
         c.Select("a", "INBOX", qresync=c.QresyncParams(67890007, 90060115194045000)),
@@ -295,7 +299,6 @@ INVALID: list[bytes] = [
     b'a ID ("name")',
     b"a ENABLE",
     b"a SELECT",
-    b"a SELECT &AGE-",  # not canonical modified UTF-7
     b"a SELECT Entw\xc3\xbcrfe",  # 8-bit without UTF8=ACCEPT
     b"a SELECT INBOX (FOO)",
     b"a SELECT INBOX (QRESYNC (0 5))",
@@ -379,6 +382,19 @@ def test_search_string_in_a_charset() -> None:
     event = parse_one(b"a SEARCH CHARSET ISO-8859-1 SUBJECT {4+}\r\ncaf\xe9")
     assert isinstance(event, c.Search)
     assert event.criteria == HeaderKey("Subject", "café")
+
+
+def test_binary_parts_of_a_literal8_append_are_stored_in_base64() -> None:
+    message = (
+        b"Subject: x\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\r\n"
+    )
+    event = parse_one(b"a APPEND INBOX ~{%d}\r\n" % len(message) + message)
+    assert isinstance(event, c.Append)
+    stored = event.messages[0]
+    assert stored.binary
+    assert stored.data == b"Subject: x\r\nContent-Transfer-Encoding: base64\r\n\r\nAC3kDQo=\r\n"
+    plain = parse_one(b"a APPEND INBOX {%d+}\r\n" % len(message) + message)
+    assert isinstance(plain, c.Append) and plain.messages[0].data == message
 
 
 def test_star_sequence() -> None:

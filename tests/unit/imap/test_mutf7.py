@@ -7,7 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicad.errors import BadInputError
-from replicad.imap.mutf7 import MailboxNameError, decode_mailbox_name, encode_mailbox_name
+from replicad.imap.mutf7 import (
+    MailboxNameError,
+    decode_mailbox_name,
+    encode_mailbox_name,
+    mailbox_name_from_wire,
+)
 
 VECTORS = [
     ("INBOX", "INBOX"),
@@ -45,6 +50,16 @@ def test_vectors(name: str, wire: str) -> None:
 def test_strict_decoding_refuses_non_canonical_names(wire: str) -> None:
     with pytest.raises(MailboxNameError):
         decode_mailbox_name(wire)
+
+
+@pytest.mark.parametrize("wire", ["&AGE-", "a&b", "!#$&'+,-.0123456789:;<=>?@^_`|[}", "&Jjo=-"])
+def test_a_name_that_is_no_modified_utf7_is_taken_literally(wire: str) -> None:
+    assert mailbox_name_from_wire(wire) == wire
+
+
+def test_a_modified_utf7_name_is_decoded() -> None:
+    assert mailbox_name_from_wire("Entw&APw-rfe") == "Entwürfe"
+    assert mailbox_name_from_wire("R&-D") == "R&D"
 
 
 def test_error_is_bad_input() -> None:

@@ -6,6 +6,7 @@ import datetime
 
 from replicad.imap.mimeparse import parse_message
 from replicad.imap.textsearch import (
+    address_text,
     body_contains,
     decode_header_value,
     header_contains,
@@ -27,6 +28,32 @@ def test_eight_bit_header_is_searchable_as_utf8() -> None:
     root = parse_message(message("eight_bit_headers"))
     assert header_contains(root, b"subject", "GRÜSSE")  # casefold: ß matches SS
     assert header_contains(root, b"From", "müller")
+
+
+ADDRESS_HEADER = (
+    b"From: <ann.lee (the author)@ (at work) example.org>\r\n"
+    b"To: Team: bob@example.org, =?utf-8?q?Jos=C3=A9?= <jose@example.org>;\r\n"
+    b"Subject: addresses\r\n\r\nbody\r\n"
+)
+
+
+def test_address_fields_match_in_their_parsed_form() -> None:
+    root = parse_message(ADDRESS_HEADER)
+    assert header_contains(root, b"from", "ann.lee@example.org")
+    assert header_contains(root, b"From", "ANN.LEE@EXAMPLE.ORG")
+    assert header_contains(root, b"from", "the author")  # as stored still matches
+    assert header_contains(root, b"to", "josé <jose@example.org>")
+    assert header_contains(root, b"to", "team")
+    # Only address fields are read as addresses.
+    assert not header_contains(root, b"subject", "ann.lee@example.org")
+    assert not header_contains(root, b"to", "ann.lee@example.org")
+
+
+def test_address_text() -> None:
+    value = b"Team: bob@example.org, Ann <ann@example.org>;, carol@example.org (Carol)"
+    assert address_text(value) == (
+        "Team: bob@example.org, Ann <ann@example.org>;, Carol <carol@example.org>"
+    )
 
 
 def test_empty_needle_matches_when_the_field_exists() -> None:
