@@ -223,8 +223,10 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
             raise Refusal("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE", bad=True)
         await _vanished_earlier(session, cmd.sequence, cmd.changed_since)
     infos = await _infos(session, uids)
+    newly_seen: set[int] = set()
     if sets_seen(cmd.items) and not selected.read_only:
         unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
+        newly_seen.update(unseen)
         if unseen:
             await session.access.store_flags(
                 user, selected.name, UidSet.of(unseen), "add", ("\\Seen",), None
@@ -256,6 +258,8 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
                 # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
                 # CONDSTORE is on, every FETCH answer carries MODSEQ.
                 with_modseq=session.condstore,
+                # RFC 3501 §6.4.5: a FETCH that sets \Seen reports the new FLAGS.
+                seen_now=uid in newly_seen,
             )
         except UnknownTransferEncodingError as exc:
             raise Refusal(str(exc), "UNKNOWN-CTE") from None

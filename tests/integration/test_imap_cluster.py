@@ -106,12 +106,17 @@ def test_delivered_on_n1_read_on_n3_and_idle_sees_changes_from_other_nodes(
         cluster.save("n2", USER, "second")
         line, waited = idler.until(b"EXISTS", timeout=30)
         assert line == b"* 2 EXISTS\r\n"
+        # Counted from the save's acknowledgement by its master (n2): the
+        # change streams to n3 and the commit there wakes the idler.  A loaded
+        # CI machine is slow; the bound catches a push that waits for a poll.
+        assert waited < 5, waited
         flagged = cluster.on(
             "n1", "flags", "add", "-u", USER, "\\Flagged", "mailbox", "INBOX", "uid", "1"
         )
         assert flagged.returncode == 0, flagged.stderr.decode()
         line, waited = idler.until(b"FETCH", timeout=30)
         assert b"\\Flagged" in line and line.startswith(b"* 1 FETCH")
+        assert waited < 5, waited
         idler.sock.sendall(b"DONE\r\n")
         line, _ = idler.until(b"i OK", timeout=10)
     finally:
