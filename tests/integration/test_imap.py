@@ -149,6 +149,8 @@ def test_idle_sees_a_message_saved_elsewhere_within_a_second(alice: NodeProcess)
         assert line == b"* 2 EXISTS\r\n"
         # The CLI's process start-up dominates; the push itself follows the commit.
         assert time.monotonic() - started < 10
+        # \Recent for this session: the one it had and the new one (RFC 3501 §7.3.2).
+        assert reader.readline() == b"* 2 RECENT\r\n"
         sock.sendall(b"DONE\r\nd LOGOUT\r\n")
         assert reader.readline().startswith(b"c OK")
     finally:
