@@ -44,7 +44,7 @@ MAX_ARRAY_LEN: Final = 1_000_000
 #: payload (string and bin contents) plus about 2^20 x 72 bytes ~ 72 MiB
 #: of objects, whatever it says.  Legitimate frames stay far below: a
 #: ``* SYNC`` chunk is at most 512 messages, and a merge is cut into parts
-#: of at most half the budget (replicad.cluster.planparts).
+#: of at most half the budget (replicad.model.planparts).
 MAX_FRAME_VALUES: Final = 1 << 20
 #: Payloads larger than this are scanned (:func:`scan_payload`) before they
 #: are decoded; smaller ones are decoded directly: every value takes at
