@@ -26,10 +26,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from replicad.admin.client import AdminClient
-from replicad.auth.usernames import normalise_user
 from replicad.cli.output import render_document, render_rows
 from replicad.config import NodeConfig, load_config, resolve_config_path
 from replicad.errors import BadInputError
+from replicad.usernames import normalise_user
 
 #: The longest text argument taken, in UTF-8 bytes (PATH_MAX; names are shorter).
 MAX_ARGUMENT_BYTES = 4096
