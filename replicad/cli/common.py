@@ -64,8 +64,12 @@ def print_json_only(args: argparse.Namespace, document: Any) -> None:
         write_line(render_document(document))
 
 
-def write_line(text: str) -> None:
+def write_line(text: str, *, flush: bool = False) -> None:
+    """``text`` and a newline on stdout; ``flush`` for a command whose output
+    should not wait in a buffer for the processes it leaves running."""
     sys.stdout.write(text + "\n")
+    if flush:
+        sys.stdout.flush()
 
 
 def split_words(text: str) -> list[str]:
