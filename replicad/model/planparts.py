@@ -53,7 +53,7 @@ def op_weight(op: PlanOp, with_body: Callable[[PutMessage], bool] = lambda _: Tr
 
 def op_values(op: PlanOp) -> int:
     """msgpack values of ``op`` on the wire, exactly (``UPDATE_OPS`` in
-    replicad.protocol.commands): its array and kind, its fields, each flag
+    replicad.protocol.changes): its array and kind, its fields, each flag
     register an array of three, each tombstone GUID one, each move ``(uid
     guid)`` an array of two."""
     if isinstance(op, PutMessage):
