@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from replicad.auth.usernames import DEFAULT_USERNAME_FORMAT, validate_username_format
 from replicad.blob import MAX_BODY
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.masters import Granularity
 from replicad.errors import BadInputError, ConfigError
 from replicad.pki import validate_node_name
 from replicad.transport.gate import DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from replicad.usernames import DEFAULT_USERNAME_FORMAT, validate_username_format
 
 DEFAULT_CONFIG_PATH = Path("/etc/replicad/replicad.toml")
 CONFIG_ENV = "REPLICAD_CONFIG"

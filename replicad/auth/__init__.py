@@ -18,8 +18,10 @@ The public API, for the front doors (LMTP, IMAP) and the command line::
   normalised name is fine).  ``verify`` never blocks the event loop.
 * :class:`UserEntry`: ``user`` (normalised), ``scheme`` (None: no password),
   ``uid``, ``gid``, ``home``, ``extra`` (Dovecot extra fields), ``line``.
-* :func:`normalise_user` (:mod:`~replicad.auth.usernames`): ``%Lu`` (the
-  default), ``%u``, ``%Ln``, ``%n``, as Dovecot's ``auth_username_format``.
+* :func:`normalise_user` (:mod:`~replicad.usernames`, a leaf helper so that
+  the configuration and every door share it without importing this
+  package): ``%Lu`` (the default), ``%u``, ``%Ln``, ``%n``, as Dovecot's
+  ``auth_username_format``.
 * :mod:`~replicad.auth.passwdfile`: the pure parser and line edits;
   :mod:`~replicad.auth.schemes`: ``{ARGON2ID}`` (new hashes), ``{ARGON2I}``,
   ``{BLF-CRYPT}``, ``{SHA512-CRYPT}``, ``{SHA256-CRYPT}``, ``{PLAIN}``,
@@ -27,8 +29,8 @@ The public API, for the front doors (LMTP, IMAP) and the command line::
   (``replicad user``).
 
 The heavier modules (hash libraries, trio) load on first use of their names,
-so importing :mod:`replicad.config` (which validates ``username_format``)
-stays cheap for every command.
+so importing this package for a user name's normalisation stays cheap for
+every command.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from replicad.auth.usernames import (
+from replicad.usernames import (
     DEFAULT_USERNAME_FORMAT,
     USERNAME_FORMATS,
     normalise_user,

@@ -37,12 +37,12 @@ import trio
 
 from replicad.auth.passwdfile import LineError, UserEntry, parse_passwd_file
 from replicad.auth.schemes import SCHEMES, Scheme, scheme_named, verify_password
-from replicad.auth.usernames import (
+from replicad.errors import ConfigError
+from replicad.usernames import (
     DEFAULT_USERNAME_FORMAT,
     normalise_user,
     validate_username_format,
 )
-from replicad.errors import ConfigError
 
 if TYPE_CHECKING:
     from replicad.config import NodeConfig

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicad.auth.schemes import SchemeError, split_password_field
-from replicad.auth.usernames import normalise_user, user_name_problem
 from replicad.errors import AlreadyExistsError, NoSuchAccountError
+from replicad.usernames import normalise_user, user_name_problem
 
 
 @dataclass(frozen=True, slots=True)

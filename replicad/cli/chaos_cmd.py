@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from replicad import faultproxy
-from replicad.cli import cluster_cmd
-from replicad.cli.cluster_cmd import ClusterNode
-from replicad.cli.common import path_argument
+from replicad.cli import localcluster
+from replicad.cli.common import output_format, path_argument, write_line
+from replicad.cli.localcluster import LocalNode
 from replicad.cli.output import render_rows
 from replicad.errors import BadInputError, ReplicadError, UsageError
 
@@ -105,7 +105,7 @@ def register(
         parents=[fmt],
         help="(re)start one node and wait until it answers",
         description="Stop NODE if it runs (SIGTERM, SIGKILL after "
-        f"{cluster_cmd.STOP_TIMEOUT:g}s), start it with the same config and data, and wait "
+        f"{localcluster.STOP_TIMEOUT:g}s), start it with the same config and data, and wait "
         "until it answers on its admin socket.",
     )
     restart.add_argument("directory", metavar="DIR", type=path_argument)
@@ -116,10 +116,10 @@ def register(
 # --- partition, heal, delay, faults --------------------------------------------------------
 
 
-def _proxied_cluster(args: argparse.Namespace) -> tuple[Path, list[ClusterNode]]:
+def _proxied_cluster(args: argparse.Namespace) -> tuple[Path, list[LocalNode]]:
     """DIR's nodes, if DIR holds a cluster made with --faults (68 / 64 otherwise)."""
     directory: Path = args.directory.absolute()
-    nodes = cluster_cmd.require_cluster(directory)
+    nodes = localcluster.require_cluster(directory)
     if not faultproxy.is_proxied(directory):
         raise UsageError(
             f"cluster {args.cluster_action}: the cluster in {directory} was not made with "
@@ -144,9 +144,9 @@ def _fault_row(answer: dict[str, Any], fmt: str) -> dict[str, Any]:
 
 
 def _control(args: argparse.Namespace, request: dict[str, Any]) -> int:
-    fmt = cluster_cmd._format(args)
+    fmt = output_format(args)
     answer = faultproxy.control(args.directory.absolute(), request)
-    cluster_cmd._print(render_rows([_fault_row(answer, fmt)], FAULT_FIELDS, fmt))
+    write_line(render_rows([_fault_row(answer, fmt)], FAULT_FIELDS, fmt), flush=True)
     return 0
 
 
@@ -182,9 +182,9 @@ def cmd_faults(args: argparse.Namespace) -> int:
 # --- kill, restart ---------------------------------------------------------------------------
 
 
-def _node(args: argparse.Namespace) -> ClusterNode:
+def _node(args: argparse.Namespace) -> LocalNode:
     directory: Path = args.directory.absolute()
-    nodes = cluster_cmd.require_cluster(directory)
+    nodes = localcluster.require_cluster(directory)
     for node in nodes:
         if node.name == args.node:
             return node
@@ -197,46 +197,46 @@ def _node(args: argparse.Namespace) -> ClusterNode:
 def cmd_kill(args: argparse.Namespace) -> int:
     """SIGKILL the node and wait until the kernel has removed it."""
     node = _node(args)
-    pid = cluster_cmd.running_pid(node)
-    if pid is None or not cluster_cmd.signal_node(pid, node, signal.SIGKILL):
+    pid = localcluster.running_pid(node)
+    if pid is None or not localcluster.signal_node(pid, node, signal.SIGKILL):
         raise BadInputError(
             f"node {node.name} of {args.directory.absolute()} is not running; nothing to kill"
         )
-    if not _wait_gone(node, pid, cluster_cmd.KILL_TIMEOUT):
+    if not _wait_gone(node, pid, localcluster.KILL_TIMEOUT):
         raise ReplicadError(
-            f"node {node.name} (pid {pid}) is still running {cluster_cmd.KILL_TIMEOUT:g}s "
+            f"node {node.name} (pid {pid}) is still running {localcluster.KILL_TIMEOUT:g}s "
             "after SIGKILL (stuck in the kernel?)"
         )
-    fmt = cluster_cmd._format(args)
+    fmt = output_format(args)
     row = {"node": node.name, "pid": pid, "result": "killed"}
-    cluster_cmd._print(render_rows([row], KILL_FIELDS, fmt))
+    write_line(render_rows([row], KILL_FIELDS, fmt), flush=True)
     return 0
 
 
-def _wait_gone(node: ClusterNode, pid: int, timeout: float) -> bool:
+def _wait_gone(node: LocalNode, pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while cluster_cmd.is_node_process(pid, node.config_path):
+    while localcluster.is_node_process(pid, node.config_path):
         if time.monotonic() >= deadline:
             return False
-        time.sleep(cluster_cmd.POLL_INTERVAL)
+        time.sleep(localcluster.POLL_INTERVAL)
     return True
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     """Stop the node if it runs, start it, wait until it answers (exit 69 if it does not)."""
     node = _node(args)
-    pid = cluster_cmd.running_pid(node)
+    pid = localcluster.running_pid(node)
     if pid is not None:
-        outcome = cluster_cmd.stop_processes([(node, pid)])[node.name]
+        outcome = localcluster.stop_processes([(node, pid)])[node.name]
         if outcome.startswith("still running"):
             raise ReplicadError(f"node {node.name}: {outcome}; not restarted")
-    started = cluster_cmd.start_and_wait([node])[node.name]
-    fmt = cluster_cmd._format(args)
+    started = localcluster.start_and_wait([node])[node.name]
+    fmt = output_format(args)
     row = {
         "node": node.name,
         "state": "started" if pid is None else "restarted",
         "pid": started.pid,
         "port": node.port,
     }
-    cluster_cmd._print(render_rows([row], RESTART_FIELDS, fmt))
+    write_line(render_rows([row], RESTART_FIELDS, fmt), flush=True)
     return 0

@@ -26,10 +26,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from replicad.admin.client import AdminClient
-from replicad.auth.usernames import normalise_user
 from replicad.cli.output import render_document, render_rows
 from replicad.config import NodeConfig, load_config, resolve_config_path
 from replicad.errors import BadInputError
+from replicad.usernames import normalise_user
 
 #: The longest text argument taken, in UTF-8 bytes (PATH_MAX; names are shorter).
 MAX_ARGUMENT_BYTES = 4096
@@ -64,8 +64,12 @@ def print_json_only(args: argparse.Namespace, document: Any) -> None:
         write_line(render_document(document))
 
 
-def write_line(text: str) -> None:
+def write_line(text: str, *, flush: bool = False) -> None:
+    """``text`` and a newline on stdout; ``flush`` for a command whose output
+    should not wait in a buffer for the processes it leaves running."""
     sys.stdout.write(text + "\n")
+    if flush:
+        sys.stdout.flush()
 
 
 def split_words(text: str) -> list[str]:

@@ -37,17 +37,6 @@ from replicad.errors import (
     ProtocolError,
     UnreachableError,
 )
-from replicad.protocol.commands import (
-    CommandFrame,
-    Status,
-    UntaggedFrame,
-    decode,
-    encode_bad,
-    encode_command,
-    encode_no,
-    encode_ok,
-    encode_untagged,
-)
 from replicad.protocol.connection import (
     CAP_COMPRESS_ZSTD,
     CAP_DEBUG,
@@ -63,6 +52,17 @@ from replicad.protocol.connection import (
     UntaggedReceived,
 )
 from replicad.protocol.frames import Frame, FrameDecoder
+from replicad.protocol.registry import (
+    CommandFrame,
+    Status,
+    UntaggedFrame,
+    decode,
+    encode_bad,
+    encode_command,
+    encode_no,
+    encode_ok,
+    encode_untagged,
+)
 from replicad.protocol.text import parse, render
 from replicad.transport import Link, LinkRefusedError, load_tls_contexts, open_link
 

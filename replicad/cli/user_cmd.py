@@ -30,7 +30,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from replicad.auth.usernames import normalise_user, validate_user_name
 from replicad.cli.common import node_config, print_json_only, print_rows, write_line
 from replicad.config import NodeConfig
 from replicad.errors import (
@@ -41,6 +40,7 @@ from replicad.errors import (
     NotFoundError,
     UsageError,
 )
+from replicad.usernames import normalise_user, validate_user_name
 
 MAX_PASSWORD_BYTES = 4096
 

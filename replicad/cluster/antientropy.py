@@ -3,7 +3,7 @@
 Divergence normally leaves a resync mark (resync.md §1); this finds what
 leaves none: a store damaged or edited by hand, a mailbox lost, a change
 dropped on a path no mark covers (seed goal 2).  Each node keeps no extra
-state: it computes its :class:`~replicad.cluster.digest.DigestTree` and
+state: it computes its :class:`~replicad.model.digest.DigestTree` and
 descends the peer's with ``DIGEST`` and ``MAILBOXES``:
 
 1. ``DIGEST ()``: the whole digest.  Equal: done, one round trip and a few
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from replicad.cluster.digest import GROUP_FLAG, DigestTree, MailboxDigest, bucket_of
 from replicad.cluster.masters import master_key
 from replicad.errors import ProtocolError, ReplicadError, TemporaryError
+from replicad.model.digest import GROUP_FLAG, DigestTree, MailboxDigest, bucket_of
 from replicad.protocol import commands as c
 from replicad.store.changelog import RESYNC_CONFLICT
 from replicad.transport.logfmt import log_event

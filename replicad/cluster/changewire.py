@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from replicad.blob import Blob
-from replicad.cluster.merge import (
+from replicad.errors import ProtocolError
+from replicad.model.merge import (
     UNKNOWN_GUID,
     FlagMark,
     MergePlan,
@@ -23,7 +24,6 @@ from replicad.cluster.merge import (
     PutTombstone,
     Tombstone,
 )
-from replicad.errors import ProtocolError
 from replicad.protocol import commands as c
 from replicad.store.records import (
     Change,

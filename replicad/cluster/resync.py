@@ -1,6 +1,6 @@
 """Resync: bring a peer's copy of a mailbox and the master's to one merged state.
 
-The trio glue around :mod:`replicad.cluster.merge` (pure) and the store's
+The trio glue around :mod:`replicad.model.merge` (pure) and the store's
 :mod:`~replicad.store.statesync` (docs/architecture.md §7, protocol-spec/resync.md).
 
 **Who resyncs what.**  A resync always runs at the mailbox's *master*
@@ -17,7 +17,7 @@ from resync marks (the store's ``resync`` table):
 
 **One resync** (:meth:`Resyncer.resync_one`): ``SYNC`` pulls P's state of
 ``X`` (every message with its flag registers, every tombstone); the master
-merges it with its own (:func:`~replicad.cluster.merge.merge`); if its own
+merges it with its own (:func:`~replicad.model.merge.merge`); if its own
 copy changes it FETCHes the bodies it lacks and applies the plan in one
 transaction, logged as a ``MailboxMerged`` that its followers apply as the
 same plan; then it sends P one ``UPDATE`` with P's plan (bodies P does not
@@ -39,18 +39,7 @@ import trio
 
 from replicad.blob import Blob
 from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
-from replicad.cluster.digest import entries_digest
 from replicad.cluster.masters import MasterKey, master_key
-from replicad.cluster.merge import (
-    MailboxState,
-    MergePlan,
-    MessageState,
-    PlanOp,
-    PutMessage,
-    Tombstone,
-    merge,
-    plan,
-)
 from replicad.errors import (
     ConflictError,
     MailboxDeletedError,
@@ -59,6 +48,17 @@ from replicad.errors import (
     ReplicadError,
     TemporaryError,
     UnreachableError,
+)
+from replicad.model.digest import entries_digest
+from replicad.model.merge import (
+    MailboxState,
+    MergePlan,
+    MessageState,
+    PlanOp,
+    PutMessage,
+    Tombstone,
+    merge,
+    plan,
 )
 from replicad.protocol import commands as c
 from replicad.store.index import INBOX
@@ -976,7 +976,7 @@ def _next(uidvalidity: int, step: int) -> int:
 
 
 def _message_of(m: c.StateMessage) -> MessageState:
-    from replicad.cluster.merge import FlagMark
+    from replicad.model.merge import FlagMark
 
     try:
         return MessageState(

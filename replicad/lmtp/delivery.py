@@ -37,7 +37,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from replicad.auth.usernames import DEFAULT_USERNAME_FORMAT, normalise_user
 from replicad.cluster.runtime import SAVE_RETRY_DEPTH
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import (
@@ -59,6 +58,7 @@ from replicad.store.index import (
 )
 from replicad.store.mailstore import MailStore
 from replicad.store.records import MessageAppended
+from replicad.usernames import DEFAULT_USERNAME_FORMAT, normalise_user
 
 log = logging.getLogger("replicad.lmtp")
 

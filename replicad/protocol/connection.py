@@ -56,18 +56,18 @@ from typing import Final
 import zstandard
 
 from replicad.errors import ProtocolError, ReplicadError, TemporaryError
-from replicad.protocol.commands import (
-    PROTOCOL_VERSION,
-    Command,
+from replicad.protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    PREFIX_LEN,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+)
+from replicad.protocol.records import Command, Record, Untagged
+from replicad.protocol.registry import (
     CommandFrame,
-    Compress,
-    Fatal,
-    Hello,
-    Mbox,
-    Record,
     ReplyFrame,
     Status,
-    Untagged,
     UntaggedFrame,
     decode,
     decode_ok,
@@ -78,13 +78,7 @@ from replicad.protocol.commands import (
     encode_untagged,
     mbox_ids,
 )
-from replicad.protocol.frames import (
-    DEFAULT_MAX_FRAME,
-    PREFIX_LEN,
-    Frame,
-    FrameDecoder,
-    FrameEncoder,
-)
+from replicad.protocol.session import PROTOCOL_VERSION, Compress, Fatal, Hello, Mbox
 
 ZSTD: Final = "ZSTD"
 CAP_COMPRESS_ZSTD: Final = "COMPRESS-ZSTD"

@@ -44,7 +44,7 @@ MAX_ARRAY_LEN: Final = 1_000_000
 #: payload (string and bin contents) plus about 2^20 x 72 bytes ~ 72 MiB
 #: of objects, whatever it says.  Legitimate frames stay far below: a
 #: ``* SYNC`` chunk is at most 512 messages, and a merge is cut into parts
-#: of at most half the budget (replicad.cluster.planparts).
+#: of at most half the budget (replicad.model.planparts).
 MAX_FRAME_VALUES: Final = 1 << 20
 #: Payloads larger than this are scanned (:func:`scan_payload`) before they
 #: are decoded; smaller ones are decoded directly: every value takes at
@@ -350,7 +350,7 @@ class FrameDecoder:
     Contract of a decoded frame: it is an array of at least two values
     (``[tag, verb, ...]``) whose payload was exactly the announced length.
     The *elements*, tag and verb included, are checked once, by the
-    consumer, against what it expects: :func:`replicad.protocol.commands.decode`
+    consumer, against what it expects: :func:`replicad.protocol.registry.decode`
     checks the tag, the verb and every field against the verb's exact
     schema; generic consumers (the text renderer, capture decoders) call
     :func:`check_frame`.  Checking both here and there would cost the hot
@@ -376,7 +376,7 @@ class FrameDecoder:
       check at all: every value takes at least one octet, so it cannot
       hold more than :data:`MAX_FRAME_VALUES` values.  Its nesting is
       refused by its consumer: every verb's schema
-      (:func:`replicad.protocol.commands.decode`) goes at most 5 deep and
+      (:func:`replicad.protocol.registry.decode`) goes at most 5 deep and
       refuses a list wherever it expects none; generic consumers call
       :func:`check_frame`.  Checking depth here as well would walk every
       frame in Python: 8-17% of the whole receive path of a STORE,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from replicad.cluster.merge import (
+from replicad.errors import ReplicadError
+from replicad.model.merge import (
     FlagMark,
     MergePlan,
     MessageState,
@@ -18,7 +19,6 @@ from replicad.cluster.merge import (
     PutTombstone,
     Tombstone,
 )
-from replicad.errors import ReplicadError
 from replicad.store.records import (
     Change,
     FlagsChanged,

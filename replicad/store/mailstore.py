@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import trio
 
 from replicad.blob import Blob
-from replicad.cluster import planparts
-from replicad.cluster.digest import MailboxDigest, bucket_of, state_digest
-from replicad.cluster.merge import MailboxState, MergePlan, MessageState, PutMessage, Tombstone
-from replicad.cluster.merge import apply_plan as merge_apply_plan
-from replicad.cluster.planparts import split_plan
 from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
+from replicad.model import planparts
+from replicad.model.digest import MailboxDigest, bucket_of, state_digest
+from replicad.model.merge import MailboxState, MergePlan, MessageState, PutMessage, Tombstone
+from replicad.model.merge import apply_plan as merge_apply_plan
+from replicad.model.planparts import split_plan
 from replicad.store import blobs, statesync
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import body_hashes
@@ -746,7 +746,7 @@ class MailStore:
 
         await self.writer.submit(op)
 
-    # -- resync (the store side of replicad.cluster.merge) --
+    # -- resync (the store side of replicad.model.merge) --
 
     async def mailbox_state(
         self, mailbox: bytes, since: int = 0
@@ -853,7 +853,7 @@ class MailStore:
         peer: str,
     ) -> None:
         """Log the merge just applied as one :class:`MailboxMerged` per part
-        (:func:`~replicad.cluster.planparts.split_plan`), so that no record
+        (:func:`~replicad.model.planparts.split_plan`), so that no record
         needs a frame above the limit to reach a follower (I9).  Each part is
         guarded by the digests of the states before and after it, computed
         from the pure model of the executor; the last one's result is the

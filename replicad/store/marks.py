@@ -7,7 +7,7 @@ greater than the register's: applied in log order this is just the delta;
 merged across two sides of a partition it is last-writer-wins per flag by
 hybrid logical clock, with an exact tie going to "present".  The registers
 of two copies join by taking the greater register per flag
-(:func:`replicad.cluster.merge.join_marks` does the same on its own types).
+(:func:`replicad.model.merge.join_marks` does the same on its own types).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replicad.cluster.merge import MergePlan
 from replicad.flags import sorted_flags
+from replicad.model.merge import MergePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ class MailboxMerged(Change):
     mailbox: bytes
     expected: int
     plan: MergePlan
-    #: :func:`replicad.cluster.digest.state_digest` of the state the plan was
+    #: :func:`replicad.model.digest.state_digest` of the state the plan was
     #: computed from, and of the state it produces.
     expected_digest: bytes = b""
     result_digest: bytes = b""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from replicad.cluster.digest import state_digest
-from replicad.cluster.merge import UNKNOWN_GUID
+from replicad.model.digest import state_digest
+from replicad.model.merge import UNKNOWN_GUID
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import mailbox_of

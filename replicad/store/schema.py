@@ -107,7 +107,7 @@ def pack_tombstone(
     """A tombstone names the message GUID it had; after a UID collision was
     resolved, every GUID the UID ever named (so a late copy of any of them is
     recognised as expunged, never as a new conflict) and where each moved
-    message went (``moved``: (guid, new uid), replicad.cluster.merge rule 6)."""
+    message went (``moved``: (guid, new uid), replicad.model.merge rule 6)."""
     first, *more = sorted(guids)
     if moved:
         return pack([first, modseq, more, [[g, u] for g, u in moved]])

@@ -1,12 +1,12 @@
 """The store side of resync: a mailbox's mergeable state, and applying merge plans.
 
-:func:`read_state` returns what :func:`replicad.cluster.merge.merge` takes:
+:func:`read_state` returns what :func:`replicad.model.merge.merge` takes:
 every live message with its flag registers, every tombstone with the GUIDs
 it named, and the mailbox's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ; with
 ``since`` only the entries whose modseq is above it (one range scan of the
 changes index, RFC 7162 CHANGEDSINCE + VANISHED).
 
-:func:`apply_plan` applies a :class:`~replicad.cluster.merge.MergePlan`
+:func:`apply_plan` applies a :class:`~replicad.model.merge.MergePlan`
 inside the caller's write transaction: the plan's operations are absolute
 (put this message at this UID, tombstone this UID), so applying one is
 idempotent, and all of it lands in one transaction (seed 004 UPDATE).
@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from replicad.cluster.digest import entries_digest
-from replicad.cluster.merge import (
+from replicad.errors import ClockSkewError, ReplicadError
+from replicad.model.digest import entries_digest
+from replicad.model.merge import (
     FlagMark,
     MailboxState,
     MergePlan,
@@ -28,7 +29,6 @@ from replicad.cluster.merge import (
     PutMessage,
     Tombstone,
 )
-from replicad.errors import ClockSkewError, ReplicadError
 from replicad.store import blobs
 from replicad.store.blobs import PreparedBody
 from replicad.store.index import MailIndex

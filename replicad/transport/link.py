@@ -31,7 +31,6 @@ from typing import Final, TypeVar
 import trio
 
 from replicad.errors import ProtocolError, UnreachableError
-from replicad.protocol.commands import Hello
 from replicad.protocol.connection import (
     CompressionStarted,
     Connection,
@@ -41,6 +40,7 @@ from replicad.protocol.connection import (
     LinkConfig,
     ReplyReceived,
 )
+from replicad.protocol.session import Hello
 from replicad.transport.channel import (
     SecureChannel,
     accept_channel,

@@ -430,7 +430,7 @@ async def test_a_logged_merge_above_the_frame_limit_reaches_every_follower(
 ) -> None:
     """The merge is logged in parts that each fit in a frame (resync.md §9):
     every follower applies them and no link fails on one (I4, I9)."""
-    from replicad.cluster import planparts
+    from replicad.model import planparts
 
     _small_frames(monkeypatch)
     monkeypatch.setattr(planparts, "PART_BYTES", SMALL_FRAME // 2)
@@ -449,7 +449,7 @@ async def test_a_change_too_large_for_the_link_is_skipped_and_resynced(
     logged whole) is never resent on every reconnect, which would stop that
     peer's stream for good (I9): the peer is marked for a resync, whose
     UPDATEs are bounded, and the stream goes on after it."""
-    from replicad.cluster import planparts
+    from replicad.model import planparts
 
     _small_frames(monkeypatch)
     monkeypatch.setattr(planparts, "PART_BYTES", 1 << 30)

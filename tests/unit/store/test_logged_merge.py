@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from replicad.cluster import planparts
 from replicad.cluster.changewire import MboxBinding, from_wire, mailboxes_of, to_wire
-from replicad.cluster.digest import state_digest
-from replicad.cluster.merge import FlagMark, MailboxState, MessageState, PutMessage, merge, plan
+from replicad.model import planparts
+from replicad.model.digest import state_digest
+from replicad.model.merge import FlagMark, MailboxState, MessageState, PutMessage, merge, plan
 from replicad.protocol.commands import UpdateAppend, UpdateChange, encode_untagged
 from replicad.protocol.frames import FrameEncoder
 from replicad.store.blobs import body_hash
@@ -136,7 +136,7 @@ async def test_a_merge_larger_than_a_frame_is_logged_in_parts_a_follower_applies
 def test_parts_applied_in_order_are_the_whole_plan() -> None:
     """The pure model: each part is a run of UIDs, within the budget unless one
     operation alone exceeds it, and the parts compose to the plan."""
-    from replicad.cluster.merge import apply_plan
+    from replicad.model.merge import apply_plan
 
     def message(uid: int, size: int) -> MessageState:
         return MessageState(uid, bytes([uid]) * 16, uid + 1, 1, size, bytes([uid]) * 32, ())

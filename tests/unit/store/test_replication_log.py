@@ -319,8 +319,8 @@ async def test_a_deleted_mailbox_is_never_brought_back(tmp_path: Path) -> None:
     """DELETE wins over writes made concurrently elsewhere (resync.md, mailbox
     conflicts): a replica that deleted a mailbox ignores the other side's
     later changes to it, and refuses a resync UPDATE that would recreate it."""
-    from replicad.cluster.merge import MergePlan
     from replicad.errors import MailboxDeletedError
+    from replicad.model.merge import MergePlan
 
     async with (
         MailStore.open(tmp_path / "master", peers=("b",)) as master,

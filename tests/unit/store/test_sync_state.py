@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replicad.cluster.digest import entries_digest
-from replicad.cluster.merge import FlagMark, MessageState, Tombstone
+from replicad.model.digest import entries_digest
+from replicad.model.merge import FlagMark, MessageState, Tombstone
 from replicad.store.mailstore import MailStore
 from replicad.uidset import UidSet
 

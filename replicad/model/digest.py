@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from replicad.cluster.merge import MailboxState, MessageState, Tombstone
+from replicad.model.merge import MailboxState, MessageState, Tombstone
 
 
 def state_digest(state: MailboxState) -> bytes:

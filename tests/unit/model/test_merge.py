@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.cluster.merge import (
+from replicad.model.merge import (
     UNKNOWN_GUID,
     FlagMark,
     MailboxState,

@@ -8,7 +8,7 @@ each the operations of a run of UIDs in ascending order, each applied as
 one transaction and complete with the last.  Every part carries the whole
 plan's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ: the first part already
 settles the counters (I3) and a new UIDVALIDITY (which empties the old UID
-space, :class:`~replicad.cluster.merge.MergePlan`), and the later ones find
+space, :class:`~replicad.model.merge.MergePlan`), and the later ones find
 the mailbox as the part before left it.
 
 Pure: the store logs the parts (:meth:`replicad.store.mailstore.MailStore.apply_merge`).
@@ -19,17 +19,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from replicad.cluster.merge import MergePlan, PlanOp, PutMessage
-from replicad.protocol.frames import MAX_FRAME_VALUES
+from replicad.model.merge import MergePlan, PlanOp, PutMessage
 
 #: Most estimated octets in one part: half the 64 MiB frame limit, so that
 #: the estimate below may be off by a lot and a part still fits (I9).
 PART_BYTES: Final = 32 * 1024 * 1024
 #: Most msgpack values in one part: half a frame's value budget
-#: (framing.md §3), the rest of the frame and a wide margin for the rest.
-#: Since every operation is at least 6 values, it also keeps a part within
-#: UPDATE's 100,000 operations.
-PART_VALUES: Final = MAX_FRAME_VALUES // 2
+#: (framing.md §3: ``MAX_FRAME_VALUES`` = 2^20 in replicad.protocol.frames),
+#: the rest of the frame and a wide margin for the rest.  Written out rather
+#: than imported because the model sits below the protocol (docs/architecture.md
+#: §3); tests/unit/store/test_logged_merge.py holds the two together.  Since
+#: every operation is at least 6 values, it also keeps a part within UPDATE's
+#: 100,000 operations.
+PART_VALUES: Final = 1 << 19
 #: Upper bounds of one operation's octets on the wire, bodies apart: the
 #: msgpack of UID, GUID, modseq, date, size, body hash and headers; per flag
 #: register its stamp and state (plus the flag name); per tombstone GUID and
@@ -51,7 +53,7 @@ def op_weight(op: PlanOp, with_body: Callable[[PutMessage], bool] = lambda _: Tr
 
 def op_values(op: PlanOp) -> int:
     """msgpack values of ``op`` on the wire, exactly (``UPDATE_OPS`` in
-    replicad.protocol.commands): its array and kind, its fields, each flag
+    replicad.protocol.changes): its array and kind, its fields, each flag
     register an array of three, each tombstone GUID one, each move ``(uid
     guid)`` an array of two."""
     if isinstance(op, PutMessage):

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicad.auth import USERNAME_FORMATS, normalise_user, validate_username_format
-from replicad.auth.usernames import user_name_problem, validate_user_name
 from replicad.errors import BadInputError, ConfigError, ExitCode
+from replicad.usernames import user_name_problem, validate_user_name
 
 
 @pytest.mark.parametrize(
