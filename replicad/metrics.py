@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -147,6 +147,25 @@ class NodeMetrics:
             buckets=ACK_BUCKETS,
             registry=r,
         )
+        self.imap_commands = Counter(
+            "replicad_imap_commands",
+            "IMAP commands by name and result: ok, no (refused: e.g. a mailbox that "
+            "does not exist, or [UNAVAILABLE] when the durability level cannot be met), "
+            "bad (syntax or state), error (an internal error, logged).",
+            ["command", "result"],
+            registry=r,
+        )
+        self.imap_command_seconds = Histogram(
+            "replicad_imap_command_seconds",
+            "Time from an IMAP command's last octet to its tagged answer.",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.imap_sessions = Gauge(
+            "replicad_imap_sessions",
+            "IMAP connections open on this node, authenticated or not.",
+            registry=r,
+        )
         self.snapshots = SnapshotCollector()
         r.register(self.snapshots)
         # Real process figures (CPU, memory, open files), read from /proc.
@@ -190,6 +209,15 @@ class NodeMetrics:
         user = args.get("user")
         if op in WRITE_OPS and isinstance(user, str):
             self.write_ack.labels(self._durability_of(user)).observe(seconds)
+
+    # -- IMAP (replicad.imap.server.CommandMetrics) --
+
+    def imap_command(self, command: str, result: str, seconds: float) -> None:
+        self.imap_commands.labels(command, result).inc()
+        self.imap_command_seconds.observe(seconds)
+
+    def count_imap_sessions(self, count: Callable[[], int]) -> None:
+        self.imap_sessions.set_function(count)
 
     # -- LMTP deliveries (replicad.lmtp.server.DeliveryMetrics) --
 

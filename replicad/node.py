@@ -77,6 +77,8 @@ from replicad.errors import ReplicadError
 from replicad.fsmode import PRIVATE_FILE, private_directory
 from replicad.health import evaluate
 from replicad.httpd import HttpServer
+from replicad.imap.mailaccess import MailAccess
+from replicad.imap.server import ImapListenConfig, ImapServer
 from replicad.lmtp.delivery import NodeDelivery
 from replicad.lmtp.protocol import LmtpConfig
 from replicad.lmtp.server import LmtpServer
@@ -321,6 +323,7 @@ async def _run_locked(
             store, default_identity(node.name), config.admin.max_message_size, cluster=writes
         )
         lmtp = _lmtp_server(config, store, writes, metrics)
+        imap = _imap_server(config, store, writes, metrics)
         server = AdminServer(
             metrics.instrument(dispatcher.handle, dispatcher.operations),
             max_frame=config.admin.max_message_size + FRAME_OVERHEAD,
@@ -332,7 +335,9 @@ async def _run_locked(
             if config.metrics is not None
             else None
         )
-        live = _LiveConfig(config, httpd, cluster, observer, store, tls_network=tls_network)
+        live = _LiveConfig(
+            config, httpd, cluster, observer, store, tls_network=tls_network, imap=imap
+        )
         async with trio.open_nursery() as nursery:
             if httpd is not None:
                 assert config.metrics is not None
@@ -344,6 +349,8 @@ async def _run_locked(
             if lmtp is not None:
                 assert config.lmtp is not None
                 await nursery.start(lmtp.run, config.lmtp.tcp, config.lmtp.unix)
+            if imap is not None:
+                await nursery.start(imap.run)
             raw = bind_admin_socket(node.admin_socket)
             inode = node.admin_socket.lstat().st_ino
             try:
@@ -365,7 +372,13 @@ async def _run_locked(
                 state.phase = Phase.STOPPING
                 notify.stopping("stopping: draining client requests and outbox sends")
                 await _drain(
-                    server, cluster, store, live.config.node.shutdown_timeout, signals, lmtp=lmtp
+                    server,
+                    cluster,
+                    store,
+                    live.config.node.shutdown_timeout,
+                    signals,
+                    lmtp=lmtp,
+                    imap=imap,
                 )
                 nursery.cancel_scope.cancel()
             finally:
@@ -395,8 +408,9 @@ async def _drain(
     signals: AsyncIterator[int],
     *,
     lmtp: LmtpServer | None = None,
+    imap: ImapServer | None = None,
 ) -> None:
-    """Let client operations (admin requests, LMTP deliveries) finish, then
+    """Let client operations (admin requests, LMTP deliveries, IMAP commands) finish, then
     outbox sends, within ``timeout`` in all.
 
     A second SIGTERM/SIGINT (an impatient operator, Ctrl-C twice) ends the
@@ -417,10 +431,14 @@ async def _drain(
         server.drain()
         if lmtp is not None:
             lmtp.drain()
+        if imap is not None:
+            imap.drain()
         with trio.move_on_at(deadline):
             await server.closed.wait()
             if lmtp is not None:
                 await lmtp.closed.wait()
+            if imap is not None:
+                await imap.closed.wait()
         if not server.closed.is_set():
             log.warning(
                 "node.requests_cancelled",
@@ -527,8 +545,10 @@ class _LiveConfig:
         store: MailStore | None = None,
         *,
         tls_network: TlsNetwork | None = None,
+        imap: ImapServer | None = None,
     ) -> None:
         self.config = config
+        self.imap = imap
         self.httpd = httpd
         self.cluster = cluster
         self.observer = observer
@@ -627,6 +647,9 @@ class _LiveConfig:
         if self._reload_tls(new):
             tls = new.tls
             applied.append("tls")
+        if self.imap is not None:
+            self.imap.reload_tls()  # the same files, re-read (a renewed certificate)
+            applied.append("imap.tls")
         self.config = dataclasses.replace(old, node=node, metrics=metrics, peers=peers, tls=tls)
         self.observer.config = self.config
         pending = _needs_restart(self.config, new)
@@ -660,6 +683,7 @@ def _needs_restart(running: NodeConfig, new: NodeConfig) -> list[str]:
             "metrics",
             "auth",
             "lmtp",
+            "imap",
         )
         if getattr(running, name) != getattr(new, name)
     ]
@@ -700,6 +724,38 @@ def _lmtp_server(
         max_recipients=section.max_recipients,
     )
     return LmtpServer(delivery, protocol, timeout=section.timeout, metrics=metrics)
+
+
+def _imap_server(
+    config: NodeConfig, store: MailStore, writes: ClusterWrites | None, metrics: NodeMetrics
+) -> ImapServer | None:
+    """The IMAP listeners, if ``[imap]`` is configured: reads from this
+    store, writes through the admin ``save``'s write path."""
+    if config.imap is None:
+        return None
+    section = config.imap
+    users = UserDirectory.from_config(config) if config.auth.passwd_file is not None else None
+    access = MailAccess(
+        store,
+        writes if writes is not None else store,
+        users,
+        catch_up=section.select_wait,
+    )
+    listen = ImapListenConfig(
+        tcp=section.tcp,
+        tls_tcp=section.tls_tcp,
+        tls_cert=section.tls_cert,
+        tls_key=section.tls_key,
+        max_line=section.max_line,
+        max_literal=section.max_literal,
+        max_sessions_per_user=section.max_sessions_per_user,
+        max_sessions_per_ip=section.max_sessions_per_ip,
+        idle_timeout=section.idle_timeout,
+        allow_plaintext_auth=section.allow_plaintext_auth,
+    )
+    from replicad import __version__
+
+    return ImapServer(access, listen, version=__version__, metrics=metrics)
 
 
 def _tls_contexts(config: NodeConfig) -> TlsContexts | None:

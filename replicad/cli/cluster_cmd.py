@@ -216,6 +216,7 @@ def node_text(
     ports: dict[str, int],
     lmtp_ports: dict[str, int],
     peer_ports: dict[str, int] | None = None,
+    imap_ports: dict[str, int] | None = None,
 ) -> str:
     """The config of node ``name`` in a cluster whose nodes listen on ``ports``
     (node-to-node) and ``lmtp_ports`` (LMTP, loopback); with ``peer_ports``
@@ -226,6 +227,7 @@ def node_text(
         name,
         ports[name],
         lmtp_ports[name],
+        (imap_ports or {}).get(name, lmtp_ports[name] + 1),
         cluster_sections=_cluster_sections(name, peers),
         written_by="replicad cluster up",
     )
@@ -252,19 +254,24 @@ def create_cluster(
         )
     ports = dict(zip(names, pick_ports(count, base_port), strict=True))
     # LMTP on free loopback ports, picked together with room to skip the node ports.
-    lmtp_free = [p for p in pick_ports(2 * count, None) if p not in ports.values()]
+    lmtp_free = [p for p in pick_ports(3 * count, None) if p not in ports.values()]
     lmtp_ports = dict(zip(names, lmtp_free[:count], strict=True))
+    imap_ports = dict(zip(names, lmtp_free[count : 2 * count], strict=True))
     routes: list[faultproxy.Route] = []
     if faults:
         faultproxy.check_socket_path(directory)
         # count*count ports held open together are distinct, and at most
         # `count` of them can be node ports: enough remain for every route.
-        taken = {*ports.values(), *lmtp_ports.values()}
+        taken = {*ports.values(), *lmtp_ports.values(), *imap_ports.values()}
         spare = [p for p in pick_ports(count * count + count, None) if p not in taken]
         routes = faultproxy.plan_routes(ports, spare[: faultproxy.route_count(count)])
     texts = {
         name: node_text(
-            name, ports, lmtp_ports, faultproxy.peer_ports(routes, name) if faults else None
+            name,
+            ports,
+            lmtp_ports,
+            faultproxy.peer_ports(routes, name) if faults else None,
+            imap_ports,
         )
         for name in names
     }

@@ -49,6 +49,15 @@ max_recipients = 100
 max_message_size = "63MiB"
 timeout = 300
 
+[imap]
+# Mail out (RFC 3501/9051): any IMAP client reads and changes mail here.
+# Passwords are accepted without TLS only from loopback; for other clients
+# set the operator's certificate (STARTTLS on listen, implicit TLS on listen_tls):
+# tls_cert = "imap.crt"
+# tls_key = "imap.key"
+# listen_tls = "0.0.0.0:993"
+listen = "127.0.0.1:{imap_port}"
+
 # To join a cluster, add [tls] (see `replicad pki`) and one [[peers]] per node:
 # [tls]
 # ca = "ca.crt"
@@ -77,12 +86,14 @@ def node_config_text(
     name: str,
     port: int,
     lmtp_port: int,
+    imap_port: int,
     *,
     cluster_sections: str | None = None,
     written_by: str = "replicad init",
 ) -> str:
     """The config text `replicad init` writes for node ``name`` listening on
-    ``port`` (node-to-node) and ``lmtp_port`` (LMTP, on loopback).
+    ``port`` (node-to-node), ``lmtp_port`` (LMTP) and ``imap_port`` (IMAP),
+    both on loopback.
 
     With ``cluster_sections`` (real ``[tls]`` and ``[[peers]]`` TOML), the
     template's commented hint on joining a cluster is replaced by them, so
@@ -90,7 +101,7 @@ def node_config_text(
     ``init`` does. ``written_by`` names the command in the header comment.
     The text is not validated here; callers run it through ``parse_config``.
     """
-    text = CONFIG_TEMPLATE.format(name=name, port=port, lmtp_port=lmtp_port)
+    text = CONFIG_TEMPLATE.format(name=name, port=port, lmtp_port=lmtp_port, imap_port=imap_port)
     text = text.replace("written by `replicad init`", f"written by `{written_by}`", 1)
     if cluster_sections is not None:
         head, found, _hint = text.partition(_JOIN_HINT)
@@ -124,6 +135,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         metavar="P",
         help="LMTP port on 127.0.0.1 (default: a free port picked now)",
     )
+    init.add_argument(
+        "--imap-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="IMAP port on 127.0.0.1 (default: a free port picked now)",
+    )
     init.set_defaults(handler=cmd_init)
 
     serve = subparsers.add_parser(
@@ -144,8 +162,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"--lmtp-port {lmtp_port} is outside 1..65535")
     if lmtp_port == args.port:
         raise UsageError(f"--lmtp-port {lmtp_port} is the node-to-node --port")
+    imap_port: int = args.imap_port if args.imap_port is not None else free_loopback_port()
+    if imap_port == lmtp_port and args.imap_port is None:
+        imap_port = free_loopback_port()
+    if not 1 <= imap_port <= 65535:
+        raise UsageError(f"--imap-port {imap_port} is outside 1..65535")
+    if imap_port in (args.port, lmtp_port):
+        raise UsageError(f"--imap-port {imap_port} is the node-to-node or the LMTP port")
     config_path = directory / CONFIG_NAME
-    text = node_config_text(args.name, args.port, lmtp_port)
+    text = node_config_text(args.name, args.port, lmtp_port, imap_port)
     # Validate what we are about to write, so `init` never leaves a config
     # that `serve` would reject (bad node name, socket path too long, ...).
     config = parse_config(text, config_path)
@@ -173,6 +198,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                     "port": config.listen.port,
                     "passwd_file": str(passwd_file),
                     "lmtp": list(config.lmtp.addresses) if config.lmtp else [],
+                    "imap": config.imap.port if config.imap else None,
                 }
             )
         )
@@ -187,6 +213,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_line(f"  users:        {passwd_file} (replicad user add USER)")
         if config.lmtp is not None:
             write_line(f"  lmtp:         {', '.join(config.lmtp.addresses)}")
+        if config.imap is not None:
+            write_line(f"  imap:         127.0.0.1:{config.imap.port}")
         write_line(f"start it with: replicad serve -c {config_path}")
     return 0
 

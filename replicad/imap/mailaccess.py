@@ -15,6 +15,7 @@ change at a later NOOP or IDLE, as it would a change made elsewhere).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,8 +23,13 @@ from typing import Protocol
 
 import trio
 
-from replicad.blob import Blob
-from replicad.errors import NoSuchMailboxError
+from replicad.errors import (
+    AlreadyExistsError,
+    NoSuchMailboxError,
+    TemporaryError,
+    UnreachableError,
+)
+from replicad.imap.recent import RecentClaims
 from replicad.store.commitwatch import CommitWatch
 from replicad.store.hierarchy import create_with_superiors
 from replicad.store.index import FlagMode
@@ -42,6 +48,8 @@ from replicad.store.records import (
 )
 from replicad.uidset import UidSet
 
+log = logging.getLogger("replicad.imap")
+
 
 class WritePath(Protocol):
     """The store's write API (:class:`MailStore` or the cluster's ``ClusterWrites``)."""
@@ -50,7 +58,7 @@ class WritePath(Protocol):
         self,
         user: str,
         mailbox: str,
-        body: bytes | Blob,
+        body: bytes,
         *,
         flags: Iterable[str] = (),
         internaldate: int | None = None,
@@ -110,6 +118,8 @@ class MailAccess:
         self.writes = writes
         self.users = users
         self.catch_up = catch_up
+        #: Which messages this node's sessions were told are \Recent.
+        self.recent = RecentClaims()
 
     @property
     def watch(self) -> CommitWatch:
@@ -124,6 +134,22 @@ class MailAccess:
             return None
         user = self.users.normalise(name)
         return user if await self.users.verify(user, password) else None
+
+    async def ensure_inbox(self, user: str) -> None:
+        """Create the user's INBOX if it does not exist yet: RFC 3501 §5.1
+        promises every user one.  A create that cannot be made now (the
+        cluster is unreachable) is left for the next login; delivery
+        creates it too."""
+        if await self.store.has_user(user) and any(
+            m.name == "INBOX" for m in await self.store.list_mailboxes(user)
+        ):
+            return
+        try:
+            await self.create(user, "INBOX")
+        except AlreadyExistsError:
+            pass
+        except (TemporaryError, UnreachableError) as exc:
+            log.warning("imap.inbox_create_failed", extra={"kv": {"user": user, "error": str(exc)}})
 
     # -- reads --
 

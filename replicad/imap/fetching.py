@@ -1,0 +1,191 @@
+"""FETCH data items for one message (RFC 3501 §6.4.5 / §7.4.2, RFC 3516
+BINARY, RFC 7162 MODSEQ).
+
+:func:`fetch_values` turns the items a client asked for into the
+``(name, value)`` pairs of one ``* n FETCH (...)`` response.  What comes
+from the index (FLAGS, UID, INTERNALDATE, RFC822.SIZE, MODSEQ) never reads
+the message; the rest needs the raw bytes and, for ENVELOPE, BODYSTRUCTURE
+and sections, the MIME tree (:func:`~replicad.imap.mimeparse.parse_message`),
+which :class:`MessageBytes` builds once per message however many items
+use it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from replicad.imap.bodystructure import body_structure
+from replicad.imap.commands import (
+    FetchAttribute,
+    FetchBinary,
+    FetchBinarySize,
+    FetchBody,
+    FetchItem,
+    FetchSimple,
+    Partial,
+    Section,
+)
+from replicad.imap.envelope import envelope
+from replicad.imap.internaldate import format_date_time
+from replicad.imap.mimeparse import MimePart, parse_message
+from replicad.imap.nested import render_imap_value
+from replicad.imap.responses import Literal, Raw, Value, flag_list
+from replicad.imap.sections import SectionSpec, binary_size, fetch_binary, fetch_section
+from replicad.store.records import MessageInfo
+
+_BODY_FREE = frozenset(
+    {
+        FetchAttribute.FLAGS,
+        FetchAttribute.UID,
+        FetchAttribute.INTERNALDATE,
+        FetchAttribute.RFC822_SIZE,
+        FetchAttribute.MODSEQ,
+    }
+)
+
+
+def needs_body(items: Sequence[FetchItem]) -> bool:
+    """Whether answering ``items`` reads the message bytes."""
+    return any(not (isinstance(i, FetchSimple) and i.attribute in _BODY_FREE) for i in items)
+
+
+def sets_seen(items: Sequence[FetchItem]) -> bool:
+    """Whether the items imply ``\\Seen`` (RFC 3501 §6.4.5: BODY[...] without
+    .PEEK, RFC822 and RFC822.TEXT; RFC 3516 BINARY without .PEEK)."""
+    for item in items:
+        if isinstance(item, FetchBody | FetchBinary) and not item.peek:
+            return True
+        if isinstance(item, FetchSimple) and item.attribute in (
+            FetchAttribute.RFC822,
+            FetchAttribute.RFC822_TEXT,
+        ):
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class MessageBytes:
+    """The raw message and, parsed on first use, its MIME tree."""
+
+    raw: bytes
+    _tree: MimePart | None = field(default=None, init=False)
+
+    @property
+    def tree(self) -> MimePart:
+        if self._tree is None:
+            self._tree = parse_message(self.raw)
+        return self._tree
+
+
+def internaldate_value(seconds: int) -> bytes:
+    """INTERNALDATE as a quoted ``date-time`` (kept in UTC by the store)."""
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return b'"' + format_date_time(when) + b'"'
+
+
+def fetch_values(
+    items: Sequence[FetchItem],
+    info: MessageInfo,
+    flags: tuple[str, ...],
+    message: MessageBytes | None,
+    *,
+    with_uid: bool,
+    with_modseq: bool,
+    seen_now: bool = False,
+) -> list[tuple[str, Value]]:
+    """The response items for one message, in the order asked.
+
+    ``flags`` are the flags the session reports (its own view).  ``with_uid``
+    adds UID for UID FETCH (RFC 3501 §6.4.8); ``with_modseq`` adds MODSEQ
+    once CONDSTORE is on and CHANGEDSINCE was given (RFC 7162 §3.1.4.1).
+    ``seen_now`` says this FETCH has just set ``\\Seen`` on the message (a
+    BODY[] or RFC822 item without .PEEK): the changed flags are then part
+    of the answer (RFC 3501 §6.4.5 "SHOULD be included"), as Dovecot does,
+    even when FLAGS was not asked for.
+    Raises :class:`~replicad.imap.sections.UnknownTransferEncodingError` for
+    BINARY of a part whose encoding cannot be undone.
+    """
+    out: list[tuple[str, Value]] = []
+    names: set[str] = set()
+
+    def add(name: str, value: Value) -> None:
+        if name not in names:
+            names.add(name)
+            out.append((name, value))
+
+    if with_uid:
+        add("UID", info.uid)
+    for item in items:
+        if isinstance(item, FetchSimple):
+            _simple(item.attribute, info, flags, message, add)
+        elif isinstance(item, FetchBody):
+            assert message is not None
+            data = fetch_section(
+                message.raw, message.tree, section_spec(item.section), _range(item.partial)
+            )
+            add(item.response_name(), Literal(data) if data else b"")
+        elif isinstance(item, FetchBinary):
+            assert message is not None
+            data = fetch_binary(message.raw, message.tree, item.part, _range(item.partial))
+            add(item.response_name(), Literal(data, binary=b"\0" in data) if data else b"")
+        elif isinstance(item, FetchBinarySize):
+            assert message is not None
+            add(item.response_name(), binary_size(message.raw, message.tree, item.part))
+    if seen_now:
+        add("FLAGS", flag_list(flags))
+    if with_modseq:
+        add("MODSEQ", (info.modseq,))
+    return out
+
+
+def _simple(
+    attribute: FetchAttribute,
+    info: MessageInfo,
+    flags: tuple[str, ...],
+    message: MessageBytes | None,
+    add: Callable[[str, Value], None],
+) -> None:
+    if attribute is FetchAttribute.FLAGS:
+        add("FLAGS", flag_list(flags))
+    elif attribute is FetchAttribute.UID:
+        add("UID", info.uid)
+    elif attribute is FetchAttribute.INTERNALDATE:
+        add("INTERNALDATE", Raw(internaldate_value(info.internaldate)))
+    elif attribute is FetchAttribute.RFC822_SIZE:
+        add("RFC822.SIZE", info.size)
+    elif attribute is FetchAttribute.MODSEQ:
+        add("MODSEQ", (info.modseq,))
+    else:
+        assert message is not None
+        if attribute is FetchAttribute.ENVELOPE:
+            add("ENVELOPE", Raw(render_imap_value(envelope(message.tree))))
+        elif attribute is FetchAttribute.BODYSTRUCTURE:
+            add("BODYSTRUCTURE", Raw(render_imap_value(body_structure(message.tree))))
+        elif attribute is FetchAttribute.BODY:
+            structure = body_structure(message.tree, extended=False)
+            add("BODY", Raw(render_imap_value(structure)))
+        elif attribute is FetchAttribute.RFC822:
+            add("RFC822", Literal(message.raw))
+        elif attribute is FetchAttribute.RFC822_HEADER:
+            header = message.raw[: message.tree.header_end]
+            add("RFC822.HEADER", Literal(header))
+        elif attribute is FetchAttribute.RFC822_TEXT:
+            add("RFC822.TEXT", Literal(message.raw[message.tree.body_start :]))
+
+
+def section_spec(section: Section) -> SectionSpec:
+    """The parser's section record as the MIME layer's spec."""
+    kind = "" if section.text is None else section.text.value
+    assert kind in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+    return SectionSpec(
+        section.part,
+        kind,  # type: ignore[arg-type]
+        tuple(f.encode("utf-8") for f in section.fields),
+    )
+
+
+def _range(partial: Partial | None) -> tuple[int, int] | None:
+    return None if partial is None else (partial.start, partial.count)
+
