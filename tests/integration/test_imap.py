@@ -198,3 +198,26 @@ def test_metrics_count_sessions_and_commands(node_factory: type[NodeProcess]) ->
     assert 'replicad_imap_commands_total{command="SELECT",result="ok"} 1.0' in metrics
     assert 'replicad_imap_commands_total{command="SELECT",result="no"} 1.0' in metrics
     assert 'replicad_imap_commands_total{command="LOGIN",result="ok"} 1.0' in metrics
+
+
+def test_passwords_never_reach_the_log(node_factory: type[NodeProcess]) -> None:
+    import base64
+
+    node = node_factory()
+    node.set_option("node", "log_level", '"debug"')
+    node.start()
+    add_user(node, "alice", "Right-pw-7Hq2")
+    client = imaplib.IMAP4("127.0.0.1", imap_port(node), timeout=30)
+    try:
+        with pytest.raises(imaplib.IMAP4.error):
+            client.login("alice", "Wrong-pw-9Zk4")
+        plain = base64.b64encode(b"\0alice\0Right-pw-7Hq2").decode()
+        typ, _ = client._simple_command("AUTHENTICATE", "PLAIN", plain)
+        assert typ == "OK"
+    finally:
+        client.logout()
+    node.stop()
+    log = node.log()
+    assert "imap.login" in log and "imap.auth_failed" in log  # the attempts are logged
+    for secret in ("Right-pw-7Hq2", "Wrong-pw-9Zk4", plain):
+        assert secret not in log
