@@ -328,7 +328,8 @@ def _list(ctx: _Context) -> c.Command:
             if option not in _LIST_SELECTION:
                 raise CommandSyntaxError(f"unknown LIST selection option {option}")
             selection.add(option)
-        if selection == {"RECURSIVEMATCH"}:
+        if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+            # RFC 5258 §3.1: never alone, nor with REMOTE only.
             raise CommandSyntaxError("RECURSIVEMATCH needs another selection option")
         r.sp()
     reference = ctx.name(r.astring("a reference name"))

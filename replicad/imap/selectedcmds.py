@@ -254,7 +254,9 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
                 info,
                 shown_flags(selected, uid, info.flags),
                 MessageBytes(raw) if raw is not None else None,
-                with_uid=cmd.uid,
+                # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once
+                # QRESYNC is on, every FETCH answer names its UID.
+                with_uid=cmd.uid or session.qresync,
                 # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
                 # CONDSTORE is on, every FETCH answer carries MODSEQ.
                 with_modseq=session.condstore,
@@ -326,7 +328,8 @@ async def store(session: ImapSession, cmd: Store) -> None:
         if cmd.silent and not session.condstore:
             continue
         items: list[tuple[str, Value]] = []
-        if cmd.uid:
+        if cmd.uid or session.condstore:
+            # RFC 7162 §3.1: with CONDSTORE on, FETCH answers to STORE carry UID and MODSEQ.
             items.append(("UID", uid))
         if not cmd.silent:
             await announce_keywords(session, info.flags)

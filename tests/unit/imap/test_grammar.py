@@ -309,6 +309,7 @@ INVALID: list[bytes] = [
     b"a LIST",
     b'a LIST ""',
     b'a LIST (RECURSIVEMATCH) "" *',
+    b'a LIST (RECURSIVEMATCH REMOTE) "" ""',
     b'a LIST (FOO) "" *',
     b'a LIST "" * RETURN (FOO)',
     b'a LIST "" * RETURN (STATUS ())',

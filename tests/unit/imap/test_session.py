@@ -124,3 +124,15 @@ async def test_changes_by_another_session_arrive_in_order(tmp_path: Path) -> Non
 
 def _uidvalidity(reply: list[bytes]) -> int:
     return int(reply[0].split(b"APPENDUID ")[1].split(b" ")[0])
+
+
+async def test_fetch_answers_carry_uid_once_qresync_is_on(tmp_path: Path) -> None:
+    """RFC 7162 §3.1/§3.2.4: STORE and FETCH answers name the UID with QRESYNC on."""
+    async with mail(tmp_path) as access:
+        await access.append("alice", "INBOX", MESSAGE, (), None)
+        client = Client(access)
+        await client.say(b"a LOGIN alice secret\r\nb ENABLE QRESYNC\r\nc SELECT INBOX\r\n")
+        reply = await client.say(b"d STORE 1 +FLAGS (\\Flagged)\r\n")
+        assert reply[0].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (")
+        reply = await client.say(b"e FETCH 1 FLAGS\r\n")
+        assert reply[0].startswith(b"* 1 FETCH (UID 1 FLAGS")
