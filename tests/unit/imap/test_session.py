@@ -81,7 +81,8 @@ async def test_own_writes_and_numbering(tmp_path: Path) -> None:
     async with mail(tmp_path) as access:
         client = Client(access)
         await client.say(b"a LOGIN alice secret\r\n")
-        reply = await client.say(b"b APPEND INBOX (\\Flagged) {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+        literal = b"{%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n"
+        reply = await client.say(b"b APPEND INBOX (\\Flagged) " + literal)
         assert reply == [b"b OK [APPENDUID %d 1] APPEND completed" % _uidvalidity(reply)]
         await client.say(b"c APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
         reply = await client.say(b"d SELECT INBOX\r\n")
