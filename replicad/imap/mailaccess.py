@@ -87,6 +87,15 @@ class WritePath(Protocol):
     async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed: ...
 
 
+class MasterState(Protocol):
+    """Where the mailbox master stands (the cluster's; absent on a single node)."""
+
+    async def master_modseq(self, user: str, name: str, deadline: float) -> int | None:
+        """The master's HIGHESTMODSEQ of the mailbox, or None when this node
+        is the master or the master cannot be asked before ``deadline``."""
+        ...
+
+
 class Authenticator(Protocol):
     """The user directory (:class:`~replicad.auth.directory.UserDirectory`)."""
 
@@ -113,11 +122,13 @@ class MailAccess:
         users: Authenticator | None,
         *,
         catch_up: float = 2.0,
+        masters: MasterState | None = None,
     ) -> None:
         self.store = store
         self.writes = writes
         self.users = users
         self.catch_up = catch_up
+        self.masters = masters
         #: Which messages this node's sessions were told are \Recent.
         self.recent = RecentClaims()
 
@@ -165,6 +176,21 @@ class MailAccess:
     async def snapshot(self, user: str, name: str) -> Snapshot:
         status, messages = await self.store.snapshot(user, name)
         return Snapshot(status, tuple(messages))
+
+    async def catch_up_with_master(self, user: str, name: str) -> bool:
+        """Before SELECT: wait, bounded by ``catch_up`` seconds in all, until
+        this node's copy holds what the mailbox master holds (architecture.md
+        §11: a client that moves between nodes never sees time go backwards
+        while the master is reachable).  True if the copy is known current."""
+        if self.masters is None or self.catch_up <= 0:
+            return True
+        deadline = trio.current_time() + self.catch_up
+        target = await self.masters.master_modseq(user, name, deadline)
+        if target is None:
+            return True
+        with trio.move_on_at(deadline):
+            return await self.caught_up(user, name, target)
+        return False
 
     async def changes_since(self, user: str, name: str, modseq: int) -> ChangeSet:
         return await self.store.changes_since(user, name, modseq)

@@ -11,6 +11,8 @@ commands that allow it (never after FETCH, STORE or SEARCH by number, RFC
 
 from __future__ import annotations
 
+import logging
+
 from replicad.errors import NoSuchMailboxError, NoSuchMessageError
 from replicad.imap.commands import (
     Check,
@@ -53,6 +55,8 @@ from replicad.store.index import FlagMode
 from replicad.store.records import MessageInfo
 from replicad.uidset import UidSet
 
+log = logging.getLogger("replicad.imap")
+
 _MODES: dict[StoreMode, FlagMode] = {
     StoreMode.ADD: "add",
     StoreMode.REMOVE: "remove",
@@ -73,6 +77,11 @@ async def select(session: ImapSession, cmd: Select) -> None:
         raise Refusal("QRESYNC must be ENABLEd first", bad=True)
     if cmd.condstore or cmd.qresync is not None:
         session.condstore = True  # SELECT reports HIGHESTMODSEQ itself
+    if not await session.access.catch_up_with_master(user, cmd.mailbox):
+        log.info(
+            "imap.select_behind_master",
+            extra={"kv": {"session": session.session_id, "user": user}},
+        )
     snapshot = await session.access.snapshot(user, cmd.mailbox)
     state = snapshot.status
     known = cmd.qresync
