@@ -37,7 +37,9 @@ from replicad.transport.link import Link, LinkTraffic
 from replicad.transport.tls import TlsContexts
 
 if TYPE_CHECKING:
-    from replicad.cluster.runtime import ClusterNode, Network, PeerAddress
+    from replicad.cluster.network import Network
+    from replicad.cluster.runtime import ClusterNode
+    from replicad.cluster.settings import PeerAddress
 
 
 class Phase(enum.Enum):
@@ -153,7 +155,7 @@ def _add(total: PeerTraffic | None, traffic: LinkTraffic) -> PeerTraffic:
 
 
 class MeteredNetwork:
-    """A :class:`~replicad.cluster.runtime.Network` whose links are metered.
+    """A :class:`~replicad.cluster.network.Network` whose links are metered.
 
     Wraps the node's real network, so the cluster runtime needs no metrics
     code: every link it dials or accepts passes through here first.

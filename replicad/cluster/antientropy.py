@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
+from replicad.cluster.interfaces import ClusterView, Peer, ResyncQueue
 from replicad.cluster.masters import master_key
 from replicad.errors import ProtocolError, ReplicadError, TemporaryError
 from replicad.model.digest import GROUP_FLAG, DigestTree, MailboxDigest, bucket_of
 from replicad.protocol import commands as c
 from replicad.store.changelog import RESYNC_CONFLICT
 from replicad.transport.logfmt import log_event
-
-if TYPE_CHECKING:
-    from replicad.cluster.runtime import ClusterNode, PeerSession
 
 log = logging.getLogger("replicad.verify")
 
@@ -84,8 +81,9 @@ class Comparison:
 class AntiEntropy:
     """Digest comparisons with peers: on demand (verify) and on a schedule."""
 
-    def __init__(self, node: ClusterNode) -> None:
+    def __init__(self, node: ClusterView, resync: ResyncQueue) -> None:
         self.node = node
+        self.resync = resync
         self.store = node.store
         self.runs = 0
         self.found = 0
@@ -96,7 +94,7 @@ class AntiEntropy:
 
     # -- the asking side --
 
-    async def compare(self, session: PeerSession, users: set[str] | None = None) -> Comparison:
+    async def compare(self, session: Peer, users: set[str] | None = None) -> Comparison:
         """The mailboxes whose state differs between this node and the peer."""
         result = Comparison([], 0, 0)
         if users is not None:
@@ -131,7 +129,7 @@ class AntiEntropy:
         return result
 
     async def _digests(
-        self, session: PeerSession, numbers: tuple[int, ...], result: Comparison
+        self, session: Peer, numbers: tuple[int, ...], result: Comparison
     ) -> dict[int | None, tuple[int, bytes]]:
         frames = await self._collect(session, c.Digest(numbers), result)
         out: dict[int | None, tuple[int, bytes]] = {}
@@ -142,7 +140,7 @@ class AntiEntropy:
         return out
 
     async def _mailboxes(
-        self, session: PeerSession, buckets: set[int], result: Comparison
+        self, session: Peer, buckets: set[int], result: Comparison
     ) -> list[MailboxDigest]:
         out: list[MailboxDigest] = []
         todo = sorted(buckets)
@@ -175,7 +173,7 @@ class AntiEntropy:
         return out
 
     async def _collect(
-        self, session: PeerSession, command: c.Command, result: Comparison
+        self, session: Peer, command: c.Command, result: Comparison
     ) -> list[c.Untagged]:
         # One comparison per peer at a time (the callers are sequential per peer).
         frames: list[c.Untagged] = []
@@ -191,7 +189,7 @@ class AntiEntropy:
             raise CollectTooLarge(f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}")
         return frames
 
-    def on_data(self, session: PeerSession, data: c.Untagged) -> None:
+    def on_data(self, session: Peer, data: c.Untagged) -> None:
         found = self.collect.get(session.peer)
         if found is None:
             raise ProtocolError(f"unexpected * {data.VERB}")
@@ -208,7 +206,7 @@ class AntiEntropy:
         node = self.node
         acted = 0
         for d in differences:
-            key = master_key(node.settings.granularity, d.user, d.name)
+            key = master_key(node.granularity, d.user, d.name)
             try:
                 master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
             except ReplicadError:
@@ -216,7 +214,7 @@ class AntiEntropy:
             if d.local is None:
                 continue  # the peer's own check, or its master's, brings it here
             if master == node.name:
-                node.resync.enqueue(d.peer, [d.local.guid])
+                self.resync.enqueue(d.peer, [d.local.guid])
             else:
                 await self.store.mark_resync([d.peer], d.local.guid, RESYNC_CONFLICT, 0)
             acted += 1
@@ -252,7 +250,7 @@ class AntiEntropy:
 
     # -- the answering side --
 
-    async def serve_digest(self, session: PeerSession, tag: str, cmd: c.Digest) -> None:
+    async def serve_digest(self, session: Peer, tag: str, cmd: c.Digest) -> None:
         tree = DigestTree.build(await self.store.mailbox_digests())
         frames: list[c.DigestData] = []
         if not cmd.buckets:
@@ -262,13 +260,12 @@ class AntiEntropy:
             if level is not None:
                 frames.append(c.DigestData(n, *level))
         for f in frames:
-            await self.node._send_untagged(session, f)
-        await self.node._reply_ok(session, tag)
+            await session.send_untagged(f)
+        await session.reply_ok(tag)
 
-    async def serve_mailboxes(self, session: PeerSession, tag: str, cmd: c.Mailboxes) -> None:
+    async def serve_mailboxes(self, session: Peer, tag: str, cmd: c.Mailboxes) -> None:
         for m in await self.store.mailbox_digests(buckets=set(cmd.buckets)):
-            await self.node._send_untagged(
-                session,
+            await session.send_untagged(
                 c.MailboxData(
                     m.user,
                     m.name,
@@ -280,4 +277,4 @@ class AntiEntropy:
                     m.digest,
                 ),
             )
-        await self.node._reply_ok(session, tag)
+        await session.reply_ok(tag)

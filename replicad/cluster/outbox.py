@@ -15,7 +15,7 @@ resync.  A single change whose bodies exceed ``window_bytes`` is sent only
 when nothing else is in flight, and then alone.
 
 **Deadlock.** The receiver buffers the changes it has read but not applied
-(``MAX_INBOX`` / ``MAX_INBOX_BYTES`` in :mod:`replicad.cluster.runtime`) and
+(``MAX_INBOX`` / ``MAX_INBOX_BYTES`` in :mod:`replicad.cluster.streams`) and
 stops reading the link when that is full.  Everything in its inbox is
 unacknowledged, so it is part of this window: with
 

@@ -33,12 +33,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import trio
 
 from replicad.blob import Blob
 from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
+from replicad.cluster.interfaces import ClusterView, Peer
 from replicad.cluster.masters import MasterKey, master_key
 from replicad.errors import (
     ConflictError,
@@ -51,6 +52,7 @@ from replicad.errors import (
 )
 from replicad.model.digest import entries_digest
 from replicad.model.merge import (
+    FlagMark,
     MailboxState,
     MergePlan,
     MessageState,
@@ -65,9 +67,6 @@ from replicad.store.index import INBOX
 from replicad.store.namespace import Claim
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
-
-if TYPE_CHECKING:
-    from replicad.cluster.runtime import ClusterNode, PeerSession
 
 log = logging.getLogger("replicad.resync")
 
@@ -123,7 +122,7 @@ def sync_items(frame: c.SyncData) -> int:
 class Resyncer:
     """Resync work of one node: queues per peer, the master's side, the peer's side."""
 
-    def __init__(self, node: ClusterNode) -> None:
+    def __init__(self, node: ClusterView) -> None:
         self.node = node
         self.store = node.store
         self.queued: dict[str, list[bytes]] = {}  # FIFO: a failing one waits its turn
@@ -163,7 +162,7 @@ class Resyncer:
         found = []
         for user in users if users is not None else await self.store.list_users():
             for status in await self.store.list_mailboxes(user):
-                key = master_key(node.settings.granularity, status.user, status.name)
+                key = master_key(node.granularity, status.user, status.name)
                 try:
                     master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
                 except ReplicadError:
@@ -209,7 +208,7 @@ class Resyncer:
                 # once it is.  A mark on a mailbox replaced under its name
                 # stays unused (replicator dsync-status shows it).
                 continue
-            key = master_key(node.settings.granularity, status.user, status.name)
+            key = master_key(node.granularity, status.user, status.name)
             try:
                 with trio.fail_after(2.0):
                     master = await node.master_of(key, trio.current_time() + 2.0)
@@ -232,7 +231,7 @@ class Resyncer:
                 await session.request(c.Resync(names), timeout=STEP_TIMEOUT)
             except ReplicadError as exc:
                 for key in keys[master]:
-                    node.cache.drop(key)  # perhaps no longer the master: look it up again
+                    node.forget_master(key)  # perhaps no longer the master: look it up again
                 log_event(log, logging.INFO, "resync-ask-failed", peer=master, reason=str(exc))
 
     async def scan_loop(self, interval: float) -> None:
@@ -244,7 +243,7 @@ class Resyncer:
                 log_event(log, logging.WARNING, "resync-scan-failed", reason=str(exc))
             await trio.sleep(interval)
 
-    async def worker(self, session: PeerSession) -> None:
+    async def worker(self, session: Peer) -> None:
         """Run the peer's queued resyncs one at a time (started per link)."""
         peer = session.peer
         while True:
@@ -276,7 +275,7 @@ class Resyncer:
 
     # -- the master's side --
 
-    async def resync_one(self, session: PeerSession, mailbox: bytes) -> None:
+    async def resync_one(self, session: Peer, mailbox: bytes) -> None:
         """Merge ``mailbox`` between this node (its master) and the peer (module doc).
 
         A peer that deleted the mailbox answers DELETED: the DELETE wins over
@@ -299,20 +298,19 @@ class Resyncer:
                 )
             await self.store.clear_resync([session.peer], mailbox)
 
-    async def _resync_one(self, session: PeerSession, mailbox: bytes) -> None:
+    async def _resync_one(self, session: Peer, mailbox: bytes) -> None:
         node, store = self.node, self.store
         status = await store.mailbox_by_guid(mailbox)
         if status is None:
             raise NotFoundError(f"mailbox {mailbox.hex()} is not here")
-        key = master_key(node.settings.granularity, status.user, status.name)
+        key = master_key(node.granularity, status.user, status.name)
         if await node.master_of(key, trio.current_time() + STEP_TIMEOUT) != node.name:
-            node.cache.drop(key)  # perhaps stale: ask the root again
+            node.forget_master(key)  # perhaps stale: ask the root again
             if await node.master_of(key, trio.current_time() + STEP_TIMEOUT) != node.name:
                 raise TemporaryError(f"no longer the master of {key}")
         mid, new = session.mbox_id(status.user, status.name, status.guid)
         if new:
-            await node._send_mbox(
-                session,
+            await session.send_mbox(
                 c.Mbox(
                     mid,
                     status.user,
@@ -437,7 +435,7 @@ class Resyncer:
 
     async def _pull_state(
         self,
-        session: PeerSession,
+        session: Peer,
         mid: int,
         mailbox: bytes,
         ours: MailboxState | None,
@@ -495,7 +493,7 @@ class Resyncer:
         return state, guid, claim
 
     async def _pull_in_ranges(
-        self, session: PeerSession, mid: int
+        self, session: Peer, mid: int
     ) -> tuple[MailboxState, bytes, Claim] | None:
         """The peer's whole state, pulled in UID ranges of at most
         :data:`SYNC_BUDGET` items each (no protocol change: a SYNC with
@@ -553,7 +551,7 @@ class Resyncer:
         return _with_entries(state, kept, buried), guid, claim
 
     async def _sync(
-        self, session: PeerSession, mid: int, since: int, uids: UidSet | None
+        self, session: Peer, mid: int, since: int, uids: UidSet | None
     ) -> tuple[MailboxState, bytes, bytes, Claim] | None:
         """One SYNC: the entries it sent as a state (with the peer's UIDVALIDITY,
         UIDNEXT and HIGHESTMODSEQ), the mailbox GUID there, the digest of
@@ -596,7 +594,7 @@ class Resyncer:
             raise ProtocolError(f"SYNC from {session.peer}: {exc}") from None
 
     async def _bodies_for(
-        self, own_plan: MergePlan, session: PeerSession, mid: int, theirs: MailboxState
+        self, own_plan: MergePlan, session: Peer, mid: int, theirs: MailboxState
     ) -> list[Blob]:
         """Bodies the plan puts that this node lacks, FETCHed from the peer
         (in their stored form, kept as they come once verified)."""
@@ -628,7 +626,7 @@ class Resyncer:
 
     async def _push_update(
         self,
-        session: PeerSession,
+        session: Peer,
         mid: int,
         theirs: MailboxState,
         peer_plan: MergePlan,
@@ -681,8 +679,8 @@ class Resyncer:
 
     async def serve(
         self,
-        handler: Callable[[PeerSession, str, Any], Awaitable[None]],
-        session: PeerSession,
+        handler: Callable[[Peer, str, Any], Awaitable[None]],
+        session: Peer,
         tag: str,
         cmd: c.Command,
     ) -> None:
@@ -694,11 +692,11 @@ class Resyncer:
         except ReplicadError as exc:
             if not session.closed:
                 with contextlib.suppress(ReplicadError):
-                    await self.node._reply_no(session, tag, "TEMPFAIL", str(exc))
+                    await session.reply_no(tag, "TEMPFAIL", str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the link died: the master retries on the next one
 
-    def binding(self, session: PeerSession, mid: int) -> MboxBinding:
+    def binding(self, session: Peer, mid: int) -> MboxBinding:
         found = session.in_ids.get(mid)
         if found is None:
             raise ProtocolError(f"mailbox id {mid} is not bound")
@@ -717,21 +715,21 @@ class Resyncer:
         except ReplicadError:
             return None
 
-    async def _deleted_here(self, session: PeerSession, tag: str, box: MboxBinding) -> bool:
+    async def _deleted_here(self, session: Peer, tag: str, box: MboxBinding) -> bool:
         """Answer DELETED if the master's mailbox was deleted here (it wins)."""
         if not await self.store.mailbox_deleted(box.guid):
             return False
-        await self.node._reply_no(session, tag, "DELETED", "mailbox deleted here")
+        await session.reply_no(tag, "DELETED", "mailbox deleted here")
         return True
 
-    async def serve_sync(self, session: PeerSession, tag: str, cmd: c.Sync) -> None:
+    async def serve_sync(self, session: Peer, tag: str, cmd: c.Sync) -> None:
         box = self.binding(session, cmd.mbox)
         if await self._deleted_here(session, tag, box):
             return
         here = await self._here(box)
         found = None if here is None else await self.store.sync_state(here, cmd.since, cmd.uids)
         if found is None:
-            await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
+            await session.reply_no(tag, "NONEXISTENT", "no such mailbox here")
             return
         row, messages, gone, rest = found
         wire_messages = [_wire_message(m) for m in messages]
@@ -751,10 +749,9 @@ class Resyncer:
                 tuple(wire_messages[start : start + step]),
                 tuple(wire_gone[start : start + step]),
             )
-            await self.node._send_untagged(session, chunk)
+            await session.send_untagged(chunk)
         assert here is not None
-        await self.node._reply_ok(
-            session,
+        await session.reply_ok(
             tag,
             c.SyncState(
                 row.uidvalidity,
@@ -767,12 +764,12 @@ class Resyncer:
             ),
         )
 
-    async def serve_fetch(self, session: PeerSession, tag: str, cmd: c.Fetch) -> None:
+    async def serve_fetch(self, session: Peer, tag: str, cmd: c.Fetch) -> None:
         box = self.binding(session, cmd.mbox)
         here = await self._here(box)
         status = None if here is None else await self.store.mailbox_by_guid(here)
         if status is None:
-            await self.node._reply_no(session, tag, "NONEXISTENT", "no such mailbox here")
+            await session.reply_no(tag, "NONEXISTENT", "no such mailbox here")
             return
         infos = await self.store.fetch(status.user, status.name, cmd.uids)
         bodies = (
@@ -781,8 +778,7 @@ class Resyncer:
             else {}
         )
         for info in infos:
-            await self.node._send_untagged(
-                session,
+            await session.send_untagged(
                 c.FetchData(
                     cmd.mbox,
                     info.uid,
@@ -795,15 +791,13 @@ class Resyncer:
                     bodies.get(info.body_hash),
                 ),
             )
-        await self.node._reply_ok(session, tag)
+        await session.reply_ok(tag)
 
-    async def serve_have(self, session: PeerSession, tag: str, cmd: c.Have) -> None:
+    async def serve_have(self, session: Peer, tag: str, cmd: c.Have) -> None:
         have = await self.store.present_bodies(cmd.hashes)
-        await self.node._reply_ok(
-            session, tag, c.HashList(tuple(h for h in cmd.hashes if h in have))
-        )
+        await session.reply_ok(tag, c.HashList(tuple(h for h in cmd.hashes if h in have)))
 
-    async def serve_update(self, session: PeerSession, tag: str, cmd: c.Update) -> None:
+    async def serve_update(self, session: Peer, tag: str, cmd: c.Update) -> None:
         box = self.binding(session, cmd.mbox)
         if await self._deleted_here(session, tag, box):
             return
@@ -837,27 +831,27 @@ class Resyncer:
                 claim=Claim(cmd.stamp, cmd.name),
             )
         except ConflictError as exc:
-            await self.node._reply_no(session, tag, "CONFLICT", str(exc))
+            await session.reply_no(tag, "CONFLICT", str(exc))
             return
         except ReplicadError as exc:
-            await self.node._reply_no(session, tag, "TEMPFAIL", str(exc))
+            await session.reply_no(tag, "TEMPFAIL", str(exc))
             return
         self.node.log_changed()
-        await self.node._reply_ok(session, tag)
+        await session.reply_ok(tag)
 
-    async def serve_resync(self, session: PeerSession, tag: str, cmd: c.Resync) -> None:
+    async def serve_resync(self, session: Peer, tag: str, cmd: c.Resync) -> None:
         node = self.node
         found = []
         for named in cmd.mailboxes:
-            key = master_key(node.settings.granularity, named.user, named.name)
+            key = master_key(node.granularity, named.user, named.name)
             master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
             if master != node.name:
                 # One of the two caches is stale: ours first (ask the root again).
-                node.cache.drop(key)
+                node.forget_master(key)
                 master = await node.master_of(key, trio.current_time() + STEP_TIMEOUT)
             if master != node.name:
                 # The asker's master cache is stale: it drops the entry and asks again.
-                await node._reply_no(session, tag, "NOTMASTER", f"{master} masters {key}")
+                await session.reply_no(tag, "NOTMASTER", f"{master} masters {key}")
                 return
             try:
                 guid = (await self.store.mailbox_status(named.user, named.name)).guid
@@ -866,10 +860,10 @@ class Resyncer:
             found.append(guid)
             asked = (session.peer, guid)
             self.requested[asked] = min(named.since, self.requested.get(asked, named.since))
-        await node._reply_ok(session, tag)
+        await session.reply_ok(tag)
         self.enqueue(session.peer, found)
 
-    def on_data(self, session: PeerSession, data: c.Untagged) -> None:
+    def on_data(self, session: Peer, data: c.Untagged) -> None:
         """A ``* SYNC`` or ``* FETCH`` frame: for the request in progress."""
         mid = getattr(data, "mbox", -1)
         found = self.collect.get((data.VERB, session.peer, mid))
@@ -976,8 +970,6 @@ def _next(uidvalidity: int, step: int) -> int:
 
 
 def _message_of(m: c.StateMessage) -> MessageState:
-    from replicad.model.merge import FlagMark
-
     try:
         return MessageState(
             m.uid,

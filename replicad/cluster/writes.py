@@ -3,7 +3,7 @@
 :class:`ClusterWrites` has the same write methods as
 :class:`~replicad.store.mailstore.MailStore`, so the admin dispatcher runs
 unchanged on a single node and in a cluster.  Each call becomes a
-:data:`~replicad.cluster.runtime.WriteOp` executed by the master
+:data:`~replicad.cluster.writeops.WriteOp` executed by the master
 (:meth:`ClusterNode.execute`); a reply relayed from another node is turned
 back into the store record the dispatcher expects (fields the master does
 not send back, such as the body hash of a copy, are left empty).
@@ -22,9 +22,9 @@ import trio
 
 from replicad.blob import Blob
 from replicad.cluster.masters import master_key
-from replicad.cluster.runtime import (
+from replicad.cluster.runtime import ClusterNode
+from replicad.cluster.writeops import (
     WRITE_DEADLINE,
-    ClusterNode,
     CopyOp,
     CreateOp,
     DeleteOp,

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from replicad.cluster.runtime import SAVE_RETRY_DEPTH
+from replicad.cluster.writeops import SAVE_RETRY_DEPTH
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import (
     BadInputError,

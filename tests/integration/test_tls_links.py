@@ -471,7 +471,7 @@ async def test_a_queued_batch_is_written_at_once_and_arrives_intact(
             answered = 0
             with trio.fail_after(30):
                 while answered < len(bodies) + 1:
-                    # As replicad.cluster.runtime does: queue what the window
+                    # As the cluster runtime (replicad.cluster.streams) does: queue what the window
                     # takes, write it with one flush.
                     while saves and link.connection.can_send(saves[0]):
                         save = saves.pop(0)

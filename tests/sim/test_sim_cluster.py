@@ -21,9 +21,10 @@ import pytest
 import trio
 import trio.testing
 
-from replicad.cluster import runtime
+from replicad.cluster import links, streams
 from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.runtime import WRITE_DEADLINE, ClusterNode, ClusterSettings, PeerAddress
+from replicad.cluster.session import PeerSession
 from replicad.cluster.writes import ClusterWrites
 from replicad.errors import BadInputError, DurabilityError, ProtocolError, ReplicadError
 from replicad.lmtp.delivery import NodeDelivery
@@ -156,7 +157,7 @@ async def test_a_peer_that_refuses_what_it_is_sent_never_stops_the_node(
             await session.link.flush()
             raise ProtocolError("refused: another protocol version")
 
-        nodes["n3"].node._apply_burst = refuse  # type: ignore[method-assign]
+        nodes["n3"].node.streams.apply_burst = refuse  # type: ignore[method-assign]
         for i in range(40):
             await nodes["n1"].writes.append("alice", "INBOX", body(i))
             await trio.sleep(0.01)
@@ -197,9 +198,9 @@ async def test_forged_routes_root_and_epoch_claims_change_nothing(
         epoch_before = victim.election.max_epoch
         session = liar.sessions["n3"]
         forged = c.Routes((c.Route("n1", 0), c.Route("n2", 0), c.Route("mallory", 1)))
-        await liar._send_untagged(session, forged)
-        await liar._send_untagged(session, c.Epoch((1 << 63) - 1, "n1"))
-        await liar._send_untagged(session, c.Epoch(epoch_before + 1, "mallory"))
+        await session.send_untagged(forged)
+        await session.send_untagged(c.Epoch((1 << 63) - 1, "n1"))
+        await session.send_untagged(c.Epoch(epoch_before + 1, "mallory"))
         with contextlib.suppress(ReplicadError):
             await session.request(c.Root(epoch_before + 5_000_000, "n1"), timeout=5)
         with contextlib.suppress(ReplicadError):
@@ -295,18 +296,18 @@ async def test_catching_up_over_large_bodies_stays_within_the_byte_bounds(
     in any sender's window never exceed 4 MiB (counts alone would have let
     1,024 changes, 200 MiB here, pile up), and everything converges."""
     budget = 4 << 20
-    monkeypatch.setattr(runtime, "MAX_INBOX_BYTES", budget)
-    monkeypatch.setattr(runtime, "OUTBOX_WINDOW_BYTES", budget)
-    monkeypatch.setattr(runtime, "OUTBOX_BATCH_BYTES", budget // 2)
-    monkeypatch.setattr(runtime, "APPLY_BURST_BYTES", budget // 2)
-    sessions: list[runtime.PeerSession] = []
+    monkeypatch.setattr(streams, "MAX_INBOX_BYTES", budget)
+    monkeypatch.setattr(links, "OUTBOX_WINDOW_BYTES", budget)
+    monkeypatch.setattr(links, "OUTBOX_BATCH_BYTES", budget // 2)
+    monkeypatch.setattr(streams, "APPLY_BURST_BYTES", budget // 2)
+    sessions: list[PeerSession] = []
 
-    class Recorded(runtime.PeerSession):
+    class Recorded(PeerSession):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             sessions.append(self)
 
-    monkeypatch.setattr(runtime, "PeerSession", Recorded)
+    monkeypatch.setattr(links, "PeerSession", Recorded)  # where links are made
     net = SimNetwork()
     count = 200
     sizes = dict.fromkeys(NAMES, 1 << 30)
@@ -359,7 +360,7 @@ async def test_a_damaged_epoch_file_stops_the_start_with_a_clear_error(tmp_path:
         restarted = node()
         assert restarted.election.max_epoch == 41
         restarted.election.max_epoch = 42
-        restarted._save_epoch()
+        restarted.root.save_epoch()
         assert (tmp_path / "cluster-epoch").read_text() == "42\n"
         assert not (tmp_path / "cluster-epoch.tmp").exists()
 
@@ -395,7 +396,7 @@ async def test_a_delivery_retried_after_the_write_deadline_is_stored_once(
 
         [again] = await lmtp["n1"].deliver(body(1), [("alice", "INBOX")], message_key=key)
         assert (again.status, again.uid) == (DeliveryStatus.SAVED, 2)
-        nodes["n1"].node._saved.clear()  # found in the store's latest changes
+        nodes["n1"].node.writes.recent_saves.clear()  # found in the store's latest changes
         [forwarded] = await lmtp["n3"].deliver(body(1), [("alice", "INBOX")], message_key=key)
         assert (forwarded.status, forwarded.uid) == (DeliveryStatus.SAVED, 2)
         await wait_for("convergence", lambda: converged(nodes))

@@ -415,11 +415,11 @@ def _small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every link at the smallest frame limit, UPDATEs and merge parts at half of it."""
     import functools
 
-    from replicad.cluster import runtime
+    from replicad.cluster import links
     from replicad.protocol.connection import LinkConfig
     from replicad.transport import link
 
-    monkeypatch.setattr(runtime, "LinkConfig", functools.partial(LinkConfig, max_frame=SMALL_FRAME))
+    monkeypatch.setattr(links, "LinkConfig", functools.partial(LinkConfig, max_frame=SMALL_FRAME))
     # Reads within the decoder's bound of two frames' worth of input.
     monkeypatch.setattr(link, "RECEIVE_SIZE", SMALL_FRAME)
     monkeypatch.setattr(resync, "UPDATE_BODY_BYTES", SMALL_FRAME // 2)

@@ -8,7 +8,7 @@ mail, one zstd frame).  The bodies are compressed before the timed part:
 the store did that when it first wrote them.  The link sends them outside
 its zstd stream, in plain chunks (protocol-spec/compression.md §2).  The
 sender queues up to ``--batch`` SAVEs and writes them with one flush (as
-replicad.cluster.runtime's ``_pump`` does with its outbox batch of 64);
+replicad.cluster.streams' ``pump`` does with its outbox batch of 64);
 the receiver checks every body as its store would before keeping it
 (``PreparedBody.of``: one zstd frame of the declared size, its SHA-256),
 in a worker thread as the store does, and answers each SAVE with an OK,

@@ -41,7 +41,7 @@ async def test_mailboxes_past_the_budget_are_asked_again_for_fewer_buckets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(antientropy, "COLLECT_BUDGET", 50)
-    verify = AntiEntropy(SimpleNamespace(store=None))  # type: ignore[arg-type]
+    verify = AntiEntropy(SimpleNamespace(store=None), SimpleNamespace())  # type: ignore[arg-type]
     session = FakeSession(verify, per_bucket=3)
     found = await verify._mailboxes(session, set(range(100)), Comparison([], 0, 0))  # type: ignore[arg-type]
     assert len(found) == 300
