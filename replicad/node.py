@@ -323,7 +323,7 @@ async def _run_locked(
             store, default_identity(node.name), config.admin.max_message_size, cluster=writes
         )
         lmtp = _lmtp_server(config, store, writes, metrics)
-        imap = _imap_server(config, store, writes, metrics)
+        imap = _imap_server(config, store, writes, cluster, metrics)
         server = AdminServer(
             metrics.instrument(dispatcher.handle, dispatcher.operations),
             max_frame=config.admin.max_message_size + FRAME_OVERHEAD,
@@ -727,7 +727,11 @@ def _lmtp_server(
 
 
 def _imap_server(
-    config: NodeConfig, store: MailStore, writes: ClusterWrites | None, metrics: NodeMetrics
+    config: NodeConfig,
+    store: MailStore,
+    writes: ClusterWrites | None,
+    cluster: ClusterNode | None,
+    metrics: NodeMetrics,
 ) -> ImapServer | None:
     """The IMAP listeners, if ``[imap]`` is configured: reads from this
     store, writes through the admin ``save``'s write path."""
@@ -740,6 +744,7 @@ def _imap_server(
         writes if writes is not None else store,
         users,
         catch_up=section.select_wait,
+        masters=cluster,
     )
     listen = ImapListenConfig(
         tcp=section.tcp,

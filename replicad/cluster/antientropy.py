@@ -91,6 +91,7 @@ class AntiEntropy:
         #: ``* DIGEST``/``* MAILBOX`` frames of a request in progress, by peer.
         self.collect: dict[str, list[c.Untagged]] = {}
         self._over: set[str] = set()  # peers whose reply went past COLLECT_BUDGET
+        self._asking: dict[str, trio.Lock] = {}  # one request per peer at a time
 
     # -- the asking side --
 
@@ -127,6 +128,15 @@ class AntiEntropy:
                 continue
             result.differences.append(Difference(session.peer, key[0], key[1], a, b))
         return result
+
+    async def mailbox_of(self, session: Peer, user: str, name: str) -> MailboxDigest | None:
+        """The peer's state of one mailbox: one MAILBOXES round trip for the
+        user's bucket (IMAP SELECT asks the master, architecture.md §11)."""
+        result = Comparison([], 0, 0)
+        for state in await self._mailboxes(session, {bucket_of(user)}, result):
+            if state.user == user and state.name == name:
+                return state
+        return None
 
     async def _digests(
         self, session: Peer, numbers: tuple[int, ...], result: Comparison
@@ -175,19 +185,24 @@ class AntiEntropy:
     async def _collect(
         self, session: Peer, command: c.Command, result: Comparison
     ) -> list[c.Untagged]:
-        # One comparison per peer at a time (the callers are sequential per peer).
-        frames: list[c.Untagged] = []
-        self.collect[session.peer] = frames
-        self._over.discard(session.peer)
-        try:
-            await session.request(command, timeout=STEP_TIMEOUT)
-            result.round_trips += 1
-        finally:
-            self.collect.pop(session.peer, None)
-        if session.peer in self._over:
+        # One request per peer at a time: the untagged frames of the answer
+        # are told apart by peer only.  Comparisons, `verify` and IMAP's
+        # SELECT (mailbox_of) take turns.
+        async with self._asking.setdefault(session.peer, trio.Lock()):
+            frames: list[c.Untagged] = []
+            self.collect[session.peer] = frames
             self._over.discard(session.peer)
-            raise CollectTooLarge(f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}")
-        return frames
+            try:
+                await session.request(command, timeout=STEP_TIMEOUT)
+                result.round_trips += 1
+            finally:
+                self.collect.pop(session.peer, None)
+            if session.peer in self._over:
+                self._over.discard(session.peer)
+                raise CollectTooLarge(
+                    f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}"
+                )
+            return frames
 
     def on_data(self, session: Peer, data: c.Untagged) -> None:
         found = self.collect.get(session.peer)

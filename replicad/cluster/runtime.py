@@ -216,6 +216,23 @@ class ClusterNode:
     def forget_master(self, key: MasterKey) -> None:
         self.masters.cache.drop(key)
 
+    async def master_modseq(self, user: str, name: str, deadline: float) -> int | None:
+        """The master's HIGHESTMODSEQ of (user, name), for IMAP SELECT to wait
+        for (architecture.md §11); None when this node is the master, or the
+        master is not a linked peer, does not know the mailbox, or cannot be
+        asked before ``deadline`` (one MAILBOXES round trip for the user's bucket)."""
+        with trio.move_on_at(deadline):
+            try:
+                master = await self.masters.master_of(self.masters.key(user, name), deadline)
+                session = self.links.sessions.get(master)
+                if master == self.name or session is None:
+                    return None
+                state = await self.verify.mailbox_of(session, user, name)
+            except ReplicadError:
+                return None
+            return state.highestmodseq if state is not None else None
+        return None
+
     async def move_master(
         self, user: str, mailbox: str, dest: str, *, sender: str | None = None
     ) -> c.MasterOk:

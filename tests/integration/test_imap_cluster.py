@@ -148,3 +148,53 @@ def test_a_write_through_a_replica_is_visible_to_the_session_at_once(
         assert b"* SEARCH 1 2\r\n" in lines, lines
     finally:
         session.close()
+
+
+@pytest.fixture
+def slow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """3 nodes behind the fault proxy, SELECT allowed to wait 20 s."""
+    c = LocalCluster(tmp_path_factory.mktemp("sc"))
+    try:
+        c.up("-n", "3", "--faults")
+        c.down()
+        for node in NODES:
+            config = c.config(node)
+            text = config.read_text()
+            text = text.replace("[imap]\n", "[imap]\nselect_wait = 20\n", 1)
+            config.write_text(text)
+            added = c.cli(
+                "-c", config, "user", "add", USER, "--password-stdin", input=b"pw\n"
+            )
+            assert added.returncode == 0, added.stderr.decode()
+        c.up()
+        c.wait_root()
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_select_waits_until_the_copy_holds_what_the_master_holds(
+    slow_cluster: LocalCluster,
+) -> None:
+    cluster = slow_cluster
+    assert deliver(cluster, "n1", "first").startswith("250 2.0.0 ")  # n1 masters INBOX
+    cluster.wait_converged(USER)
+    session = Line(imap_port(cluster, "n3"))
+    try:
+        session.command(f"LOGIN {USER} {PASSWORD}")
+        lines = session.command("SELECT INBOX")
+        assert b"* 1 EXISTS\r\n" in lines
+        session.command("UNSELECT")
+        # Every link now holds its data 2 s each way: the new message reaches
+        # n3 about 2 s after the master (n1) has it.
+        delayed = cluster.cli("cluster", "delay", cluster.dir, "2000")
+        assert delayed.returncode == 0, delayed.stderr.decode()
+        cluster.save("n1", USER, "second")
+        started = time.monotonic()
+        lines = session.command("SELECT INBOX")
+        waited = time.monotonic() - started
+        # Without the wait SELECT would answer at once from n3's copy: 1 EXISTS.
+        assert b"* 2 EXISTS\r\n" in lines, (waited, lines)
+    finally:
+        session.close()
+        cluster.cli("cluster", "delay", cluster.dir, "0")
