@@ -32,7 +32,13 @@ from replicad.imap.internaldate import format_date_time
 from replicad.imap.mimeparse import MimePart, parse_message
 from replicad.imap.nested import render_imap_value
 from replicad.imap.responses import Literal, Raw, Value, flag_list
-from replicad.imap.sections import SectionSpec, binary_size, fetch_binary, fetch_section
+from replicad.imap.sections import (
+    SectionSpec,
+    apply_partial,
+    binary_size,
+    fetch_binary,
+    fetch_section,
+)
 from replicad.store.records import MessageInfo
 
 _BODY_FREE = frozenset(
@@ -44,6 +50,9 @@ _BODY_FREE = frozenset(
         FetchAttribute.MODSEQ,
     }
 )
+
+
+_WHOLE = Section()
 
 
 def needs_body(items: Sequence[FetchItem]) -> bool:
@@ -122,9 +131,14 @@ def fetch_values(
             _simple(item.attribute, info, flags, message, add)
         elif isinstance(item, FetchBody):
             assert message is not None
-            data = fetch_section(
-                message.raw, message.tree, section_spec(item.section), _range(item.partial)
-            )
+            if item.section == _WHOLE:
+                # BODY[] is the stored bytes: no MIME parse (a client
+                # downloading a mailbox asks for nothing else).
+                data = apply_partial(message.raw, _range(item.partial))
+            else:
+                data = fetch_section(
+                    message.raw, message.tree, section_spec(item.section), _range(item.partial)
+                )
             add(item.response_name(), Literal(data) if data else b"")
         elif isinstance(item, FetchBinary):
             assert message is not None
