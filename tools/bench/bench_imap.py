@@ -606,12 +606,13 @@ def stress(target: Target, imaptest: Path, clients: int, secs: int, work: Path) 
     return {"commands_s": sum(counts) / secs, "stress_errors": len(errors)}
 
 
-def idle_memory(target: Target, sessions: int) -> dict[str, float]:
-    """RSS of the node before and with ``sessions`` sessions in IDLE on W1's INBOX."""
+def idle_memory(target: Target, sessions: int, mailbox: str = "INBOX") -> dict[str, float]:
+    """RSS of the node before and with ``sessions`` sessions in IDLE on ``mailbox`` of W1."""
     assert target.pid is not None
+    select = f'SELECT "{mailbox}"'.encode()
     warm = Client(target.port)
     warm.login(USER)
-    warm.run(b"SELECT INBOX")
+    warm.run(select)
     warm.run(b"LOGOUT", ok=False)
     warm.close()
     time.sleep(2)
@@ -624,8 +625,7 @@ def idle_memory(target: Target, sessions: int) -> dict[str, float]:
             group = [Client(target.port) for _ in range(min(batch, sessions - i))]
             conns += group
             tags = [
-                (c, c.send(f'LOGIN "{USER}" "{PASSWORD}"'.encode()), c.send(b"SELECT INBOX"))
-                for c in group
+                (c, c.send(f'LOGIN "{USER}" "{PASSWORD}"'.encode()), c.send(select)) for c in group
             ]
             for c, login_tag, select_tag in tags:
                 for tag in (login_tag, select_tag):
@@ -738,6 +738,7 @@ def main() -> int:
     ap.add_argument("--stress-clients", type=int, default=50)
     ap.add_argument("--stress-secs", type=int, default=30)
     ap.add_argument("--idle-sessions", type=int, default=500)
+    ap.add_argument("--idle-mailbox", default="INBOX", help="what the IDLE sessions select")
     ap.add_argument(
         "--imaptest",
         type=Path,
@@ -816,7 +817,7 @@ def main() -> int:
                             stress(t, imaptest, a.stress_clients, a.stress_secs, work),
                         )
                 if "memory" in phases:
-                    record(results, node.name, idle_memory(node, a.idle_sessions))
+                    record(results, node.name, idle_memory(node, a.idle_sessions, a.idle_mailbox))
         summary = report(results, a.runs)
         print(
             json.dumps(
