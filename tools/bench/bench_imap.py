@@ -42,8 +42,11 @@ pass that builds Dovecot's index and fills the page cache):
 
 Medians over ``--runs`` (3), a table with the ratios and one JSON line.
 ``--quick`` is a smoke run (1,000 messages, small counts, one run).
-``--profile FILE`` runs the single node under cProfile and prints its top
-functions at the end (``--only`` picks the phases to profile).
+``--profile FILE`` restarts the single node after the import under cProfile,
+one profiler per thread (the store's reads run in worker threads), and
+prints the merged top functions at the end; ``--only`` picks the phases.
+The times are wall time per thread: a worker's wait for the GIL shows as
+time in the C call it returns from (LMDB ``get``, ``acquire``).
 
     .venv/bin/python tools/bench/bench_imap.py [--runs 3] [--imaptest PATH] [--quick]
 
@@ -793,9 +796,19 @@ def main() -> int:
         users = {USER: "{PLAIN}" + PASSWORD, APPENDER: "{PLAIN}" + PASSWORD, STRESS: stress_pw}
         print(
             f"W7: INBOX of {len(inbox_files)} messages "
-            f"({sum(p.stat().st_size for p in inbox_files) / 1e6:.0f} MB); {a.appends} APPENDs "
-            f"from {a.clients} clients; imaptest {a.stress_clients} clients {a.stress_secs} s "
-            f"(password {stress_pw.split('}')[0]}}}); {a.idle_sessions} IDLE sessions; "
+            f"({sum(p.stat().st_size for p in inbox_files) / 1e6:.0f} MB); phases "
+            + "; ".join(
+                {
+                    "reads": "SELECT/FETCH/SEARCH",
+                    "appends": f"{a.appends} APPENDs from {a.clients} clients",
+                    "stress": f"imaptest {a.stress_clients} clients {a.stress_secs} s "
+                    f"(password {stress_pw.split('}')[0]}}})",
+                    "memory": f"{a.idle_sessions} IDLE sessions on {a.idle_mailbox}",
+                }[p]
+                for p in PHASES
+                if p in phases
+            )
+            + "; "
             f"{os.cpu_count()} CPUs, stores in {work}",
             flush=True,
         )
@@ -812,7 +825,8 @@ def main() -> int:
                 for t in targets:  # warm-up: Dovecot's index, the page cache
                     reads(t)
             for n in range(a.runs):
-                print(f"run {n + 1}:", flush=True)
+                if phases - {"memory"}:
+                    print(f"run {n + 1}:", flush=True)
                 if "reads" in phases:
                     for t in targets:
                         record(results, t.name, reads(t))
