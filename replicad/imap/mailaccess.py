@@ -201,6 +201,9 @@ class MailAccess:
     async def body(self, user: str, name: str, uid: int) -> bytes:
         return await self.store.fetch_body(user, name, uid)
 
+    async def bodies(self, user: str, name: str, uids: list[int]) -> dict[int, bytes]:
+        return await self.store.fetch_bodies(user, name, uids)
+
     async def tombstones(self, user: str, name: str) -> list[tuple[int, bytes, int]]:
         return await self.store.tombstones(user, name)
 

@@ -432,6 +432,18 @@ class MailIndex:
             raise NoSuchMessageError(f"no message with UID {uid} in {name!r}")
         return blobs.read_body(txn, self.dbs, msg.body_hash)
 
+    def fetch_bodies(
+        self, txn: Any, user: str, name: str, uids: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The bodies of those of ``uids`` that exist, in one read transaction."""
+        guid, _ = self._resolve(txn, user, name)
+        out = {}
+        for uid in uids:
+            msg = self._message(txn, guid, uid)
+            if msg is not None:
+                out[uid] = blobs.read_body(txn, self.dbs, msg.body_hash)
+        return out
+
     def changes_since(self, txn: Any, user: str, name: str, modseq: int) -> ChangeSet:
         """Messages changed and UIDs expunged after ``modseq`` (RFC 7162 §3.1.4, §3.2.5)."""
         if modseq < 0:

@@ -434,6 +434,10 @@ class MailStore:
     async def fetch_body(self, user: str, mailbox: str, uid: int) -> bytes:
         return await self._read(lambda t: self.index.fetch_body(t, user, mailbox, uid))
 
+    async def fetch_bodies(self, user: str, mailbox: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """Several bodies in one read (IMAP FETCH reads ahead); expunged UIDs are left out."""
+        return await self._read(lambda t: self.index.fetch_bodies(t, user, mailbox, uids))
+
     async def changes_since(self, user: str, mailbox: str, modseq: int) -> ChangeSet:
         return await self._read(lambda t: self.index.changes_since(t, user, mailbox, modseq))
 

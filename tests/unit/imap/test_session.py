@@ -137,3 +137,27 @@ async def test_fetch_answers_carry_uid_once_qresync_is_on(tmp_path: Path) -> Non
         assert reply[0].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (")
         reply = await client.say(b"e FETCH 1 FLAGS\r\n")
         assert reply[0].startswith(b"* 1 FETCH (UID 1 FLAGS")
+
+
+async def test_fetch_reads_bodies_ahead_in_batches(tmp_path: Path) -> None:
+    """150 messages in three store reads (64 + 64 + 22), each body right."""
+    async with mail(tmp_path) as access:
+        for n in range(150):
+            await access.append("alice", "INBOX", MESSAGE + b"%d\r\n" % n, (), None)
+        reads: list[int] = []
+        original = access.bodies
+
+        async def counted(user: str, name: str, uids: list[int]) -> dict[int, bytes]:
+            reads.append(len(uids))
+            return await original(user, name, uids)
+
+        access.bodies = counted  # type: ignore[method-assign]
+        client = Client(access)
+        await client.say(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+        reply = await client.say(b"c FETCH 1:* BODY.PEEK[]\r\n")
+        assert reply[-1] == b"c OK FETCH completed"
+        bodies = [line for line in reply if line.startswith(b"body")]
+        assert bodies == [b"body"] * 150
+        numbers = [line for line in reply if line.isdigit()]
+        assert numbers == [b"%d" % n for n in range(150)]
+        assert reads == [64, 64, 22]
