@@ -13,11 +13,11 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from replicad.errors import NoSuchMessageError
 from replicad.imap.commands import Search, SearchReturn
 from replicad.imap.mimeparse import MimePart, parse_message
+from replicad.imap.readahead import ReadAhead
 from replicad.imap.responses import SearchResult, render_esearch, render_search
-from replicad.imap.searching import Candidate, SearchScope, matches, needs_text
+from replicad.imap.searching import Candidate, SearchScope, matches
 from replicad.imap.searchkeys import (
     AllKey,
     AndKey,
@@ -139,23 +139,25 @@ async def search(session: ImapSession, cmd: Search) -> None:
     infos = await session.access.fetch(user, selected.name, UidSet.parse("1:*"))
     scope = SearchScope(view.exists, view.highest_uid)
     found: list[tuple[int, int, int]] = []  # (uid, seq, modseq)
-    text_heavy = needs_text(key)
+    undecided: list[Candidate] = []  # a text key must read these
     for info in infos:
         seq = view.seq_of(info.uid)
         if seq is None:
             continue  # arrived after the client was last told; not numbered yet
         candidate = Candidate(info, seq, info.uid in selected.recent)
         try:
-            hit = matches(key, candidate, scope, _no_text)
+            if matches(key, candidate, scope, _no_text):
+                found.append((info.uid, seq, info.modseq))
         except _NeedText:
-            assert text_heavy
-            try:
-                raw = await session.access.body(user, selected.name, info.uid)
-            except NoSuchMessageError:
-                continue
-            hit = matches(key, candidate, scope, _loaded(_Text(raw)))
-        if hit:
-            found.append((info.uid, seq, info.modseq))
+            undecided.append(candidate)
+    if undecided:
+        uids = [c.info.uid for c in undecided]
+        bodies = ReadAhead(session, uids, {c.info.uid: c.info.size for c in undecided})
+        for candidate in undecided:
+            raw = await bodies.get(candidate.info.uid)
+            if raw is not None and matches(key, candidate, scope, _loaded(_Text(raw))):
+                found.append((candidate.info.uid, candidate.seq, candidate.info.modseq))
+        found.sort(key=lambda hit: hit[1])
     numbers = [uid if cmd.uid else seq for uid, seq, _ in found]
     highest = _modseq_of(found, cmd.returns) if with_modseq else None
     if cmd.returns is None:

@@ -29,6 +29,7 @@ from replicad.imap.commands import (
     Unselect,
 )
 from replicad.imap.fetching import MessageBytes, fetch_values, needs_body, sets_seen
+from replicad.imap.readahead import ReadAhead
 from replicad.imap.responses import (
     ResponseCode,
     Value,
@@ -247,7 +248,7 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         for u in uids
         if u in infos and (cmd.changed_since is None or infos[u].modseq > cmd.changed_since)
     ]
-    bodies = _ReadAhead(session, wanted, {u: infos[u].size for u in wanted}) if body else None
+    bodies = ReadAhead(session, wanted, {u: infos[u].size for u in wanted}) if body else None
     missing = False
     for uid in uids:
         info = infos.get(uid)
@@ -296,44 +297,6 @@ async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageInfo
     return {m.uid: m for m in found}
 
 
-#: A FETCH reads bodies ahead in batches of this many messages or octets.
-READ_AHEAD_MESSAGES = 64
-READ_AHEAD_BYTES = 8 << 20
-
-
-class _ReadAhead:
-    """Message bodies for a FETCH, read in batches: one store read (one hop
-    to a reader thread) per batch instead of one per message, with memory
-    bounded by :data:`READ_AHEAD_BYTES` (a single larger message is one batch)."""
-
-    def __init__(self, session: ImapSession, uids: list[int], sizes: dict[int, int]) -> None:
-        self._session = session
-        self._order = uids
-        self._at = {uid: i for i, uid in enumerate(uids)}
-        self._sizes = sizes
-        self._ready: dict[int, bytes] = {}
-
-    async def get(self, uid: int) -> bytes | None:
-        """The body of ``uid``, or None if it was expunged meanwhile."""
-        if uid not in self._ready:
-            await self._fill(self._at.get(uid))
-        return self._ready.pop(uid, None)
-
-    async def _fill(self, start: int | None) -> None:
-        if start is None:
-            return
-        batch: list[int] = []
-        octets = 0
-        for uid in self._order[start:]:
-            if batch and (
-                len(batch) >= READ_AHEAD_MESSAGES or octets + self._sizes[uid] > READ_AHEAD_BYTES
-            ):
-                break
-            batch.append(uid)
-            octets += self._sizes[uid]
-        selected = self._session.require_selected()
-        user = self._session.require_user()
-        self._ready.update(await self._session.access.bodies(user, selected.name, batch))
 
 
 async def _vanished_earlier(session: ImapSession, within: SequenceSet, since: int) -> None:

@@ -161,3 +161,27 @@ async def test_fetch_reads_bodies_ahead_in_batches(tmp_path: Path) -> None:
         numbers = [line for line in reply if line.isdigit()]
         assert numbers == [b"%d" % n for n in range(150)]
         assert reads == [64, 64, 22]
+
+
+async def test_search_reads_only_what_cheap_keys_leave_and_in_batches(tmp_path: Path) -> None:
+    async with mail(tmp_path) as access:
+        for n in range(100):
+            flags = ("\\Seen",) if n % 2 else ()
+            await access.append("alice", "INBOX", MESSAGE + b"n%d\r\n" % n, flags, None)
+        reads: list[int] = []
+        original = access.bodies
+
+        async def counted(user: str, name: str, uids: list[int]) -> dict[int, bytes]:
+            reads.append(len(uids))
+            return await original(user, name, uids)
+
+        access.bodies = counted  # type: ignore[method-assign]
+        client = Client(access)
+        await client.say(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+        # UNSEEN decides first: only the 50 unseen messages are read, in one batch.
+        reply = await client.say(b"c SEARCH UNSEEN BODY n8\r\n")
+        assert reply[0] == b"* SEARCH 9 81 83 85 87 89"
+        assert reads == [50]
+        reply = await client.say(b"d SEARCH SEEN\r\n")
+        assert reads == [50]  # flags alone read no body
+        assert reply[0].startswith(b"* SEARCH 2 4 6")
