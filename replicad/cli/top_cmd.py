@@ -33,7 +33,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -568,9 +568,10 @@ class Keys:
     terminal is read the same way; at its end (or if there is none) only
     Ctrl-C or SIGTERM quit."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, signals: QuitSignals | None = None) -> None:
         self._fd: int | None = None
         self._saved: list[Any] | None = None
+        self._signals = signals
         with contextlib.suppress(AttributeError, OSError, ValueError):
             if stream is not None:
                 self._fd = stream.fileno()
@@ -589,15 +590,23 @@ class Keys:
             self._saved = None
 
     def wait_quit(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds; True if ``q`` was pressed."""
+        """Wait up to ``timeout`` seconds; True if ``q`` was pressed or a
+        quit signal came (:class:`QuitSignals`)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if self._fd is None:
+            if self._signals is not None and self._signals.requested:
+                return True
+            watched = [] if self._fd is None else [self._fd]
+            if self._signals is not None:
+                watched.append(self._signals.fd)
+            if not watched:
                 time.sleep(left)
                 break
             try:
-                ready, _, _ = select.select([self._fd], [], [], left)
-                data = os.read(self._fd, 64) if ready else None
+                ready, _, _ = select.select(watched, [], [], left)
+                if self._signals is not None and self._signals.fd in ready:
+                    return True
+                data = os.read(self._fd, 64) if ready and self._fd is not None else None
             except OSError:
                 data = b""
             if data is None:
@@ -609,18 +618,43 @@ class Keys:
         return False
 
 
-@contextlib.contextmanager
-def _sigterm_quits() -> Iterator[None]:
-    """SIGTERM ends the loop like Ctrl-C does (so the terminal is restored)."""
+class QuitSignals:
+    """SIGINT (Ctrl-C) and SIGTERM ask the live console to quit.
 
-    def quit_now(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    The handlers only set :attr:`requested` and write a byte to a pipe that
+    :meth:`Keys.wait_quit` watches, so the console leaves its loop between
+    two frames and restores the terminal on the normal path.  (Raising
+    KeyboardInterrupt from the handler, as Python does by default, can land
+    inside the console library's locks or a terminal write and leave the
+    process hung, the alternate screen never left.)
+    """
 
-    previous = signal.signal(signal.SIGTERM, quit_now)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.requested = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def fd(self) -> int:
+        return self._read
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"q")
+
+    def __enter__(self) -> QuitSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _console() -> Console:
@@ -659,10 +693,10 @@ def cmd_top(args: argparse.Namespace) -> int:
             _console().print(render(frame))
         return 0
     try:
-        with _sigterm_quits(), Keys(sys.stdin) as keys:
+        with QuitSignals() as signals, Keys(sys.stdin, signals) as keys:
             _loop(sampler, frame, keys, args.interval)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C before the handlers were in place
     return 0
 
 

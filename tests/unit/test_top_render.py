@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from replicad.cli.main import main
 from replicad.cli.top_cmd import (
     Frame,
     Keys,
+    QuitSignals,
     Sample,
     Sampler,
     build_frame,
@@ -381,6 +384,23 @@ def test_standard_input_at_its_end_or_absent_only_waits(pipe: tuple[io.TextIOWra
         assert keys.wait_quit(0.05) is False
         assert keys.wait_quit(0.05) is False
     with Keys(None) as keys:
+        assert keys.wait_quit(0.01) is False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_quit_signal_ends_the_wait_at_once_and_the_handlers_are_restored(
+    pipe: tuple[io.TextIOWrapper, int], signum: int
+) -> None:
+    reader, _ = pipe
+    before = signal.getsignal(signum)
+    with QuitSignals() as signals, Keys(reader, signals) as keys:
+        assert keys.wait_quit(0.05) is False
+        os.kill(os.getpid(), signum)  # only sets a flag: no exception here
+        started = time.monotonic()
+        assert keys.wait_quit(30.0) is True
+        assert time.monotonic() - started < 5
+    assert signal.getsignal(signum) == before
+    with QuitSignals() as quiet, Keys(None, quiet) as keys:
         assert keys.wait_quit(0.01) is False
 
 
