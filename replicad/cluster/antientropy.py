@@ -228,6 +228,15 @@ class AntiEntropy:
                 continue
             if d.local is None:
                 continue  # the peer's own check, or its master's, brings it here
+            if d.remote is None or d.remote.guid != d.local.guid:
+                # The peer lacks our mailbox: perhaps it deleted it, and the
+                # DELETE never reached this copy (ResyncQueue.settle_if_deleted_on).
+                session = node.sessions.get(d.peer)
+                if session is not None and await self.resync.settle_if_deleted_on(
+                    session, d.local.guid
+                ):
+                    acted += 1
+                    continue
             if master == node.name:
                 self.resync.enqueue(d.peer, [d.local.guid])
             else:

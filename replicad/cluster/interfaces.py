@@ -91,3 +91,7 @@ class ResyncQueue(Protocol):
     """Where mailboxes wait for a resync this node runs as their master."""
 
     def enqueue(self, peer: str, mailboxes: Sequence[bytes], *, full: bool = False) -> None: ...
+
+    async def settle_if_deleted_on(self, session: Peer, mailbox: bytes) -> bool:
+        """Delete the local copy if the peer deleted that mailbox; whether it did."""
+        ...

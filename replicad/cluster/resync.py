@@ -76,6 +76,9 @@ ALL_MAILBOXES: Final = bytes(16)
 BODY_BATCH: Final = 64
 #: Most body octets in one UPDATE (the frame limit is 64 MiB, DEFAULT_MAX_FRAME).
 UPDATE_BODY_BYTES: Final = 32 * 1024 * 1024
+#: ``since`` of a SYNC that asks for no entries (the top of the modseq
+#: range the decoder accepts): it only learns whether the peer deleted the mailbox.
+NO_ENTRIES_SINCE: Final = 2**62 - 1
 #: How long one resync step may wait for the peer.
 STEP_TIMEOUT: Final = 60.0
 #: Most of a SYNC reply collected before the merge, in items: an entry
@@ -297,6 +300,59 @@ class Resyncer:
                     name=f"{status.user}/{status.name}",
                 )
             await self.store.clear_resync([session.peer], mailbox)
+
+    async def settle_if_deleted_on(self, session: Peer, mailbox: bytes) -> bool:
+        """Delete this node's copy of ``mailbox`` if the peer deleted it; whether it did.
+
+        The DELETE wins (resync.md, mailbox conflicts).  A node that missed a
+        DELETE (cut off, then restarted past its backlog) holds a mailbox no
+        other node has, and no resync brings the DELETE: the master resyncs
+        only mailboxes it holds, and a RESYNC by name finds none there.  So
+        anti-entropy asks the peer that lacks the mailbox, by GUID: a ``SYNC``
+        of no entries (``since`` at the top of the range), which a node that
+        deleted it answers ``NO [DELETED]``.  The local delete is logged like
+        any other; the nodes that deleted it already take it as a duplicate."""
+        status = await self.store.mailbox_by_guid(mailbox)
+        if status is None:
+            return False
+        mid, new = session.mbox_id(status.user, status.name, status.guid)
+        key = ("SYNC", session.peer, mid)
+        if key in self.collect:
+            return False  # a resync of it with this peer is under way: asked again next round
+        if new:
+            await session.send_mbox(
+                c.Mbox(
+                    mid,
+                    status.user,
+                    status.name,
+                    status.guid,
+                    status.uidvalidity,
+                    status.uidnext,
+                    status.messages,
+                    status.highestmodseq,
+                ),
+            )
+        self.collect[key] = _Collected()
+        try:
+            await session.request(c.Sync(mid, NO_ENTRIES_SINCE, None), timeout=STEP_TIMEOUT)
+            return False
+        except MailboxDeletedError:
+            pass
+        except NotFoundError:
+            return False
+        finally:
+            self.collect.pop(key, None)
+        if await self.store.delete_mailbox_guid(mailbox) is not None:
+            self.node.log_changed()
+            log_event(
+                log,
+                logging.INFO,
+                "deleted-on-peer",
+                peer=session.peer,
+                mailbox=mailbox.hex(),
+                name=f"{status.user}/{status.name}",
+            )
+        return True
 
     async def _resync_one(self, session: Peer, mailbox: bytes) -> None:
         node, store = self.node, self.store

@@ -240,6 +240,20 @@ class MailStore:
     async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted:
         return await self._write(lambda t: self.index.delete_mailbox(t, user, name))
 
+    async def delete_mailbox_guid(self, guid: bytes) -> MailboxDeleted | None:
+        """Delete the mailbox with this GUID under whatever name it holds now
+        (one transaction, so a rename meanwhile cannot make it delete another
+        mailbox); None if there is none.  For a DELETE learnt from a peer."""
+
+        def op(txn: Any) -> MailboxDeleted | None:
+            raw = txn.get(guid, db=self._dbs.mailboxes)
+            if raw is None:
+                return None
+            row = MailboxRow.decode(bytes(raw))
+            return self.index.delete_mailbox(txn, row.user, row.name)
+
+        return await self._write(op)
+
     async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed:
         return await self._write(lambda t: self.index.rename_mailbox(t, user, old, new))
 

@@ -97,6 +97,17 @@ def test_regression_seed_with_link_faults_replays_clean(seed: int) -> None:
     assert f"seed {seed}: ok" in result.stdout
 
 
+@pytest.mark.parametrize("seed", [52])
+def test_regression_seed_with_link_faults_and_mailbox_ops(seed: int) -> None:
+    """With --link-faults and --mailbox-ops: 52 (a node cut off, then crashed,
+    missed a DELETE: it kept the empty mailbox for ever, since the master no
+    longer held it to resync; anti-entropy now asks the peer lacking a
+    mailbox whether it deleted it, and the DELETE wins)."""
+    result = sim("--seed", str(seed), "--link-faults", "--mailbox-ops")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"seed {seed}: ok" in result.stdout
+
+
 @pytest.mark.parametrize("seed", [7035])
 def test_regression_seed_with_five_nodes_link_faults_and_mailbox_ops(seed: int) -> None:
     """With 5 nodes, --link-faults and --mailbox-ops: 7035 (a checker bug: a
