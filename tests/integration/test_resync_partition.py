@@ -340,3 +340,90 @@ def test_uid_expunged_on_one_side_and_reused_on_the_other(cluster: PartitionedCl
     assert state["status"]["uidnext"] == 6, state["status"]
     assert state["status"]["uidvalidity"] == start["status"]["uidvalidity"]
     assert state["status"]["guid"] == start["status"]["guid"]
+
+
+# --- Folders renamed, created, deleted and copied into on both sides (I4, I6) ----------
+
+
+def folders(cluster: PartitionedCluster, node: str) -> dict[str, Any] | str:
+    """``node``'s mailboxes of alice: name -> (GUID, sorted message GUIDs), or the error."""
+    listed = cluster.on(node, "mailbox", "list", "-u", USER)
+    if listed.returncode:
+        return f"list: exit {listed.returncode}: {listed.stderr.decode(errors='replace')}"
+    out: dict[str, Any] = {}
+    for row in json.loads(listed.stdout):
+        name = row["mailbox"]
+        status = cluster.on(node, "mailbox", "status", "-u", USER, "guid", name)
+        fetched = cluster.on(node, "fetch", "-u", USER, "uid guid", "mailbox", name, "all")
+        if status.returncode or fetched.returncode:
+            return f"{name}: exit {status.returncode}/{fetched.returncode}"
+        [st] = json.loads(status.stdout)
+        out[name] = [st["guid"], sorted(m["guid"] for m in json.loads(fetched.stdout))]
+    return out
+
+
+def test_folder_renames_creates_deletes_and_copies_on_both_sides_converge(
+    cluster: PartitionedCluster,
+) -> None:
+    """Each mailbox GUID ends under one name on every node, the newest claim's
+    (resync.md §5); a DELETE wins; every copied instance at its own UID is
+    kept (I6); the nodes agree (I4)."""
+    cluster.up()
+    saved = [cluster.save("n1", f"folder-{i}") for i in range(1, 4)]
+    g1, g2, g3 = (s["guid"] for s in saved)
+    for name in ("Work", "Projects", "Old"):
+        cluster.write("n1", "mailbox", "create", "-u", USER, name)
+    cluster.write("n1", "copy", "-u", USER, "Work", "mailbox", "INBOX", "uid", "1")
+    guids = {
+        name: cluster.write("n1", "mailbox", "status", "-u", USER, "guid", name)[0]["guid"]
+        for name in ("Work", "Projects", "Old")
+    }
+
+    def agree(expected: dict[str, Any] | None = None) -> dict[str, Any]:
+        def probe() -> tuple[bool, Any]:
+            seen = {n: folders(cluster, n) for n in NODES}
+            first = seen["n1"]
+            same = isinstance(first, dict) and all(s == first for s in seen.values())
+            return same and (expected is None or first == expected), seen
+
+        found: dict[str, Any] = cluster.wait_until(
+            f"every node lists {expected}", probe, CONVERGE
+        )["n1"]
+        return found
+
+    inbox = sorted([g1, g2, g3])
+    before = agree()
+    assert before == {
+        "INBOX": [before["INBOX"][0], inbox],
+        "Work": [guids["Work"], [g1]],
+        "Projects": [guids["Projects"], []],
+        "Old": [guids["Old"], []],
+    }, before
+
+    cluster.partition_n1()
+    # n1's side: Work becomes Jobs, a new folder, a copy into Projects, Old deleted.
+    cluster.write("n1", "mailbox", "rename", "-u", USER, "Work", "Jobs")
+    side1 = cluster.write("n1", "mailbox", "create", "-u", USER, "Side1")[0]["guid"]
+    cluster.write("n1", "copy", "-u", USER, "Projects", "mailbox", "INBOX", "uid", "1:2")
+    cluster.write("n1", "mailbox", "delete", "-u", USER, "Old")
+    time.sleep(1.0)  # the other side's claims are newer (hybrid clock, ms)
+    # The n2,n3 side: Projects becomes Proj (newer than nothing on n1's side),
+    # a copy into Work (renamed on the other side), a copy into the renamed
+    # Projects at the UID n1's side also gave out, and a new folder.
+    cluster.write("n2", "mailbox", "rename", "-u", USER, "Projects", "Proj")
+    cluster.write("n3", "copy", "-u", USER, "Work", "mailbox", "INBOX", "uid", "2")
+    cluster.write("n2", "copy", "-u", USER, "Proj", "mailbox", "INBOX", "uid", "3")
+    side2 = cluster.write("n3", "mailbox", "create", "-u", USER, "Side2")[0]["guid"]
+
+    cluster.heal()
+    after = agree(
+        {
+            "INBOX": [before["INBOX"][0], inbox],
+            "Jobs": [guids["Work"], sorted([g1, g2])],
+            "Proj": [guids["Projects"], sorted([g1, g2, g3])],
+            "Side1": [side1, []],
+            "Side2": [side2, []],
+        }
+    )
+    cluster.wait_links(ALL_UP)
+    assert "Old" not in after and "Work" not in after and "Projects" not in after, after
