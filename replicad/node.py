@@ -58,7 +58,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -90,6 +89,11 @@ from replicad.store.mailstore import MailStore
 from replicad.transport import TlsContexts, load_tls_contexts
 from replicad.transport.gate import HandshakeGate
 from replicad.transport.logfmt import format_value
+from replicad.transport.unixsocket import (
+    bind_unix_socket,
+    clear_stale_socket,
+    remove_socket_if_ours,
+)
 
 log = logging.getLogger("replicad.node")
 
@@ -201,58 +205,13 @@ def data_dir_lock(path: Path) -> Iterator[None]:
 # --- the admin socket ---------------------------------------------------------
 
 
-def clear_stale_socket(path: Path) -> None:
-    """Remove a socket file left by a dead node; refuse if a live node answers on it."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ReplicadError(f"admin socket path {path} exists and is not a socket; not touching it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(2.0)
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        # Nobody listens: the owner died without cleaning up.
-        log.info("admin.stale_socket_removed", extra={"kv": {"socket": path}})
-        path.unlink(missing_ok=True)
-        return
-    except OSError as exc:
-        raise ReplicadError(f"cannot check admin socket {path}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ReplicadError(f"another node is already serving on admin socket {path}")
-
-
-def bind_admin_socket(path: Path) -> socket.socket:
-    """A listening unix socket at ``path`` with mode 0600, never wider even briefly."""
+def bind_admin_socket(path: Path) -> tuple[socket.socket, int]:
+    """The admin socket at ``path``, mode 0600, and its inode."""
     if not path.parent.exists():
         # Created 0700 whatever the umask; an existing directory is the
         # operator's (e.g. /run/replicad, 0750 for an LMTP socket's group).
         private_directory(path.parent)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # umask is process-wide, but bind() is one syscall on this thread and
-        # any other file created meanwhile only ends up more restrictive.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)  # belt and braces for filesystems that ignore umask
-        sock.listen(ADMIN_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ReplicadError(f"cannot listen on admin socket {path}: {exc.strerror}") from None
-    return sock
-
-
-def remove_socket_if_ours(path: Path, inode: int) -> None:
-    """Unlink the socket file unless another process replaced it meanwhile."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.lstat().st_ino == inode:
-            path.unlink()
+    return bind_unix_socket(path, mode=0o600, backlog=ADMIN_BACKLOG, what="admin socket")
 
 
 # --- the node -------------------------------------------------------------------------
@@ -282,7 +241,7 @@ async def _run_locked(
     metrics: NodeMetrics,
 ) -> None:
     node = config.node
-    clear_stale_socket(node.admin_socket)
+    clear_stale_socket(node.admin_socket, "admin socket")
     log.info(
         "node.starting",
         extra={
@@ -351,8 +310,7 @@ async def _run_locked(
                 await nursery.start(lmtp.run, config.lmtp.tcp, config.lmtp.unix)
             if imap is not None:
                 await nursery.start(imap.run)
-            raw = bind_admin_socket(node.admin_socket)
-            inode = node.admin_socket.lstat().st_ino
+            raw, inode = bind_admin_socket(node.admin_socket)
             try:
                 listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
                 await nursery.start(server.run, listener)

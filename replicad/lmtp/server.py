@@ -28,10 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
-import socket
-import stat
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -56,6 +53,11 @@ from replicad.lmtp.protocol import (
     RcptTo,
     State,
     trace_headers,
+)
+from replicad.transport.unixsocket import (
+    bind_unix_socket,
+    clear_stale_socket,
+    remove_socket_if_ours,
 )
 
 log = logging.getLogger("replicad.lmtp")
@@ -203,7 +205,7 @@ class LmtpServer:
                 with contextlib.suppress(Exception):
                     await listener.aclose()
             for path, inode in sockets:
-                _remove_if_ours(path, inode)
+                remove_socket_if_ours(path, inode)
             self.closed.set()
 
     def drain(self) -> None:
@@ -438,50 +440,8 @@ def _unix_listener(path: Path) -> tuple[trio.SocketListener, int]:
     another kind, makes the start fail.  0660: the MTA's user is given
     access through the group (e.g. ``postfix`` in group ``replicad``).
     """
-    _clear_stale(path)
+    clear_stale_socket(path, "LMTP socket")
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o750)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o117)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o660)
-        sock.listen(BACKLOG)
-        inode = path.lstat().st_ino
-    except OSError as exc:
-        sock.close()
-        raise ReplicadError(
-            f"cannot listen for LMTP on {path} (lmtp.listen): {exc.strerror or exc}"
-        ) from None
+    sock, inode = bind_unix_socket(path, mode=0o660, backlog=BACKLOG, what="LMTP socket")
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock)), inode
-
-
-def _clear_stale(path: Path) -> None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ReplicadError(f"LMTP socket path {path} exists and is not a socket; not touching it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(2.0)
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        log.info("lmtp.stale_socket_removed", extra={"kv": {"socket": path}})
-        path.unlink(missing_ok=True)
-        return
-    except OSError as exc:
-        raise ReplicadError(f"cannot check LMTP socket {path}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ReplicadError(f"something is already listening on LMTP socket {path}")
-
-
-def _remove_if_ours(path: Path, inode: int) -> None:
-    with contextlib.suppress(OSError):
-        if path.lstat().st_ino == inode:
-            path.unlink()

@@ -56,7 +56,7 @@ def sock_path(tmp_path: Path) -> Path:
 
 async def start(nursery: trio.Nursery, path: Path, handler: HeldHandler) -> AdminServer:
     server = AdminServer(handler, max_frame=4096)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(bind_admin_socket(path)))
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(bind_admin_socket(path)[0]))
     await nursery.start(server.run, listener)
     return server
 
