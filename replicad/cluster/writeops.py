@@ -206,6 +206,7 @@ class CopyOp:
             UidSet.of(a.uid for a in result.appended),
             modseq,
             result.appended[0].uidvalidity,
+            tuple(a.guid for a in result.appended),
         )
 
     def divergence_point(self, result: MessagesCopied) -> tuple[bytes | None, int]:

@@ -33,6 +33,7 @@ from replicad.cluster.writeops import (
     SaveOp,
     StoreOp,
 )
+from replicad.errors import ProtocolError
 from replicad.flags import sorted_flags
 from replicad.protocol import commands as c
 from replicad.store.index import AppendRequest, FlagMode
@@ -117,11 +118,16 @@ class ClusterWrites:
         if isinstance(result, MessagesCopied):
             return result
         assert isinstance(result, c.CopyOk)
+        copied = list(result.dest)
+        if len(result.guids) != len(copied):
+            raise ProtocolError(
+                f"COPY reply: {len(copied)} UIDs but {len(result.guids)} message GUIDs"
+            )
         appended = tuple(
             MessageAppended(
-                user, b"", uid, b"", result.modseq, (), 0, 0, b"", uidvalidity=result.uidvalidity
+                user, b"", uid, guid, result.modseq, (), 0, 0, b"", uidvalidity=result.uidvalidity
             )
-            for uid in result.dest
+            for uid, guid in zip(copied, result.guids, strict=True)
         )
         return MessagesCopied(user, b"", tuple(result.source), appended)
 

@@ -52,11 +52,12 @@ Rules of :func:`merge`:
    expunged and that no side holds any more keeps a tombstone at a fresh
    UID, so a third copy merged later does not bring it back.  Where a losing
    side still holds a GUID but expunged more instances of it than the
-   winning sides did (COPY keeps the GUID), that many of the winners'
+   winning sides did (copies made before protocol version 5 share a GUID;
+   newer copies have GUIDs of their own), that many of the winners'
    instances are expunged, never leaving fewer than the loser holds.
    Their flag changes to a message the winning sides hold exactly once are
-   joined into it; with several copies of the GUID (COPY keeps it) there is
-   no single message to carry them to.  Nothing is lost; clients of the losing side see
+   joined into it; with several instances of the GUID there is no single
+   message to carry them to.  Nothing is lost; clients of the losing side see
    a new UIDVALIDITY and resync.
 
 4. **MODSEQs (I3).** The *content* of an entry (live message or tombstone) is
@@ -502,7 +503,7 @@ def _expunges(tombstones: Iterable[Tombstone]) -> dict[bytes, set[int]]:
 def _expunge_surplus(
     result: dict[int, _Entry], winners: Sequence[dict[int, _Entry]], losers: Sequence[MailboxState]
 ) -> None:
-    """Rule 3 for a message with several instances (COPY keeps the GUID).
+    """Rule 3 for a message with several instances (older copies share a GUID).
 
     A losing side that still holds a GUID live but also expunged instances of
     it that the winning sides never expunged removed copies the winners still

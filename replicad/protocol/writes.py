@@ -66,13 +66,16 @@ class Save(Command):
 
 @dataclass(frozen=True, slots=True)
 class CopyOk(Record):
-    """RFC 4315 COPYUID: the n-th UID of ``source`` was copied to the n-th of ``dest``."""
+    """RFC 4315 COPYUID: the n-th UID of ``source`` was copied to the n-th of
+    ``dest``, as a new message instance with the n-th of ``guids`` (a copy has
+    a GUID of its own; its body is shared by hash)."""
 
-    SCHEMA = (UIDS, UIDS, MODSEQ, UIDVALIDITY)
+    SCHEMA = (UIDS, UIDS, MODSEQ, UIDVALIDITY, ListOf(GUID, 100_000))
     source: UidSet
     dest: UidSet
     modseq: int
     uidvalidity: int  # of ``dest`` (COPYUID)
+    guids: tuple[bytes, ...]
 
 
 #: ``((uid guid)…)|NIL``: the message GUIDs the sender sees under the UIDs it

@@ -755,7 +755,14 @@ class MailIndex:
         dest: str,
         expect: Mapping[int, bytes] | None = None,
     ) -> MessagesCopied:
-        """Copy messages: same message GUID and body, new UIDs (RFC 4315 COPYUID)."""
+        """Copy messages: new UIDs (RFC 4315 COPYUID) and new message GUIDs, the
+        body shared by hash.
+
+        A copy is a message instance of its own (I6): two copies of one
+        message made on both sides of a partition at one UID are then two
+        messages to the merge, a UID collision that keeps both, and an
+        expunge of one copy never takes another (protocol-spec/resync.md
+        §4, "copies are instances")."""
         src_guid, src_row = self._resolve(txn, user, source)
         dst_guid, dst_row = self._resolve(txn, user, dest)
         self.check_expected(txn, src_guid, expect)
@@ -775,7 +782,9 @@ class MailIndex:
             assert msg is not None
             blobs.add_reference_to_existing(txn, self.dbs, msg.body_hash)
             # The copy is a new message: its flags are stamped now (I5).
-            new = replace(msg, modseq=modseq, marks=stamped(msg.flags, stamp))
+            new = replace(
+                msg, guid=os.urandom(16), modseq=modseq, marks=stamped(msg.flags, stamp)
+            )
             txn.put(message_key(dst_guid, uid), new.encode(), db=self.dbs.messages)
             txn.put(change_key(dst_guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
             appended.append(_appended(dst_row.user, dst_guid, uid, new, stamp, dst_row.uidvalidity))

@@ -144,8 +144,11 @@ class Model:
     """What clients were told (the ground truth the checker holds nodes to).
 
     Messages are tracked by GUID, as instance counts per mailbox: after a
-    partition a message may live on under a new UID (I2), and COPY keeps the
-    GUID, so one GUID can be live at several UIDs.  ``low``/``high`` bound
+    partition a message may live on under a new UID (I2).  A COPY makes a
+    new instance with a GUID of its own (the reply names it), so an
+    acknowledged instance is held to be live unless a client expunged it;
+    several instances of one GUID remain possible only where the checker
+    cannot know the GUID of what a refused operation may have done.  ``low``/``high`` bound
     how many live instances of a GUID a mailbox must end with: an
     acknowledged SAVE or COPY raises both, an acknowledged EXPUNGE lowers
     both, and a refused operation (it may or may not have happened at the
@@ -204,7 +207,7 @@ class Model:
         uidvalidity: int | None,
     ) -> None:
         if guid in self.high.get(key, {}):
-            self.multi.add((*key, guid))  # a second instance (COPY keeps the GUID)
+            self.multi.add((*key, guid))  # a second instance of one GUID
         self.bound(key, guid, 1, 1, what)
         if uidvalidity is not None:
             self.seen.setdefault((*key, uidvalidity), {}).setdefault(uid, set()).add(guid)
@@ -306,10 +309,10 @@ async def client_op(
             uid = rng.choice(known)
             dest = _copy_target(mailbox, folders)
             copied = await node.writes.copy(user, mailbox, UidSet.of([uid]), dest)
-            for src_uid, a in zip(copied.source_uids, copied.appended, strict=True):
-                # A forwarded COPY's reply names UIDs only (COPYUID); the master
-                # checked that its source UID is the message the client saw.
-                guid = a.guid or local_guid[src_uid]
+            for a in copied.appended:
+                # The copy is a new instance: its GUID is the master's answer
+                # (the master checked its source UID is the message the client saw).
+                guid = a.guid
                 model.acked(
                     (user, dest),
                     a.uid,
@@ -331,9 +334,10 @@ async def client_op(
         if kind == "expunge":
             model.bound(key, local_guid[uid], -1, 0, f"op {i}: {name} expunge refused")
         elif kind == "copy":
-            dest_key = (user, _copy_target(mailbox, folders))
-            model.bound(dest_key, local_guid[uid], 0, 1, f"op {i}: {name} copy refused")
-            model.multi.add((*dest_key, local_guid[uid]))
+            # The master may have made the copy before the answer was lost:
+            # an instance whose GUID nobody was told, which the checker
+            # cannot hold to anything.
+            model.history.setdefault(local_guid[uid], []).append(f"op {i}: {name} copy refused")
         return f"{name} {kind} {user}/{mailbox} refused: {type(exc).__name__}: {exc}"
 
 
@@ -454,10 +458,10 @@ async def check(nodes: dict[str, Node], model: Model, folders: bool = False) -> 
         tombs = {t[0] for t in row[9]}
         for guid, low in model.low.get(key, {}).items():
             high, have = model.high[key][guid], counts.get(guid, 0)
-            # Two copies of one message (COPY keeps the GUID) made on both sides
-            # of a partition at one UID are one message after the merge, so
-            # with several instances the checker cannot tell which one an
-            # expunge took: only a single-instance message has a lower bound.
+            # With several instances of one GUID (only where a refused
+            # operation's outcome is unknown) the checker cannot tell which
+            # one an expunge took: only a single-instance message has a lower
+            # bound.  A COPY is an instance of its own GUID, so it has one.
             instances = sum("save" in h or "copy" in h for h in model.history[guid])
             expunged = any("expunge" in h for h in model.history[guid])
             floor = min(low, 1) if instances == 1 or not expunged else 0

@@ -140,6 +140,43 @@ async def test_the_expunged_uid_case_of_the_seed(
         assert 4 not in by_guid.values()  # UID 4 named two messages: retired (I2)
 
 
+async def test_copies_made_on_both_sides_at_one_uid_are_two_instances(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """resync.md §4, copies are instances (I6): both sides of a partition MOVE
+    one message into Archive at the same UID; one side then deletes its copy,
+    the other keeps it.  The kept copy survives the heal; the deleted one
+    stays deleted; the UID both sides gave out is retired (I2)."""
+    net = SimNetwork()
+    async with sim_cluster(tmp_path, net) as nodes:
+        await wait_for("a root", lambda: rooted_and_linked(nodes))
+        original = await nodes["n1"].writes.append("alice", "INBOX", body(1))
+        [held] = await nodes["n1"].store.fetch("alice", "INBOX", UidSet.of([original.uid]))
+        await nodes["n1"].writes.create_mailbox("alice", "Archive")
+        await wait_for("convergence", lambda: converged(nodes))
+        net.partition({"n1"}, {"n2", "n3"})
+        await trio.sleep(12)
+        moves = {}
+        for side in ("n1", "n2"):
+            writes = nodes[side].writes
+            copied = await writes.copy("alice", "INBOX", UidSet.of([original.uid]), "Archive")
+            await writes.expunge("alice", "INBOX", UidSet.of([original.uid]))
+            [moves[side]] = copied.appended
+        assert moves["n1"].uid == moves["n2"].uid == 1
+        # A copy is an instance of its own: three GUIDs for one body.
+        assert len({original.guid, moves["n1"].guid, moves["n2"].guid}) == 3
+        await nodes["n1"].writes.expunge("alice", "Archive", UidSet.of([1]))
+        net.heal()
+        await wait_for("convergence after the heal", lambda: converged(nodes), timeout=120)
+        for name in NAMES:
+            inbox = await nodes[name].store.fetch("alice", "INBOX", UidSet.parse("1:*"))
+            archive = await nodes[name].store.fetch("alice", "Archive", UidSet.parse("1:*"))
+            assert inbox == []
+            assert [m.guid for m in archive] == [moves["n2"].guid], name
+            assert archive[0].body_hash == held.body_hash  # the one body, shared
+            assert archive[0].uid > 1  # UID 1 named two instances: retired (I2)
+
+
 async def test_the_same_mailbox_created_on_both_sides_is_merged(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

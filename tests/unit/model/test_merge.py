@@ -576,7 +576,7 @@ def test_an_expunge_never_seen_here_still_wins() -> None:
 
 
 def test_a_copy_within_the_mailbox_collides_like_any_message() -> None:
-    # COPY keeps the message GUID, so one GUID can be live at two UIDs.
+    # Copies made before protocol version 5 share a GUID: one GUID live at two UIDs.
     g1, g2 = guid(1), guid(2)
     a = mailbox([make_message(1, g1, 2), make_message(2, g1, 3)])
     b = mailbox([make_message(1, g1, 2), make_message(2, g2, 3)])
@@ -737,7 +737,7 @@ def test_concurrent_masters_moving_one_collision_settle_on_one_copy() -> None:
 
 
 def test_a_losing_lineage_s_expunge_of_one_of_two_copies_holds() -> None:
-    """Rule 3 with two instances of one GUID (COPY keeps it): two masters
+    """Rule 3 with two instances of one GUID (copies made before protocol version 5): two masters
     merged the same copies concurrently, so both lineages number them alike
     under different UIDVALIDITYs; the loser expunged the copy at UID 8 while
     the winner flagged it.  Expunge wins: one copy stays (simulator seed 4910)."""
