@@ -9,9 +9,11 @@ module citing its part of verbs.md:
 - :mod:`~replicad.protocol.records`: the record base and its decoder;
 - :mod:`~replicad.protocol.session`: HELLO, fatal BAD, PING, COMPRESS, MBOX;
 - :mod:`~replicad.protocol.cluster`: EPOCH, ROOT, ROUTES, MASTER, MASTER-MOVE;
-- :mod:`~replicad.protocol.writes`: SAVE, COPY, EXPUNGE, STORE, CREATE, RENAME, DELETE;
+- :mod:`~replicad.protocol.writes`: SAVE, COPY, EXPUNGE, STORE, CREATE, RENAME, DELETE,
+  SUBSCRIBE;
 - :mod:`~replicad.protocol.changes`: the change stream, its ACK, and UPDATE;
-- :mod:`~replicad.protocol.resync`: SYNC, RESYNC, FETCH, MAILBOXES, DIGEST, HAVE, RESERVE;
+- :mod:`~replicad.protocol.resync`: SYNC, RESYNC, FETCH, MAILBOXES, DIGEST, HAVE, RESERVE,
+  SUBSCRIPTIONS;
 - :mod:`~replicad.protocol.registry`: the table of every record's permanent
   wire name (verb), and :func:`decode` / ``encode_*`` over it.
 
@@ -47,6 +49,7 @@ from replicad.protocol.changes import (
     RenameChange,
     SaveChange,
     StoreChange,
+    SubscribeChange,
     Update,
     UpdateAppend,
     UpdateChange,
@@ -160,6 +163,9 @@ from replicad.protocol.resync import (
     ResyncItem,
     StateGone,
     StateMessage,
+    SubscriptionItem,
+    Subscriptions,
+    SubscriptionsOk,
     Sync,
     SyncData,
     SyncState,
@@ -186,6 +192,8 @@ from replicad.protocol.writes import (
     SaveOk,
     Store,
     StoreOk,
+    Subscribe,
+    SubscribeOk,
 )
 
 __all__ = [
@@ -297,6 +305,12 @@ __all__ = [
     "Store",
     "StoreChange",
     "StoreOk",
+    "Subscribe",
+    "SubscribeChange",
+    "SubscribeOk",
+    "SubscriptionItem",
+    "Subscriptions",
+    "SubscriptionsOk",
     "Sync",
     "SyncData",
     "SyncState",

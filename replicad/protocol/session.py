@@ -32,7 +32,7 @@ from replicad.protocol.records import (
     Untagged,
 )
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,9 @@ from typing import Any
 
 from replicad.store import blobs
 from replicad.store.changecodec import body_hashes, decode_change, encode_change, mailbox_of
-from replicad.store.records import Change
+from replicad.store.records import Change, SubscriptionChanged
 from replicad.store.schema import Databases, pack, pack_u64, unpack, unpack_u64
+from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
 
 RESYNC_OVERFLOW = "outbox-overflow"
 RESYNC_NEW_PEER = "new-peer"
@@ -143,6 +144,10 @@ class ChangeLog:
                     if unpack_u64(bytes(key)) > head:
                         break
                     change = _change_of(bytes(raw))
+                    if isinstance(change, SubscriptionChanged):
+                        # No mailbox: the peer is pushed every register instead.
+                        self._mark(txn, peer, SUBSCRIPTIONS_MARK, RESYNC_OVERFLOW, 0)
+                        continue
                     since = getattr(change, "modseq", 0)
                     self._mark(txn, peer, mailbox_of(change), RESYNC_OVERFLOW, since)
         txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)

@@ -57,6 +57,7 @@ from replicad.store.records import (
 )
 from replicad.store.replica import ApplyResult, Outcome, ReplicaApplier
 from replicad.store.schema import Databases, MailboxRow, open_environment
+from replicad.store.subscriptions import Subscriptions
 from replicad.store.writer import GroupCommitWriter, StoreExecutor, ThreadExecutor
 from replicad.uidset import STAR, UidSet
 
@@ -131,6 +132,8 @@ class MailStore:
         self.index = index if index is not None else MailIndex(dbs)
         self.log = log
         self._applier = ReplicaApplier(self.index, log)
+        #: IMAP subscriptions (replicad.store.subscriptions), on the same seams.
+        self.subscriptions = Subscriptions(dbs, self.index.clock, self.write_logged, self._read)
         self.last_logged_seq = 0  # newest log entry written by this process
 
     @classmethod
