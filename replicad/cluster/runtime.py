@@ -58,6 +58,7 @@ from replicad.cluster.session import PeerSession, no_code
 from replicad.cluster.settings import LOCAL, ClusterSettings, PeerAddress
 from replicad.cluster.signals import Broadcast
 from replicad.cluster.streams import ChangeStreams
+from replicad.cluster.subsync import SubscriptionSync
 from replicad.cluster.writeops import SAVE_RETRY_DEPTH, WRITE_DEADLINE, WriteOp
 from replicad.cluster.writerouter import WriteRouter
 from replicad.errors import ReplicadError
@@ -149,8 +150,9 @@ class ClusterNode:
             streams=self.streams,
             copies=self.copies,
         )
-        self.resync = Resyncer(self)
-        self.verify = AntiEntropy(self, self.resync)
+        self.subscriptions = SubscriptionSync(store, self.streams.log_changed)
+        self.resync = Resyncer(self, subscriptions=self.subscriptions)
+        self.verify = AntiEntropy(self, self.resync, subscriptions=self.subscriptions)
         self.manual = ManualSync(
             name=name,
             store=store,
@@ -173,6 +175,7 @@ class ClusterNode:
             c.Resync: functools.partial(resync.serve, resync.serve_resync),
             c.Digest: functools.partial(resync.serve, self.verify.serve_digest),
             c.Mailboxes: functools.partial(resync.serve, self.verify.serve_mailboxes),
+            c.Subscriptions: functools.partial(resync.serve, self.subscriptions.serve),
         }
         #: Untagged frames but changes and routes (those the links part takes), by type.
         self._heard: dict[type[c.Untagged], Heard] = {

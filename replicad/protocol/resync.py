@@ -177,12 +177,15 @@ MAX_SUBSCRIPTION_ITEMS: Final = 4096
 @dataclass(frozen=True, slots=True)
 class Subscriptions(Command):
     """Merge these subscription registers (last writer wins per (user, name))
-    and answer the digest of every register held.  Sent first with no
-    registers: a digest equal to the sender's, nothing to push."""
+    and answer the digest of every register held.  ``digest`` is the
+    sender's, before the merge.  Sent first with no registers: equal digests,
+    nothing to push; else each side pushes the other what it holds
+    (resync.md §10)."""
 
     VERB = "SUBSCRIPTIONS"
-    SCHEMA = (ListOf(Nested(SubscriptionItem), MAX_SUBSCRIPTION_ITEMS),)
+    SCHEMA = (HASH, ListOf(Nested(SubscriptionItem), MAX_SUBSCRIPTION_ITEMS))
     REPLY = SubscriptionsOk
+    digest: bytes
     items: tuple[SubscriptionItem, ...]
 
 

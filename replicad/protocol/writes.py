@@ -2,7 +2,8 @@
 
 SAVE, COPY, EXPUNGE, STORE, the folder operations CREATE, RENAME and
 DELETE, and SUBSCRIBE (an IMAP subscription), each with its OK payload; a
-write arriving elsewhere is forwarded to the master as one of these.  Wire names: :mod:`replicad.protocol.registry`.
+write arriving elsewhere is forwarded to the master as one of these.  Wire
+names: :mod:`replicad.protocol.registry`.
 """
 
 from __future__ import annotations

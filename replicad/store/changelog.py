@@ -63,6 +63,14 @@ def _change_of(raw: bytes) -> Change:
     return decode_change(raw.partition(b"\0")[2])
 
 
+def mark_of(change: Change) -> bytes:
+    """What a resync mark for ``change`` names: its mailbox, or, for a
+    subscription (no mailbox), the mark that pushes every register."""
+    if isinstance(change, SubscriptionChanged):
+        return SUBSCRIPTIONS_MARK
+    return mailbox_of(change)
+
+
 def _resync_key(peer: str, mailbox: bytes) -> bytes:
     return peer.encode() + b"\0" + mailbox
 
@@ -144,12 +152,8 @@ class ChangeLog:
                     if unpack_u64(bytes(key)) > head:
                         break
                     change = _change_of(bytes(raw))
-                    if isinstance(change, SubscriptionChanged):
-                        # No mailbox: the peer is pushed every register instead.
-                        self._mark(txn, peer, SUBSCRIPTIONS_MARK, RESYNC_OVERFLOW, 0)
-                        continue
                     since = getattr(change, "modseq", 0)
-                    self._mark(txn, peer, mailbox_of(change), RESYNC_OVERFLOW, since)
+                    self._mark(txn, peer, mark_of(change), RESYNC_OVERFLOW, since)
         txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)
         self._truncate(txn)
 

@@ -254,7 +254,8 @@ class MailIndex:
             # to one still wins over it (store_flags stamps after the registers
             # it replaces), and peers take them once real time reaches them.
             log.error(
-                "event=clock-ahead high_water_ahead_s=%.0f max_clock_skew_s=%g detail=%r",
+                "event=clock-ahead high_water_ahead_s=%.0f max_clock_skew_s=%g "
+                "detail=%r",
                 self.clock.ahead_of_wall(floor),
                 self.clock.max_skew,
                 "this store holds stamps from a clock that ran ahead; peers refuse "
@@ -431,7 +432,9 @@ class MailIndex:
             raise NoSuchMessageError(f"no message with UID {uid} in {name!r}")
         return blobs.read_body(txn, self.dbs, msg.body_hash)
 
-    def fetch_bodies(self, txn: Any, user: str, name: str, uids: Iterable[int]) -> dict[int, bytes]:
+    def fetch_bodies(
+        self, txn: Any, user: str, name: str, uids: Iterable[int]
+    ) -> dict[int, bytes]:
         """The bodies of those of ``uids`` that exist, in one read transaction."""
         guid, _ = self._resolve(txn, user, name)
         out = {}

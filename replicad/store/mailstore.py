@@ -54,6 +54,7 @@ from replicad.store.records import (
     MessageInfo,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.store.replica import ApplyResult, Outcome, ReplicaApplier
 from replicad.store.schema import Databases, MailboxRow, open_environment
@@ -261,6 +262,10 @@ class MailStore:
             return MailboxRenamed(row.user, mailbox, row.name, claim.name, claim.stamp)
 
         return await self._write(op)
+
+    async def set_subscribed(self, user: str, name: str, subscribed: bool) -> SubscriptionChanged:
+        """IMAP SUBSCRIBE/UNSUBSCRIBE here (the write path of a single node)."""
+        return await self.subscriptions.set_subscribed(user, name, subscribed)
 
     async def mailbox_deleted(self, guid: bytes) -> bool:
         """Whether the mailbox with this GUID was deleted here (it never comes back)."""
