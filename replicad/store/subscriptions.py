@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from replicad.store.clock import HybridClock
+from replicad.store.index import check_mailbox_name, check_user
 from replicad.store.records import SubscriptionChanged
 from replicad.store.schema import Databases, name_key, pack, unpack, user_prefix
 
@@ -135,8 +136,10 @@ class Subscriptions:
     async def set_subscribed(self, user: str, name: str, subscribed: bool) -> SubscriptionChanged:
         """SUBSCRIBE (``subscribed``) or UNSUBSCRIBE ``name`` for ``user``, as
         the master of the user's namespace: stamped after the register it
-        replaces, applied and logged in one transaction."""
+        replaces, applied and logged in one transaction.  BadInputError for a
+        name no mailbox could have (INBOX is caseless, as for mailboxes)."""
         dbs = self._dbs
+        user, name = check_user(user), check_mailbox_name(name)
 
         def op(txn: Any) -> SubscriptionChanged:
             held = read_register(dbs, txn, user, name)
