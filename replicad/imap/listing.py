@@ -7,7 +7,7 @@ not mailboxes but stand above some (:func:`~replicad.store.namespace.implied_nam
 are listed ``\\Noselect`` (``\\NonExistent`` in the RFC 5258 form).
 
 Subscriptions (RFC 3501 §6.3.6-§6.3.9, RFC 5258 §3): the names a user
-subscribed to, kept whether or not a mailbox of that name exists
+subscribed to, kept whether or not a mailbox of that name still exists
 (:mod:`replicad.store.subscriptions`).  ``RETURN (SUBSCRIBED)`` marks them
 ``\\Subscribed`` (:func:`list_names`); ``LIST (SUBSCRIBED)`` lists them,
 ``\\NonExistent`` where no mailbox has the name, and with RECURSIVEMATCH

@@ -175,14 +175,22 @@ async def rename(session: ImapSession, cmd: Rename) -> None:
 
 
 async def subscribe(session: ImapSession, cmd: Subscribe) -> None:
-    """RFC 3501 §6.3.6: the name is kept whether or not a mailbox has it."""
+    """RFC 3501 §6.3.6: the server MAY check that the mailbox exists, and
+    does, as Dovecot does (a name LIST shows, a mailbox or the superior of
+    some); once subscribed, the name is kept after its mailbox is deleted or
+    renamed until the client unsubscribes it (the RFC's MUST NOT remove)."""
     user = session.require_user()
-    await session.access.subscribe(user, _subscription_name(cmd.mailbox), True)
+    name = _subscription_name(cmd.mailbox)
+    existing = [m.name for m in await session.access.mailboxes(user)]
+    if not list_names(existing, [name]):
+        raise Refusal(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
+    await session.access.subscribe(user, name, True)
     await session.ok(cmd.tag, "SUBSCRIBE completed")
 
 
 async def unsubscribe(session: ImapSession, cmd: Unsubscribe) -> None:
-    """RFC 3501 §6.3.7; a name not subscribed is no error (as Dovecot)."""
+    """RFC 3501 §6.3.7: any name, existing or not (a client removes the
+    subscription of a deleted mailbox); one not subscribed is no error."""
     user = session.require_user()
     await session.access.subscribe(user, _subscription_name(cmd.mailbox), False)
     await session.ok(cmd.tag, "UNSUBSCRIBE completed")
