@@ -162,6 +162,9 @@ class ClusterNode:
             verify=self.verify,
         )
         self._view = view
+        #: Open IMAP sessions on this node, told to peers in every PING's OK
+        #: (``replicad top``); the node's IMAP server sets it when it runs one.
+        self.imap_sessions: Callable[[], int] = lambda: 0
         resync = self.resync
         #: Commands served in their own task, by type (writes: WriteRouter.op_from).
         self._served: dict[type[c.Command], Served] = {
@@ -338,7 +341,7 @@ class ClusterNode:
     ) -> None:
         cmd, tag = event.command, event.tag
         if isinstance(cmd, c.Ping):
-            await session.reply_ok(tag)
+            await session.reply_ok(tag, c.Pong(self.imap_sessions()))
             return
         if isinstance(cmd, c.Mbox):
             # Bound synchronously: the frames that follow use the id at once.
@@ -415,6 +418,7 @@ class ClusterNode:
             "masters": len(self.masters.cache.keys_mastered_by(self.name)),
             "peers": peers,
             "stats": self.stats,
+            "imap_sessions": self.imap_sessions(),
             # What `replicad top` needs besides the above (it warns from them):
             "masters_by_node": masters_by_node,  # mailboxes per master, as far as known here
             "max_outbox": self.store.log.max_lag,  # cluster.max_outbox
@@ -448,6 +452,8 @@ class ClusterNode:
                     "reachable": name in reachable,
                     "via": route.next_hop if route else None,
                     "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
+                    # As the peer said in its last PING reply (direct links only).
+                    "imap_sessions": session.peer_imap_sessions if session else None,
                     "outbox": max(0, head - cursor) if cursor is not None else None,
                     "acked": cursor,  # the last log entry the peer acknowledged
                     "lag_s": self.streams.lag_seconds(name, head, cursor),

@@ -7,7 +7,7 @@ module citing its part of verbs.md:
 
 - :mod:`~replicad.protocol.fields`: field types and the shared field constants;
 - :mod:`~replicad.protocol.records`: the record base and its decoder;
-- :mod:`~replicad.protocol.session`: HELLO, fatal BAD, PING, COMPRESS, MBOX;
+- :mod:`~replicad.protocol.session`: HELLO, fatal BAD, PING (and its Pong), COMPRESS, MBOX;
 - :mod:`~replicad.protocol.cluster`: EPOCH, ROOT, ROUTES, MASTER, MASTER-MOVE;
 - :mod:`~replicad.protocol.writes`: SAVE, COPY, EXPUNGE, STORE, CREATE, RENAME, DELETE,
   SUBSCRIBE;
@@ -177,6 +177,7 @@ from replicad.protocol.session import (
     Hello,
     Mbox,
     Ping,
+    Pong,
 )
 from replicad.protocol.writes import (
     EXPECT,
@@ -285,6 +286,7 @@ __all__ = [
     "Optional",
     "Pattern",
     "Ping",
+    "Pong",
     "ProtocolError",
     "Record",
     "RenameChange",
