@@ -44,6 +44,7 @@ from replicad.imap.responses import (
 from replicad.imap.sequences import SequenceSet
 from replicad.imap.session import ImapSession, Refusal
 from replicad.imap.updates import send_updates
+from replicad.store.namespace import implied_names
 from replicad.store.records import MailboxStatus
 
 INBOX = "INBOX"
@@ -181,8 +182,9 @@ async def subscribe(session: ImapSession, cmd: Subscribe) -> None:
     renamed until the client unsubscribes it (the RFC's MUST NOT remove)."""
     user = session.require_user()
     name = _subscription_name(cmd.mailbox)
-    existing = [m.name for m in await session.access.mailboxes(user)]
-    if not list_names(existing, [name]):
+    existing = {m.name for m in await session.access.mailboxes(user)}
+    canonical = INBOX if name.upper() == INBOX else name
+    if canonical not in existing | implied_names(existing, DELIMITER):
         raise Refusal(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
     await session.access.subscribe(user, name, True)
     await session.ok(cmd.tag, "SUBSCRIBE completed")
