@@ -90,7 +90,7 @@ async def test_subscribe_lsub_unsubscribe_and_list_subscribed(tmp_path: Path) ->
         reply = await client.say(b"c SUBSCRIBE Work/Projects\r\nd SUBSCRIBE Lists/gone\r\n")
         assert reply == [b"c OK SUBSCRIBE completed", b"d OK SUBSCRIBE completed"]
         # Checked on SUBSCRIBE (RFC 3501 §6.3.6 MAY, as Dovecot) ...
-        reply = await client.say(b"d2 SUBSCRIBE Never/created\r\nd4 SUBSCRIBE \"Wor*\"\r\n")
+        reply = await client.say(b'd2 SUBSCRIBE Never/created\r\nd4 SUBSCRIBE "Wor*"\r\n')
         assert reply == [
             b"d2 NO [NONEXISTENT] Mailbox doesn't exist: Never/created",
             b"d4 NO [NONEXISTENT] Mailbox doesn't exist: Wor*",  # a name, not a pattern
