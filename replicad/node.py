@@ -283,6 +283,9 @@ async def _run_locked(
         )
         lmtp = _lmtp_server(config, store, writes, metrics)
         imap = _imap_server(config, store, writes, cluster, metrics)
+        if cluster is not None and imap is not None:
+            # Told to peers in PING replies: `replicad top` shows it per node.
+            cluster.imap_sessions = lambda: imap.session_count
         server = AdminServer(
             metrics.instrument(dispatcher.handle, dispatcher.operations),
             max_frame=config.admin.max_message_size + FRAME_OVERHEAD,

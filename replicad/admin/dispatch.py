@@ -165,6 +165,8 @@ class AdminDispatcher:
             "mailbox_rename": self._mailbox_rename,
             "mailbox_list": self._mailbox_list,
             "mailbox_status": self._mailbox_status,
+            "mailbox_subscribe": self._mailbox_subscribe,
+            "mailbox_subscriptions": self._mailbox_subscriptions,
             "list_users": self._list_users,
             "cluster_status": self._cluster_status,
             "master_move": self._master_move,
@@ -319,6 +321,17 @@ class AdminDispatcher:
 
     async def _mailbox_status(self, a: _Args) -> dict[str, Any]:
         return status_map(await self._store.mailbox_status(a.text("user"), a.text("name")))
+
+    async def _mailbox_subscribe(self, a: _Args) -> dict[str, Any]:
+        """IMAP SUBSCRIBE (``subscribe`` true) or UNSUBSCRIBE, through the
+        write path; any name, existing or not (resync.md §10)."""
+        changed = await self._writes.set_subscribed(
+            a.text("user"), a.text("name"), a.switch("subscribe")
+        )
+        return {"name": changed.name, "subscribed": changed.subscribed}
+
+    async def _mailbox_subscriptions(self, a: _Args) -> list[str]:
+        return sorted(await self._store.subscriptions.subscribed(a.text("user")))
 
     async def _list_users(self, _: _Args) -> list[str]:
         return await self._store.list_users()

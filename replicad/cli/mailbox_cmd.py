@@ -1,4 +1,5 @@
-"""``replicad mailbox create|delete|rename|list|status -u USER ...`` (docs/architecture.md §9)."""
+"""``replicad mailbox create|delete|rename|list|status|subscribe|unsubscribe|subscriptions
+-u USER ...`` (docs/architecture.md §9)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     mailbox = subparsers.add_parser(
         "mailbox",
         parents=[common],
-        help="create, delete, rename, list mailboxes; status",
+        help="create, delete, rename, list mailboxes; status; IMAP subscriptions",
         description="Mailbox management. Names use '/' as the hierarchy separator.",
     )
     actions = mailbox.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -69,6 +70,22 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     _user(status)
     status.add_argument("words", nargs="+", metavar="[FIELDS] NAME [FIELDS]")
     status.set_defaults(handler=cmd_status)
+
+    for action, what in (("subscribe", "subscribe"), ("unsubscribe", "unsubscribe")):
+        sub = actions.add_parser(
+            action,
+            parents=[common],
+            help=f"{what} IMAP names for the user (any name, existing or not)",
+        )
+        _user(sub)
+        sub.add_argument("names", nargs="+", metavar="NAME", type=mailbox_name)
+        sub.set_defaults(handler=cmd_subscribe, subscribe=action == "subscribe")
+
+    subscriptions = actions.add_parser(
+        "subscriptions", parents=[common], help="list the names the user is subscribed to"
+    )
+    _user(subscriptions)
+    subscriptions.set_defaults(handler=cmd_subscriptions)
 
 
 def _user(parser: argparse.ArgumentParser) -> None:
@@ -157,4 +174,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     with connect(args) as client:
         status = client.call("mailbox_status", user=user_of(args), name=name)
     print_rows(args, [status_row(status)], ["mailbox", *fields])
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    changed = []
+    user = user_of(args)
+    with connect(args) as client:
+        for name in args.names:
+            result = client.call(
+                "mailbox_subscribe", user=user, name=name, subscribe=args.subscribe
+            )
+            changed.append({"mailbox": result["name"], "subscribed": result["subscribed"]})
+    print_json_only(args, changed)
+    return 0
+
+
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        names = client.call("mailbox_subscriptions", user=user_of(args))
+    print_rows(args, [{"mailbox": n} for n in names], ["mailbox"])
     return 0

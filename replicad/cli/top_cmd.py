@@ -6,7 +6,8 @@ Three layers, kept apart so that the first two are pure (and unit-tested):
   document (the data source ``replicator status`` and ``master status`` read
   too, :func:`~replicad.cli.replication_cmd.cluster_status`), its
   ``dsync_status`` document and the previous :class:`Sample` of the stats
-  counters into a :class:`Frame`: one row per node, save and change rates,
+  counters into a :class:`Frame`: one row per node (with its open IMAP
+  sessions, as its PING replies tell them), save and change rates,
   resyncs, and the warnings (:func:`find_warnings`);
 * **the rendering** — :func:`render` turns a :class:`Frame` into a rich
   renderable; the colours are dropped by rich when the output is no terminal;
@@ -60,7 +61,7 @@ READ_TIMEOUT = 5.0
 #: Width of the text when stdout is no terminal: wide enough that no cell is
 #: ever cut for a script (lines are only as long as what they hold).
 PIPE_WIDTH = 240
-#: Below this many columns the table leaves out via, acked and p50.
+#: Below this many columns the table leaves out via, rtt, acked and p50.
 COMPACT_BELOW = 110
 
 
@@ -95,6 +96,9 @@ class NodeRow:
     resync_marks: int  # mailboxes marked for resync with the peer
     resync_running: str | None  # mailbox (hex GUID) being resynced with it now
     resync_queued: int
+    #: IMAP connections open on the node (a peer's from its last PING reply;
+    #: None: not known here, as for a node reached only through others).
+    imap_sessions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,7 @@ def build_frame(
             resync_marks=0,
             resync_running=None,
             resync_queued=0,
+            imap_sessions=status.get("imap_sessions"),
         )
     ]
     for p in status.get("peers") or []:
@@ -269,6 +274,7 @@ def build_frame(
                 resync_marks=int(p.get("resync") or 0),
                 resync_running=running.get(name),
                 resync_queued=int(queued.get(name, 0)),
+                imap_sessions=p.get("imap_sessions"),
             )
         )
     linked = sum(1 for r in rows if r.link in ("self", "up"))
@@ -428,9 +434,9 @@ def _nodes_table(frame: Frame, compact: bool = False) -> Table:
     left = ("role", "link", "reach") if compact else ("role", "link", "reach", "via")
     for name in left:
         table.add_column(name, no_wrap=True)
-    right: tuple[str, ...] = ("rtt ms", "masters", "outbox", "lag s", "p99 ms")
+    right: tuple[str, ...] = ("imap", "masters", "outbox", "lag s", "p99 ms")
     if not compact:
-        right = ("rtt ms", "masters", "outbox", "acked", "lag s", "p50 ms", "p99 ms")
+        right = ("imap", "rtt ms", "masters", "outbox", "acked", "lag s", "p50 ms", "p99 ms")
     for name in right:
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("resync")
@@ -448,6 +454,7 @@ def _nodes_table(frame: Frame, compact: bool = False) -> Table:
             "link": Text(n.link, style={"up": "green", "down": "red"}.get(n.link, "")),
             "reach": Text("yes" if n.reachable else "no", style="" if n.reachable else "bold red"),
             "via": "-" if n.via is None else ("direct" if n.via == n.name else n.via),
+            "imap": _cell(n.imap_sessions),
             "rtt ms": _cell(n.rtt_ms),
             "masters": str(n.masters),
             "outbox": Text(_cell(n.outbox), style="bold yellow" if n.name in near else ""),

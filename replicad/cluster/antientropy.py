@@ -28,6 +28,7 @@ import trio
 
 from replicad.cluster.interfaces import ClusterView, Peer, ResyncQueue
 from replicad.cluster.masters import master_key
+from replicad.cluster.subsync import SubscriptionSync
 from replicad.errors import ProtocolError, ReplicadError, TemporaryError
 from replicad.model.digest import GROUP_FLAG, DigestTree, MailboxDigest, bucket_of
 from replicad.protocol import commands as c
@@ -81,9 +82,17 @@ class Comparison:
 class AntiEntropy:
     """Digest comparisons with peers: on demand (verify) and on a schedule."""
 
-    def __init__(self, node: ClusterView, resync: ResyncQueue) -> None:
+    def __init__(
+        self,
+        node: ClusterView,
+        resync: ResyncQueue,
+        *,
+        subscriptions: SubscriptionSync | None = None,
+    ) -> None:
         self.node = node
         self.resync = resync
+        #: Compared with each peer on every check too (resync.md §10).
+        self.subscriptions = subscriptions
         self.store = node.store
         self.runs = 0
         self.found = 0
@@ -269,6 +278,8 @@ class AntiEntropy:
                             first=f"{found.differences[0].user}/{found.differences[0].name}",
                         )
                         await self.repair(found.differences)
+                    if self.subscriptions is not None:
+                        await self.subscriptions.exchange(session)
                 except (ReplicadError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     log_event(log, logging.INFO, "verify-failed", peer=peer, reason=str(exc))
 

@@ -35,6 +35,7 @@ from replicad.store.records import (
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.uidset import UidSet
 
@@ -232,6 +233,10 @@ def to_wire(
         )
     if isinstance(change, MailboxDeleted):
         return c.DeleteChange(seq, change.user, change.mailbox, change.name)
+    if isinstance(change, SubscriptionChanged):
+        return c.SubscribeChange(
+            seq, change.user, change.name, int(change.subscribed), change.stamp
+        )
     if isinstance(change, MailboxMerged):
         p = change.plan
         # A body the follower holds goes as NIL (resync.md §7).
@@ -327,6 +332,9 @@ def from_wire(
         return renamed, []
     if isinstance(frame, c.DeleteChange):
         return MailboxDeleted(frame.user, frame.guid, frame.name), []
+    if isinstance(frame, c.SubscribeChange):
+        changed = SubscriptionChanged(frame.user, frame.name, bool(frame.subscribed), frame.stamp)
+        return changed, []
     if isinstance(frame, c.UpdateChange):
         box = ids[frame.mbox]
         # The stream ships whole messages (APPEND), never FLAGS; a body NIL is

@@ -355,10 +355,12 @@ class Links:
                 return
             start = trio.current_time()
             try:
-                await session.request(c.Ping(), timeout=self.settings.dead_after)
+                pong = await session.request(c.Ping(), timeout=self.settings.dead_after)
             except ReplicadError:
                 continue
             session.rtt = trio.current_time() - start
+            if isinstance(pong, c.Pong):
+                session.peer_imap_sessions = pong.imap_sessions
 
     async def _reader(self, session: PeerSession, nursery: trio.Nursery) -> None:
         link = session.link

@@ -41,6 +41,7 @@ from replicad.blob import Blob
 from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
 from replicad.cluster.interfaces import ClusterView, Peer
 from replicad.cluster.masters import MasterKey, master_key
+from replicad.cluster.subsync import SubscriptionSync
 from replicad.errors import (
     ConflictError,
     MailboxDeletedError,
@@ -65,6 +66,7 @@ from replicad.model.merge import (
 from replicad.protocol import commands as c
 from replicad.store.index import INBOX
 from replicad.store.namespace import Claim
+from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
 
@@ -125,9 +127,11 @@ def sync_items(frame: c.SyncData) -> int:
 class Resyncer:
     """Resync work of one node: queues per peer, the master's side, the peer's side."""
 
-    def __init__(self, node: ClusterView) -> None:
+    def __init__(self, node: ClusterView, *, subscriptions: SubscriptionSync | None = None) -> None:
         self.node = node
         self.store = node.store
+        #: Exchanges IMAP subscriptions for the subscriptions mark (resync.md §10).
+        self.subscriptions = subscriptions
         self.queued: dict[str, list[bytes]] = {}  # FIFO: a failing one waits its turn
         self.running: dict[str, bytes] = {}
         self._wake: dict[str, trio.Event] = {}
@@ -196,10 +200,15 @@ class Resyncer:
         for mark in marks:
             if mark.mailbox == ALL_MAILBOXES:
                 # A new peer, or one whose backlog the log dropped: every
-                # mailbox this node masters is resynced with it.
+                # mailbox this node masters is resynced with it, and the
+                # subscriptions are exchanged.
                 if mark.peer in node.sessions:
                     await self.enqueue_mastered(mark.peer)
+                    await self.store.mark_resync([mark.peer], SUBSCRIPTIONS_MARK, mark.reason, 0)
                     await self.store.clear_resync([mark.peer], ALL_MAILBOXES)
+                continue
+            if mark.mailbox == SUBSCRIPTIONS_MARK:
+                await self._exchange_subscriptions(mark.peer)
                 continue
             status = await self.store.mailbox_by_guid(mark.mailbox)
             if status is None and await self.store.mailbox_deleted(mark.mailbox):
@@ -236,6 +245,19 @@ class Resyncer:
                 for key in keys[master]:
                     node.forget_master(key)  # perhaps no longer the master: look it up again
                 log_event(log, logging.INFO, "resync-ask-failed", peer=master, reason=str(exc))
+
+    async def _exchange_subscriptions(self, peer: str) -> None:
+        """Act on the subscriptions mark: a SUBSCRIPTIONS exchange with the
+        peer, the mark cleared once it went through (resync.md §10)."""
+        session = self.node.sessions.get(peer)
+        if session is None or self.subscriptions is None:
+            return
+        try:
+            await self.subscriptions.exchange(session)
+        except (ReplicadError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log_event(log, logging.INFO, "subscriptions-failed", peer=peer, reason=str(exc))
+            return
+        await self.store.clear_resync([peer], SUBSCRIPTIONS_MARK)
 
     async def scan_loop(self, interval: float) -> None:
         while True:

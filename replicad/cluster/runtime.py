@@ -58,6 +58,7 @@ from replicad.cluster.session import PeerSession, no_code
 from replicad.cluster.settings import LOCAL, ClusterSettings, PeerAddress
 from replicad.cluster.signals import Broadcast
 from replicad.cluster.streams import ChangeStreams
+from replicad.cluster.subsync import SubscriptionSync
 from replicad.cluster.writeops import SAVE_RETRY_DEPTH, WRITE_DEADLINE, WriteOp
 from replicad.cluster.writerouter import WriteRouter
 from replicad.errors import ReplicadError
@@ -149,8 +150,9 @@ class ClusterNode:
             streams=self.streams,
             copies=self.copies,
         )
-        self.resync = Resyncer(self)
-        self.verify = AntiEntropy(self, self.resync)
+        self.subscriptions = SubscriptionSync(store, self.streams.log_changed)
+        self.resync = Resyncer(self, subscriptions=self.subscriptions)
+        self.verify = AntiEntropy(self, self.resync, subscriptions=self.subscriptions)
         self.manual = ManualSync(
             name=name,
             store=store,
@@ -160,6 +162,9 @@ class ClusterNode:
             verify=self.verify,
         )
         self._view = view
+        #: Open IMAP sessions on this node, told to peers in every PING's OK
+        #: (``replicad top``); the node's IMAP server sets it when it runs one.
+        self.imap_sessions: Callable[[], int] = lambda: 0
         resync = self.resync
         #: Commands served in their own task, by type (writes: WriteRouter.op_from).
         self._served: dict[type[c.Command], Served] = {
@@ -173,6 +178,7 @@ class ClusterNode:
             c.Resync: functools.partial(resync.serve, resync.serve_resync),
             c.Digest: functools.partial(resync.serve, self.verify.serve_digest),
             c.Mailboxes: functools.partial(resync.serve, self.verify.serve_mailboxes),
+            c.Subscriptions: functools.partial(resync.serve, self.subscriptions.serve),
         }
         #: Untagged frames but changes and routes (those the links part takes), by type.
         self._heard: dict[type[c.Untagged], Heard] = {
@@ -335,7 +341,7 @@ class ClusterNode:
     ) -> None:
         cmd, tag = event.command, event.tag
         if isinstance(cmd, c.Ping):
-            await session.reply_ok(tag)
+            await session.reply_ok(tag, c.Pong(self.imap_sessions()))
             return
         if isinstance(cmd, c.Mbox):
             # Bound synchronously: the frames that follow use the id at once.
@@ -412,6 +418,7 @@ class ClusterNode:
             "masters": len(self.masters.cache.keys_mastered_by(self.name)),
             "peers": peers,
             "stats": self.stats,
+            "imap_sessions": self.imap_sessions(),
             # What `replicad top` needs besides the above (it warns from them):
             "masters_by_node": masters_by_node,  # mailboxes per master, as far as known here
             "max_outbox": self.store.log.max_lag,  # cluster.max_outbox
@@ -445,6 +452,8 @@ class ClusterNode:
                     "reachable": name in reachable,
                     "via": route.next_hop if route else None,
                     "rtt_ms": round(session.rtt * 1000, 2) if session and session.rtt else None,
+                    # As the peer said in its last PING reply (direct links only).
+                    "imap_sessions": session.peer_imap_sessions if session else None,
                     "outbox": max(0, head - cursor) if cursor is not None else None,
                     "acked": cursor,  # the last log entry the peer acknowledged
                     "lag_s": self.streams.lag_seconds(name, head, cursor),

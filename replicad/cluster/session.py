@@ -98,6 +98,8 @@ class PeerSession:
         self.window_freed = trio.Event()
         self.last_heard = trio.current_time()
         self.rtt: float | None = None
+        #: IMAP sessions open on the peer, from its last PING reply (None: not yet).
+        self.peer_imap_sessions: int | None = None
         self.applied_seq = 0
         self.acked_seq = 0
         self.cancel_scope = trio.CancelScope()

@@ -30,8 +30,13 @@ from replicad.cluster.session import MAX_LAG_SAMPLES, PeerSession
 from replicad.cluster.signals import Broadcast
 from replicad.errors import ProtocolError, ReplicadError, StoreFullError, TemporaryError
 from replicad.protocol import commands as c
-from replicad.store.changecodec import body_hashes, mailbox_of
-from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, RESYNC_OVERSIZED
+from replicad.store.changecodec import body_hashes
+from replicad.store.changelog import (
+    RESYNC_CONFLICT,
+    RESYNC_MISSING,
+    RESYNC_OVERSIZED,
+    mark_of,
+)
 from replicad.store.mailstore import MailStore
 from replicad.store.records import MailboxMerged, MessageAppended
 from replicad.store.replica import CLOCK_SKEW, MISSING_MAILBOX
@@ -219,7 +224,7 @@ class ChangeStreams:
         covers it, and the mark makes the resync layer bring the mailbox to
         the peer in UPDATEs of bounded size instead."""
         try:
-            mailbox = mailbox_of(change)
+            mailbox = mark_of(change)
         except TypeError:
             mailbox = ALL_MAILBOXES  # a mailbox-level change: every mailbox
         await self.store.mark_resync([session.peer], mailbox, RESYNC_OVERSIZED, 0)
@@ -416,7 +421,7 @@ class ChangeStreams:
         mailbox needs the resync layer, whose UPDATE carries what is missing
         (I6); the stream goes on."""
         with contextlib.suppress(TypeError):
-            await self.store.mark_resync([session.peer], mailbox_of(change), RESYNC_MISSING, 0)
+            await self.store.mark_resync([session.peer], mark_of(change), RESYNC_MISSING, 0)
         log_event(
             log,
             logging.WARNING,

@@ -40,6 +40,7 @@ from replicad.store.records import (
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.uidset import UidSet
 
@@ -416,7 +417,42 @@ class DeleteOp:
         return result.mailbox, 0
 
 
-WriteOp = SaveOp | CopyOp | ExpungeOp | StoreOp | CreateOp | RenameOp | DeleteOp
+@dataclass(frozen=True, slots=True)
+class SubscribeOp:
+    """IMAP SUBSCRIBE (``subscribed``) or UNSUBSCRIBE of ``name``, which need
+    not exist (RFC 3501 §6.3.6): a register of the user's namespace,
+    stamped by its master (replicad.store.subscriptions, I4)."""
+
+    user: str
+    name: str
+    subscribed: bool
+
+    COMMAND: ClassVar[type[c.Command]] = c.Subscribe
+    #: Again is safe: the same register, set to the same value.
+    retry_safe: ClassVar[bool] = True
+
+    def key_mailbox(self) -> str | None:
+        return None  # the user's namespace, as CREATE
+
+    async def apply(self, store: MailStore, saves: RecentSaves) -> SubscriptionChanged:
+        return await store.subscriptions.set_subscribed(self.user, self.name, self.subscribed)
+
+    async def command(self, binder: MailboxBinder) -> c.Command:
+        return c.Subscribe(self.user, self.name, int(self.subscribed))
+
+    @classmethod
+    def from_command(cls, cmd: c.Subscribe, ids: Mapping[int, MboxBinding]) -> SubscribeOp:
+        return cls(cmd.user, cmd.name, bool(cmd.subscribed))
+
+    def ok_payload(self, result: SubscriptionChanged, me: str) -> c.Record:
+        return c.SubscribeOk(result.stamp)
+
+    def divergence_point(self, result: SubscriptionChanged) -> tuple[bytes | None, int]:
+        # No mailbox to resync: the register merges by itself (resync.md §10).
+        return None, 0
+
+
+WriteOp = SaveOp | CopyOp | ExpungeOp | StoreOp | CreateOp | RenameOp | DeleteOp | SubscribeOp
 #: Every write verb the engine executes at a master.
 WRITE_OPS: Final[tuple[type[WriteOp], ...]] = (
     SaveOp,
@@ -426,6 +462,7 @@ WRITE_OPS: Final[tuple[type[WriteOp], ...]] = (
     CreateOp,
     RenameOp,
     DeleteOp,
+    SubscribeOp,
 )
 #: Makes the op of a received command, the peer's MBOX ids resolved.
 OpFromCommand = Callable[[Any, Mapping[int, MboxBinding]], WriteOp]

@@ -32,6 +32,7 @@ from replicad.cluster.writeops import (
     RenameOp,
     SaveOp,
     StoreOp,
+    SubscribeOp,
 )
 from replicad.errors import ProtocolError
 from replicad.flags import sorted_flags
@@ -45,6 +46,7 @@ from replicad.store.records import (
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.uidset import UidSet
 
@@ -194,6 +196,14 @@ class ClusterWrites:
             return result
         assert isinstance(result, c.MailboxOk)
         return MailboxRenamed(user, result.guid, old, new)
+
+    async def set_subscribed(self, user: str, name: str, subscribed: bool) -> SubscriptionChanged:
+        """IMAP SUBSCRIBE/UNSUBSCRIBE, at the master of the user's namespace."""
+        result = await self.node.execute(SubscribeOp(user, name, subscribed))
+        if isinstance(result, SubscriptionChanged):
+            return result
+        assert isinstance(result, c.SubscribeOk)
+        return SubscriptionChanged(user, name, subscribed, result.stamp)
 
     async def move_master(self, user: str, mailbox: str, node: str) -> dict[str, Any]:
         ok = await self.node.move_master(user, mailbox, node)

@@ -45,6 +45,7 @@ from replicad.store.records import (
     MessageInfo,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.uidset import UidSet
 
@@ -85,6 +86,10 @@ class WritePath(Protocol):
     async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted: ...
 
     async def rename_mailbox(self, user: str, old: str, new: str) -> MailboxRenamed: ...
+
+    async def set_subscribed(
+        self, user: str, name: str, subscribed: bool
+    ) -> SubscriptionChanged: ...
 
 
 class MasterState(Protocol):
@@ -192,6 +197,10 @@ class MailAccess:
             return await self.caught_up(user, name, target)
         return False
 
+    async def subscriptions(self, user: str) -> set[str]:
+        """The names ``user`` is subscribed to, existing or not (RFC 3501 §6.3.6)."""
+        return await self.store.subscriptions.subscribed(user)
+
     async def changes_since(self, user: str, name: str, modseq: int) -> ChangeSet:
         return await self.store.changes_since(user, name, modseq)
 
@@ -258,6 +267,18 @@ class MailAccess:
         renamed = await self.writes.rename_mailbox(user, old, new)
         await self._until(lambda s: any(m.name == new for m in s), user)
         return renamed
+
+    async def subscribe(self, user: str, name: str, subscribed: bool) -> SubscriptionChanged:
+        """SUBSCRIBE or UNSUBSCRIBE at the namespace master; returns once this
+        node's copy holds that register (or a newer one) so LSUB shows it."""
+        changed = await self.writes.set_subscribed(user, name, subscribed)
+
+        async def reached() -> bool:
+            held = (await self.store.subscriptions.of_user(user)).get(name)
+            return held is not None and held.stamp >= changed.stamp
+
+        await self._wait(reached)
+        return changed
 
     async def caught_up(self, user: str, name: str, modseq: int) -> bool:
         """Wait until this node's copy of the mailbox reached ``modseq``

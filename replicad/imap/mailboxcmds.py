@@ -6,10 +6,10 @@ APPENDUID).
 Writes go through :class:`~replicad.imap.mailaccess.MailAccess`, so to the
 mailbox master, and answer once this node's copy holds them.
 
-Subscriptions: every mailbox of a user is subscribed.  The subscription
-list is not yet kept (nor replicated), so SUBSCRIBE succeeds, LSUB and
-``LIST (SUBSCRIBED)`` list the existing mailboxes, and UNSUBSCRIBE is
-refused ``NO [CANNOT]`` rather than accepted and forgotten.
+Subscriptions are names, kept per user whether or not a mailbox has the
+name (RFC 3501 §6.3.6), and replicated like any write
+(:mod:`replicad.store.subscriptions`); which names LSUB and the
+LIST-EXTENDED forms return is decided in :mod:`replicad.imap.listing`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from replicad.imap.commands import (
     Subscribe,
     Unsubscribe,
 )
-from replicad.imap.listing import DELIMITER, join_pattern, list_names, special_use
+from replicad.imap.listing import (
+    DELIMITER,
+    join_pattern,
+    list_names,
+    list_subscribed,
+    lsub_names,
+    special_use,
+)
 from replicad.imap.responses import (
     ResponseCode,
     render_list,
@@ -37,6 +44,7 @@ from replicad.imap.responses import (
 from replicad.imap.sequences import SequenceSet
 from replicad.imap.session import ImapSession, Refusal
 from replicad.imap.updates import send_updates
+from replicad.store.namespace import implied_names
 from replicad.store.records import MailboxStatus
 
 INBOX = "INBOX"
@@ -51,18 +59,26 @@ async def list_mailboxes(session: ImapSession, cmd: List) -> None:
         return
     statuses = {m.name: m for m in await session.access.mailboxes(user)}
     patterns = [join_pattern(cmd.reference, p) for p in cmd.patterns if p]
-    subscribed = "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.returns
-    listed = list_names(
-        statuses,
-        patterns,
-        extended=cmd.extended,
-        subscribed=subscribed,
-        special_only="SPECIAL-USE" in cmd.selection,
-    )
+    wanted = "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.returns
+    subscribed = await session.access.subscriptions(user) if wanted else set()
+    if "SUBSCRIBED" in cmd.selection:
+        listed = list_subscribed(
+            statuses, subscribed, patterns, recursive="RECURSIVEMATCH" in cmd.selection
+        )
+    else:
+        listed = list_names(
+            statuses,
+            patterns,
+            extended=cmd.extended,
+            subscribed=subscribed,
+            special_only="SPECIAL-USE" in cmd.selection,
+        )
     for entry in listed:
-        if "SUBSCRIBED" in cmd.selection and not entry.selectable:
-            continue
-        await session.send(render_list(entry.attributes, DELIMITER, entry.name, utf8=session.utf8))
+        extended = [("CHILDINFO", ("SUBSCRIBED",))] if entry.childinfo else []
+        line = render_list(
+            entry.attributes, DELIMITER, entry.name, extended=extended, utf8=session.utf8
+        )
+        await session.send(line)
         if cmd.status_items and entry.selectable:
             items = await _status_items(session, statuses[entry.name], cmd.status_items)
             await session.send(render_status(entry.name, items, utf8=session.utf8))
@@ -71,14 +87,10 @@ async def list_mailboxes(session: ImapSession, cmd: List) -> None:
 
 async def lsub(session: ImapSession, cmd: Lsub) -> None:
     user = session.require_user()
-    names = [m.name for m in await session.access.mailboxes(user)]
     pattern = join_pattern(cmd.reference, cmd.pattern)
     if pattern:
-        for entry in list_names(names, [pattern]):
-            if entry.selectable:
-                attributes = tuple(a for a in entry.attributes if not a.startswith("\\Has"))
-                line = render_lsub(attributes, DELIMITER, entry.name, utf8=session.utf8)
-                await session.send(line)
+        for name, attributes in lsub_names(await session.access.subscriptions(user), pattern):
+            await session.send(render_lsub(attributes, DELIMITER, name, utf8=session.utf8))
     await session.ok(cmd.tag, "LSUB completed")
 
 
@@ -164,13 +176,35 @@ async def rename(session: ImapSession, cmd: Rename) -> None:
 
 
 async def subscribe(session: ImapSession, cmd: Subscribe) -> None:
-    session.require_user()
-    await session.ok(cmd.tag, "SUBSCRIBE completed (every mailbox is subscribed)")
+    """RFC 3501 §6.3.6: the server MAY check that the mailbox exists, and
+    does, as Dovecot does (a name LIST shows, a mailbox or the superior of
+    some); once subscribed, the name is kept after its mailbox is deleted or
+    renamed until the client unsubscribes it (the RFC's MUST NOT remove)."""
+    user = session.require_user()
+    name = _subscription_name(cmd.mailbox)
+    existing = {m.name for m in await session.access.mailboxes(user)}
+    canonical = INBOX if name.upper() == INBOX else name
+    if canonical not in existing | implied_names(existing, DELIMITER):
+        raise Refusal(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
+    await session.access.subscribe(user, name, True)
+    await session.ok(cmd.tag, "SUBSCRIBE completed")
 
 
 async def unsubscribe(session: ImapSession, cmd: Unsubscribe) -> None:
-    session.require_user()
-    raise Refusal("Every mailbox is subscribed on this server", "CANNOT")
+    """RFC 3501 §6.3.7: any name, existing or not (a client removes the
+    subscription of a deleted mailbox); one not subscribed is no error."""
+    user = session.require_user()
+    await session.access.subscribe(user, _subscription_name(cmd.mailbox), False)
+    await session.ok(cmd.tag, "UNSUBSCRIBE completed")
+
+
+def _subscription_name(mailbox: str) -> str:
+    """A trailing delimiter is dropped, as CREATE does (the store makes
+    INBOX caseless and refuses names no mailbox could have)."""
+    name = mailbox.rstrip(DELIMITER)
+    if not name:
+        raise Refusal("Empty mailbox name", "CANNOT")
+    return name
 
 
 async def append(session: ImapSession, cmd: Append) -> None:

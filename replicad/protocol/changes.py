@@ -1,7 +1,8 @@
 """Change-stream records: what a master streams to its peers, and their ACK (verbs.md §4).
 
 Untagged, ``seq`` first: ``* SAVE``, ``* COPY``, ``* EXPUNGE``, ``* STORE``,
-``* CREATE``, ``* RENAME``, ``* DELETE`` and ``* UPDATE`` (a logged merge),
+``* CREATE``, ``* RENAME``, ``* DELETE``, ``* SUBSCRIBE`` and ``* UPDATE``
+(a logged merge),
 acknowledged cumulatively by ``* ACK`` (I1, I8).  The UPDATE operations
 (APPEND, FLAGS, EXPUNGE) are shared by the logged merge and by the UPDATE
 command a master sends to one peer in a resync.  Wire names:
@@ -29,6 +30,7 @@ from replicad.protocol.fields import (
     SEQ,
     SIZE,
     STAMP,
+    SUBSCRIBED,
     TIME,
     UID,
     UIDS,
@@ -192,6 +194,19 @@ class CreateChange(Change):
     name: str
     guid: bytes
     uidvalidity: int
+    stamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeChange(Change):
+    """``user``'s subscription register for ``name`` is ``subscribed`` as of
+    ``stamp`` (last writer wins per (user, name), verbs.md §4)."""
+
+    VERB = "SUBSCRIBE"
+    SCHEMA = (SEQ, USER, MAILBOX, SUBSCRIBED, STAMP)
+    user: str
+    name: str
+    subscribed: int
     stamp: int
 
 

@@ -7,11 +7,13 @@ module citing its part of verbs.md:
 
 - :mod:`~replicad.protocol.fields`: field types and the shared field constants;
 - :mod:`~replicad.protocol.records`: the record base and its decoder;
-- :mod:`~replicad.protocol.session`: HELLO, fatal BAD, PING, COMPRESS, MBOX;
+- :mod:`~replicad.protocol.session`: HELLO, fatal BAD, PING (and its Pong), COMPRESS, MBOX;
 - :mod:`~replicad.protocol.cluster`: EPOCH, ROOT, ROUTES, MASTER, MASTER-MOVE;
-- :mod:`~replicad.protocol.writes`: SAVE, COPY, EXPUNGE, STORE, CREATE, RENAME, DELETE;
+- :mod:`~replicad.protocol.writes`: SAVE, COPY, EXPUNGE, STORE, CREATE, RENAME, DELETE,
+  SUBSCRIBE;
 - :mod:`~replicad.protocol.changes`: the change stream, its ACK, and UPDATE;
-- :mod:`~replicad.protocol.resync`: SYNC, RESYNC, FETCH, MAILBOXES, DIGEST, HAVE, RESERVE;
+- :mod:`~replicad.protocol.resync`: SYNC, RESYNC, FETCH, MAILBOXES, DIGEST, HAVE, RESERVE,
+  SUBSCRIPTIONS;
 - :mod:`~replicad.protocol.registry`: the table of every record's permanent
   wire name (verb), and :func:`decode` / ``encode_*`` over it.
 
@@ -47,6 +49,7 @@ from replicad.protocol.changes import (
     RenameChange,
     SaveChange,
     StoreChange,
+    SubscribeChange,
     Update,
     UpdateAppend,
     UpdateChange,
@@ -160,6 +163,9 @@ from replicad.protocol.resync import (
     ResyncItem,
     StateGone,
     StateMessage,
+    SubscriptionItem,
+    Subscriptions,
+    SubscriptionsOk,
     Sync,
     SyncData,
     SyncState,
@@ -171,6 +177,7 @@ from replicad.protocol.session import (
     Hello,
     Mbox,
     Ping,
+    Pong,
 )
 from replicad.protocol.writes import (
     EXPECT,
@@ -186,6 +193,8 @@ from replicad.protocol.writes import (
     SaveOk,
     Store,
     StoreOk,
+    Subscribe,
+    SubscribeOk,
 )
 
 __all__ = [
@@ -277,6 +286,7 @@ __all__ = [
     "Optional",
     "Pattern",
     "Ping",
+    "Pong",
     "ProtocolError",
     "Record",
     "RenameChange",
@@ -297,6 +307,12 @@ __all__ = [
     "Store",
     "StoreChange",
     "StoreOk",
+    "Subscribe",
+    "SubscribeChange",
+    "SubscribeOk",
+    "SubscriptionItem",
+    "Subscriptions",
+    "SubscriptionsOk",
     "Sync",
     "SyncData",
     "SyncState",

@@ -409,6 +409,7 @@ SEQ: Final = UInt(1, MAX_COUNTER)
 MAX_REFUSED: Final = 4096
 EPOCH_T: Final = UInt(1, MAX_COUNTER)
 TIME: Final = UInt(0, MAX_U63)  # seconds since the epoch, UTC
+SUBSCRIBED: Final = UInt(0, 1)  # an IMAP subscription register: 1 subscribed, 0 not
 STAMP: Final = UInt(0, MAX_STAMP)  # hybrid logical clock: ms << 16 | counter (I5)
 SIZE: Final = UInt(0, DEFAULT_MAX_FRAME)
 GUID: Final = Octets(16, 16)  # random message / mailbox GUID

@@ -36,6 +36,7 @@ from replicad.protocol.changes import (
     RenameChange,
     SaveChange,
     StoreChange,
+    SubscribeChange,
     Update,
     UpdateAppend,
     UpdateChange,
@@ -78,6 +79,8 @@ from replicad.protocol.resync import (
     ResyncItem,
     StateGone,
     StateMessage,
+    SubscriptionItem,
+    Subscriptions,
     Sync,
     SyncData,
 )
@@ -96,6 +99,7 @@ from replicad.protocol.writes import (
     RenameMailbox,
     Save,
     Store,
+    Subscribe,
 )
 
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9.]{1,16}")
@@ -157,6 +161,7 @@ COMMANDS: Final[dict[str, type[Command]]] = _by_verb(
         "CREATE": CreateMailbox,
         "RENAME": RenameMailbox,
         "DELETE": DeleteMailbox,
+        "SUBSCRIBE": Subscribe,
         # resync (verbs.md §5)
         "SYNC": Sync,
         "FETCH": Fetch,
@@ -166,6 +171,7 @@ COMMANDS: Final[dict[str, type[Command]]] = _by_verb(
         "RESERVE": Reserve,
         "UPDATE": Update,
         "RESYNC": Resync,
+        "SUBSCRIPTIONS": Subscriptions,
     }
 )
 #: Untagged data, ``["*", VERB, fields...]``: verb -> record (verbs.md).
@@ -189,6 +195,7 @@ UNTAGGED_RECORDS: Final[dict[str, type[Untagged]]] = _by_verb(
         "CREATE": CreateChange,
         "RENAME": RenameChange,
         "DELETE": DeleteChange,
+        "SUBSCRIBE": SubscribeChange,
         "UPDATE": UpdateChange,
         # resync
         "SYNC": SyncData,
@@ -339,4 +346,5 @@ ALL_RECORDS: Final[tuple[type[Record], ...]] = (
     UpdateAppend,
     UpdateFlags,
     UpdateExpunge,
+    SubscriptionItem,
 )

@@ -26,6 +26,7 @@ from replicad.protocol.fields import (
     MODSEQ,
     SIZE,
     STAMP,
+    SUBSCRIBED,
     TIME,
     U32,
     UID,
@@ -148,6 +149,44 @@ class Resync(Command):
     VERB = "RESYNC"
     SCHEMA = (ListOf(Nested(ResyncItem), 10_000),)
     mailboxes: tuple[ResyncItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionItem(Record):
+    """One subscription register (verbs.md §5 SUBSCRIPTIONS)."""
+
+    SCHEMA = (USER, MAILBOX, SUBSCRIBED, STAMP)
+    user: str
+    name: str
+    subscribed: int
+    stamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionsOk(Record):
+    """The receiver's digest of its subscription table, after the merge."""
+
+    SCHEMA = (HASH,)
+    digest: bytes
+
+
+#: Most registers in one SUBSCRIPTIONS (bounded frames, I9).
+MAX_SUBSCRIPTION_ITEMS: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriptions(Command):
+    """Merge these subscription registers (last writer wins per (user, name))
+    and answer the digest of every register held.  ``digest`` is the
+    sender's, before the merge.  Sent first with no registers: equal digests,
+    nothing to push; else each side pushes the other what it holds
+    (resync.md §10)."""
+
+    VERB = "SUBSCRIPTIONS"
+    SCHEMA = (HASH, ListOf(Nested(SubscriptionItem), MAX_SUBSCRIPTION_ITEMS))
+    REPLY = SubscriptionsOk
+    digest: bytes
+    items: tuple[SubscriptionItem, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from replicad.protocol.fields import (
 from replicad.protocol.frames import DEFAULT_MAX_FRAME
 from replicad.protocol.records import (
     Command,
+    Record,
     Untagged,
 )
 
@@ -67,8 +68,19 @@ class Fatal(Untagged):
 
 
 @dataclass(frozen=True, slots=True)
+class Pong(Record):
+    """PING's OK: the answering node's open IMAP sessions (``replicad top``
+    shows them per node; a liveness reply is the one frame every peer
+    already sends each second)."""
+
+    SCHEMA = (U32,)
+    imap_sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ping(Command):
     VERB = "PING"
+    REPLY = Pong
 
 
 @dataclass(frozen=True, slots=True)

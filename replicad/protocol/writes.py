@@ -1,8 +1,9 @@
 """Write records: the commands that reach a mailbox's master (verbs.md §3).
 
-SAVE, COPY, EXPUNGE, STORE and the folder operations CREATE, RENAME and
-DELETE, each with its OK payload; a write arriving elsewhere is forwarded
-to the master as one of these.  Wire names: :mod:`replicad.protocol.registry`.
+SAVE, COPY, EXPUNGE, STORE, the folder operations CREATE, RENAME and
+DELETE, and SUBSCRIBE (an IMAP subscription), each with its OK payload; a
+write arriving elsewhere is forwarded to the master as one of these.  Wire
+names: :mod:`replicad.protocol.registry`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from replicad.protocol.fields import (
     MBOX_ID,
     MODSEQ,
     NODE,
+    STAMP,
+    SUBSCRIBED,
     TIME,
     UID,
     UIDS,
@@ -181,3 +184,25 @@ class DeleteMailbox(Command):
     REPLY = MailboxOk
     user: str
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOk(Record):
+    """The hybrid-clock stamp the master gave the subscription's register."""
+
+    SCHEMA = (STAMP,)
+    stamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Command):
+    """Set ``user``'s subscription to ``name`` (1: SUBSCRIBE, 0: UNSUBSCRIBE);
+    sent to the master of the user's namespace.  ``name`` need not exist
+    (RFC 3501 §6.3.6)."""
+
+    VERB = "SUBSCRIBE"
+    SCHEMA = (USER, MAILBOX, SUBSCRIBED)
+    REPLY = SubscribeOk
+    user: str
+    name: str
+    subscribed: int

@@ -29,6 +29,7 @@ from replicad.store.records import (
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.store.schema import pack, unpack
 
@@ -137,6 +138,8 @@ def encode_change(change: Change) -> bytes:
         ]
     elif isinstance(change, MailboxDeleted):
         fields = ["D", change.user, change.mailbox, change.name]
+    elif isinstance(change, SubscriptionChanged):
+        fields = ["S", change.user, change.name, change.subscribed, change.stamp]
     elif isinstance(change, MailboxMerged):
         p = change.plan
         fields = [
@@ -217,6 +220,9 @@ def decode_change(raw: bytes) -> Change:
         if kind == "D":
             user, mailbox, name = f
             return MailboxDeleted(user=user, mailbox=mailbox, name=name)
+        if kind == "S":
+            user, name, subscribed, stamp = f
+            return SubscriptionChanged(user, name, bool(subscribed), stamp)
         if kind == "U":
             user, mailbox, expected, before, after, uidvalidity, uidnext, hms, ops, *rest = f
             plan = MergePlan(uidvalidity, uidnext, hms, tuple(_op_from(op) for op in ops))
@@ -248,7 +254,8 @@ def body_hashes(change: Change) -> list[bytes]:
 
 
 def mailbox_of(change: Change) -> bytes:
-    """The mailbox a change belongs to (the destination, for a copy)."""
+    """The mailbox a change belongs to (the destination, for a copy);
+    TypeError for a change of no mailbox (a subscription)."""
     if isinstance(change, MessagesCopied):
         return change.appended[0].mailbox if change.appended else change.source_mailbox
     mailbox = getattr(change, "mailbox", None)

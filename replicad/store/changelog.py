@@ -26,8 +26,9 @@ from typing import Any
 
 from replicad.store import blobs
 from replicad.store.changecodec import body_hashes, decode_change, encode_change, mailbox_of
-from replicad.store.records import Change
+from replicad.store.records import Change, SubscriptionChanged
 from replicad.store.schema import Databases, pack, pack_u64, unpack, unpack_u64
+from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
 
 RESYNC_OVERFLOW = "outbox-overflow"
 RESYNC_NEW_PEER = "new-peer"
@@ -60,6 +61,14 @@ def _entry(origin: str, change: Change) -> bytes:
 
 def _change_of(raw: bytes) -> Change:
     return decode_change(raw.partition(b"\0")[2])
+
+
+def mark_of(change: Change) -> bytes:
+    """What a resync mark for ``change`` names: its mailbox, or, for a
+    subscription (no mailbox), the mark that pushes every register."""
+    if isinstance(change, SubscriptionChanged):
+        return SUBSCRIPTIONS_MARK
+    return mailbox_of(change)
 
 
 def _resync_key(peer: str, mailbox: bytes) -> bytes:
@@ -144,7 +153,7 @@ class ChangeLog:
                         break
                     change = _change_of(bytes(raw))
                     since = getattr(change, "modseq", 0)
-                    self._mark(txn, peer, mailbox_of(change), RESYNC_OVERFLOW, since)
+                    self._mark(txn, peer, mark_of(change), RESYNC_OVERFLOW, since)
         txn.put(peer.encode(), pack_u64(head), db=self.dbs.cursors)
         self._truncate(txn)
 

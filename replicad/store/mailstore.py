@@ -54,9 +54,11 @@ from replicad.store.records import (
     MessageInfo,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
 )
 from replicad.store.replica import ApplyResult, Outcome, ReplicaApplier
 from replicad.store.schema import Databases, MailboxRow, open_environment
+from replicad.store.subscriptions import Subscriptions
 from replicad.store.writer import GroupCommitWriter, StoreExecutor, ThreadExecutor
 from replicad.uidset import STAR, UidSet
 
@@ -131,6 +133,8 @@ class MailStore:
         self.index = index if index is not None else MailIndex(dbs)
         self.log = log
         self._applier = ReplicaApplier(self.index, log)
+        #: IMAP subscriptions (replicad.store.subscriptions), on the same seams.
+        self.subscriptions = Subscriptions(dbs, self.index.clock, self.write_logged, self._read)
         self.last_logged_seq = 0  # newest log entry written by this process
 
     @classmethod
@@ -272,6 +276,10 @@ class MailStore:
             return MailboxRenamed(row.user, mailbox, row.name, claim.name, claim.stamp)
 
         return await self._write(op)
+
+    async def set_subscribed(self, user: str, name: str, subscribed: bool) -> SubscriptionChanged:
+        """IMAP SUBSCRIBE/UNSUBSCRIBE here (the write path of a single node)."""
+        return await self.subscriptions.set_subscribed(user, name, subscribed)
 
     async def mailbox_deleted(self, guid: bytes) -> bool:
         """Whether the mailbox with this GUID was deleted here (it never comes back)."""

@@ -193,5 +193,16 @@ class MailboxMerged(Change):
     peer: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanged(Change):
+    """``user``'s subscription to ``name`` is ``subscribed`` as of hybrid-clock
+    ``stamp``: a last-writer-wins register per (user, name), which needs no
+    mailbox (replicad.store.subscriptions)."""
+
+    name: str
+    subscribed: bool
+    stamp: int
+
+
 def flags_tuple(flags: frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted_flags(flags))

@@ -23,7 +23,7 @@ from typing import Any
 
 from replicad.model.digest import state_digest
 from replicad.model.merge import UNKNOWN_GUID
-from replicad.store import blobs
+from replicad.store import blobs, subscriptions
 from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import mailbox_of
 from replicad.store.changelog import RESYNC_CONFLICT, RESYNC_MISSING, ChangeLog
@@ -40,6 +40,7 @@ from replicad.store.records import (
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
+    SubscriptionChanged,
     flags_tuple,
 )
 from replicad.store.schema import (
@@ -54,6 +55,7 @@ from replicad.store.schema import (
     unpack_tombstone,
 )
 from replicad.store.statesync import MissingBodyError, apply_plan, full_state
+from replicad.store.subscriptions import SUBSCRIPTIONS_MARK, Register, SubscriptionEntry
 
 #: The detail of a change refused because its mailbox GUID is not here.
 MISSING_MAILBOX = "missing mailbox"
@@ -94,6 +96,8 @@ class ReplicaApplier:
         A change to a mailbox deleted here is a no-op: the DELETE wins over
         writes made concurrently elsewhere, and its own record reaches the
         writer's side too (resync.md, mailbox conflicts)."""
+        if isinstance(change, SubscriptionChanged):
+            return self._subscription(txn, change, source)
         if self.index.was_deleted(txn, mailbox_of(change)):
             return ApplyResult(Outcome.DUPLICATE, DELETED_MAILBOX)
         if isinstance(change, MessageAppended):
@@ -479,6 +483,21 @@ class ReplicaApplier:
         claims += [(guid, Claim(change.stamp, name)) for guid, name in change.children]
         if not self.index.adopt_claims(txn, change.user, claims):
             return ApplyResult(Outcome.DUPLICATE)
+        return ApplyResult(Outcome.APPLIED)
+
+    def _subscription(self, txn: Any, change: SubscriptionChanged, source: str) -> ApplyResult:
+        """Last writer wins per (user, name) (replicad.store.subscriptions, I4);
+        never a conflict.  A stamp beyond the clock bound is refused and the
+        peer's registers are pushed again once the clocks agree."""
+        if not self.index.clock.admits(change.stamp):
+            self.log.mark_resync(txn, source, SUBSCRIPTIONS_MARK, RESYNC_CONFLICT, 0)
+            return ApplyResult(Outcome.DIVERGED, f"{CLOCK_SKEW}: subscription stamp {change.stamp}")
+        entry = SubscriptionEntry(
+            change.user, change.name, Register(change.stamp, change.subscribed)
+        )
+        if not subscriptions.adopt(self.dbs, txn, entry):
+            return ApplyResult(Outcome.DUPLICATE)
+        self.index.clock.observe(change.stamp)
         return ApplyResult(Outcome.APPLIED)
 
     def _deleted(self, txn: Any, change: MailboxDeleted) -> ApplyResult:

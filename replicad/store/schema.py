@@ -18,6 +18,7 @@ log            sequence number (u64)                       encoded change record
 cursors        peer name (utf-8)                           last acknowledged sequence (u64)
 resync         peer name NUL mailbox guid (16)             [reason, since modseq]
 deleted        mailbox guid (16)                           [user, name] of a deleted mailbox
+subscriptions  user NUL name (utf-8)                       [stamp, subscribed] (IMAP LSUB)
 =============  ==========================================  ==============================
 """
 
@@ -49,6 +50,7 @@ DB_NAMES = (
     "cursors",
     "resync",
     "deleted",
+    "subscriptions",
 )
 
 CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
@@ -222,6 +224,7 @@ class Databases:
     cursors: Any
     resync: Any
     deleted: Any
+    subscriptions: Any
 
 
 def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:

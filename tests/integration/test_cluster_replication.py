@@ -721,7 +721,7 @@ def test_debug_connect_speaks_to_a_live_node_without_disturbing_its_links(
     # The link numbers its own tags 1, 2, 3 in send order; replies may come in any order.
     replies = dict(line.split(" ", 1) for line in result.stdout.decode().splitlines())
     assert replies == {
-        '"1"': "OK",  # PING
+        '"1"': "OK 0",  # PING: the node's open IMAP sessions (none)
         '"2"': f"OK n1 {epoch}",  # n1 asked first: it masters hank/INBOX
         '"3"': 'NO UNSUPPORTED "ROOT is not taken from debug"',
     }, replies

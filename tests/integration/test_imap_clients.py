@@ -65,16 +65,7 @@ LIVETEST_TIMING_TESTS = frozenset(
 )
 
 #: Failures that are the server's, each to be removed here once fixed.
-LIVETEST_SERVER_GAPS: collections.Counter[tuple[str, str, str]] = collections.Counter(
-    {
-        # Subscriptions are not kept: LSUB answers every mailbox and
-        # UNSUBSCRIBE is "NO [CANNOT] Every mailbox is subscribed on this
-        # server" (RFC 3501 §6.3.6-6.3.9 want the subscription list kept as
-        # the client sets it), so the test's parent folder, never subscribed,
-        # shows up in LSUB.
-        ("FAIL", "test_subscriptions", "TestGeneral"): 1,
-    }
-)
+LIVETEST_SERVER_GAPS: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
 #: Why the suite skips what it skips: extensions replicad does not offer.
 #: A skip for IDLE, NAMESPACE, UNSELECT, CONDSTORE or MOVE would mean a

@@ -180,6 +180,22 @@ def test_mailbox_create_rename_delete_list_status(node: NodeProcess) -> None:
     assert b"Jobs/2024" in missing.stderr
 
 
+def test_mailbox_subscribe_unsubscribe_and_subscriptions(node: NodeProcess) -> None:
+    # Any name, existing or not (the IMAP subscription list, resync.md §10).
+    added = node.cli("-f", "json", "mailbox", "subscribe", "-u", "dave", "Lists/x", "INBOX")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout) == [
+        {"mailbox": "Lists/x", "subscribed": True},
+        {"mailbox": "INBOX", "subscribed": True},
+    ]
+    listed = node.cli("-f", "tab", "mailbox", "subscriptions", "-u", "dave")
+    assert listed.stdout.decode().splitlines() == ["mailbox", "INBOX", "Lists/x"]
+    assert node.cli("mailbox", "unsubscribe", "-u", "dave", "Lists/x").returncode == 0
+    listed = node.cli("-f", "json", "mailbox", "subscriptions", "-u", "dave")
+    assert json.loads(listed.stdout) == [{"mailbox": "INBOX"}]
+    assert node.cli("mailbox", "subscribe", "-u", "dave", "a//b").returncode == 65
+
+
 def test_exit_codes(node: NodeProcess) -> None:
     save(node, MESSAGE)
     cases = {

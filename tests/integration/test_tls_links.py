@@ -32,6 +32,8 @@ from replicad.protocol.commands import (
     Hello,
     Mbox,
     Ping,
+    Pong,
+    Record,
     Save,
     SaveOk,
     Status,
@@ -149,6 +151,13 @@ def issue_for_another_cluster(ca_dir: Path, out: Path, node: str, cluster: str) 
     )
 
 
+def reply_to(command: object) -> Record | None:
+    """The OK payload a peer answers ``command`` with (PING: no IMAP sessions)."""
+    if isinstance(command, Save):
+        return SaveOk(1, 1, "n1", 1)
+    return Pong(0) if isinstance(command, Ping) else None
+
+
 async def ping_server(link: Link) -> None:
     """Answer every command OK until the peer goes away."""
     while True:
@@ -157,7 +166,7 @@ async def ping_server(link: Link) -> None:
             return
         if isinstance(event, CommandReceived):
             tag = event.tag
-            payload = SaveOk(1, 1, "n1", 1) if isinstance(event.command, Save) else None
+            payload = reply_to(event.command)
             await link.send(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 
 
@@ -176,7 +185,7 @@ async def queueing_server(link: Link) -> None:
             return
         if isinstance(event, CommandReceived):
             tag = event.tag
-            payload = SaveOk(1, 1, "n1", 1) if isinstance(event.command, Save) else None
+            payload = reply_to(event.command)
             link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 
 
@@ -497,7 +506,7 @@ def saving_server(on_save: Callable[[Blob], SaveOk]) -> Callable[[Link], Awaitab
                 return
             if isinstance(event, CommandReceived):
                 command = event.command
-                payload = on_save(command.body) if isinstance(command, Save) else None
+                payload = on_save(command.body) if isinstance(command, Save) else reply_to(command)
                 tag = event.tag
                 link.queue(lambda c, t=tag, p=payload: c.send_ok(t, p))  # type: ignore[misc]
 
@@ -560,7 +569,8 @@ def test_debug_decode_prints_text_form(
     args = _decode_args(capture)
     assert args.handler(args) == 0
     out = capsysbinary.readouterr().out
-    assert out.startswith(b"* HELLO 4 c1 n2 (COMPRESS-ZSTD) 1048576 16\r\na1 PING\r\na2 SAVE 1 ")
+    hello = b"* HELLO %d c1 n2 (COMPRESS-ZSTD) 1048576 16\r\n" % PROTOCOL_VERSION
+    assert out.startswith(hello + b"a1 PING\r\na2 SAVE 1 ")
     assert parse_stream(out.removesuffix(b"\r\n")) == FRAMES
 
 

@@ -91,9 +91,9 @@ def test_once_shows_the_root_every_node_and_the_outbox_of_a_stopped_peer(
     for node in NODES:
         row_of(text, node)
     cells = row_of(text, stopped)
-    # node role link reach via rtt masters outbox ...
+    # node role link reach via imap rtt masters outbox ...
     assert cells[2:5] == ["down", "no", "-"], cells
-    assert int(cells[7]) >= 3, cells
+    assert int(cells[8]) >= 3, cells
     assert f"! {stopped} unreachable, " in text
     assert "self" in row_of(text, writer)[1]
 

@@ -253,12 +253,23 @@ def test_render_shows_root_nodes_outboxes_and_warnings_without_colours() -> None
     assert rows["n1"][1] == "self,root"
     assert rows["n2"][2:5] == ["up", "yes", "direct"]
     assert rows["n3"][1:5] == ["-", "down", "no", "-"]
-    assert rows["n3"][7] == "12"  # outbox
+    assert rows["n3"][8] == "12"  # outbox
     assert "2 marked, 4 queued" in text
     assert "running abababab" in text
     assert "warnings (1)" in text and "! n3 unreachable, 12 change(s) waiting for it" in text
     assert "save/s -" in text  # one sample: no rate yet
     assert "resyncs: 1 running, 4 queued, 1 marked (done 7, failed 1)" in text
+
+
+def test_imap_sessions_are_shown_per_node_and_unknown_ones_as_a_dash() -> None:
+    doc = status(peer("n2", imap_sessions=7), peer("n3", imap_sessions=None), imap_sessions=12)
+    f = frame(doc)
+    assert [n.imap_sessions for n in f.nodes] == [12, 7, None]
+    header, *lines = [line.split() for line in text_of(f).splitlines() if line[:1] == "n"][:4]
+    column = header.index("imap")
+    assert {line[0]: line[column] for line in lines} == {"n1": "12", "n2": "7", "n3": "-"}
+    # An older node's status without the field: not known, not zero.
+    assert frame(status()).nodes[0].imap_sessions is None
 
 
 def test_render_of_a_quiet_cluster_says_so_and_shows_rates() -> None:
@@ -281,15 +292,14 @@ def test_a_narrow_terminal_gets_fewer_columns() -> None:
     out = io.StringIO()
     Console(file=out, color_system=None, width=80).print(render(frame(), width=80))
     narrow = out.getvalue()
-    assert "acked" in wide and "p50 ms" in wide and "via" in wide
+    assert "acked" in wide and "p50 ms" in wide and "via" in wide and "rtt ms" in wide
     header = next(line for line in narrow.splitlines() if line.startswith("node"))
     assert header.split() == [
         "node",
         "role",
         "link",
         "reach",
-        "rtt",
-        "ms",
+        "imap",
         "masters",
         "outbox",
         "lag",

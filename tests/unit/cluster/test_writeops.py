@@ -17,6 +17,7 @@ from replicad.cluster.writeops import (
     RenameOp,
     SaveOp,
     StoreOp,
+    SubscribeOp,
     WireExpect,
     WriteOp,
 )
@@ -55,6 +56,7 @@ OPS: list[WriteOp] = [
     CreateOp("alice", "Archive"),
     RenameOp("alice", "Archive", "Old"),
     DeleteOp("alice", "Old"),
+    SubscribeOp("alice", "Lists/gone", False),
 ]
 
 
@@ -91,10 +93,16 @@ def test_an_unbound_mailbox_id_is_bad_input_not_a_crash(command: c.Command) -> N
 
 
 def test_only_idempotent_writes_are_sent_again_after_a_lost_reply() -> None:
-    """I6: a SAVE (by GUID), EXPUNGE and STORE (by GUID, deltas) may be retried;
-    a COPY would copy twice, a mailbox operation fail on its own first effect."""
-    assert {t.__name__ for t in WRITE_OPS if t.retry_safe} == {"SaveOp", "ExpungeOp", "StoreOp"}
+    """I6: a SAVE (by GUID), EXPUNGE and STORE (by GUID, deltas) may be retried,
+    and a SUBSCRIBE (the same register set again); a COPY would copy twice, a
+    mailbox operation fail on its own first effect."""
+    assert {t.__name__ for t in WRITE_OPS if t.retry_safe} == {
+        "SaveOp",
+        "ExpungeOp",
+        "StoreOp",
+        "SubscribeOp",
+    }
 
 
 def test_the_master_of_a_write_is_its_destination_or_the_namespace() -> None:
-    assert [op.key_mailbox() for op in OPS] == ["INBOX", "Work", "Work", "INBOX", None, None, None]
+    assert [op.key_mailbox() for op in OPS] == ["INBOX", "Work", "Work", "INBOX"] + [None] * 4

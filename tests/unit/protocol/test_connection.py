@@ -106,7 +106,7 @@ def test_negotiates_limits_down() -> None:
         a.send_command(c.Ping())
     b.receive_data(a.data_to_send())
     for tag in ("1", "2"):
-        b.send_ok(tag)
+        b.send_ok(tag, c.Pong(0))
     a.receive_data(b.data_to_send())
     a.send_command(mbox())
     with pytest.raises(ProtocolError, match="exceeds"):  # the peer's 64 KiB frame limit
