@@ -204,10 +204,14 @@ class StoreMachine(RuleBasedStateMachine):
             return
         modseq = self.bump(d)
         originals = [s.messages[u] for u in chosen]
+        held = {m.guid for box in self.model.values() for m in box.messages.values()}
         for orig, new in zip(originals, rec.appended, strict=True):
-            assert new.uid == d.uidnext and new.guid == orig.guid and new.modseq == modseq
+            assert new.uid == d.uidnext and new.modseq == modseq
+            # A copy is an instance of its own: a GUID no message had (I6).
+            assert len(new.guid) == 16 and new.guid not in held
+            held.add(new.guid)
             assert set(new.flags) == orig.flags
-            d.messages[new.uid] = ModelMessage(orig.guid, orig.body, orig.flags, modseq)
+            d.messages[new.uid] = ModelMessage(new.guid, orig.body, orig.flags, modseq)
             d.used_uids.add(new.uid)
             d.uidnext += 1
 
