@@ -29,6 +29,7 @@ from replicad.imap.commands import (
 )
 from replicad.imap.envelope import envelope
 from replicad.imap.internaldate import format_date_time
+from replicad.imap.mailboxindex import MessageMeta
 from replicad.imap.mimeparse import MimePart, parse_message
 from replicad.imap.nested import render_imap_value
 from replicad.imap.responses import Literal, Raw, Value, flag_list
@@ -39,7 +40,6 @@ from replicad.imap.sections import (
     fetch_binary,
     fetch_section,
 )
-from replicad.store.records import MessageInfo
 
 _BODY_FREE = frozenset(
     {
@@ -96,7 +96,7 @@ def internaldate_value(seconds: int) -> bytes:
 
 def fetch_values(
     items: Sequence[FetchItem],
-    info: MessageInfo,
+    info: MessageMeta,
     flags: tuple[str, ...],
     message: MessageBytes | None,
     *,
@@ -156,7 +156,7 @@ def fetch_values(
 
 def _simple(
     attribute: FetchAttribute,
-    info: MessageInfo,
+    info: MessageMeta,
     flags: tuple[str, ...],
     message: MessageBytes | None,
     add: Callable[[str, Value], None],

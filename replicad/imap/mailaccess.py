@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +30,9 @@ from replicad.errors import (
     TemporaryError,
     UnreachableError,
 )
+from replicad.imap.mailboxindex import MailboxIndex
 from replicad.imap.recent import RecentClaims
+from replicad.store.columns import KnownState
 from replicad.store.commitwatch import CommitWatch
 from replicad.store.hierarchy import create_with_superiors
 from replicad.store.index import FlagMode
@@ -131,6 +134,8 @@ class MailAccess:
         self.masters = masters
         #: Which messages this node's sessions were told are \Recent.
         self.recent = RecentClaims()
+        #: The latest metadata snapshot of recently used mailboxes.
+        self.indexes = MailboxIndexes()
 
     @property
     def watch(self) -> CommitWatch:
@@ -176,6 +181,13 @@ class MailAccess:
     async def snapshot(self, user: str, name: str) -> Snapshot:
         status, messages = await self.store.snapshot(user, name)
         return Snapshot(status, tuple(messages))
+
+    async def current_index(self, user: str, name: str) -> tuple[MailboxStatus, MailboxIndex]:
+        """The mailbox's status and its metadata as of that status, in one
+        store read: the node's shared snapshot brought up to date with the
+        changes since it (:mod:`replicad.imap.mailboxindex`), or read whole
+        when there is none for the mailbox's GUID and UIDVALIDITY."""
+        return await self.indexes.current(self.store, user, name)
 
     async def catch_up_with_master(self, user: str, name: str) -> bool:
         """Before SELECT: wait, bounded by ``catch_up`` seconds in all, until
@@ -288,6 +300,48 @@ class MailAccess:
                     return False
                 await self.watch.wait_past(generation)
         return False
+
+
+#: Mailboxes whose latest snapshot the node keeps (least recently used dropped).
+MAX_CACHED_MAILBOXES = 256
+
+
+class MailboxIndexes:
+    """The latest :class:`MailboxIndex` of each recently used mailbox, by user
+    and name, shared by the node's sessions.  A snapshot is only ever replaced
+    by a later one (or one of another GUID or UIDVALIDITY): sessions that
+    read concurrently never move the shared one backwards."""
+
+    def __init__(self, limit: int = MAX_CACHED_MAILBOXES) -> None:
+        self._limit = limit
+        self._held: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
+
+    async def current(
+        self, store: MailStore, user: str, name: str
+    ) -> tuple[MailboxStatus, MailboxIndex]:
+        key = (user, name)
+        held = self._held.get(key)
+        known = None if held is None else KnownState(held.guid, held.uidvalidity, held.modseq)
+        read = await store.message_columns(user, name, known)
+        status = read.status
+        if read.columns is not None:
+            index = MailboxIndex(
+                status.guid, status.uidvalidity, status.highestmodseq, read.columns
+            )
+        else:
+            assert held is not None
+            index = held if read.changes is None else held.apply(read.changes)
+        latest = self._held.get(key)
+        if (
+            latest is None
+            or (latest.guid, latest.uidvalidity) != (index.guid, index.uidvalidity)
+            or latest.modseq <= index.modseq
+        ):
+            self._held[key] = index
+        self._held.move_to_end(key)
+        while len(self._held) > self._limit:
+            self._held.popitem(last=False)
+        return status, index
 
 
 class _MailboxesCheck(Protocol):

@@ -1,7 +1,9 @@
-"""Reading message bodies ahead for commands that walk many messages."""
+"""Reading for commands that walk many messages: the selected mailbox's
+metadata snapshot, and message bodies read ahead in batches."""
 
 from __future__ import annotations
 
+from replicad.imap.mailboxindex import MailboxIndex
 from replicad.imap.session import ImapSession
 
 #: FETCH and SEARCH read bodies ahead in batches of this many messages or octets.
@@ -43,3 +45,13 @@ class ReadAhead:
         selected = self._session.require_selected()
         user = self._session.require_user()
         self._ready.update(await self._session.access.bodies(user, selected.name, batch))
+
+
+async def selected_index(session: ImapSession) -> MailboxIndex | None:
+    """The selected mailbox's metadata as the store holds it now (one store
+    read: the node's shared snapshot brought up to date), or None when the
+    name now belongs to another mailbox (its messages are gone for the
+    session; the next update check closes it)."""
+    selected = session.require_selected()
+    status, index = await session.access.current_index(session.require_user(), selected.name)
+    return index if status.guid == selected.guid else None

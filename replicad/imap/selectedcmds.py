@@ -29,7 +29,8 @@ from replicad.imap.commands import (
     Unselect,
 )
 from replicad.imap.fetching import MessageBytes, fetch_values, needs_body, sets_seen
-from replicad.imap.readahead import ReadAhead
+from replicad.imap.mailboxindex import MessageMeta
+from replicad.imap.readahead import ReadAhead, selected_index
 from replicad.imap.responses import (
     ResponseCode,
     Value,
@@ -53,7 +54,6 @@ from replicad.imap.updates import (
 )
 from replicad.imap.view import MailboxView
 from replicad.store.index import FlagMode
-from replicad.store.records import MessageInfo
 from replicad.uidset import UidSet
 
 log = logging.getLogger("replicad.imap")
@@ -83,35 +83,26 @@ async def select(session: ImapSession, cmd: Select) -> None:
             "imap.select_behind_master",
             extra={"kv": {"session": session.session_id, "user": user}},
         )
-    snapshot = await session.access.snapshot(user, cmd.mailbox)
-    state = snapshot.status
+    state, index = await session.access.current_index(user, cmd.mailbox)
     known = cmd.qresync
     floor = known.modseq if known is not None and known.uidvalidity == state.uidvalidity else 0
-    view = MailboxView.open(
-        state.uidvalidity,
-        snapshot.messages,
-        uidnext=state.uidnext,
-        highestmodseq=state.highestmodseq,
-        floor_modseq=floor,
-    )
-    keywords = sorted({f for m in snapshot.messages for f in m.flags if not f.startswith("\\")})
+    view = MailboxView.of_index(index, uidnext=state.uidnext, floor_modseq=floor)
+    keywords = index.keywords
     await session.send(render_flags([*SYSTEM_FLAGS, *keywords]))
     permanent = () if cmd.read_only else (*SYSTEM_FLAGS, *keywords)
     code = ResponseCode.permanentflags(permanent, new_keywords=not cmd.read_only)
     await session.untagged_ok("Flags permitted", code)
-    uids = [m.uid for m in snapshot.messages]
     claims = session.access.recent
     if cmd.read_only:  # EXAMINE changes nothing, \Recent included (RFC 3501 §6.3.2)
         recent: set[int] = set()
-        recent_count = claims.count(state.guid, state.uidvalidity, uids)
+        recent_count = claims.count(state.guid, state.uidvalidity, index.uids)
     else:
-        recent = claims.claim(state.guid, state.uidvalidity, uids)
+        recent = claims.claim(state.guid, state.uidvalidity, index.uids)
         recent_count = len(recent)
     await session.send(render_exists(view.exists))
     await session.send(render_recent(recent_count))
-    first_unseen = next(
-        (n for n, m in enumerate(view.uids, 1) if "\\Seen" not in view.flags_of(m)), None
-    )
+    # The view is the snapshot itself until the session changes it.
+    first_unseen = index.first_unseen
     if first_unseen is not None:
         await session.untagged_ok("First unseen", ResponseCode.number("UNSEEN", first_unseen))
     await session.untagged_ok("UIDs valid", ResponseCode.uidvalidity(state.uidvalidity))
@@ -191,13 +182,16 @@ async def check(session: ImapSession, cmd: Check) -> None:
 
 async def _deleted_uids(session: ImapSession, within: list[int] | None) -> UidSet | None:
     selected = session.require_selected()
-    infos = await session.access.fetch(session.require_user(), selected.name, UidSet.parse("1:*"))
+    index = await selected_index(session)
+    if index is None:
+        return None
     wanted = set(within) if within is not None else None
     uids = [
-        m.uid
-        for m in infos
-        if "\\Deleted" in m.flags and (wanted is None or m.uid in wanted)
-        and selected.view.seq_of(m.uid) is not None
+        uid
+        for at, uid in enumerate(index.uids)
+        if "\\Deleted" in index.flags_at(at)
+        and (wanted is None or uid in wanted)
+        and selected.view.seq_of(uid) is not None
     ]
     return UidSet.of(uids) if uids else None
 
@@ -289,14 +283,11 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         await session.ok(cmd.tag, "FETCH completed")
 
 
-async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageInfo]:
+async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageMeta]:
     if not uids:
         return {}
-    selected = session.require_selected()
-    found = await session.access.fetch(session.require_user(), selected.name, UidSet.of(uids))
-    return {m.uid: m for m in found}
-
-
+    index = await selected_index(session)
+    return {} if index is None else index.metas(uids)
 
 
 async def _vanished_earlier(session: ImapSession, within: SequenceSet, since: int) -> None:
