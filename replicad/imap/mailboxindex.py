@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from replicad.store.records import (
     I64_TYPE,
@@ -30,9 +31,11 @@ from replicad.store.records import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class MessageMeta:
-    """What FETCH reports of a message without reading it (RFC 3501 §6.4.5)."""
+class MessageMeta(NamedTuple):
+    """What FETCH reports of a message without reading it (RFC 3501 §6.4.5).
+
+    A named tuple: metadata FETCH makes one per message, and a tuple is the
+    cheapest immutable record to make."""
 
     uid: int
     modseq: int
@@ -101,9 +104,17 @@ class MailboxIndex:
         c = self.columns
         return MessageMeta(uid, c.modseqs[at], c.flags[at], c.internaldates[at], c.sizes[at])
 
-    def metas(self, uids: Iterable[int]) -> dict[int, MessageMeta]:
+    def metas(self, uids: Sequence[int]) -> dict[int, MessageMeta]:
         """:meth:`meta` of each of ``uids`` the snapshot holds."""
         c = self.columns
+        if uids is c.uids or (len(uids) == len(c.uids) and array(UID_TYPE, uids) == c.uids):
+            # The whole mailbox (``1:*``): no lookups.
+            return {
+                uid: MessageMeta(uid, modseq, flags, date, size)
+                for uid, modseq, flags, date, size in zip(
+                    c.uids, c.modseqs, c.flags, c.internaldates, c.sizes, strict=True
+                )
+            }
         out: dict[int, MessageMeta] = {}
         for uid in uids:
             at = self.position(uid)

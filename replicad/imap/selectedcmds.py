@@ -28,7 +28,13 @@ from replicad.imap.commands import (
     StoreMode,
     Unselect,
 )
-from replicad.imap.fetching import MessageBytes, fetch_values, needs_body, sets_seen
+from replicad.imap.fetching import (
+    MessageBytes,
+    MetadataFetch,
+    fetch_values,
+    needs_body,
+    sets_seen,
+)
 from replicad.imap.mailboxindex import MessageMeta
 from replicad.imap.readahead import ReadAhead, selected_index
 from replicad.imap.responses import (
@@ -63,6 +69,10 @@ _MODES: dict[StoreMode, FlagMode] = {
     StoreMode.REMOVE: "remove",
     StoreMode.REPLACE: "replace",
 }
+
+
+#: Metadata FETCH lines joined into one send (one output call per batch).
+FETCH_LINES_PER_SEND = 256
 
 
 # -- SELECT / EXAMINE -------------------------------------------------------
@@ -243,6 +253,18 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         if u in infos and (cmd.changed_since is None or infos[u].modseq > cmd.changed_since)
     ]
     bodies = ReadAhead(session, wanted, {u: infos[u].size for u in wanted}) if body else None
+    # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once QRESYNC is
+    # on, every FETCH answer names its UID.  RFC 7162 §3.1.4.1 and what
+    # clients expect of Dovecot: once CONDSTORE is on, every FETCH answer
+    # carries MODSEQ.
+    with_uid = cmd.uid or session.qresync
+    metadata = (
+        MetadataFetch(cmd.items, with_uid=with_uid, with_modseq=session.condstore)
+        if MetadataFetch.answers(cmd.items)
+        else None
+    )
+    announced: set[tuple[str, ...]] = set()
+    batch: list[bytes] = []  # metadata FETCH lines not sent yet
     missing = False
     for uid in uids:
         info = infos.get(uid)
@@ -257,18 +279,24 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         if body and raw is None:
             missing = True
             continue
-        await announce_keywords(session, info.flags)
+        if info.flags not in announced:
+            announced.add(info.flags)
+            await session.send(b"".join(batch))  # the lines before come first
+            batch.clear()
+            await announce_keywords(session, info.flags)
+        if metadata is not None:
+            batch.append(metadata.render(seq, info, shown_flags(selected, uid, info.flags)))
+            if len(batch) >= FETCH_LINES_PER_SEND:
+                await session.send(b"".join(batch))
+                batch.clear()
+            continue
         try:
             values = fetch_values(
                 cmd.items,
                 info,
                 shown_flags(selected, uid, info.flags),
                 MessageBytes(raw) if raw is not None else None,
-                # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once
-                # QRESYNC is on, every FETCH answer names its UID.
-                with_uid=cmd.uid or session.qresync,
-                # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
-                # CONDSTORE is on, every FETCH answer carries MODSEQ.
+                with_uid=with_uid,
                 with_modseq=session.condstore,
                 # RFC 3501 §6.4.5: a FETCH that sets \Seen reports the new FLAGS.
                 seen_now=uid in newly_seen,
@@ -276,6 +304,7 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         except UnknownTransferEncodingError as exc:
             raise Refusal(str(exc), "UNKNOWN-CTE") from None
         await session.send(render_fetch(seq, values))
+    await session.send(b"".join(batch))
     await send_updates(session, expunges=cmd.uid)
     if missing:
         await session.ok(cmd.tag, "FETCH completed; some messages were expunged meanwhile")

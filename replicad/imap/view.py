@@ -243,8 +243,18 @@ class MailboxView:
 
     def note_own_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
         """This session changed the flags itself (its STORE answer already said so)."""
-        entry = self._entry(uid)
-        if entry is None or entry.expunged:
+        entry = self._changed.get(uid)
+        if entry is None:
+            # The common case (a FETCH of every message): the snapshot says so already.
+            at = self.base.position(uid)
+            if at is None:
+                return
+            if self.base.flags_at(at) == flags and self.base.modseq_at(at) >= modseq:
+                return
+            if self.seq_of(uid) is None:
+                return
+            entry = _Entry(self.base.flags_at(at), self.base.modseq_at(at))
+        if entry.expunged:
             return
         if entry.flags != flags or entry.modseq < modseq:
             self._changed[uid] = _Entry(flags, max(entry.modseq, modseq))

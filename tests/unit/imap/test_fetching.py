@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from replicad.imap.commands import FetchAttribute, FetchBody, FetchSimple, Section
-from replicad.imap.fetching import MessageBytes, fetch_values
-from replicad.imap.responses import Atom, Literal
+from replicad.imap.fetching import MessageBytes, MetadataFetch, fetch_values
+from replicad.imap.mailboxindex import MessageMeta
+from replicad.imap.responses import Atom, Literal, render_fetch
 from replicad.store.records import MessageInfo
 
 RAW = b"Subject: s\r\n\r\nbody\r\n"
@@ -34,3 +38,53 @@ def test_flags_not_repeated_nor_added_unasked() -> None:
         [BODY], INFO, INFO.flags, MessageBytes(RAW), with_uid=False, with_modseq=False
     )
     assert [name for name, _ in values] == ["BODY[]"]
+
+
+_METADATA = [
+    FetchAttribute.UID,
+    FetchAttribute.FLAGS,
+    FetchAttribute.INTERNALDATE,
+    FetchAttribute.RFC822_SIZE,
+    FetchAttribute.MODSEQ,
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    attributes=st.lists(st.sampled_from(_METADATA), min_size=1, max_size=6),
+    with_uid=st.booleans(),
+    with_modseq=st.booleans(),
+    seq=st.integers(1, 2**32 - 1),
+    uid=st.integers(1, 2**32 - 1),
+    modseq=st.integers(1, 2**63 - 1),
+    flags=st.sampled_from([(), ("\\Seen",), ("$Junk", "\\Flagged", "\\Recent")]),
+    # Dates from 1900 to 2200, before and after the epoch.
+    date=st.integers(-2208988800, 7258118400),
+    size=st.integers(0, 2**40),
+)
+def test_the_metadata_fast_path_renders_what_the_general_path_renders(
+    attributes: list[FetchAttribute],
+    with_uid: bool,
+    with_modseq: bool,
+    seq: int,
+    uid: int,
+    modseq: int,
+    flags: tuple[str, ...],
+    date: int,
+    size: int,
+) -> None:
+    items = [FetchSimple(a) for a in attributes]
+    assert MetadataFetch.answers(items)
+    info = MessageInfo(uid, bytes(16), modseq, flags, date, size, bytes(32))
+    general = render_fetch(
+        seq, fetch_values(items, info, flags, None, with_uid=with_uid, with_modseq=with_modseq)
+    )
+    fast = MetadataFetch(items, with_uid=with_uid, with_modseq=with_modseq)
+    meta = MessageMeta(uid, modseq, flags, date, size)
+    assert fast.render(seq, meta, flags) == general
+    assert fast.render(seq, meta, flags) == general  # from its caches
+
+
+def test_items_that_read_the_message_take_the_general_path() -> None:
+    assert not MetadataFetch.answers([FetchSimple(FetchAttribute.UID), FetchBody(Section())])
+    assert not MetadataFetch.answers([FetchSimple(FetchAttribute.ENVELOPE)])
