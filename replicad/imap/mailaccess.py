@@ -306,22 +306,43 @@ class MailAccess:
 MAX_CACHED_MAILBOXES = 256
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A mailbox's latest snapshot, its status, and the commit generation
+    (:class:`~replicad.store.commitwatch.CommitWatch`) read before both."""
+
+    status: MailboxStatus
+    index: MailboxIndex
+    generation: int
+
+
 class MailboxIndexes:
     """The latest :class:`MailboxIndex` of each recently used mailbox, by user
-    and name, shared by the node's sessions.  A snapshot is only ever replaced
-    by a later one (or one of another GUID or UIDVALIDITY): sessions that
-    read concurrently never move the shared one backwards."""
+    and name, shared by the node's sessions.
+
+    Every write of the node commits through its one writer, which bumps the
+    commit generation after each batch: while the generation is the one
+    read before a snapshot was, nothing changed and the snapshot (with its
+    status) is answered without a store read.  A snapshot is only ever
+    replaced by a later one (or one of another GUID or UIDVALIDITY), so
+    sessions reading concurrently never move the shared one backwards."""
 
     def __init__(self, limit: int = MAX_CACHED_MAILBOXES) -> None:
         self._limit = limit
-        self._held: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
+        self._held: OrderedDict[tuple[str, str], _Held] = OrderedDict()
 
     async def current(
         self, store: MailStore, user: str, name: str
     ) -> tuple[MailboxStatus, MailboxIndex]:
         key = (user, name)
+        generation = store.writer.watch.generation
         held = self._held.get(key)
-        known = None if held is None else KnownState(held.guid, held.uidvalidity, held.modseq)
+        if held is not None and held.generation == generation:
+            self._held.move_to_end(key)
+            return held.status, held.index
+        known = None
+        if held is not None:
+            known = KnownState(held.index.guid, held.index.uidvalidity, held.index.modseq)
         read = await store.message_columns(user, name, known)
         status = read.status
         if read.columns is not None:
@@ -330,14 +351,14 @@ class MailboxIndexes:
             )
         else:
             assert held is not None
-            index = held if read.changes is None else held.apply(read.changes)
+            index = held.index if read.changes is None else held.index.apply(read.changes)
         latest = self._held.get(key)
         if (
             latest is None
-            or (latest.guid, latest.uidvalidity) != (index.guid, index.uidvalidity)
-            or latest.modseq <= index.modseq
+            or (latest.index.guid, latest.index.uidvalidity) != (index.guid, index.uidvalidity)
+            or (latest.index.modseq, latest.generation) <= (index.modseq, generation)
         ):
-            self._held[key] = index
+            self._held[key] = _Held(status, index, generation)
         self._held.move_to_end(key)
         while len(self._held) > self._limit:
             self._held.popitem(last=False)

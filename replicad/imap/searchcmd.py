@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from replicad.imap.commands import Search, SearchReturn
 from replicad.imap.mimeparse import MimePart, parse_message
-from replicad.imap.readahead import ReadAhead, selected_index
+from replicad.imap.readahead import reading_ahead, selected_index
 from replicad.imap.responses import SearchResult, render_esearch, render_search
 from replicad.imap.searching import Candidate, SearchScope, matches
 from replicad.imap.searchkeys import (
@@ -151,11 +151,12 @@ async def search(session: ImapSession, cmd: Search) -> None:
             undecided.append(candidate)
     if undecided:
         uids = [c.info.uid for c in undecided]
-        bodies = ReadAhead(session, uids, {c.info.uid: c.info.size for c in undecided})
-        for candidate in undecided:
-            raw = await bodies.get(candidate.info.uid)
-            if raw is not None and matches(key, candidate, scope, _loaded(_Text(raw))):
-                found.append((candidate.info.uid, candidate.seq, candidate.info.modseq))
+        sizes = {c.info.uid: c.info.size for c in undecided}
+        async with reading_ahead(session, uids, sizes) as bodies:
+            for candidate in undecided:
+                raw = await bodies.get(candidate.info.uid)
+                if raw is not None and matches(key, candidate, scope, _loaded(_Text(raw))):
+                    found.append((candidate.info.uid, candidate.seq, candidate.info.modseq))
         found.sort(key=lambda hit: hit[1])
     numbers = [uid if cmd.uid else seq for uid, seq, _ in found]
     highest = _modseq_of(found, cmd.returns) if with_modseq else None

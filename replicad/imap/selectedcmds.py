@@ -36,7 +36,7 @@ from replicad.imap.fetching import (
     sets_seen,
 )
 from replicad.imap.mailboxindex import MessageMeta
-from replicad.imap.readahead import ReadAhead, selected_index
+from replicad.imap.readahead import ReadAhead, reading_ahead, selected_index
 from replicad.imap.responses import (
     ResponseCode,
     Value,
@@ -252,7 +252,28 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         for u in uids
         if u in infos and (cmd.changed_since is None or infos[u].modseq > cmd.changed_since)
     ]
-    bodies = ReadAhead(session, wanted, {u: infos[u].size for u in wanted}) if body else None
+    if body:
+        async with reading_ahead(session, wanted, {u: infos[u].size for u in wanted}) as bodies:
+            missing = await _fetch_lines(session, cmd, uids, infos, newly_seen, bodies)
+    else:
+        missing = await _fetch_lines(session, cmd, uids, infos, newly_seen, None)
+    await send_updates(session, expunges=cmd.uid)
+    if missing:
+        await session.ok(cmd.tag, "FETCH completed; some messages were expunged meanwhile")
+    else:
+        await session.ok(cmd.tag, "FETCH completed")
+
+
+async def _fetch_lines(
+    session: ImapSession,
+    cmd: Fetch,
+    uids: list[int],
+    infos: dict[int, MessageMeta],
+    newly_seen: set[int],
+    bodies: ReadAhead | None,
+) -> bool:
+    """Send the ``* n FETCH`` lines of ``uids``; whether some were missing."""
+    selected = session.require_selected()
     # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once QRESYNC is
     # on, every FETCH answer names its UID.  RFC 7162 §3.1.4.1 and what
     # clients expect of Dovecot: once CONDSTORE is on, every FETCH answer
@@ -276,7 +297,7 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
             continue
         selected.view.note_own_flags(uid, info.flags, info.modseq)
         raw = await bodies.get(uid) if bodies is not None else None
-        if body and raw is None:
+        if bodies is not None and raw is None:
             missing = True
             continue
         if info.flags not in announced:
@@ -305,11 +326,7 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
             raise Refusal(str(exc), "UNKNOWN-CTE") from None
         await session.send(render_fetch(seq, values))
     await session.send(b"".join(batch))
-    await send_updates(session, expunges=cmd.uid)
-    if missing:
-        await session.ok(cmd.tag, "FETCH completed; some messages were expunged meanwhile")
-    else:
-        await session.ok(cmd.tag, "FETCH completed")
+    return missing
 
 
 async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageMeta]:

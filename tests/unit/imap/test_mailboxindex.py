@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from replicad.imap.mailaccess import MailboxIndexes
 from replicad.imap.mailboxindex import MailboxIndex, MessageMeta
 from replicad.imap.view import MailboxView
-from replicad.store.columns import KnownState
+from replicad.store.columns import ColumnsRead, KnownState
 from replicad.store.mailstore import MailStore
 from replicad.store.records import ChangeSet, MessageInfo
 from replicad.uidset import UidSet
@@ -163,3 +163,25 @@ async def test_a_mailbox_replaced_under_its_name_is_read_whole(tmp_path: Path) -
         status, new = await indexes.current(store, "alice", "Work")
         assert new.guid == status.guid != old.guid
         assert len(new) == 0 and len(old) == 1
+
+
+async def test_the_snapshot_is_answered_without_a_read_until_a_commit(tmp_path: Path) -> None:
+    async with MailStore.open(tmp_path / "s") as store:
+        await store.create_mailbox("alice", "INBOX")
+        await store.append("alice", "INBOX", b"Subject: 1\r\n\r\nhi\r\n")
+        reads = 0
+        read_columns = store.message_columns
+
+        async def counted(user: str, name: str, known: KnownState | None = None) -> ColumnsRead:
+            nonlocal reads
+            reads += 1
+            return await read_columns(user, name, known)
+
+        store.message_columns = counted  # type: ignore[method-assign]
+        indexes = MailboxIndexes()
+        first = await indexes.current(store, "alice", "INBOX")
+        assert await indexes.current(store, "alice", "INBOX") == first
+        assert reads == 1
+        await store.append("alice", "INBOX", b"Subject: 2\r\n\r\nhi\r\n")
+        status, index = await indexes.current(store, "alice", "INBOX")
+        assert reads == 2 and status.messages == 2 and list(index.uids) == [1, 2]
