@@ -88,75 +88,91 @@ class MessageBytes:
         return self._tree
 
 
-#: How a :class:`MetadataFetch` renders each attribute: its name and a slot.
-_METADATA_SLOTS = {
-    FetchAttribute.UID: b"UID %d",
-    FetchAttribute.FLAGS: b"FLAGS %s",
-    FetchAttribute.INTERNALDATE: b"INTERNALDATE %s",
-    FetchAttribute.RFC822_SIZE: b"RFC822.SIZE %d",
-    FetchAttribute.MODSEQ: b"MODSEQ (%d)",
+#: What :class:`UnparsedFetch` renders, by item: a small code (cheaper to
+#: compare per message than enum members) and the item's response name.
+_UNPARSED_CODES = {
+    FetchAttribute.UID: (0, b"UID"),
+    FetchAttribute.FLAGS: (1, b"FLAGS"),
+    FetchAttribute.INTERNALDATE: (2, b"INTERNALDATE"),
+    FetchAttribute.RFC822_SIZE: (3, b"RFC822.SIZE"),
+    FetchAttribute.MODSEQ: (4, b"MODSEQ"),
 }
+_WHOLE_BODY = 5
 
-#: Distinct days a :class:`MetadataFetch` remembers the rendering of.
+#: Distinct days an :class:`UnparsedFetch` remembers the rendering of.
 MAX_CACHED_DAYS = 4096
 
 
-class MetadataFetch:
-    """Renders whole ``* n FETCH (...)`` lines for items the index answers
-    alone (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ), byte for byte
-    what :func:`fetch_values` and :func:`~replicad.imap.responses.render_fetch`
-    give, from one format string instead of a value tree per message: a
-    client syncing a mailbox asks this of every message, and the general
-    path cost four times Dovecot's time.  Each distinct flag list and each
-    distinct day of an INTERNALDATE is rendered once.
+class UnparsedFetch:
+    """Renders whole ``* n FETCH (...)`` lines for the items that need no
+    MIME parse: what the index answers (UID, FLAGS, INTERNALDATE,
+    RFC822.SIZE, MODSEQ) and the whole message (``BODY.PEEK[]``), byte for
+    byte what :func:`fetch_values` and
+    :func:`~replicad.imap.responses.render_fetch` give, without a value tree
+    per message and with the message copied once: a client syncing or
+    downloading a mailbox asks exactly this of every message.  Each distinct
+    flag list and each distinct day of an INTERNALDATE is rendered once.
     """
 
     def __init__(
         self, items: Sequence[FetchItem], *, with_uid: bool, with_modseq: bool
     ) -> None:
-        order: list[FetchAttribute] = [FetchAttribute.UID] if with_uid else []
+        slots: list[tuple[int, bytes]] = [_UNPARSED_CODES[FetchAttribute.UID]] if with_uid else []
         for item in items:
-            assert isinstance(item, FetchSimple) and item.attribute in _BODY_FREE
-            if item.attribute not in order:
-                order.append(item.attribute)
-        if with_modseq and FetchAttribute.MODSEQ not in order:
-            order.append(FetchAttribute.MODSEQ)
-        self._template = b"* %d FETCH (" + b" ".join(_METADATA_SLOTS[a] for a in order) + b")\r\n"
-        # Small ints: comparing them per message is cheaper than enum members.
-        codes = {
-            FetchAttribute.UID: 0,
-            FetchAttribute.FLAGS: 1,
-            FetchAttribute.INTERNALDATE: 2,
-            FetchAttribute.RFC822_SIZE: 3,
-            FetchAttribute.MODSEQ: 4,
-        }
-        self._codes = tuple(codes[a] for a in order)
+            if isinstance(item, FetchSimple):
+                slot = _UNPARSED_CODES[item.attribute]
+            else:
+                assert _is_whole_peek(item)
+                slot = (_WHOLE_BODY, b"BODY[]")
+            if slot not in slots:
+                slots.append(slot)
+        if with_modseq and _UNPARSED_CODES[FetchAttribute.MODSEQ] not in slots:
+            slots.append(_UNPARSED_CODES[FetchAttribute.MODSEQ])
+        # Each name with the space before it (none before the first).
+        self._slots = tuple(
+            (code, (b" " if n else b"") + name + b" ") for n, (code, name) in enumerate(slots)
+        )
+        #: Whether the lines carry the message itself.
+        self.needs_body = any(code == _WHOLE_BODY for code, _ in slots)
         self._flags: dict[tuple[str, ...], bytes] = {}
         self._days: dict[int, bytes] = {}
 
     @staticmethod
     def answers(items: Sequence[FetchItem]) -> bool:
-        """Whether every item is one the index answers (and none sets ``\\Seen``)."""
-        return all(isinstance(i, FetchSimple) and i.attribute in _BODY_FREE for i in items)
+        """Whether every item is one this class renders (none sets ``\\Seen``)."""
+        return all(
+            (isinstance(i, FetchSimple) and i.attribute in _BODY_FREE) or _is_whole_peek(i)
+            for i in items
+        )
 
-    def render(self, seq: int, info: MessageMeta, flags: tuple[str, ...]) -> bytes:
-        """The FETCH line of message ``seq``; ``flags`` as the session reports them."""
-        values: list[int | bytes] = [seq]
-        for code in self._codes:
+    def render(
+        self, seq: int, info: MessageMeta, flags: tuple[str, ...], raw: bytes | None
+    ) -> bytes:
+        """The FETCH line of message ``seq``; ``flags`` as the session reports
+        them; ``raw`` the message when :attr:`needs_body`."""
+        out = [b"* %d FETCH (" % seq]
+        for code, name in self._slots:
+            out.append(name)
             if code == 0:
-                values.append(info.uid)
+                out.append(b"%d" % info.uid)
             elif code == 1:
                 rendered = self._flags.get(flags)
                 if rendered is None:
                     rendered = self._flags[flags] = render_value(flag_list(flags))
-                values.append(rendered)
+                out.append(rendered)
             elif code == 2:
-                values.append(self._date_time(info.internaldate))
+                out.append(self._date_time(info.internaldate))
             elif code == 3:
-                values.append(info.size)
+                out.append(b"%d" % info.size)
+            elif code == 4:
+                out.append(b"(%d)" % info.modseq)
+            elif raw:
+                out.append(b"{%d}\r\n" % len(raw))
+                out.append(raw)
             else:
-                values.append(info.modseq)
-        return self._template % tuple(values)
+                out.append(b'""')
+        out.append(b")\r\n")
+        return b"".join(out)
 
     def _date_time(self, seconds: int) -> bytes:
         """:func:`internaldate_value`, with the date part of each day made once."""
@@ -169,6 +185,15 @@ class MetadataFetch:
         hours, rest = divmod(rest, 3600)
         minutes, secs = divmod(rest, 60)
         return b"%s %02d:%02d:%02d +0000\"" % (day, hours, minutes, secs)
+
+
+def _is_whole_peek(item: FetchItem) -> bool:
+    return (
+        isinstance(item, FetchBody)
+        and item.peek
+        and item.section == _WHOLE
+        and item.partial is None
+    )
 
 
 def internaldate_value(seconds: int) -> bytes:

@@ -46,8 +46,13 @@ class ReadAhead:
         if number is None:
             return None
         if number not in self._landed:
-            await self._read(number)
-        await self._landed[number].wait()
+            await self._read(number)  # a checkpoint: a thread hop
+        elif not self._landed[number].is_set():
+            await self._landed[number].wait()
+        elif uid == self._batches[number][0]:
+            # Read ahead meanwhile: let other sessions run once per batch,
+            # not once per message (Event.wait is a checkpoint even when set).
+            await trio.lowlevel.checkpoint()
         following = number + 1
         if (
             self._nursery is not None

@@ -30,7 +30,7 @@ from replicad.imap.commands import (
 )
 from replicad.imap.fetching import (
     MessageBytes,
-    MetadataFetch,
+    UnparsedFetch,
     fetch_values,
     needs_body,
     sets_seen,
@@ -279,13 +279,13 @@ async def _fetch_lines(
     # clients expect of Dovecot: once CONDSTORE is on, every FETCH answer
     # carries MODSEQ.
     with_uid = cmd.uid or session.qresync
-    metadata = (
-        MetadataFetch(cmd.items, with_uid=with_uid, with_modseq=session.condstore)
-        if MetadataFetch.answers(cmd.items)
+    unparsed = (
+        UnparsedFetch(cmd.items, with_uid=with_uid, with_modseq=session.condstore)
+        if UnparsedFetch.answers(cmd.items)
         else None
     )
     announced: set[tuple[str, ...]] = set()
-    batch: list[bytes] = []  # metadata FETCH lines not sent yet
+    batch: list[bytes] = []  # FETCH lines not sent yet
     missing = False
     for uid in uids:
         info = infos.get(uid)
@@ -305,8 +305,12 @@ async def _fetch_lines(
             await session.send(b"".join(batch))  # the lines before come first
             batch.clear()
             await announce_keywords(session, info.flags)
-        if metadata is not None:
-            batch.append(metadata.render(seq, info, shown_flags(selected, uid, info.flags)))
+        if unparsed is not None:
+            line = unparsed.render(seq, info, shown_flags(selected, uid, info.flags), raw)
+            if raw is not None:
+                await session.send(line)  # a message is large enough alone
+                continue
+            batch.append(line)
             if len(batch) >= FETCH_LINES_PER_SEND:
                 await session.send(b"".join(batch))
                 batch.clear()

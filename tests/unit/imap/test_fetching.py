@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.imap.commands import FetchAttribute, FetchBody, FetchSimple, Section
-from replicad.imap.fetching import MessageBytes, MetadataFetch, fetch_values
+from replicad.imap.commands import FetchAttribute, FetchBody, FetchSimple, Partial, Section
+from replicad.imap.fetching import MessageBytes, UnparsedFetch, fetch_values
 from replicad.imap.mailboxindex import MessageMeta
 from replicad.imap.responses import Atom, Literal, render_fetch
 from replicad.store.records import MessageInfo
@@ -74,17 +75,39 @@ def test_the_metadata_fast_path_renders_what_the_general_path_renders(
     size: int,
 ) -> None:
     items = [FetchSimple(a) for a in attributes]
-    assert MetadataFetch.answers(items)
+    assert UnparsedFetch.answers(items)
     info = MessageInfo(uid, bytes(16), modseq, flags, date, size, bytes(32))
     general = render_fetch(
         seq, fetch_values(items, info, flags, None, with_uid=with_uid, with_modseq=with_modseq)
     )
-    fast = MetadataFetch(items, with_uid=with_uid, with_modseq=with_modseq)
+    fast = UnparsedFetch(items, with_uid=with_uid, with_modseq=with_modseq)
     meta = MessageMeta(uid, modseq, flags, date, size)
-    assert fast.render(seq, meta, flags) == general
-    assert fast.render(seq, meta, flags) == general  # from its caches
+    assert not fast.needs_body
+    assert fast.render(seq, meta, flags, None) == general
+    assert fast.render(seq, meta, flags, None) == general  # from its caches
 
 
-def test_items_that_read_the_message_take_the_general_path() -> None:
-    assert not MetadataFetch.answers([FetchSimple(FetchAttribute.UID), FetchBody(Section())])
-    assert not MetadataFetch.answers([FetchSimple(FetchAttribute.ENVELOPE)])
+@pytest.mark.parametrize("raw", [b"Subject: x\r\n\r\nbody\r\n", b""])
+@pytest.mark.parametrize("with_modseq", [False, True])
+def test_the_whole_message_renders_as_the_general_path_does(raw: bytes, with_modseq: bool) -> None:
+    whole = FetchBody(Section(), peek=True)
+    items = [FetchSimple(FetchAttribute.FLAGS), whole, FetchSimple(FetchAttribute.UID), whole]
+    assert UnparsedFetch.answers(items)
+    info = MessageInfo(7, bytes(16), 9, ("\\Seen",), 0, len(raw), bytes(32))
+    general = render_fetch(
+        3,
+        fetch_values(
+            items, info, info.flags, MessageBytes(raw), with_uid=True, with_modseq=with_modseq
+        ),
+    )
+    fast = UnparsedFetch(items, with_uid=True, with_modseq=with_modseq)
+    assert fast.needs_body
+    meta = MessageMeta(7, 9, ("\\Seen",), 0, len(raw))
+    assert fast.render(3, meta, meta.flags, raw) == general
+
+
+def test_items_that_parse_or_set_seen_take_the_general_path() -> None:
+    assert not UnparsedFetch.answers([FetchSimple(FetchAttribute.UID), FetchBody(Section())])
+    assert not UnparsedFetch.answers([FetchBody(Section(), Partial(0, 10), peek=True)])
+    assert not UnparsedFetch.answers([FetchSimple(FetchAttribute.RFC822)])
+    assert not UnparsedFetch.answers([FetchSimple(FetchAttribute.ENVELOPE)])
