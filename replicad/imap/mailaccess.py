@@ -304,6 +304,9 @@ class MailAccess:
 
 #: Mailboxes whose latest snapshot the node keeps (least recently used dropped).
 MAX_CACHED_MAILBOXES = 256
+#: Messages in those snapshots, all together (about 36 bytes each, plus
+#: what sessions still hold of older snapshots): at most about 36 MB.
+MAX_CACHED_MESSAGES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,9 +330,17 @@ class MailboxIndexes:
     replaced by a later one (or one of another GUID or UIDVALIDITY), so
     sessions reading concurrently never move the shared one backwards."""
 
-    def __init__(self, limit: int = MAX_CACHED_MAILBOXES) -> None:
+    def __init__(
+        self, limit: int = MAX_CACHED_MAILBOXES, message_limit: int = MAX_CACHED_MESSAGES
+    ) -> None:
         self._limit = limit
+        self._message_limit = message_limit
         self._held: OrderedDict[tuple[str, str], _Held] = OrderedDict()
+        self._messages = 0
+
+    def held(self) -> list[tuple[str, str]]:
+        """The (user, mailbox) pairs with a snapshot, least recently used first."""
+        return list(self._held)
 
     async def current(
         self, store: MailStore, user: str, name: str
@@ -358,10 +369,16 @@ class MailboxIndexes:
             or (latest.index.guid, latest.index.uidvalidity) != (index.guid, index.uidvalidity)
             or (latest.index.modseq, latest.generation) <= (index.modseq, generation)
         ):
+            if latest is not None:
+                self._messages -= len(latest.index)
             self._held[key] = _Held(status, index, generation)
+            self._messages += len(index)
         self._held.move_to_end(key)
-        while len(self._held) > self._limit:
-            self._held.popitem(last=False)
+        while len(self._held) > 1 and (
+            len(self._held) > self._limit or self._messages > self._message_limit
+        ):
+            _, dropped = self._held.popitem(last=False)
+            self._messages -= len(dropped.index)
         return status, index
 
 

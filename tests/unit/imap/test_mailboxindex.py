@@ -185,3 +185,18 @@ async def test_the_snapshot_is_answered_without_a_read_until_a_commit(tmp_path: 
         await store.append("alice", "INBOX", b"Subject: 2\r\n\r\nhi\r\n")
         status, index = await indexes.current(store, "alice", "INBOX")
         assert reads == 2 and status.messages == 2 and list(index.uids) == [1, 2]
+
+
+async def test_the_snapshots_kept_are_bounded_in_messages(tmp_path: Path) -> None:
+    async with MailStore.open(tmp_path / "s") as store:
+        for name in ("A", "B", "C"):
+            await store.create_mailbox("alice", name)
+            for n in range(3):
+                await store.append("alice", name, b"Subject: %d\r\n\r\nhi\r\n" % n)
+        indexes = MailboxIndexes(message_limit=6)
+        for name in ("A", "B", "C"):
+            await indexes.current(store, "alice", name)
+        assert indexes.held() == [("alice", "B"), ("alice", "C")]
+        await indexes.current(store, "alice", "B")
+        await indexes.current(store, "alice", "A")
+        assert indexes.held() == [("alice", "B"), ("alice", "A")]
