@@ -13,7 +13,10 @@ from replicad.imap.session import ImapSession
 
 #: FETCH and SEARCH read bodies ahead in batches of this many messages or octets.
 READ_AHEAD_MESSAGES = 64
-READ_AHEAD_BYTES = 8 << 20
+READ_AHEAD_BYTES = 4 << 20
+#: Batches read meanwhile, each on a reader thread of its own (zstd releases
+#: the GIL while it decompresses, so they run beside the event loop and each other).
+READ_AHEAD_DEPTH = 2
 
 
 class ReadAhead:
@@ -22,9 +25,10 @@ class ReadAhead:
     with memory bounded by :data:`READ_AHEAD_BYTES` (a single larger message
     is one batch).  ``get`` is called for the UIDs in the order given.
 
-    Given a nursery (:func:`reading_ahead`), the batch after the one being
-    answered is read meanwhile, so the reader thread decompresses while the
-    event loop renders and sends: at most two batches are held at once."""
+    Given a nursery (:func:`reading_ahead`), the batches after the one being
+    answered are read meanwhile, so reader threads decompress while the
+    event loop renders and sends: at most 1 + :data:`READ_AHEAD_DEPTH`
+    batches are held at once."""
 
     def __init__(
         self,
@@ -53,14 +57,11 @@ class ReadAhead:
             # Read ahead meanwhile: let other sessions run once per batch,
             # not once per message (Event.wait is a checkpoint even when set).
             await trio.lowlevel.checkpoint()
-        following = number + 1
-        if (
-            self._nursery is not None
-            and following < len(self._batches)
-            and following not in self._landed
-        ):
-            self._landed[following] = trio.Event()
-            self._nursery.start_soon(self._read, following)
+        if self._nursery is not None:
+            for following in range(number + 1, number + 1 + READ_AHEAD_DEPTH):
+                if following < len(self._batches) and following not in self._landed:
+                    self._landed[following] = trio.Event()
+                    self._nursery.start_soon(self._read, following)
         batch = self._ready.get(number, {})
         raw = batch.pop(uid, None)
         if not batch:
