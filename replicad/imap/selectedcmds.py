@@ -12,6 +12,7 @@ commands that allow it (never after FETCH, STORE or SEARCH by number, RFC
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from replicad.errors import NoSuchMailboxError
 from replicad.imap.commands import (
@@ -236,7 +237,8 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         if not (session.qresync and cmd.uid and cmd.changed_since is not None):
             raise Refusal("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE", bad=True)
         await _vanished_earlier(session, cmd.sequence, cmd.changed_since)
-    infos = await _infos(session, uids)
+    index = await selected_index(session) if uids else None
+    infos = index.metas(uids) if index is not None else {}
     newly_seen: set[int] = set()
     if sets_seen(cmd.items) and not selected.read_only:
         unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
@@ -252,11 +254,15 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         for u in uids
         if u in infos and (cmd.changed_since is None or infos[u].modseq > cmd.changed_since)
     ]
+    # The view numbers its messages from this very snapshot and changed
+    # nothing since: noting each message's flags in it would change nothing.
+    settled = index is not None and not newly_seen and selected.view.agrees_with(index)
+    lines = _FetchLines(cmd, uids, infos, newly_seen, settled)
     if body:
         async with reading_ahead(session, wanted, {u: infos[u].size for u in wanted}) as bodies:
-            missing = await _fetch_lines(session, cmd, uids, infos, newly_seen, bodies)
+            missing = await _fetch_lines(session, lines, bodies)
     else:
-        missing = await _fetch_lines(session, cmd, uids, infos, newly_seen, None)
+        missing = await _fetch_lines(session, lines, None)
     await send_updates(session, expunges=cmd.uid)
     if missing:
         await session.ok(cmd.tag, "FETCH completed; some messages were expunged meanwhile")
@@ -264,16 +270,23 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         await session.ok(cmd.tag, "FETCH completed")
 
 
-async def _fetch_lines(
-    session: ImapSession,
-    cmd: Fetch,
-    uids: list[int],
-    infos: dict[int, MessageMeta],
-    newly_seen: set[int],
-    bodies: ReadAhead | None,
-) -> bool:
-    """Send the ``* n FETCH`` lines of ``uids``; whether some were missing."""
+@dataclass(frozen=True, slots=True)
+class _FetchLines:
+    """What the FETCH lines are made of."""
+
+    cmd: Fetch
+    uids: list[int]
+    infos: dict[int, MessageMeta]
+    #: Messages this FETCH has just set ``\\Seen`` on.
+    newly_seen: set[int]
+    #: The view already says what ``infos`` say (:meth:`MailboxView.agrees_with`).
+    settled: bool
+
+
+async def _fetch_lines(session: ImapSession, lines: _FetchLines, bodies: ReadAhead | None) -> bool:
+    """Send the ``* n FETCH`` lines of ``lines.uids``; whether some were missing."""
     selected = session.require_selected()
+    cmd, infos, newly_seen = lines.cmd, lines.infos, lines.newly_seen
     # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once QRESYNC is
     # on, every FETCH answer names its UID.  RFC 7162 §3.1.4.1 and what
     # clients expect of Dovecot: once CONDSTORE is on, every FETCH answer
@@ -287,7 +300,7 @@ async def _fetch_lines(
     announced: set[tuple[str, ...]] = set()
     batch: list[bytes] = []  # FETCH lines not sent yet
     missing = False
-    for uid in uids:
+    for uid in lines.uids:
         info = infos.get(uid)
         seq = selected.view.seq_of(uid)
         if info is None or seq is None:
@@ -295,7 +308,8 @@ async def _fetch_lines(
             continue
         if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
             continue
-        selected.view.note_own_flags(uid, info.flags, info.modseq)
+        if not lines.settled:
+            selected.view.note_own_flags(uid, info.flags, info.modseq)
         raw = await bodies.get(uid) if bodies is not None else None
         if bodies is not None and raw is None:
             missing = True

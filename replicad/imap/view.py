@@ -196,6 +196,11 @@ class MailboxView:
         assert at is not None, "a UID of the view is in its snapshot or among its changes"
         return _Entry(self.base.flags_at(at), self.base.modseq_at(at))
 
+    def agrees_with(self, index: MailboxIndex) -> bool:
+        """Whether the view says of every message exactly what ``index`` says:
+        it numbers from that very snapshot and has changed nothing since."""
+        return self.base is index and self._uids is index.uids and not self._changed
+
     def is_expunged(self, uid: int) -> bool:
         """True for a message expunged in the store whose expunge is not yet reported."""
         entry = self._changed.get(uid)

@@ -200,3 +200,14 @@ async def test_the_snapshots_kept_are_bounded_in_messages(tmp_path: Path) -> Non
         await indexes.current(store, "alice", "B")
         await indexes.current(store, "alice", "A")
         assert indexes.held() == [("alice", "B"), ("alice", "A")]
+
+
+def test_a_view_agrees_with_its_snapshot_until_it_changes_anything() -> None:
+    index = index_of(info(1), info(2, ("\\Seen",)))
+    view = MailboxView.of_index(index, uidnext=3)
+    assert view.agrees_with(index)
+    assert not view.agrees_with(index_of(info(1), info(2, ("\\Seen",))))  # another snapshot
+    view.note_own_flags(2, ("\\Seen",), 1)  # what the snapshot says already
+    assert view.agrees_with(index)
+    view.note_own_flags(2, (), 2)
+    assert not view.agrees_with(index)
