@@ -150,6 +150,15 @@ class UnparsedFetch:
     ) -> bytes:
         """The FETCH line of message ``seq``; ``flags`` as the session reports
         them; ``raw`` the message when :attr:`needs_body`."""
+        return b"".join(self.render_parts(seq, info, flags, raw))
+
+    def render_parts(
+        self, seq: int, info: MessageMeta, flags: tuple[str, ...], raw: bytes | None
+    ) -> list[bytes]:
+        """:meth:`render` in pieces whose concatenation is the line: the
+        message itself is one piece, so that sending the pieces one after
+        the other copies it once, into the connection's buffer, not twice."""
+        parts: list[bytes] = []
         out = [b"* %d FETCH (" % seq]
         for code, name in self._slots:
             out.append(name)
@@ -168,11 +177,14 @@ class UnparsedFetch:
                 out.append(b"(%d)" % info.modseq)
             elif raw:
                 out.append(b"{%d}\r\n" % len(raw))
-                out.append(raw)
+                head = b"".join(out)
+                out.clear()
+                parts.extend((head, raw))
             else:
                 out.append(b'""')
         out.append(b")\r\n")
-        return b"".join(out)
+        parts.append(b"".join(out))
+        return parts
 
     def _date_time(self, seconds: int) -> bytes:
         """:func:`internaldate_value`, with the date part of each day made once."""

@@ -320,11 +320,12 @@ async def _fetch_lines(session: ImapSession, lines: _FetchLines, bodies: ReadAhe
             batch.clear()
             await announce_keywords(session, info.flags)
         if unparsed is not None:
-            line = unparsed.render(seq, info, shown_flags(selected, uid, info.flags), raw)
+            flags = shown_flags(selected, uid, info.flags)
             if raw is not None:
-                await session.send(line)  # a message is large enough alone
+                for part in unparsed.render_parts(seq, info, flags, raw):
+                    await session.send(part)
                 continue
-            batch.append(line)
+            batch.append(unparsed.render(seq, info, flags, None))
             if len(batch) >= FETCH_LINES_PER_SEND:
                 await session.send(b"".join(batch))
                 batch.clear()

@@ -104,6 +104,10 @@ def test_the_whole_message_renders_as_the_general_path_does(raw: bytes, with_mod
     assert fast.needs_body
     meta = MessageMeta(7, 9, ("\\Seen",), 0, len(raw))
     assert fast.render(3, meta, meta.flags, raw) == general
+    parts = fast.render_parts(3, meta, meta.flags, raw)
+    assert b"".join(parts) == general
+    # The message is a piece of its own, not copied into a larger one.
+    assert any(part is raw for part in parts) == bool(raw)
 
 
 def test_items_that_parse_or_set_seen_take_the_general_path() -> None:
