@@ -73,7 +73,7 @@ by up to 3x between runs: only the ratios within one run mean anything):
   ==================================  ======  ===================  =======  ========
 
 "Before": one bench (three runs) on the code before the shared snapshots;
-"after": three benches on the last three commits (the last on the final code).
+"after": three benches, one after each of the last three code changes (the last on the final code).
 In-process, SELECT takes about 0.5 ms (no store read while nothing was
 committed since the node's snapshot was read) and metadata FETCH about
 50 ms of CPU; the spread of their ratios is the scheduler's on a loaded
