@@ -29,9 +29,10 @@ from replicad.imap.commands import (
 )
 from replicad.imap.envelope import envelope
 from replicad.imap.internaldate import format_date_time
+from replicad.imap.mailboxindex import MessageMeta
 from replicad.imap.mimeparse import MimePart, parse_message
 from replicad.imap.nested import render_imap_value
-from replicad.imap.responses import Literal, Raw, Value, flag_list
+from replicad.imap.responses import Literal, Raw, Value, flag_list, render_value
 from replicad.imap.sections import (
     SectionSpec,
     apply_partial,
@@ -39,7 +40,6 @@ from replicad.imap.sections import (
     fetch_binary,
     fetch_section,
 )
-from replicad.store.records import MessageInfo
 
 _BODY_FREE = frozenset(
     {
@@ -88,6 +88,126 @@ class MessageBytes:
         return self._tree
 
 
+#: What :class:`UnparsedFetch` renders, by item: a small code (cheaper to
+#: compare per message than enum members) and the item's response name.
+_UNPARSED_CODES = {
+    FetchAttribute.UID: (0, b"UID"),
+    FetchAttribute.FLAGS: (1, b"FLAGS"),
+    FetchAttribute.INTERNALDATE: (2, b"INTERNALDATE"),
+    FetchAttribute.RFC822_SIZE: (3, b"RFC822.SIZE"),
+    FetchAttribute.MODSEQ: (4, b"MODSEQ"),
+}
+_WHOLE_BODY = 5
+
+#: Distinct days an :class:`UnparsedFetch` remembers the rendering of.
+MAX_CACHED_DAYS = 4096
+
+
+class UnparsedFetch:
+    """Renders whole ``* n FETCH (...)`` lines for the items that need no
+    MIME parse: what the index answers (UID, FLAGS, INTERNALDATE,
+    RFC822.SIZE, MODSEQ) and the whole message (``BODY.PEEK[]``), byte for
+    byte what :func:`fetch_values` and
+    :func:`~replicad.imap.responses.render_fetch` give, without a value tree
+    per message and with the message copied once: a client syncing or
+    downloading a mailbox asks exactly this of every message.  Each distinct
+    flag list and each distinct day of an INTERNALDATE is rendered once.
+    """
+
+    def __init__(
+        self, items: Sequence[FetchItem], *, with_uid: bool, with_modseq: bool
+    ) -> None:
+        slots: list[tuple[int, bytes]] = [_UNPARSED_CODES[FetchAttribute.UID]] if with_uid else []
+        for item in items:
+            if isinstance(item, FetchSimple):
+                slot = _UNPARSED_CODES[item.attribute]
+            else:
+                assert _is_whole_peek(item)
+                slot = (_WHOLE_BODY, b"BODY[]")
+            if slot not in slots:
+                slots.append(slot)
+        if with_modseq and _UNPARSED_CODES[FetchAttribute.MODSEQ] not in slots:
+            slots.append(_UNPARSED_CODES[FetchAttribute.MODSEQ])
+        # Each name with the space before it (none before the first).
+        self._slots = tuple(
+            (code, (b" " if n else b"") + name + b" ") for n, (code, name) in enumerate(slots)
+        )
+        #: Whether the lines carry the message itself.
+        self.needs_body = any(code == _WHOLE_BODY for code, _ in slots)
+        self._flags: dict[tuple[str, ...], bytes] = {}
+        self._days: dict[int, bytes] = {}
+
+    @staticmethod
+    def answers(items: Sequence[FetchItem]) -> bool:
+        """Whether every item is one this class renders (none sets ``\\Seen``)."""
+        return all(
+            (isinstance(i, FetchSimple) and i.attribute in _BODY_FREE) or _is_whole_peek(i)
+            for i in items
+        )
+
+    def render(
+        self, seq: int, info: MessageMeta, flags: tuple[str, ...], raw: bytes | None
+    ) -> bytes:
+        """The FETCH line of message ``seq``; ``flags`` as the session reports
+        them; ``raw`` the message when :attr:`needs_body`."""
+        return b"".join(self.render_parts(seq, info, flags, raw))
+
+    def render_parts(
+        self, seq: int, info: MessageMeta, flags: tuple[str, ...], raw: bytes | None
+    ) -> list[bytes]:
+        """:meth:`render` in pieces whose concatenation is the line: the
+        message itself is one piece, so that sending the pieces one after
+        the other copies it once, into the connection's buffer, not twice."""
+        parts: list[bytes] = []
+        out = [b"* %d FETCH (" % seq]
+        for code, name in self._slots:
+            out.append(name)
+            if code == 0:
+                out.append(b"%d" % info.uid)
+            elif code == 1:
+                rendered = self._flags.get(flags)
+                if rendered is None:
+                    rendered = self._flags[flags] = render_value(flag_list(flags))
+                out.append(rendered)
+            elif code == 2:
+                out.append(self._date_time(info.internaldate))
+            elif code == 3:
+                out.append(b"%d" % info.size)
+            elif code == 4:
+                out.append(b"(%d)" % info.modseq)
+            elif raw:
+                out.append(b"{%d}\r\n" % len(raw))
+                head = b"".join(out)
+                out.clear()
+                parts.extend((head, raw))
+            else:
+                out.append(b'""')
+        out.append(b")\r\n")
+        parts.append(b"".join(out))
+        return parts
+
+    def _date_time(self, seconds: int) -> bytes:
+        """:func:`internaldate_value`, with the date part of each day made once."""
+        days, rest = divmod(seconds, 86400)
+        day = self._days.get(days)
+        if day is None:
+            if len(self._days) >= MAX_CACHED_DAYS:
+                self._days.clear()
+            day = self._days[days] = internaldate_value(days * 86400)[:12]
+        hours, rest = divmod(rest, 3600)
+        minutes, secs = divmod(rest, 60)
+        return b"%s %02d:%02d:%02d +0000\"" % (day, hours, minutes, secs)
+
+
+def _is_whole_peek(item: FetchItem) -> bool:
+    return (
+        isinstance(item, FetchBody)
+        and item.peek
+        and item.section == _WHOLE
+        and item.partial is None
+    )
+
+
 def internaldate_value(seconds: int) -> bytes:
     """INTERNALDATE as a quoted ``date-time`` (kept in UTC by the store)."""
     when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -96,7 +216,7 @@ def internaldate_value(seconds: int) -> bytes:
 
 def fetch_values(
     items: Sequence[FetchItem],
-    info: MessageInfo,
+    info: MessageMeta,
     flags: tuple[str, ...],
     message: MessageBytes | None,
     *,
@@ -156,7 +276,7 @@ def fetch_values(
 
 def _simple(
     attribute: FetchAttribute,
-    info: MessageInfo,
+    info: MessageMeta,
     flags: tuple[str, ...],
     message: MessageBytes | None,
     add: Callable[[str, Value], None],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +30,9 @@ from replicad.errors import (
     TemporaryError,
     UnreachableError,
 )
+from replicad.imap.mailboxindex import MailboxIndex
 from replicad.imap.recent import RecentClaims
+from replicad.store.columns import KnownState
 from replicad.store.commitwatch import CommitWatch
 from replicad.store.hierarchy import create_with_superiors
 from replicad.store.index import FlagMode
@@ -136,6 +139,8 @@ class MailAccess:
         self.masters = masters
         #: Which messages this node's sessions were told are \Recent.
         self.recent = RecentClaims()
+        #: The latest metadata snapshot of recently used mailboxes.
+        self.indexes = MailboxIndexes()
 
     @property
     def watch(self) -> CommitWatch:
@@ -181,6 +186,13 @@ class MailAccess:
     async def snapshot(self, user: str, name: str) -> Snapshot:
         status, messages = await self.store.snapshot(user, name)
         return Snapshot(status, tuple(messages))
+
+    async def current_index(self, user: str, name: str) -> tuple[MailboxStatus, MailboxIndex]:
+        """The mailbox's status and its metadata as of that status, in one
+        store read: the node's shared snapshot brought up to date with the
+        changes since it (:mod:`replicad.imap.mailboxindex`), or read whole
+        when there is none for the mailbox's GUID and UIDVALIDITY."""
+        return await self.indexes.current(self.store, user, name)
 
     async def catch_up_with_master(self, user: str, name: str) -> bool:
         """Before SELECT: wait, bounded by ``catch_up`` seconds in all, until
@@ -309,6 +321,86 @@ class MailAccess:
                     return False
                 await self.watch.wait_past(generation)
         return False
+
+
+#: Mailboxes whose latest snapshot the node keeps (least recently used dropped).
+MAX_CACHED_MAILBOXES = 256
+#: Messages in those snapshots, all together (about 36 bytes each, plus
+#: what sessions still hold of older snapshots): at most about 36 MB.
+MAX_CACHED_MESSAGES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A mailbox's latest snapshot, its status, and the commit generation
+    (:class:`~replicad.store.commitwatch.CommitWatch`) read before both."""
+
+    status: MailboxStatus
+    index: MailboxIndex
+    generation: int
+
+
+class MailboxIndexes:
+    """The latest :class:`MailboxIndex` of each recently used mailbox, by user
+    and name, shared by the node's sessions.
+
+    Every write of the node commits through its one writer, which bumps the
+    commit generation after each batch: while the generation is the one
+    read before a snapshot was, nothing changed and the snapshot (with its
+    status) is answered without a store read.  A snapshot is only ever
+    replaced by a later one (or one of another GUID or UIDVALIDITY), so
+    sessions reading concurrently never move the shared one backwards."""
+
+    def __init__(
+        self, limit: int = MAX_CACHED_MAILBOXES, message_limit: int = MAX_CACHED_MESSAGES
+    ) -> None:
+        self._limit = limit
+        self._message_limit = message_limit
+        self._held: OrderedDict[tuple[str, str], _Held] = OrderedDict()
+        self._messages = 0
+
+    def held(self) -> list[tuple[str, str]]:
+        """The (user, mailbox) pairs with a snapshot, least recently used first."""
+        return list(self._held)
+
+    async def current(
+        self, store: MailStore, user: str, name: str
+    ) -> tuple[MailboxStatus, MailboxIndex]:
+        key = (user, name)
+        generation = store.writer.watch.generation
+        held = self._held.get(key)
+        if held is not None and held.generation == generation:
+            self._held.move_to_end(key)
+            return held.status, held.index
+        known = None
+        if held is not None:
+            known = KnownState(held.index.guid, held.index.uidvalidity, held.index.modseq)
+        read = await store.message_columns(user, name, known)
+        status = read.status
+        if read.columns is not None:
+            index = MailboxIndex(
+                status.guid, status.uidvalidity, status.highestmodseq, read.columns
+            )
+        else:
+            assert held is not None
+            index = held.index if read.changes is None else held.index.apply(read.changes)
+        latest = self._held.get(key)
+        if (
+            latest is None
+            or (latest.index.guid, latest.index.uidvalidity) != (index.guid, index.uidvalidity)
+            or (latest.index.modseq, latest.generation) <= (index.modseq, generation)
+        ):
+            if latest is not None:
+                self._messages -= len(latest.index)
+            self._held[key] = _Held(status, index, generation)
+            self._messages += len(index)
+        self._held.move_to_end(key)
+        while len(self._held) > 1 and (
+            len(self._held) > self._limit or self._messages > self._message_limit
+        ):
+            _, dropped = self._held.popitem(last=False)
+            self._messages -= len(dropped.index)
+        return status, index
 
 
 class _MailboxesCheck(Protocol):

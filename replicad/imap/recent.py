@@ -12,7 +12,8 @@ on messages it cannot tell apart") and RFC 9051 removed the flag anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 
 
 class RecentClaims:
@@ -27,11 +28,11 @@ class RecentClaims:
             return 0
         return known[1]
 
-    def claim(self, mailbox: bytes, uidvalidity: int, uids: Iterable[int]) -> set[int]:
-        """The UIDs among ``uids`` that are recent for the caller; they are
-        recent for nobody else from now on."""
+    def claim(self, mailbox: bytes, uidvalidity: int, uids: Sequence[int]) -> set[int]:
+        """The UIDs among ``uids`` (ascending) that are recent for the caller;
+        they are recent for nobody else from now on."""
         floor = self._floor(mailbox, uidvalidity)
-        mine = {uid for uid in uids if uid > floor}
+        mine = set(uids[bisect_right(uids, floor) :])
         if mine:
             self._claimed[mailbox] = (uidvalidity, max(mine))
         return mine

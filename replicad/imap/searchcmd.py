@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from replicad.imap.commands import Search, SearchReturn
 from replicad.imap.mimeparse import MimePart, parse_message
-from replicad.imap.readahead import ReadAhead
+from replicad.imap.readahead import reading_ahead, selected_index
 from replicad.imap.responses import SearchResult, render_esearch, render_search
 from replicad.imap.searching import Candidate, SearchScope, matches
 from replicad.imap.searchkeys import (
@@ -32,7 +32,6 @@ from replicad.imap.sequences import SequenceSet
 from replicad.imap.session import ImapSession, Refusal
 from replicad.imap.textsearch import body_contains, header_contains, sent_date, text_contains
 from replicad.imap.updates import send_updates
-from replicad.uidset import UidSet
 
 
 def resolve(session: ImapSession, sequence: SequenceSet, *, uid: bool) -> list[int]:
@@ -130,17 +129,17 @@ def _uses_modseq(key: SearchKey) -> bool:
 
 async def search(session: ImapSession, cmd: Search) -> None:
     selected = session.require_selected()
-    user = session.require_user()
     view = selected.view
     key = _saved_replaced(cmd.criteria, session.saved_uids)
     with_modseq = _uses_modseq(key)
     if with_modseq:
         await session.enable_condstore()
-    infos = await session.access.fetch(user, selected.name, UidSet.parse("1:*"))
+    index = await selected_index(session)
+    infos = index.metas(index.uids) if index is not None else {}
     scope = SearchScope(view.exists, view.highest_uid)
     found: list[tuple[int, int, int]] = []  # (uid, seq, modseq)
     undecided: list[Candidate] = []  # a text key must read these
-    for info in infos:
+    for info in infos.values():
         seq = view.seq_of(info.uid)
         if seq is None:
             continue  # arrived after the client was last told; not numbered yet
@@ -152,11 +151,12 @@ async def search(session: ImapSession, cmd: Search) -> None:
             undecided.append(candidate)
     if undecided:
         uids = [c.info.uid for c in undecided]
-        bodies = ReadAhead(session, uids, {c.info.uid: c.info.size for c in undecided})
-        for candidate in undecided:
-            raw = await bodies.get(candidate.info.uid)
-            if raw is not None and matches(key, candidate, scope, _loaded(_Text(raw))):
-                found.append((candidate.info.uid, candidate.seq, candidate.info.modseq))
+        sizes = {c.info.uid: c.info.size for c in undecided}
+        async with reading_ahead(session, uids, sizes) as bodies:
+            for candidate in undecided:
+                raw = await bodies.get(candidate.info.uid)
+                if raw is not None and matches(key, candidate, scope, _loaded(_Text(raw))):
+                    found.append((candidate.info.uid, candidate.seq, candidate.info.modseq))
         found.sort(key=lambda hit: hit[1])
     numbers = [uid if cmd.uid else seq for uid, seq, _ in found]
     highest = _modseq_of(found, cmd.returns) if with_modseq else None

@@ -1,7 +1,7 @@
 """SEARCH: evaluating a criteria tree against the messages of a mailbox.
 
 The keys split by cost.  Flags, UIDs, sequence numbers, sizes, internal
-dates and modseqs are in the index (:class:`~replicad.store.records.MessageInfo`),
+dates and modseqs are in the index (:class:`~replicad.imap.mailboxindex.MessageMeta`),
 so they never touch a message body.  Header, body and text keys and the
 sent date need the message itself; :func:`matches` asks for it through a
 loader only when a cheap key has not already decided, and evaluates the
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from replicad.imap.mailboxindex import MessageMeta
 from replicad.imap.searchkeys import (
     AllKey,
     AndKey,
@@ -42,7 +43,6 @@ from replicad.imap.searchkeys import (
     TextKey,
     UidKey,
 )
-from replicad.store.records import MessageInfo
 
 
 class MessageText(Protocol):
@@ -61,7 +61,7 @@ class MessageText(Protocol):
 class Candidate:
     """One message as SEARCH sees it: index data plus its number in the session."""
 
-    info: MessageInfo
+    info: MessageMeta
     seq: int
     #: \\Recent for this session (replicad.imap.recent).
     recent: bool = False

@@ -12,6 +12,7 @@ commands that allow it (never after FETCH, STORE or SEARCH by number, RFC
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from replicad.errors import NoSuchMailboxError
 from replicad.imap.commands import (
@@ -28,8 +29,15 @@ from replicad.imap.commands import (
     StoreMode,
     Unselect,
 )
-from replicad.imap.fetching import MessageBytes, fetch_values, needs_body, sets_seen
-from replicad.imap.readahead import ReadAhead
+from replicad.imap.fetching import (
+    MessageBytes,
+    UnparsedFetch,
+    fetch_values,
+    needs_body,
+    sets_seen,
+)
+from replicad.imap.mailboxindex import MessageMeta
+from replicad.imap.readahead import ReadAhead, reading_ahead, selected_index
 from replicad.imap.responses import (
     ResponseCode,
     Value,
@@ -53,7 +61,6 @@ from replicad.imap.updates import (
 )
 from replicad.imap.view import MailboxView
 from replicad.store.index import FlagMode
-from replicad.store.records import MessageInfo
 from replicad.uidset import UidSet
 
 log = logging.getLogger("replicad.imap")
@@ -63,6 +70,10 @@ _MODES: dict[StoreMode, FlagMode] = {
     StoreMode.REMOVE: "remove",
     StoreMode.REPLACE: "replace",
 }
+
+
+#: Metadata FETCH lines joined into one send (one output call per batch).
+FETCH_LINES_PER_SEND = 256
 
 
 # -- SELECT / EXAMINE -------------------------------------------------------
@@ -83,35 +94,26 @@ async def select(session: ImapSession, cmd: Select) -> None:
             "imap.select_behind_master",
             extra={"kv": {"session": session.session_id, "user": user}},
         )
-    snapshot = await session.access.snapshot(user, cmd.mailbox)
-    state = snapshot.status
+    state, index = await session.access.current_index(user, cmd.mailbox)
     known = cmd.qresync
     floor = known.modseq if known is not None and known.uidvalidity == state.uidvalidity else 0
-    view = MailboxView.open(
-        state.uidvalidity,
-        snapshot.messages,
-        uidnext=state.uidnext,
-        highestmodseq=state.highestmodseq,
-        floor_modseq=floor,
-    )
-    keywords = sorted({f for m in snapshot.messages for f in m.flags if not f.startswith("\\")})
+    view = MailboxView.of_index(index, uidnext=state.uidnext, floor_modseq=floor)
+    keywords = index.keywords
     await session.send(render_flags([*SYSTEM_FLAGS, *keywords]))
     permanent = () if cmd.read_only else (*SYSTEM_FLAGS, *keywords)
     code = ResponseCode.permanentflags(permanent, new_keywords=not cmd.read_only)
     await session.untagged_ok("Flags permitted", code)
-    uids = [m.uid for m in snapshot.messages]
     claims = session.access.recent
     if cmd.read_only:  # EXAMINE changes nothing, \Recent included (RFC 3501 §6.3.2)
         recent: set[int] = set()
-        recent_count = claims.count(state.guid, state.uidvalidity, uids)
+        recent_count = claims.count(state.guid, state.uidvalidity, index.uids)
     else:
-        recent = claims.claim(state.guid, state.uidvalidity, uids)
+        recent = claims.claim(state.guid, state.uidvalidity, index.uids)
         recent_count = len(recent)
     await session.send(render_exists(view.exists))
     await session.send(render_recent(recent_count))
-    first_unseen = next(
-        (n for n, m in enumerate(view.uids, 1) if "\\Seen" not in view.flags_of(m)), None
-    )
+    # The view is the snapshot itself until the session changes it.
+    first_unseen = index.first_unseen
     if first_unseen is not None:
         await session.untagged_ok("First unseen", ResponseCode.number("UNSEEN", first_unseen))
     await session.untagged_ok("UIDs valid", ResponseCode.uidvalidity(state.uidvalidity))
@@ -191,13 +193,16 @@ async def check(session: ImapSession, cmd: Check) -> None:
 
 async def _deleted_uids(session: ImapSession, within: list[int] | None) -> UidSet | None:
     selected = session.require_selected()
-    infos = await session.access.fetch(session.require_user(), selected.name, UidSet.parse("1:*"))
+    index = await selected_index(session)
+    if index is None:
+        return None
     wanted = set(within) if within is not None else None
     uids = [
-        m.uid
-        for m in infos
-        if "\\Deleted" in m.flags and (wanted is None or m.uid in wanted)
-        and selected.view.seq_of(m.uid) is not None
+        uid
+        for at, uid in enumerate(index.uids)
+        if "\\Deleted" in index.flags_at(at)
+        and (wanted is None or uid in wanted)
+        and selected.view.seq_of(uid) is not None
     ]
     return UidSet.of(uids) if uids else None
 
@@ -232,7 +237,8 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         if not (session.qresync and cmd.uid and cmd.changed_since is not None):
             raise Refusal("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE", bad=True)
         await _vanished_earlier(session, cmd.sequence, cmd.changed_since)
-    infos = await _infos(session, uids)
+    index = await selected_index(session) if uids else None
+    infos = index.metas(uids) if index is not None else {}
     newly_seen: set[int] = set()
     if sets_seen(cmd.items) and not selected.read_only:
         unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
@@ -248,40 +254,15 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         for u in uids
         if u in infos and (cmd.changed_since is None or infos[u].modseq > cmd.changed_since)
     ]
-    bodies = ReadAhead(session, wanted, {u: infos[u].size for u in wanted}) if body else None
-    missing = False
-    for uid in uids:
-        info = infos.get(uid)
-        seq = selected.view.seq_of(uid)
-        if info is None or seq is None:
-            missing = True
-            continue
-        if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
-            continue
-        selected.view.note_own_flags(uid, info.flags, info.modseq)
-        raw = await bodies.get(uid) if bodies is not None else None
-        if body and raw is None:
-            missing = True
-            continue
-        await announce_keywords(session, info.flags)
-        try:
-            values = fetch_values(
-                cmd.items,
-                info,
-                shown_flags(selected, uid, info.flags),
-                MessageBytes(raw) if raw is not None else None,
-                # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once
-                # QRESYNC is on, every FETCH answer names its UID.
-                with_uid=cmd.uid or session.qresync,
-                # RFC 7162 §3.1.4.1 and what clients expect of Dovecot: once
-                # CONDSTORE is on, every FETCH answer carries MODSEQ.
-                with_modseq=session.condstore,
-                # RFC 3501 §6.4.5: a FETCH that sets \Seen reports the new FLAGS.
-                seen_now=uid in newly_seen,
-            )
-        except UnknownTransferEncodingError as exc:
-            raise Refusal(str(exc), "UNKNOWN-CTE") from None
-        await session.send(render_fetch(seq, values))
+    # The view numbers its messages from this very snapshot and changed
+    # nothing since: noting each message's flags in it would change nothing.
+    settled = index is not None and not newly_seen and selected.view.agrees_with(index)
+    lines = _FetchLines(cmd, uids, infos, newly_seen, settled)
+    if body:
+        async with reading_ahead(session, wanted, {u: infos[u].size for u in wanted}) as bodies:
+            missing = await _fetch_lines(session, lines, bodies)
+    else:
+        missing = await _fetch_lines(session, lines, None)
     await send_updates(session, expunges=cmd.uid)
     if missing:
         await session.ok(cmd.tag, "FETCH completed; some messages were expunged meanwhile")
@@ -289,14 +270,89 @@ async def fetch(session: ImapSession, cmd: Fetch) -> None:
         await session.ok(cmd.tag, "FETCH completed")
 
 
-async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageInfo]:
+@dataclass(frozen=True, slots=True)
+class _FetchLines:
+    """What the FETCH lines are made of."""
+
+    cmd: Fetch
+    uids: list[int]
+    infos: dict[int, MessageMeta]
+    #: Messages this FETCH has just set ``\\Seen`` on.
+    newly_seen: set[int]
+    #: The view already says what ``infos`` say (:meth:`MailboxView.agrees_with`).
+    settled: bool
+
+
+async def _fetch_lines(session: ImapSession, lines: _FetchLines, bodies: ReadAhead | None) -> bool:
+    """Send the ``* n FETCH`` lines of ``lines.uids``; whether some were missing."""
+    selected = session.require_selected()
+    cmd, infos, newly_seen = lines.cmd, lines.infos, lines.newly_seen
+    # RFC 7162 §3.2.4 (and what QRESYNC clients rely on): once QRESYNC is
+    # on, every FETCH answer names its UID.  RFC 7162 §3.1.4.1 and what
+    # clients expect of Dovecot: once CONDSTORE is on, every FETCH answer
+    # carries MODSEQ.
+    with_uid = cmd.uid or session.qresync
+    unparsed = (
+        UnparsedFetch(cmd.items, with_uid=with_uid, with_modseq=session.condstore)
+        if UnparsedFetch.answers(cmd.items)
+        else None
+    )
+    announced: set[tuple[str, ...]] = set()
+    batch: list[bytes] = []  # FETCH lines not sent yet
+    missing = False
+    for uid in lines.uids:
+        info = infos.get(uid)
+        seq = selected.view.seq_of(uid)
+        if info is None or seq is None:
+            missing = True
+            continue
+        if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
+            continue
+        if not lines.settled:
+            selected.view.note_own_flags(uid, info.flags, info.modseq)
+        raw = await bodies.get(uid) if bodies is not None else None
+        if bodies is not None and raw is None:
+            missing = True
+            continue
+        if info.flags not in announced:
+            announced.add(info.flags)
+            await session.send(b"".join(batch))  # the lines before come first
+            batch.clear()
+            await announce_keywords(session, info.flags)
+        if unparsed is not None:
+            flags = shown_flags(selected, uid, info.flags)
+            if raw is not None:
+                for part in unparsed.render_parts(seq, info, flags, raw):
+                    await session.send(part)
+                continue
+            batch.append(unparsed.render(seq, info, flags, None))
+            if len(batch) >= FETCH_LINES_PER_SEND:
+                await session.send(b"".join(batch))
+                batch.clear()
+            continue
+        try:
+            values = fetch_values(
+                cmd.items,
+                info,
+                shown_flags(selected, uid, info.flags),
+                MessageBytes(raw) if raw is not None else None,
+                with_uid=with_uid,
+                with_modseq=session.condstore,
+                # RFC 3501 §6.4.5: a FETCH that sets \Seen reports the new FLAGS.
+                seen_now=uid in newly_seen,
+            )
+        except UnknownTransferEncodingError as exc:
+            raise Refusal(str(exc), "UNKNOWN-CTE") from None
+        await session.send(render_fetch(seq, values))
+    await session.send(b"".join(batch))
+    return missing
+
+
+async def _infos(session: ImapSession, uids: list[int]) -> dict[int, MessageMeta]:
     if not uids:
         return {}
-    selected = session.require_selected()
-    found = await session.access.fetch(session.require_user(), selected.name, UidSet.of(uids))
-    return {m.uid: m for m in found}
-
-
+    index = await selected_index(session)
+    return {} if index is None else index.metas(uids)
 
 
 async def _vanished_earlier(session: ImapSession, within: SequenceSet, since: int) -> None:

@@ -109,7 +109,8 @@ class _StreamOutput:
 
     async def flush(self) -> None:
         if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+            # Handed over as it is, not copied: the session writes to a new buffer.
+            data, self._buffer = self._buffer, bytearray()
             with trio.fail_after(SEND_TIMEOUT):
                 await self.stream.send_all(data)
 

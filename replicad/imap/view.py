@@ -27,10 +27,12 @@ already reported under the same UIDVALIDITY.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from replicad.imap.mailboxindex import MailboxIndex
 from replicad.store.records import ChangeSet, MessageInfo
 
 
@@ -83,6 +85,8 @@ Update = Exists | Expunged | Vanished | FlagsUpdate | OutOfOrder
 
 @dataclass(slots=True)
 class _Entry:
+    """What the view says of a message where it differs from its snapshot."""
+
     flags: tuple[str, ...]
     modseq: int
     expunged: bool = False
@@ -92,18 +96,26 @@ class _Entry:
 class MailboxView:
     """The numbering and the flags one session has been told about.
 
-    Built from the mailbox's messages at SELECT time; afterwards only
-    :meth:`refresh` (changes from the store) and :meth:`flush_expunges`
-    (when the session may report them) change it.
+    Built from the mailbox's :class:`~replicad.imap.mailboxindex.MailboxIndex`
+    at SELECT time; afterwards only :meth:`refresh` (changes from the store)
+    and :meth:`flush_expunges` (when the session may report them) change it.
+
+    The snapshot is shared with the node's other sessions and never
+    changed: the view keeps only what differs from it (flags changed since,
+    messages added since, pending expunges) and copies the UID column the
+    first time its numbering diverges, so an idle session on a large
+    mailbox costs a few references, not a record per message.
     """
 
     uidvalidity: int
-    uids: list[int]
-    entries: dict[int, _Entry]
+    base: MailboxIndex
     #: Every change with a modseq up to here has been taken into the view.
     seen_modseq: int
     shown_uidnext: int
     shown_highestmodseq: int
+    #: The UIDs as the client numbers them: ``base.uids`` until they diverge.
+    _uids: array[int]
+    _changed: dict[int, _Entry] = field(default_factory=dict)
     _pending: list[int] = field(default_factory=list)
 
     @classmethod
@@ -117,65 +129,108 @@ class MailboxView:
         floor_uidnext: int = 0,
         floor_modseq: int = 0,
     ) -> MailboxView:
-        """The view right after SELECT.
+        """The view right after SELECT, from message records.
 
         ``floor_*`` are values the client was already shown (e.g. the modseq
         of a QRESYNC SELECT): reported values never go below them.
         """
-        ordered = sorted(messages, key=lambda m: m.uid)
+        index = MailboxIndex.of_messages(b"", uidvalidity, highestmodseq, messages)
+        return cls.of_index(
+            index, uidnext=uidnext, floor_uidnext=floor_uidnext, floor_modseq=floor_modseq
+        )
+
+    @classmethod
+    def of_index(
+        cls,
+        index: MailboxIndex,
+        *,
+        uidnext: int,
+        floor_uidnext: int = 0,
+        floor_modseq: int = 0,
+    ) -> MailboxView:
+        """The view right after SELECT, numbering the messages of ``index``."""
         return cls(
-            uidvalidity=uidvalidity,
-            uids=[m.uid for m in ordered],
-            entries={m.uid: _Entry(m.flags, m.modseq) for m in ordered},
-            seen_modseq=highestmodseq,
+            uidvalidity=index.uidvalidity,
+            base=index,
+            seen_modseq=index.modseq,
             shown_uidnext=max(uidnext, floor_uidnext),
-            shown_highestmodseq=max(highestmodseq, floor_modseq),
+            shown_highestmodseq=max(index.modseq, floor_modseq),
+            _uids=index.uids,
         )
 
     # -- numbering ------------------------------------------------------------
 
     @property
+    def uids(self) -> Sequence[int]:
+        """The UIDs in sequence-number order (read-only)."""
+        return self._uids
+
+    @property
     def exists(self) -> int:
         """How many messages the client believes the mailbox holds."""
-        return len(self.uids)
+        return len(self._uids)
 
     def seq_of(self, uid: int) -> int | None:
         """The sequence number of ``uid`` as the client knows it, or None."""
-        at = bisect_left(self.uids, uid)
-        if at < len(self.uids) and self.uids[at] == uid:
+        at = bisect_left(self._uids, uid)
+        if at < len(self._uids) and self._uids[at] == uid:
             return at + 1
         return None
 
     def uid_at(self, seq: int) -> int:
         """The UID at sequence number ``seq`` (1-based); IndexError if out of range."""
-        if not 1 <= seq <= len(self.uids):
+        if not 1 <= seq <= len(self._uids):
             raise IndexError(seq)
-        return self.uids[seq - 1]
+        return self._uids[seq - 1]
+
+    def _entry(self, uid: int) -> _Entry | None:
+        """The view's record of ``uid`` (a fresh one when the snapshot has it
+        unchanged: changing it changes nothing), or None when the client
+        does not know the UID."""
+        entry = self._changed.get(uid)
+        if entry is not None:
+            return entry
+        if self.seq_of(uid) is None:
+            return None
+        at = self.base.position(uid)
+        assert at is not None, "a UID of the view is in its snapshot or among its changes"
+        return _Entry(self.base.flags_at(at), self.base.modseq_at(at))
+
+    def agrees_with(self, index: MailboxIndex) -> bool:
+        """Whether the view says of every message exactly what ``index`` says:
+        it numbers from that very snapshot and has changed nothing since."""
+        return self.base is index and self._uids is index.uids and not self._changed
 
     def is_expunged(self, uid: int) -> bool:
         """True for a message expunged in the store whose expunge is not yet reported."""
-        entry = self.entries.get(uid)
+        entry = self._changed.get(uid)
         return entry is not None and entry.expunged
 
     def flags_of(self, uid: int) -> tuple[str, ...]:
-        return self.entries[uid].flags
+        entry = self._entry(uid)
+        if entry is None:
+            raise KeyError(uid)
+        return entry.flags
 
     def modseq_of(self, uid: int) -> int:
-        return self.entries[uid].modseq
+        entry = self._entry(uid)
+        if entry is None:
+            raise KeyError(uid)
+        return entry.modseq
 
     def uids_in_range(self, low: int, high: int) -> list[int]:
         """UIDs of the view within ``low..high`` inclusive, ascending."""
-        start = bisect_left(self.uids, low)
-        out = []
-        for uid in self.uids[start:]:
-            if uid > high:
-                break
-            out.append(uid)
-        return out
+        return list(self._uids[bisect_left(self._uids, low) : bisect_right(self._uids, high)])
 
     @property
     def highest_uid(self) -> int:
-        return self.uids[-1] if self.uids else 0
+        return self._uids[-1] if self._uids else 0
+
+    def _own_uids(self) -> array[int]:
+        """The UID column, copied from the shared snapshot before its first change."""
+        if self._uids is self.base.uids:
+            self._uids = array(self._uids.typecode, self._uids)
+        return self._uids
 
     # -- what the client is shown -----------------------------------------------
 
@@ -193,10 +248,21 @@ class MailboxView:
 
     def note_own_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
         """This session changed the flags itself (its STORE answer already said so)."""
-        entry = self.entries.get(uid)
-        if entry is not None and not entry.expunged:
-            entry.flags = flags
-            entry.modseq = max(entry.modseq, modseq)
+        entry = self._changed.get(uid)
+        if entry is None:
+            # The common case (a FETCH of every message): the snapshot says so already.
+            at = self.base.position(uid)
+            if at is None:
+                return
+            if self.base.flags_at(at) == flags and self.base.modseq_at(at) >= modseq:
+                return
+            if self.seq_of(uid) is None:
+                return
+            entry = _Entry(self.base.flags_at(at), self.base.modseq_at(at))
+        if entry.expunged:
+            return
+        if entry.flags != flags or entry.modseq < modseq:
+            self._changed[uid] = _Entry(flags, max(entry.modseq, modseq))
 
     def refresh(self, changes: ChangeSet) -> list[Update]:
         """Take in what changed since :attr:`seen_modseq`; return EXISTS and FETCH updates.
@@ -207,13 +273,13 @@ class MailboxView:
         """
         updates: list[Update] = []
         for uid in changes.vanished:
-            entry = self.entries.get(uid)
+            entry = self._entry(uid)
             if entry is not None and not entry.expunged:
-                entry.expunged = True
+                self._changed[uid] = _Entry(entry.flags, entry.modseq, expunged=True)
                 self._pending.append(uid)
         fresh: list[MessageInfo] = []
         for info in changes.changed:
-            entry = self.entries.get(info.uid)
+            entry = self._entry(info.uid)
             if entry is None:
                 if info.uid > self.highest_uid:
                     fresh.append(info)
@@ -223,37 +289,38 @@ class MailboxView:
             if entry.expunged:
                 continue
             if info.flags != entry.flags:
-                entry.flags = info.flags
-                entry.modseq = info.modseq
+                self._changed[info.uid] = _Entry(info.flags, info.modseq)
                 seq = self.seq_of(info.uid)
                 assert seq is not None
                 updates.append(FlagsUpdate(seq, info.uid, info.flags, info.modseq))
-            else:
-                entry.modseq = max(entry.modseq, info.modseq)
+            elif info.modseq > entry.modseq:
+                self._changed[info.uid] = _Entry(entry.flags, info.modseq)
         if fresh:
-            for info in sorted(fresh, key=lambda m: m.uid):
-                self.uids.append(info.uid)
-                self.entries[info.uid] = _Entry(info.flags, info.modseq)
-            updates.append(Exists(len(self.uids)))
+            self._append(fresh)
+            updates.append(Exists(len(self._uids)))
         self.seen_modseq = max(self.seen_modseq, changes.highestmodseq)
         return updates
 
+    def _append(self, fresh: list[MessageInfo]) -> None:
+        uids = self._own_uids()
+        for info in sorted(fresh, key=lambda m: m.uid):
+            uids.append(info.uid)
+            self._changed[info.uid] = _Entry(info.flags, info.modseq)
+
     def add_own(self, messages: Sequence[MessageInfo]) -> Exists | None:
         """Messages this session itself added (APPEND/COPY into the selected mailbox)."""
-        fresh = [m for m in messages if m.uid not in self.entries and m.uid > self.highest_uid]
+        fresh = [m for m in messages if self._entry(m.uid) is None and m.uid > self.highest_uid]
         if not fresh:
             return None
-        for info in sorted(fresh, key=lambda m: m.uid):
-            self.uids.append(info.uid)
-            self.entries[info.uid] = _Entry(info.flags, info.modseq)
-        return Exists(len(self.uids))
+        self._append(fresh)
+        return Exists(len(self._uids))
 
     def expunge_own(self, uids: Iterable[int]) -> None:
         """This session expunged ``uids``; they are reported at the next flush."""
         for uid in uids:
-            entry = self.entries.get(uid)
+            entry = self._entry(uid)
             if entry is not None and not entry.expunged:
-                entry.expunged = True
+                self._changed[uid] = _Entry(entry.flags, entry.modseq, expunged=True)
                 self._pending.append(uid)
 
     @property
@@ -286,6 +353,7 @@ class MailboxView:
         return updates
 
     def _remove(self, uid: int) -> None:
-        at = bisect_left(self.uids, uid)
-        del self.uids[at]
-        del self.entries[uid]
+        uids = self._own_uids()
+        at = bisect_left(uids, uid)
+        del uids[at]
+        del self._changed[uid]

@@ -439,9 +439,9 @@ class MailIndex:
         guid, _ = self._resolve(txn, user, name)
         out = {}
         for uid in uids:
-            msg = self._message(txn, guid, uid)
-            if msg is not None:
-                out[uid] = blobs.read_body(txn, self.dbs, msg.body_hash)
+            raw = txn.get(message_key(guid, uid), db=self.dbs.messages)
+            if raw is not None:
+                out[uid] = blobs.read_body(txn, self.dbs, MessageRow.body_hash_of(raw))
         return out
 
     def changes_since(self, txn: Any, user: str, name: str, modseq: int) -> ChangeSet:

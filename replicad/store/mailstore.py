@@ -29,6 +29,7 @@ from replicad.store.blobs import PreparedBody
 from replicad.store.changecodec import body_hashes
 from replicad.store.changelog import ChangeLog, PeerBacklog, ResyncMark
 from replicad.store.clock import HybridClock
+from replicad.store.columns import ColumnsRead, KnownState, read_since
 from replicad.store.index import (
     INBOX,
     SEPARATOR,
@@ -452,6 +453,13 @@ class MailStore:
             )
 
         return await self._read(read)
+
+    async def message_columns(
+        self, user: str, mailbox: str, known: KnownState | None = None
+    ) -> ColumnsRead:
+        """The mailbox's status and what brings the snapshot ``known`` up to
+        date (:func:`replicad.store.columns.read_since`), in one transaction."""
+        return await self._read(lambda t: read_since(t, self.index, user, mailbox, known))
 
     async def fetch_body(self, user: str, mailbox: str, uid: int) -> bytes:
         return await self._read(lambda t: self.index.fetch_body(t, user, mailbox, uid))

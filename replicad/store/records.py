@@ -8,6 +8,7 @@ carries the MODSEQ the master assigned (I3).
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 from replicad.flags import sorted_flags
@@ -43,6 +44,32 @@ class MessageInfo:
     internaldate: int  # seconds since the epoch, UTC
     size: int
     body_hash: bytes  # 32 bytes: SHA-256 of the raw message, the blob key
+
+
+#: Array type codes: UIDs are 32-bit (RFC 3501 §2.3.1.1); modseqs, dates and
+#: sizes 64-bit (RFC 7162 mod-sequence-value is 63-bit).
+UID_TYPE = "I"
+U64_TYPE = "Q"
+I64_TYPE = "q"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageColumns:
+    """Every message of one mailbox, ascending by UID, one column per field.
+
+    The arrays are never changed once built (copy, then change the copy):
+    IMAP sessions share one instance.  ``flags[i]`` is one of a few shared
+    tuples, in canonical order (``replicad.flags.sorted_flags``).
+    """
+
+    uids: array[int]
+    modseqs: array[int]
+    flags: tuple[tuple[str, ...], ...]
+    internaldates: array[int]
+    sizes: array[int]
+
+    def __len__(self) -> int:
+        return len(self.uids)
 
 
 @dataclass(frozen=True, slots=True)

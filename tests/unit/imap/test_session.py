@@ -160,7 +160,8 @@ async def test_fetch_reads_bodies_ahead_in_batches(tmp_path: Path) -> None:
         assert bodies == [b"body"] * 150
         numbers = [line for line in reply if line.isdigit()]
         assert numbers == [b"%d" % n for n in range(150)]
-        assert reads == [64, 64, 22]
+        # The batches after the first are read concurrently: in any order.
+        assert sorted(reads, reverse=True) == [64, 64, 22]
 
 
 async def test_search_reads_only_what_cheap_keys_leave_and_in_batches(tmp_path: Path) -> None:
