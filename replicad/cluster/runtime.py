@@ -6,7 +6,8 @@ the part that owns it, and offers the API other layers call (node.py, the
 admin socket, LMTP, :class:`~replicad.cluster.writes.ClusterWrites`, the
 simulator):
 
-* **Links** (:mod:`~replicad.cluster.links`): dial, accept, backoff, pings,
+* **Links** (:mod:`~replicad.cluster.links`): dial, accept, backoff and
+  the probes that cut it short (:mod:`~replicad.cluster.redial`), pings,
   liveness and routes; one :class:`~replicad.cluster.session.PeerSession`
   per live link, whose tasks live in that link's nursery.
 * **Root** (:mod:`~replicad.cluster.rootkeeper`): EPOCH gossip, the ROOT
