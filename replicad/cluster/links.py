@@ -53,7 +53,7 @@ from replicad.protocol.connection import (
     UntaggedReceived,
 )
 from replicad.store.mailstore import MailStore
-from replicad.transport import Link
+from replicad.transport import Link, LinkRefusedError
 from replicad.transport.logfmt import log_event
 
 log = logging.getLogger("replicad.cluster")
@@ -242,6 +242,11 @@ class Links:
             except (ReplicadError, OSError, trio.BrokenResourceError) as exc:
                 log_event(log, logging.DEBUG, "dial-failed", peer=peer.name, reason=str(exc))
                 schedule.dial_failed(trio.current_time(), _jitter())
+                if _path_down(exc):
+                    # Nobody refused us: the path is down, so the peer coming
+                    # back is news again (a probe passed through a cut that
+                    # was slow to reset it).
+                    schedule.peer_unreachable()
             else:
                 await self._run_session(link)
                 schedule.link_ended(trio.current_time(), _jitter())
@@ -466,6 +471,13 @@ class Links:
         routes = c.Routes(self._routes_for(session.peer))
         session.link.queue(lambda conn: conn.send_untagged(routes))
         self.spawn(session.link.flush())
+
+
+def _path_down(exc: BaseException) -> bool:
+    """A dial failure that says the peer was not reached (no TLS answer), not refused."""
+    if isinstance(exc, LinkRefusedError):
+        return exc.cut
+    return isinstance(exc, (UnreachableError, OSError, trio.BrokenResourceError))
 
 
 def _jitter() -> float:

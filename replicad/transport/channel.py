@@ -72,7 +72,9 @@ def _refusal_from_tls_failure(exc: BaseException) -> LinkRefusedError:
             return LinkRefusedError("peer-certificate", f"peer certificate rejected: {detail}")
         return LinkRefusedError("tls-handshake", f"TLS handshake failed: {detail}")
     if cause is None or isinstance(cause, OSError):
-        return LinkRefusedError("tls-handshake", "connection closed during the TLS handshake")
+        return LinkRefusedError(
+            "tls-handshake", "connection closed during the TLS handshake", cut=True
+        )
     return LinkRefusedError("tls-handshake", f"TLS handshake failed: {cause}")
 
 
