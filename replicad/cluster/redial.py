@@ -18,8 +18,9 @@ a handshake cap) is not hammered either: after an early dial fails, the
 next sign of life counts only once a probe has found the peer unreachable
 again, a scheduled dial has run, or the failed dial itself showed the path
 down rather than a refusal (the connection cut before the peer's TLS
-answered: the caller then reports :meth:`DialSchedule.peer_unreachable`).  A dead peer never answers a probe, so
-it is dialled exactly as the backoff allows.
+answered: the caller then reports :meth:`DialSchedule.peer_unreachable`).
+A dead peer never answers a probe, so it is dialled exactly as the backoff
+allows.
 
 Pure: inputs are method calls with the time (``now``) and the jitter
 factor as arguments; outputs are the returned decisions and
