@@ -20,8 +20,9 @@ Faults, set with ``replicad cluster partition | heal | delay DIR ...``:
   groups is cut at once, mid-stream (both sockets reset), and every new
   connection on it is reset as soon as it is accepted.  Nodes in no group
   form one more group together.
-* **heal**: every pair is allowed again; the nodes re-dial on their own
-  backoff (a few seconds at most).
+* **heal**: every pair is allowed again; the nodes re-dial as soon as a
+  reachability probe gets through (within a fraction of a second; a probe
+  that the proxy resets tells the dialler the pair is still cut).
 * **delay MS**: each direction of every connection holds each chunk it
   reads for MS milliseconds before forwarding it, in order.
 

@@ -171,6 +171,9 @@ class MeteredNetwork:
         self.meter.track(link)
         return link
 
+    async def probe(self, peer: PeerAddress) -> bool:
+        return await self.inner.probe(peer)
+
     async def serve(
         self,
         handler: Callable[[Link], Awaitable[None]],

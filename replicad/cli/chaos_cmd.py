@@ -64,7 +64,7 @@ def register(
         parents=[fmt],
         help="allow every link again (--faults clusters)",
         description="Remove the partition: every link is allowed again and the nodes "
-        "re-dial on their own backoff. The delay, if any, stays.",
+        "re-dial as soon as a reachability probe gets through. The delay, if any, stays.",
     )
     heal.add_argument("directory", metavar="DIR", type=path_argument)
     heal.set_defaults(handler=cmd_heal)

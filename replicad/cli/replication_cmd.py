@@ -4,8 +4,11 @@ Both read the node's ``cluster_status`` admin operation: the cluster as
 this node sees it.  ``replicator status`` is one row per peer (the
 doveadm ``replicator status`` of this system): link, route, round trip,
 outbox depth (log entries the peer has not acknowledged) and mailboxes
-marked for resync with it.  ``master status`` shows the root, its epoch
-and the masters this node knows, optionally for one user.  ``replicad top``
+marked for resync with it; a peer catching up on the log (back after being
+stopped or cut off) gets a progress line under the table, with messages and
+bytes left and an ETA (``catchup`` in ``-f json``, replicad.cluster.catchup).
+``master status`` shows the root, its epoch and the masters this node
+knows, optionally for one user.  ``replicad top``
 (top_cmd) reads the same operation through :func:`cluster_status`.
 """
 
@@ -27,6 +30,7 @@ from replicad.cli.common import (
     write_line,
 )
 from replicad.cli.output import render_document
+from replicad.cluster.catchup import CatchUpProgress, describe
 
 PEER_FIELDS = [
     "peer",
@@ -42,6 +46,8 @@ PEER_FIELDS = [
     "resync",
     "why",
 ]
+#: ``-f json`` only: the table shows it as a line per peer under the rows.
+CATCHUP_FIELD = "catchup"
 MASTER_FIELDS = ["user", "mailbox", "master"]
 
 
@@ -102,11 +108,25 @@ def cmd_replicator_status(args: argparse.Namespace) -> int:
             "lag_p99_ms": p.get("lag_p99_ms"),
             "resync": p.get("resync", 0),
             "why": sorted({resync_cmd.shown_reason(r) for r in p.get("resync_reasons", [])}),
+            CATCHUP_FIELD: p.get("catchup"),
         }
         for p in status.get("peers", [])
     ]
-    print_rows(args, rows, PEER_FIELDS)
+    fmt = output_format(args)
+    print_rows(args, rows, [*PEER_FIELDS, CATCHUP_FIELD] if fmt == "json" else PEER_FIELDS)
+    if fmt == "table":
+        for line in catch_up_lines(status):
+            write_line(line)
     return 0
+
+
+def catch_up_lines(status: dict[str, Any]) -> list[str]:
+    """A progress line per peer catching up on this node's log (``top`` shows them too)."""
+    return [
+        describe(str(p["name"]), CatchUpProgress.from_json(p["catchup"]))
+        for p in status.get("peers", [])
+        if p.get("catchup")
+    ]
 
 
 def cmd_master_move(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from replicad.admin.client import AdminClient
 from replicad.cli.common import node_config, output_format, write_line
 from replicad.cli.output import FORMATS, render_document
-from replicad.cli.replication_cmd import cluster_status
+from replicad.cli.replication_cmd import catch_up_lines, cluster_status
 from replicad.errors import BadInputError, ReplicadError, UsageError
 
 if TYPE_CHECKING:  # rich is imported when top runs, not by every replicad command
@@ -140,6 +140,8 @@ class Frame:
     warnings: tuple[Alert, ...]
     taken_at: float  # wall clock, seconds since the epoch
     error: str | None = None  # the node stopped answering: the rest is the last frame
+    #: A progress line per peer catching up on this node's log (replicator status's).
+    catching_up: tuple[str, ...] = ()
 
 
 def rates(previous: Sample | None, current: Sample) -> dict[str, float | None]:
@@ -317,6 +319,7 @@ def build_frame(
         resyncs=resyncs,
         warnings=tuple(warnings),
         taken_at=wall,
+        catching_up=tuple(catch_up_lines(dict(status))),
     )
 
 
@@ -360,6 +363,9 @@ def render(frame: Frame, *, footer: str | None = None, width: int | None = None)
         )
     compact = width is not None and width < COMPACT_BELOW
     parts += [_header(frame), _rates_line(frame), Text(), _nodes_table(frame, compact), Text()]
+    if frame.catching_up:
+        parts += [Text(line, style="cyan") for line in frame.catching_up]
+        parts.append(Text())
     parts.append(_warnings(frame))
     if footer:
         parts.append(Text(footer, style="dim"))

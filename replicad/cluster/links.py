@@ -2,7 +2,12 @@
 
 The node keeps one authenticated link per configured peer: the node whose
 name sorts first dials, the other accepts (so a pair never holds two
-links), with exponential backoff and jitter.  PING every
+links).  Dials follow an exponential backoff with jitter, brought forward
+by a sign of life: a cheap reachability probe every ``probe_interval``
+while the link is down, or a route to the peer through another neighbour
+(:mod:`~replicad.cluster.redial`), so a healed link is up again within
+about a probe interval while a dead peer is dialled no more often than the
+backoff allows.  PING every
 ``ping_interval``; a peer silent for ``dead_after`` is dropped.  ROUTES
 (distance vectors, :class:`~replicad.cluster.routing.RoutingTable`) let a
 node reach peers it has no direct link to (A-B-C with A-C down).
@@ -24,6 +29,7 @@ import trio
 
 from replicad.cluster.network import Network
 from replicad.cluster.outbox import OutboxStream
+from replicad.cluster.redial import Backoff, DialSchedule
 from replicad.cluster.root import Claim
 from replicad.cluster.routing import RoutingTable
 from replicad.cluster.session import PeerSession
@@ -47,7 +53,7 @@ from replicad.protocol.connection import (
     UntaggedReceived,
 )
 from replicad.store.mailstore import MailStore
-from replicad.transport import Link
+from replicad.transport import Link, LinkRefusedError
 from replicad.transport.logfmt import log_event
 
 log = logging.getLogger("replicad.cluster")
@@ -126,6 +132,9 @@ class Links:
         self.heard: set[str] = set()  # peers whose first ROUTES arrived (settling)
         self._nursery: trio.Nursery | None = None
         self._dialers: dict[str, trio.CancelScope] = {}  # peer -> its dial loop
+        #: Set when another neighbour's ROUTES show a peer we dial, whose link is
+        #: down, to be up (a sign of life for its waiting dial loop).
+        self._alive_elsewhere: dict[str, trio.Event] = {}
 
     def members(self) -> frozenset[str]:
         """The configured cluster: this node, its peers and ``cluster.members``."""
@@ -220,8 +229,10 @@ class Links:
     # -- one link --
 
     async def _dial_loop(self, peer: PeerAddress) -> None:
-        delay = self.settings.backoff_min
+        backoff = Backoff(self.settings.backoff_min, self.settings.backoff_max)
+        schedule = DialSchedule(backoff, trio.current_time())
         while True:
+            await self._until_dial(peer, schedule)
             try:
                 link = await self.network.dial(peer, self.link_config)
                 if self.settings.compress:
@@ -230,12 +241,54 @@ class Links:
                     await link.start_compression()
             except (ReplicadError, OSError, trio.BrokenResourceError) as exc:
                 log_event(log, logging.DEBUG, "dial-failed", peer=peer.name, reason=str(exc))
+                schedule.dial_failed(trio.current_time(), _jitter())
+                if _path_down(exc):
+                    # Nobody refused us: the path is down, so the peer coming
+                    # back is news again (a probe passed through a cut that
+                    # was slow to reset it).
+                    schedule.peer_unreachable()
             else:
-                delay = self.settings.backoff_min
                 await self._run_session(link)
-            # Jitter keeps restarted nodes from dialling in lock step.
-            await trio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.settings.backoff_max)
+                schedule.link_ended(trio.current_time(), _jitter())
+
+    async def _until_dial(self, peer: PeerAddress, schedule: DialSchedule) -> None:
+        """Wait for ``peer``'s scheduled dial, or less if it shows a sign of life
+        (replicad.cluster.redial): probed every ``probe_interval``, or routed
+        to through another neighbour."""
+        alive = self._alive_elsewhere[peer.name] = trio.Event()
+        try:
+            while True:
+                now = trio.current_time()
+                if now >= schedule.due:
+                    schedule.scheduled_dial()
+                    return
+                probing = schedule.wants_signs_of_life and self.settings.probe_interval > 0
+                wait = schedule.due - now
+                if probing:
+                    # Jittered too: probes of many peers do not go out in bursts.
+                    wait = min(wait, self.settings.probe_interval * (0.5 + random.random() / 2))
+                with trio.move_on_after(wait):
+                    await alive.wait()
+                if alive.is_set():
+                    alive = self._alive_elsewhere[peer.name] = trio.Event()
+                    if schedule.sign_of_life():
+                        log_event(log, logging.DEBUG, "dial-early", peer=peer.name, sign="route")
+                        return
+                elif probing and trio.current_time() < schedule.due:
+                    if not await self.network.probe(peer):
+                        schedule.peer_unreachable()
+                    elif schedule.sign_of_life():
+                        log_event(log, logging.DEBUG, "dial-early", peer=peer.name, sign="probe")
+                        return
+        finally:
+            if self._alive_elsewhere.get(peer.name) is alive:
+                del self._alive_elsewhere[peer.name]
+
+    def _wake_dialers_of_routed_peers(self) -> None:
+        """A peer we dial, with no link, reached through another neighbour is up."""
+        for name, alive in self._alive_elsewhere.items():
+            if name not in self.sessions and self.routing.next_hop(name) is not None:
+                alive.set()
 
     async def _accepted(self, link: Link) -> None:
         if CAP_DEBUG in link.hello.capabilities:
@@ -400,6 +453,7 @@ class Links:
         if self.routing.receive_vector(session.peer, vector):
             self._broadcast_routes()
             self.hooks.view_changed()
+            self._wake_dialers_of_routed_peers()
 
     def _broadcast_routes(self) -> None:
         for name, session in list(self.sessions.items()):
@@ -419,3 +473,15 @@ class Links:
         routes = c.Routes(self._routes_for(session.peer))
         session.link.queue(lambda conn: conn.send_untagged(routes))
         self.spawn(session.link.flush())
+
+
+def _path_down(exc: BaseException) -> bool:
+    """A dial failure that says the peer was not reached (no TLS answer), not refused."""
+    if isinstance(exc, LinkRefusedError):
+        return exc.cut
+    return isinstance(exc, (UnreachableError, OSError, trio.BrokenResourceError))
+
+
+def _jitter() -> float:
+    """A backoff's scale factor: restarted nodes do not dial in lock step."""
+    return 0.5 + random.random()

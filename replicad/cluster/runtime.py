@@ -6,7 +6,8 @@ the part that owns it, and offers the API other layers call (node.py, the
 admin socket, LMTP, :class:`~replicad.cluster.writes.ClusterWrites`, the
 simulator):
 
-* **Links** (:mod:`~replicad.cluster.links`): dial, accept, backoff, pings,
+* **Links** (:mod:`~replicad.cluster.links`): dial, accept, backoff and
+  the probes that cut it short (:mod:`~replicad.cluster.redial`), pings,
   liveness and routes; one :class:`~replicad.cluster.session.PeerSession`
   per live link, whose tasks live in that link's nursery.
 * **Root** (:mod:`~replicad.cluster.rootkeeper`): EPOCH gossip, the ROOT
@@ -43,6 +44,12 @@ from typing import Any
 import trio
 
 from replicad.cluster.antientropy import AntiEntropy
+from replicad.cluster.catchup import (
+    BACKLOG_READ_LIMIT,
+    BacklogSize,
+    CatchUpProgress,
+    progress,
+)
 from replicad.cluster.changewire import MboxBinding
 from replicad.cluster.copies import CopyWaits
 from replicad.cluster.links import Links
@@ -459,9 +466,23 @@ class ClusterNode:
                     "lag_s": self.streams.lag_seconds(name, head, cursor),
                     "lag_p50_ms": _percentile_ms(session.lag, 0.50) if session else None,
                     "lag_p99_ms": _percentile_ms(session.lag, 0.99) if session else None,
+                    "catchup": await self._catch_up(name, cursor, head),
                 }
             )
         return rows
+
+    async def _catch_up(self, peer: str, cursor: int | None, head: int) -> dict[str, Any] | None:
+        """What ``peer`` has left to catch up on, how fast it goes, and an ETA
+        (replicad.cluster.catchup); None if it has nothing left."""
+        if cursor is None or cursor >= head:
+            return None
+        entries, octets, read = await self.store.backlog_size(cursor, BACKLOG_READ_LIMIT)
+        rate = self.streams.ack_rates.get(peer)
+        now = trio.current_time()
+        done: CatchUpProgress | None = progress(
+            BacklogSize(entries, octets, read), rate.per_second(now) if rate else None
+        )
+        return done.to_json() if done is not None else None
 
 
 def _percentile_ms(samples: deque[float], q: float) -> float | None:

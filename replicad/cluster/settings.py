@@ -18,6 +18,9 @@ class ClusterSettings:
     settle: float = 1.5
     backoff_min: float = 0.1
     backoff_max: float = 3.0
+    #: Seconds between reachability probes of a peer whose link is down
+    #: (replicad.cluster.redial); 0: no probes, dials on the backoff only.
+    probe_interval: float = 0.1
     granularity: Granularity = Granularity.MAILBOX
     durability: DurabilityLevel = LOCAL
     user_durability: dict[str, DurabilityLevel] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from typing import Any, Final
 import trio
 
 from replicad.blob import Blob
+from replicad.cluster.catchup import AckRate
 from replicad.cluster.changewire import body_bytes, from_wire, mailboxes_of, to_wire
 from replicad.cluster.copies import CopyWaits
 from replicad.cluster.links import OUTBOX_WINDOW, OUTBOX_WINDOW_BYTES, Links
@@ -94,6 +95,8 @@ class ChangeStreams:
         self.started_at = 0.0
         self._write_times: dict[int, float] = {}  # our log seq -> when it was written
         self._caught_up_at: dict[str, float] = {}  # peer -> when it last had everything
+        #: Acknowledgements per peer, for the catch-up rate (replicad.cluster.catchup).
+        self.ack_rates: dict[str, AckRate] = {}
         self.changes_applied = 0
         self.changes_sent = 0
         self.changes_oversized = 0
@@ -284,6 +287,7 @@ class ChangeStreams:
                 session.lag.append(now - written)
         self._prune_write_times()
         self._caught_up_at[session.peer] = now  # its last acknowledgement
+        self.ack_rates.setdefault(session.peer, AckRate()).acked(now, covered)
         # The durable cursor only decides where a restarted stream resumes
         # (resending a little more is harmless), so it is written lazily.
         session.ack_dirty.set()

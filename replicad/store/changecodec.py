@@ -236,6 +236,22 @@ def decode_change(raw: bytes) -> Change:
     raise ReplicadError(f"store corrupt: unknown change kind {kind!r}")
 
 
+def message_octets(change: Change) -> int:
+    """Octets of the messages a change brings to the receiving side (their
+    RFC 5322 sizes, before compression): a catch-up's "bytes left"."""
+    if isinstance(change, MessageAppended):
+        return change.size
+    if isinstance(change, MessagesCopied):
+        return sum(a.size for a in change.appended)
+    if isinstance(change, MailboxMerged):
+        return sum(
+            op.message.size
+            for op in change.plan.ops
+            if isinstance(op, PutMessage) and op.message.body_hash not in change.held
+        )
+    return 0
+
+
 def body_hashes(change: Change) -> list[bytes]:
     """Bodies a change needs on the receiving side (the log holds a reference to each)."""
     if isinstance(change, MessageAppended):

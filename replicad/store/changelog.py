@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicad.store import blobs
-from replicad.store.changecodec import body_hashes, decode_change, encode_change, mailbox_of
+from replicad.store.changecodec import (
+    body_hashes,
+    decode_change,
+    encode_change,
+    mailbox_of,
+    message_octets,
+)
 from replicad.store.records import Change, SubscriptionChanged
 from replicad.store.schema import Databases, pack, pack_u64, unpack, unpack_u64
 from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
@@ -203,6 +209,21 @@ class ChangeLog:
                     if len(out) >= limit:
                         break
         return out
+
+    def backlog_size(self, txn: Any, after: int, limit: int) -> tuple[int, int, int]:
+        """The entries after ``after`` up to the head: how many, the message
+        octets among the first ``limit`` of them, and how many were read for it."""
+        entries = max(0, self.head(txn) - after)
+        octets = read = 0
+        if entries:
+            with txn.cursor(db=self.dbs.log) as cur:
+                if cur.set_range(pack_u64(after + 1)):
+                    for _key, raw in cur:
+                        if read >= limit:
+                            break
+                        octets += message_octets(decode_change(bytes(raw).partition(b"\0")[2]))
+                        read += 1
+        return entries, octets, read
 
     def backlog(self, txn: Any) -> list[PeerBacklog]:
         head = self.head(txn)

@@ -606,6 +606,12 @@ class MailStore:
 
         return await self._executor.run_probe(run)
 
+    async def backlog_size(self, after: int, limit: int) -> tuple[int, int, int]:
+        """Log entries after ``after``, the message octets among the first
+        ``limit`` of them and how many were read (a peer's catch-up left,
+        replicad.cluster.catchup)."""
+        return await self._read(lambda t: self.log.backlog_size(t, after, limit))
+
     async def log_cursor(self, peer: str) -> int:
         """The last log sequence ``peer`` acknowledged (durable)."""
         return await self._read(lambda t: self.log.cursor(t, peer))

@@ -72,7 +72,9 @@ def _refusal_from_tls_failure(exc: BaseException) -> LinkRefusedError:
             return LinkRefusedError("peer-certificate", f"peer certificate rejected: {detail}")
         return LinkRefusedError("tls-handshake", f"TLS handshake failed: {detail}")
     if cause is None or isinstance(cause, OSError):
-        return LinkRefusedError("tls-handshake", "connection closed during the TLS handshake")
+        return LinkRefusedError(
+            "tls-handshake", "connection closed during the TLS handshake", cut=True
+        )
     return LinkRefusedError("tls-handshake", f"TLS handshake failed: {cause}")
 
 
@@ -98,21 +100,29 @@ async def accept_channel(tcp: trio.SocketStream, contexts: TlsContexts) -> Secur
 
 
 async def connect_channel(
-    host: str, port: int, expected_node: str, contexts: TlsContexts
+    host: str,
+    port: int,
+    expected_node: str,
+    contexts: TlsContexts,
+    *,
+    tcp: trio.SocketStream | None = None,
 ) -> SecureChannel:
     """Dial ``host:port`` and authenticate the server as ``expected_node``.
 
     OpenSSL's hostname check (``check_hostname``, SAN matching) already
     refuses another node's certificate; the certificate is read again
     afterwards so that the name we record is the one that was verified.
+    ``tcp``, if given, is a connection to ``host:port`` already open (a
+    reachability probe's, replicad.cluster.redial): TLS runs over it.
     Raises UnreachableError if no TCP connection can be made.
     """
-    try:
-        tcp = await trio.open_tcp_stream(host, port)
-    except OSError as exc:
-        raise UnreachableError(
-            f"cannot connect to {expected_node} at {host}:{port}: {exc.strerror or exc}"
-        ) from None
+    if tcp is None:
+        try:
+            tcp = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise UnreachableError(
+                f"cannot connect to {expected_node} at {host}:{port}: {exc.strerror or exc}"
+            ) from None
     stream = trio.SSLStream(tcp, contexts.client, server_hostname=expected_node)
     try:
         try:

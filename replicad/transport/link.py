@@ -317,8 +317,12 @@ async def open_link(
     *,
     config: LinkConfig | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    tcp: trio.SocketStream | None = None,
 ) -> Link:
     """Dial ``expected_node`` at ``host:port``: TLS with the cluster CA, then HELLO.
+
+    ``tcp``: a connection to ``host:port`` already open, used instead of a
+    new one (:func:`~replicad.transport.channel.connect_channel`).
 
     Raises UnreachableError (exit 69) if the peer cannot be reached or does
     not complete the setup in time, LinkRefusedError (a ProtocolError) if
@@ -329,7 +333,7 @@ async def open_link(
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         with trio.fail_after(handshake_timeout):
-            channel = await connect_channel(host, port, expected_node, contexts)
+            channel = await connect_channel(host, port, expected_node, contexts, tcp=tcp)
             link = await _exchange_hello(channel, config, is_client=True)
     except trio.TooSlowError:
         log_event(

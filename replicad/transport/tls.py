@@ -29,11 +29,16 @@ class LinkRefusedError(ProtocolError):
     ``reason`` is a short stable token for logs and metrics
     (``tls-handshake``, ``peer-name``, ``cluster``, ``version``...);
     the message says what was wrong in words an operator can act on.
+    ``cut`` is True when the connection was lost before the peer's TLS
+    said anything (reset or closed under the ClientHello): nothing refused
+    us, the path is down (a dialler's redial schedule counts it as the peer
+    being unreachable, replicad.cluster.redial).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, cut: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.cut = cut
 
 
 @dataclass(frozen=True)

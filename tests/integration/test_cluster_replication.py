@@ -686,6 +686,10 @@ def test_replicator_status_shows_the_outbox_of_a_stopped_peer(cluster: LocalClus
     # (the mark stored as "partition", shown as what happened: n3 was unreachable).
     assert rows["n3"]["resync"] == 1 and rows["n3"]["why"] == ["unreachable"], rows
     assert rows["n2"]["resync"] == 0, rows
+    # What n3 will catch up on when it starts: the log entries and their octets.
+    catchup = rows["n3"]["catchup"]
+    assert catchup["changes_left"] == rows["n3"]["outbox"] and catchup["bytes_left"] > 0, rows
+    assert rows["n2"]["catchup"] is None, rows
 
 
 def test_an_overflowing_outbox_marks_the_peer_for_resync(cluster: LocalCluster) -> None:

@@ -8,7 +8,7 @@ is what the real network adds, and it is tested over real sockets.
 
 Faults: :meth:`SimNetwork.partition` cuts every link between two groups
 (both ends see the stream break, as with a dead TCP connection) and makes
-dials across the cut fail until :meth:`heal`; :attr:`SimNetwork.delay`
+dials and probes across the cut fail until :meth:`heal`; :attr:`SimNetwork.delay`
 holds every chunk that long before delivery (order kept); :meth:`drop`
 breaks one link in the middle of a chunk, so the receiver gets part of a
 frame and then EOF.
@@ -111,6 +111,9 @@ class SimNetwork:
         self.delay = 0.0
         #: Octets sent, by (sender, receiver), over every link ever dialled.
         self.sent: dict[tuple[str, str], int] = {}
+        #: Dials and reachability probes made, by (dialler, target).
+        self.dials: dict[tuple[str, str], int] = {}
+        self.probes: dict[tuple[str, str], int] = {}
 
     def node(self, name: str) -> NodeNetwork:
         return NodeNetwork(self, name)
@@ -147,10 +150,20 @@ class SimNetwork:
 
     # -- links --
 
+    def _reachable(self, me: str, peer: str) -> bool:
+        return peer in self._servers and frozenset((me, peer)) not in self._cut
+
+    async def probe(self, me: str, peer: PeerAddress) -> bool:
+        """A TCP-level probe: answered if the peer runs and no cut is between."""
+        self.probes[(me, peer.name)] = self.probes.get((me, peer.name), 0) + 1
+        await trio.sleep(0.001)
+        return self._reachable(me, peer.name)
+
     async def dial(self, me: str, peer: PeerAddress, config: LinkConfig) -> Link:
+        self.dials[(me, peer.name)] = self.dials.get((me, peer.name), 0) + 1
         await trio.sleep(0.001)  # a dial takes time on any network
         target = self._servers.get(peer.name)
-        if target is None or frozenset((me, peer.name)) in self._cut:
+        if target is None or not self._reachable(me, peer.name):
             raise UnreachableError(f"sim: {peer.name} unreachable from {me}")
         handler, target_config, nursery = target
         out, back = _Wire(self, (me, peer.name)), _Wire(self, (peer.name, me))
@@ -182,6 +195,9 @@ class NodeNetwork:
 
     async def dial(self, peer: PeerAddress, config: LinkConfig) -> Link:
         return await self.net.dial(self.name, peer, config)
+
+    async def probe(self, peer: PeerAddress) -> bool:
+        return await self.net.probe(self.name, peer)
 
     async def serve(
         self,

@@ -104,3 +104,30 @@ def test_a_node_without_peers_has_no_root_and_is_not_electing() -> None:
     assert replication_cmd.root_text({"root": None, "peers": []}) == "-"
     assert replication_cmd.root_text({"root": "n2", "peers": [{}]}) == "n2"
     assert replication_cmd.root_text({"root": None, "peers": [{}]}) == "electing"
+
+
+CATCHUP = {
+    "changes_left": 9000,
+    "bytes_left": 150_000_000,
+    "bytes_estimated": True,
+    "changes_per_s": 900.0,
+    "eta_s": 10.0,
+}
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "tab"])
+def test_a_peer_catching_up_shows_what_is_left_and_an_eta(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    peers = [{**STATUS["peers"][0], "outbox": 9000, "catchup": CATCHUP}, STATUS["peers"][1]]
+    monkeypatch.setitem(STATUS, "peers", peers)
+    out = run(monkeypatch, capsys, replication_cmd.cmd_replicator_status, fmt)
+    line = "n2 catching up: 9000 changes, ~150.0 MB left, 900 changes/s, ETA 10 s"
+    if fmt == "json":
+        rows = {r["peer"]: r for r in json.loads(out)}
+        assert rows["n2"]["catchup"] == CATCHUP
+        assert rows["n3"]["catchup"] is None
+    elif fmt == "table":
+        assert out.splitlines()[-1] == line
+    else:  # tab: only the rows, one per peer, for scripts
+        assert len(out.splitlines()) == 3 and "catching up" not in out

@@ -432,3 +432,19 @@ def test_a_node_that_is_not_running_exits_69(
     capsys.readouterr()
     assert main(["-c", str(tmp_path / "n1" / "replicad.toml"), "top", "--once"]) == 69
     assert "node unreachable" in capsys.readouterr().err
+
+
+def test_a_peer_catching_up_gets_a_progress_line() -> None:
+    catchup = {
+        "changes_left": 8123,
+        "bytes_left": 131_200_000,
+        "bytes_estimated": False,
+        "changes_per_s": 1020.0,
+        "eta_s": 8.0,
+    }
+    f = frame(status(peer("n2"), peer("n3", outbox=8123, catchup=catchup)))
+    line = "n3 catching up: 8123 changes, 131.2 MB left, 1020 changes/s, ETA 8 s"
+    assert f.catching_up == (line,)
+    assert line in text_of(f)
+    assert list(frame_document(f)["catching_up"]) == [line]
+    assert frame().catching_up == ()  # nobody behind: no line
