@@ -93,6 +93,8 @@ from replicad.protocol.writes import (
     CreateMailbox,
     DeleteMailbox,
     Expunge,
+    Import,
+    ImportMailbox,
     RenameMailbox,
     Save,
     Store,
@@ -157,6 +159,9 @@ COMMANDS: Final[dict[str, type[Command]]] = _by_verb(
         "CREATE": CreateMailbox,
         "RENAME": RenameMailbox,
         "DELETE": DeleteMailbox,
+        # migration writes (verbs.md §3)
+        "IMPORT-MAILBOX": ImportMailbox,
+        "IMPORT": Import,
         # resync (verbs.md §5)
         "SYNC": Sync,
         "FETCH": Fetch,

@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 import trio
 
 from replicad.blob import Blob
-from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
+from replicad.errors import (
+    BadInputError,
+    ConflictError,
+    MailboxDeletedError,
+    NoSuchMailboxError,
+    ReplicadError,
+)
 from replicad.model import planparts
 from replicad.model.digest import MailboxDigest, bucket_of, state_digest
 from replicad.model.merge import MailboxState, MergePlan, MessageState, PutMessage, Tombstone
@@ -223,6 +229,16 @@ class MailStore:
 
     async def create_mailbox(self, user: str, name: str) -> MailboxCreated:
         return await self._write(lambda t: self.index.create_mailbox(t, user, name))
+
+    async def create_mailbox_at(self, user: str, name: str, uidvalidity: int) -> MailboxCreated:
+        """Create ``name`` under a given UIDVALIDITY (a migration keeps the
+        source server's, so clients keep their caches); otherwise as
+        :meth:`create_mailbox`: the name must be free."""
+        if not 0 < uidvalidity <= 0xFFFFFFFF:
+            raise BadInputError(f"UIDVALIDITY {uidvalidity} out of range")
+        return await self._write(
+            lambda t: self.index.create_mailbox(t, user, name, uidvalidity=uidvalidity)
+        )
 
     async def create_copy_of(
         self, user: str, name: str, guid: bytes, uidvalidity: int
