@@ -2,8 +2,9 @@
 
 SAVE, COPY, EXPUNGE, STORE and the folder operations CREATE, RENAME and
 DELETE, each with its OK payload, and the migration's IMPORT-MAILBOX and
-IMPORT (a mailbox under a given UIDVALIDITY, a message at a given UID); a write arriving elsewhere is forwarded
-to the master as one of these.  Wire names: :mod:`replicad.protocol.registry`.
+IMPORT (a mailbox under a given UIDVALIDITY, a message at a given UID); a
+write arriving elsewhere is forwarded to the master as one of these.
+Wire names: :mod:`replicad.protocol.registry`.
 """
 
 from __future__ import annotations

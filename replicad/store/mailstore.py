@@ -292,6 +292,38 @@ class MailStore:
     async def list_users(self) -> list[str]:
         return await self._read(self.index.list_users)
 
+    # -- this node's own job records (migrations): not mail, never replicated --
+
+    async def put_job_records(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Write (key, value) records in one durable transaction; None deletes."""
+        dbs = self._dbs
+
+        def op(txn: Any) -> None:
+            for key, value in items:
+                if value is None:
+                    txn.delete(key, db=dbs.local_jobs)
+                else:
+                    txn.put(key, value, db=dbs.local_jobs)
+
+        await self.writer.submit(op)
+
+    async def job_records(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Every job record whose key starts with ``prefix``, in key order."""
+        dbs = self._dbs
+
+        def read(txn: Any) -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            cur = txn.cursor(db=dbs.local_jobs)
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not bytes(key).startswith(prefix):
+                    break
+                out.append((bytes(key), bytes(value)))
+            return out
+
+        return await self._read(read)
+
     # -- messages --
 
     async def append(

@@ -49,6 +49,7 @@ DB_NAMES = (
     "cursors",
     "resync",
     "deleted",
+    "local_jobs",  # this node's own jobs (migrations); never replicated
 )
 
 CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
@@ -222,6 +223,7 @@ class Databases:
     cursors: Any
     resync: Any
     deleted: Any
+    local_jobs: Any
 
 
 def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:
