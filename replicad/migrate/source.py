@@ -37,6 +37,8 @@ from typing import Any, Final, TypeVar
 import trio
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import LoginError  # type: ignore[import-untyped]
+from imapclient.imapclient import seq_to_parenstr_upper  # type: ignore[import-untyped]
+from imapclient.response_parser import parse_fetch_response  # type: ignore[import-untyped]
 
 from replicad.migrate.failures import FailureClass, SourceError, classify_server_text
 from replicad.migrate.names import SourceFolder
@@ -73,18 +75,31 @@ class FetchedMessage:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    text = str(value)
+    # imaplib words some server answers as the repr of their bytes.
+    if len(text) >= 3 and text[:2] in ("b'", 'b"') and text[-1] == text[1]:
+        return text[2:-1]
+    return text
+
+
+def _flags(data: dict[bytes, Any]) -> tuple[str, ...]:
+    # \Recent is the session's, not the message's (RFC 3501 §2.3.2).
+    return tuple(f for f in (_text(f) for f in data.get(b"FLAGS", ())) if f.lower() != "\\recent")
 
 
 def _failure(exc: BaseException, *, at_login: bool) -> SourceError:
     if isinstance(exc, SourceError):
         return exc
     if isinstance(exc, LoginError):
-        return SourceError(classify_server_text(str(exc), at_login=True), str(exc))
+        text = _text(exc.args[0]) if exc.args else str(exc)
+        return SourceError(classify_server_text(text, at_login=True), text)
     if isinstance(exc, (imaplib.IMAP4.abort, OSError, ssl.SSLError, socket.timeout, EOFError)):
         return SourceError(FailureClass.NETWORK, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, imaplib.IMAP4.error):
-        return SourceError(classify_server_text(str(exc), at_login=at_login), str(exc))
+        text = _text(str(exc))
+        return SourceError(classify_server_text(text, at_login=at_login), text)
     return SourceError(FailureClass.PROTOCOL, f"{type(exc).__name__}: {exc}")
 
 
@@ -156,9 +171,9 @@ class _Blocking:
         flags: dict[int, tuple[str, ...]] = {}
         if uids:
             modifiers = None if complete else [f"CHANGEDSINCE {changedsince}"]
-            fetched = client.fetch("1:*", ["FLAGS"], modifiers=modifiers)
+            fetched = _fetch_all(client, ["FLAGS"], modifiers)
             for uid, data in fetched.items():
-                flags[int(uid)] = tuple(_text(f) for f in data.get(b"FLAGS", ()))
+                flags[int(uid)] = _flags(data)
         return SourceFolderState(uidvalidity, uidnext, modseq, uids, flags, complete)
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
@@ -178,7 +193,7 @@ class _Blocking:
             body = data.get(b"BODY[]") or b""
             date = data.get(b"INTERNALDATE")
             internaldate = int(date.timestamp()) if isinstance(date, datetime) else 0
-            flags = tuple(_text(f) for f in data.get(b"FLAGS", ()))
+            flags = _flags(data)
             out.append(FetchedMessage(int(uid), flags, internaldate, bytes(body)))
         return out
 
@@ -190,6 +205,22 @@ class _Blocking:
         except Exception:  # a broken connection: nothing left to log out of
             with contextlib.suppress(Exception):
                 self.client.shutdown()
+
+
+def _fetch_all(client: Any, data: list[str], modifiers: list[str] | None) -> dict[int, Any]:
+    """``UID FETCH 1:* data (modifiers)``: imapclient's ``fetch`` takes a list
+    of UIDs only (one line naming every UID of a large folder), so the range
+    goes through its command layer, parsed by its own FETCH parser."""
+    args = ["UID", "FETCH", "1:*", seq_to_parenstr_upper(data)]
+    if modifiers:
+        args.append(seq_to_parenstr_upper(modifiers))
+    imap = client._imap
+    tag = imap._command(*args)
+    typ, lines = imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, lines)
+    typ, lines = imap._untagged_response(typ, lines, "FETCH")
+    parsed: dict[int, Any] = parse_fetch_response(lines, client.normalise_times, True)
+    return parsed
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

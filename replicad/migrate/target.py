@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from replicad.errors import NoSuchMailboxError
+from replicad.errors import NoSuchMailboxError, NoSuchUserError
 from replicad.migrate.planner import TargetFolderState
 from replicad.store.index import AppendRequest, FlagMode
 from replicad.store.mailstore import MailStore
@@ -63,7 +63,7 @@ async def target_state(store: MailStore, user: str, name: str) -> TargetFolderSt
     """This node's copy of (user, name): UIDVALIDITY, UIDNEXT and flags by UID."""
     try:
         status, messages = await store.snapshot(user, name)
-    except NoSuchMailboxError:
+    except (NoSuchMailboxError, NoSuchUserError):  # a user without mailboxes yet
         return TargetFolderState(exists=False)
     return TargetFolderState(
         True, status.uidvalidity, status.uidnext, {m.uid: m.flags for m in messages}
