@@ -239,8 +239,10 @@ def pass_failed(u: UserJob, failure: FailureClass, reason: str, now: float, draw
     attempts = u.attempts + 1
     if failure.transient and attempts < MAX_TRANSIENT_ATTEMPTS:
         return replace(u, attempts=attempts, error=error, next_try=now + backoff_s(attempts, draw))
+    # Failing again while failed keeps the phase to resume in (retry).
+    resume = u.failed_phase if u.phase is Phase.FAILED else u.phase
     return replace(
-        u, phase=Phase.FAILED, failed_phase=u.phase, error=error, attempts=attempts, pass_ended=now
+        u, phase=Phase.FAILED, failed_phase=resume, error=error, attempts=attempts, pass_ended=now
     )
 
 
