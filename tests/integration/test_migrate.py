@@ -13,6 +13,7 @@ user with SASL PLAIN's authorization identity.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 
+from replicad.admin.client import AdminClient
+from replicad.config import load_config
 from tests.dovecot_source import DovecotSource
 from tests.integration.test_cluster_replication import NODES, LocalCluster
 from tests.integration.test_imap_cluster import imap_port
@@ -258,3 +261,67 @@ def test_presync_then_cutover_keeps_uids_flags_dates_and_bytes_on_every_node(
     logs = "".join(p.read_text(errors="replace") for p in cluster.dir.glob("n*/replicad.log"))
     assert SOURCE_PASSWORDS[ALICE] not in logs and MASTER_PASSWORD not in logs
     assert json.dumps(rows)  # status rows are plain JSON
+
+
+def bulk(source: DovecotSource, user: str, folders: int, per_folder: int, tag: str) -> None:
+    with source.client(user) as c:
+        existing = {name for _flags, _delim, name in c.list_folders()}
+        for f in range(folders):
+            name = f"Bulk.F{f:02d}"
+            if name not in existing:
+                c.create_folder(name)
+            for i in range(per_folder):
+                c.append(name, message(f"{tag} {f}/{i}", 20_000), ["\\Seen"] if i % 3 else [])
+
+
+def wait_mid_copy(cluster: LocalCluster, job: str, user: str, floor: int) -> dict[str, Any]:
+    """Until the user's pass has copied more than ``floor`` messages and not finished."""
+    socket = load_config(cluster.config("n1")).node.admin_socket
+    deadline = time.monotonic() + WAIT
+    with AdminClient(socket).connect() as client:  # faster than a command per poll
+        while time.monotonic() < deadline:
+            [row] = client.call("migrate_status", job=job)
+            assert not row["synced"], f"the pass finished before it could be cut: {row}"
+            if row["messages"] > floor:
+                return dict(row)
+            time.sleep(0.02)
+    pytest.fail(f"no progress: {statuses(cluster, job)}\n{cluster.logs()}")
+
+
+def test_kill_9_mid_copy_resumes_exactly_and_a_source_outage_is_retried(
+    source: DovecotSource, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    bulk(source, ALICE, folders=40, per_folder=12, tag="first")
+    passwords = tmp_path / "pw"
+    passwords.write_text(SOURCE_PASSWORDS[ALICE] + "\n")
+    job = cluster.json_on(
+        "n1",
+        "migrate",
+        "add",
+        "--source",
+        f"imap://127.0.0.1:{source.port}",
+        "-u",
+        ALICE,
+        "--password-file",
+        passwords,
+        "--workers",
+        "1",
+    )["job"]
+    wait_mid_copy(cluster, job, ALICE, 0)
+    cluster.stop_node("n1", signal.SIGKILL)
+    cluster.up()
+    cluster.wait_root()
+    wait_for(cluster, job, lambda r: r[ALICE]["synced"])
+    converged(cluster, ALICE, source_view(source, ALICE))
+
+    # The source is down for the next pass: it fails "network" and is retried
+    # after a backoff until the source is back, then brings exactly the new mail.
+    bulk(source, ALICE, folders=40, per_folder=4, tag="second")
+    source.stop()
+    assert cluster.json_on("n1", "migrate", "retry", job) == {"job": job, "users": 1}
+    down = wait_for(cluster, job, lambda r: (r[ALICE]["error"] or "").startswith("network:"))
+    assert not down[ALICE]["synced"] and down[ALICE]["phase"] == "pre-sync", down
+    source.start()
+    rows = wait_for(cluster, job, lambda r: r[ALICE]["synced"])
+    assert rows[ALICE]["error"] is None
+    converged(cluster, ALICE, source_view(source, ALICE))
