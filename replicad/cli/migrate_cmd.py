@@ -158,7 +158,9 @@ def _finished(rows: list[dict[str, Any]]) -> bool:
 
 
 def _follow(args: argparse.Namespace, job: str | None) -> None:
-    """A progress bar of the job's users until each has synced or failed."""
+    """A progress bar of the job's users until each has synced or failed
+    (drawn only on a terminal; elsewhere it just waits)."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (
@@ -168,7 +170,9 @@ def _follow(args: argparse.Namespace, job: str | None) -> None:
         TextColumn("{task.fields[messages]} msgs {task.fields[mib]:.1f} MiB"),
         TimeRemainingColumn(),
     )
-    with connect(args) as client, Progress(*columns, transient=False) as progress:
+    # On stderr: stdout stays the command's result (one JSON document with -f json).
+    console = Console(stderr=True)
+    with connect(args) as client, Progress(*columns, console=console) as progress:
         task = progress.add_task("migrating", total=None, messages=0, mib=0.0)
         while True:
             rows: list[dict[str, Any]] = client.call("migrate_status", job=job)

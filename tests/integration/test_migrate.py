@@ -206,6 +206,9 @@ def test_presync_then_cutover_keeps_uids_flags_dates_and_bytes_on_every_node(
         "error",
     }
     assert rows[BOB]["error"].startswith("auth:"), rows[BOB]
+    # --follow returns once every user has synced or failed; stdout stays JSON.
+    followed = cluster.json_on("n1", "migrate", "status", job, "--follow")
+    assert {r["user"] for r in followed} == {ALICE, BOB}
     assert rows[ALICE]["phase"] == "pre-sync" and rows[ALICE]["error"] is None
     expected = source_view(source, ALICE)
     assert set(expected) == {"INBOX", "Work", "Work/Projects", NON_ASCII, "Sent"}
