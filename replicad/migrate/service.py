@@ -170,16 +170,17 @@ class MigrationService:
         job = _text(args, "job")
         self._spec(job)
         keys = [k for k in self.users if k[0] == job]
+        # Forgotten first: a pass still finishing sees its user gone and
+        # writes nothing after the records are deleted (_save).
         for key in keys:
+            del self.users[key]
             scope = self._running.get(key)
             if scope is not None:
                 scope.cancel()
+        del self.specs[job]
         records: list[tuple[bytes, bytes | None]] = [(_SPEC + job.encode(), None)]
         records += [(_user_key(*k), None) for k in keys]
         await self.store.put_job_records(records)
-        for key in keys:
-            del self.users[key]
-        del self.specs[job]
         self._secrets_path(job).unlink(missing_ok=True)
         log.info("migrate.job_cancelled", extra={"kv": {"job": job, "users": len(keys)}})
         return {"job": job, "users": len(keys)}
@@ -274,6 +275,15 @@ class MigrationService:
             with scope:
                 async with job_limit, host_limit:
                     await self._pass(key)
+        except Exception as exc:
+            # A bug in a pass stops that user, never the node or the other users.
+            log.exception("migrate.internal_error", extra={"kv": {"user": key[1]}})
+            current = self.users.get(key)
+            if current is not None:
+                failed = jobs.pass_failed(
+                    current, FailureClass.PROTOCOL, f"internal error: {exc}", time.time(), 0.5
+                )
+                await self._save(failed)
         finally:
             self._running.pop(key, None)
             self._wake.set()
@@ -281,7 +291,9 @@ class MigrationService:
     async def _pass(self, key: tuple[str, str]) -> None:
         u = jobs.pass_started(self.users[key], time.time())
         await self._save(u)
-        spec = self.specs[u.job]
+        spec = self.specs.get(u.job)
+        if spec is None:
+            return  # cancelled while its start was written
         outcome = "synced"
         connection: SourceConnection | None = None
         try:
@@ -305,12 +317,15 @@ class MigrationService:
                 on_bytes=lambda n: self._bytes(key, n),
             )
             await copier.run(u.checkpoints)
-            u = jobs.pass_finished(self.users[key], time.time())
+            current = self.users.get(key)
+            if current is None:
+                return  # the job was cancelled as the pass ended
+            u = jobs.pass_finished(current, time.time())
         except SourceError as exc:
-            u = self._failed(key, exc.failure, exc.reason)
+            u = self._failed(u, exc.failure, exc.reason)
             outcome = "failed" if u.phase is Phase.FAILED else "retry"
         except ReplicadError as exc:
-            u = self._failed(key, FailureClass.PROTOCOL, str(exc))
+            u = self._failed(u, FailureClass.PROTOCOL, str(exc))
             outcome = "failed"
         finally:
             if connection is not None:
@@ -333,15 +348,17 @@ class MigrationService:
         if all(x.phase is Phase.DONE for (j, _), x in self.users.items() if j == u.job):
             self._secrets_path(u.job).unlink(missing_ok=True)
 
-    def _failed(self, key: tuple[str, str], failure: FailureClass, reason: str) -> UserJob:
-        return jobs.pass_failed(
-            self.users[key], failure, reason, time.time(), self._random.random()
-        )
+    def _failed(self, u: UserJob, failure: FailureClass, reason: str) -> UserJob:
+        """``u`` as last saved (its folders' progress kept), failed with ``reason``."""
+        current = self.users.get((u.job, u.target_user), u)
+        return jobs.pass_failed(current, failure, reason, time.time(), self._random.random())
 
     async def _folder_done(
         self, key: tuple[str, str], counts: Counts, marks: dict[str, Checkpoint]
     ) -> None:
-        u = self.users[key]
+        u = self.users.get(key)
+        if u is None:
+            return  # cancelled
         # Bytes were counted into the pass as batches arrived (_bytes).
         u = jobs.pass_progress(u, counts, marks)
         u = jobs.replace_pass_bytes(u, u.pass_bytes - counts.bytes)

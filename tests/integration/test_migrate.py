@@ -259,6 +259,11 @@ def test_presync_then_cutover_keeps_uids_flags_dates_and_bytes_on_every_node(
     )
     rows = wait_for(cluster, second["job"], lambda r: r[BOB]["phase"] == "done")
     converged(cluster, BOB, source_view(source, BOB))
+    # Cancelled: the job is forgotten (what it copied stays).
+    cancelled = cluster.json_on("n1", "migrate", "cancel", second["job"])
+    assert cancelled == {"job": second["job"], "users": 1}
+    assert cluster.on("n1", "migrate", "status", second["job"]).returncode == 68
+    converged(cluster, BOB, source_view(source, BOB))
 
     # The source was only read: no password in the node's logs, no flag set by a fetch.
     logs = "".join(p.read_text(errors="replace") for p in cluster.dir.glob("n*/replicad.log"))
