@@ -76,15 +76,22 @@ class UserPass:
 
     async def folder(self, wire: str, name: str, checkpoint: Checkpoint | None) -> FolderOutcome:
         since = checkpoint.highestmodseq if checkpoint is not None else None
-        source = await self.source.examine(wire, since)
         target = await target_state(self.store, self.user, name)
+        # The checkpoint may spare listing the folder only while the target
+        # is still the mailbox the checkpoint was taken for.
+        known = (
+            checkpoint
+            if checkpoint is not None
+            and target.exists
+            and target.uidvalidity == checkpoint.uidvalidity
+            else None
+        )
+        source = await self.source.examine(wire, since, known)
         plan = plan_folder(source, target, checkpoint)
         done = Counts()
         if not plan.skip:
             done = await self._apply(name, source, plan)
-        mark = Checkpoint(
-            source.uidvalidity, source.uidnext, source.highestmodseq, len(source.uids)
-        )
+        mark = Checkpoint(source.uidvalidity, source.uidnext, source.highestmodseq, source.messages)
         return FolderOutcome(done, mark)
 
     async def _apply(self, name: str, source: SourceFolderState, plan: FolderPlan) -> Counts:

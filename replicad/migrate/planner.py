@@ -62,6 +62,15 @@ class SourceFolderState:
     #: with CHANGEDSINCE only the changed ones (``flags_complete`` False).
     flags: Mapping[int, tuple[str, ...]]
     flags_complete: bool = True
+    #: The message count SELECT announced (-1: count ``uids``).
+    exists: int = -1
+    #: Whether ``uids`` and ``flags`` were read: not when SELECT alone already
+    #: matched the checkpoint (an unchanged folder costs one EXAMINE).
+    listed: bool = True
+
+    @property
+    def messages(self) -> int:
+        return self.exists if self.exists >= 0 else len(self.uids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +112,7 @@ def unchanged(source: SourceFolderState, checkpoint: Checkpoint | None) -> bool:
         and checkpoint.highestmodseq == source.highestmodseq
         and checkpoint.uidvalidity == source.uidvalidity
         and checkpoint.uidnext == source.uidnext
-        and checkpoint.messages == len(source.uids)
+        and checkpoint.messages == source.messages
     )
 
 
@@ -130,6 +139,8 @@ def plan_folder(
         )
     if unchanged(source, checkpoint):
         return FolderPlan(skip=True)
+    if not source.listed:
+        raise ValueError("a folder whose messages were not listed cannot be planned")
     missing = sorted(uid for uid in source.uids if uid not in target.flags)
     copy = tuple(uid for uid in missing if uid >= target.uidnext)
     not_reusable = tuple(uid for uid in missing if uid < target.uidnext)

@@ -42,7 +42,7 @@ from imapclient.response_parser import parse_fetch_response  # type: ignore[impo
 
 from replicad.migrate.failures import FailureClass, SourceError, classify_server_text
 from replicad.migrate.names import SourceFolder
-from replicad.migrate.planner import SourceFolderState
+from replicad.migrate.planner import Checkpoint, SourceFolderState
 
 T = TypeVar("T")
 
@@ -154,9 +154,13 @@ class _Blocking:
             )
         return out
 
-    def examine(self, wire_name: str, changedsince: int | None) -> SourceFolderState:
+    def examine(
+        self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
+    ) -> SourceFolderState:
         """The folder's state; flags of all messages, or with CONDSTORE and
-        ``changedsince`` only of those changed since (RFC 7162 §3.1.4)."""
+        ``changedsince`` only of those changed since (RFC 7162 §3.1.4).  When
+        SELECT's own answer matches ``known`` (UIDVALIDITY, UIDNEXT,
+        HIGHESTMODSEQ, EXISTS) nothing more is asked: the folder is unchanged."""
         client = self.client
         info = client.select_folder(wire_name, readonly=True)
         uidvalidity = int(info[b"UIDVALIDITY"])
@@ -164,6 +168,15 @@ class _Blocking:
         modseq_raw = info.get(b"HIGHESTMODSEQ") if self.condstore else None
         modseq = int(modseq_raw) if modseq_raw is not None else None
         exists = int(info.get(b"EXISTS", 0))
+        if (
+            known is not None
+            and modseq is not None
+            and (uidvalidity, uidnext, modseq, exists)
+            == (known.uidvalidity, known.uidnext, known.highestmodseq, known.messages)
+        ):
+            return SourceFolderState(
+                uidvalidity, uidnext, modseq, frozenset(), {}, False, exists, listed=False
+            )
         uids = frozenset(int(u) for u in client.search(["ALL"])) if exists else frozenset()
         if not uidnext:
             uidnext = max(uids, default=0) + 1
@@ -276,8 +289,10 @@ class SourceConnection:
     async def folders(self) -> list[SourceFolder]:
         return await self._call(self._blocking.folders)
 
-    async def examine(self, wire_name: str, changedsince: int | None) -> SourceFolderState:
-        return await self._call(self._blocking.examine, wire_name, changedsince)
+    async def examine(
+        self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
+    ) -> SourceFolderState:
+        return await self._call(self._blocking.examine, wire_name, changedsince, known)
 
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         return await self._call(self._blocking.sizes, uids)

@@ -99,3 +99,11 @@ def test_applying_the_plan_makes_the_target_the_source(
         result[uid] = set(src_msgs[uid])
     reachable = {u: set(f) for u, f in src_msgs.items() if u not in plan.not_reusable}
     assert result == reachable
+
+
+def test_a_folder_select_proved_unchanged_is_skipped_without_its_uids() -> None:
+    unlisted = SourceFolderState(7, 3, 40, frozenset(), {}, False, exists=2, listed=False)
+    target = TargetFolderState(True, 7, 3, {1: (), 2: ()})
+    assert plan_folder(unlisted, target, Checkpoint(7, 3, 40, 2)).skip
+    with pytest.raises(ValueError):
+        plan_folder(unlisted, target, Checkpoint(7, 3, 39, 2))
