@@ -70,6 +70,8 @@ class UserPass:
                 raise
             except ReplicadError as exc:
                 raise SourceError(classify_target_error(exc), f"{name}: {exc}") from None
+            if outcome.counts == Counts() and checkpoints.get(wire) == outcome.checkpoint:
+                continue  # nothing changed: nothing to persist (a no-op pass stays cheap)
             await self.on_folder(
                 Counts(folders=len(folders)).plus(outcome.counts), {wire: outcome.checkpoint}
             )

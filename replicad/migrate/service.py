@@ -7,8 +7,8 @@ users' passes as tasks:
 * at most ``--workers`` passes of one job at once, and at most
   :data:`MAX_CONNECTIONS_PER_HOST` connections to one source host whatever
   the jobs (Dovecot's and most servers' per-IP limits are ten or so);
-* a user's record is written when its pass starts, after every folder
-  (counts and checkpoint) and when it ends, so a ``kill -9`` of the node
+* a user's record is written after every folder that changed (counts and
+  checkpoint) and when its pass ends, so a ``kill -9`` of the node
   loses at most one folder's progress, which the next pass recomputes from
   the target (``replicad.migrate.copier``);
 * a failure is classified (``replicad.migrate.failures``) and the pure
@@ -289,11 +289,11 @@ class MigrationService:
             self._wake.set()
 
     async def _pass(self, key: tuple[str, str]) -> None:
+        # The start is kept in memory only (rate, ETA): a restart re-runs the
+        # pass anyway, and an unchanged user then costs one write, at the end.
         u = jobs.pass_started(self.users[key], time.time())
-        await self._save(u)
-        spec = self.specs.get(u.job)
-        if spec is None:
-            return  # cancelled while its start was written
+        self.users[key] = u
+        spec = self.specs[u.job]
         outcome = "synced"
         connection: SourceConnection | None = None
         try:
