@@ -56,6 +56,10 @@ class ProtocolError(BadInputError):
     """A frame or handshake violates the wire protocol (I9)."""
 
 
+class UidNotAboveError(BadInputError):
+    """An append at a given UID (a migration) below the mailbox's UIDNEXT (I3)."""
+
+
 class AlreadyExistsError(BadInputError):
     """The mailbox (or other object) to create already exists."""
 

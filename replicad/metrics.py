@@ -166,6 +166,20 @@ class NodeMetrics:
             "IMAP connections open on this node, authenticated or not.",
             registry=r,
         )
+        self.migrate_items = Counter(
+            "replicad_migrate",
+            "What migrations from other IMAP servers did, by kind: messages copied, "
+            "expunged, flags_changed (messages re-flagged), bytes (of copied messages).",
+            ["kind"],
+            registry=r,
+        )
+        self.migrate_passes = Counter(
+            "replicad_migrate_passes",
+            "Per-user migration passes by outcome: synced, retry (a transient "
+            "failure, retried after a backoff), failed (stopped with its error class).",
+            ["outcome"],
+            registry=r,
+        )
         self.snapshots = SnapshotCollector()
         r.register(self.snapshots)
         # Real process figures (CPU, memory, open files), read from /proc.
@@ -226,6 +240,20 @@ class NodeMetrics:
 
     def lmtp_latency(self, seconds: float) -> None:
         self.lmtp_delivery_seconds.observe(seconds)
+
+    # -- migrations (replicad.migrate.service) --
+
+    def migrate_counts(self, messages: int, expunged: int, flags_changed: int, octets: int) -> None:
+        for kind, value in (
+            ("messages", messages),
+            ("expunged", expunged),
+            ("flags_changed", flags_changed),
+            ("bytes", octets),
+        ):
+            self.migrate_items.labels(kind).inc(value)
+
+    def migrate_pass(self, outcome: str) -> None:
+        self.migrate_passes.labels(outcome).inc()
 
     # -- exposition --
 

@@ -82,6 +82,8 @@ from replicad.lmtp.delivery import NodeDelivery
 from replicad.lmtp.protocol import LmtpConfig
 from replicad.lmtp.server import LmtpServer
 from replicad.metrics import LogEventCounter, NodeMetrics
+from replicad.migrate.service import MigrationService
+from replicad.migrate.target import LocalWrites
 from replicad.observe import LinkMeter, MeteredNetwork, NodeState, Observer, Phase, Snapshot
 from replicad.sdnotify import Notifier
 from replicad.store.clock import HybridClock
@@ -278,8 +280,18 @@ async def _run_locked(
         meter = LinkMeter()
         cluster = _cluster_node(config, store, meter, tls_network)
         writes = ClusterWrites(cluster) if cluster is not None else None
+        migrations = MigrationService(
+            store,
+            writes if writes is not None else LocalWrites(store),
+            node.data_dir / "migrate",
+            metrics,
+        )
         dispatcher = AdminDispatcher(
-            store, default_identity(node.name), config.admin.max_message_size, cluster=writes
+            store,
+            default_identity(node.name),
+            config.admin.max_message_size,
+            cluster=writes,
+            extra=migrations.handlers,
         )
         lmtp = _lmtp_server(config, store, writes, metrics)
         imap = _imap_server(config, store, writes, cluster, metrics)
@@ -313,6 +325,8 @@ async def _run_locked(
                 await nursery.start(lmtp.run, config.lmtp.tcp, config.lmtp.unix)
             if imap is not None:
                 await nursery.start(imap.run)
+            # Jobs resume where they stood (their records are in the store).
+            await nursery.start(migrations.run)
             raw, inode = bind_admin_socket(node.admin_socket)
             try:
                 listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))

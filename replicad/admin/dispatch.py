@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -103,6 +103,10 @@ class _Args:
 Handler = Callable[[_Args], Awaitable[Any]]
 
 
+async def _raw_args(handler: Callable[[dict[str, Any]], Awaitable[Any]], a: _Args) -> Any:
+    return await handler(a._args)
+
+
 class BatchOrder:
     """Commits the batches of a pipelined import in the order the client numbered
     them (``stream``, ``seq`` from 0), so UIDs follow the Maildir's order even
@@ -142,7 +146,10 @@ class AdminDispatcher:
         max_message_size: int,
         *,
         cluster: ClusterWrites | None = None,
+        extra: Mapping[str, Callable[[dict[str, Any]], Awaitable[Any]]] | None = None,
     ) -> None:
+        """``extra``: operations of parts above the admin socket (``migrate_*``),
+        by name; each checks its own arguments."""
         self._store = store
         # Writes go to the mailbox master in a cluster; reads are always local.
         self._writes: MailStore | ClusterWrites = cluster if cluster is not None else store
@@ -174,6 +181,8 @@ class AdminDispatcher:
             "verify": self._verify,
             "dsync_status": self._dsync_status,
         }
+        for name, handler in (extra or {}).items():
+            self._handlers[name] = partial(_raw_args, handler)
 
     @property
     def operations(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from replicad.cli import (
     import_cmd,
     mail_cmds,
     mailbox_cmd,
+    migrate_cmd,
     node_cmds,
     replication_cmd,
     resync_cmd,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     replication_cmd.register(subparsers, common)
     resync_cmd.register(subparsers, common)
     user_cmd.register(subparsers, common)
+    migrate_cmd.register(subparsers, common)
     for command, module_name in EXTERNAL_COMMANDS.items():
         _register_external(command, module_name, subparsers)
     return parser

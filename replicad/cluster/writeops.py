@@ -452,7 +452,92 @@ class SubscribeOp:
         return None, 0
 
 
-WriteOp = SaveOp | CopyOp | ExpungeOp | StoreOp | CreateOp | RenameOp | DeleteOp | SubscribeOp
+@dataclass(frozen=True, slots=True)
+class ImportMailboxOp:
+    """CREATE under the migration source's UIDVALIDITY (verbs.md IMPORT-MAILBOX)."""
+
+    user: str
+    name: str
+    uidvalidity: int
+
+    COMMAND: ClassVar[type[c.Command]] = c.ImportMailbox
+    retry_safe: ClassVar[bool] = False
+
+    def key_mailbox(self) -> str | None:
+        return None  # the user's namespace, as CREATE
+
+    async def apply(self, store: MailStore, saves: RecentSaves) -> MailboxCreated:
+        return await store.create_mailbox_at(self.user, self.name, self.uidvalidity)
+
+    async def command(self, binder: MailboxBinder) -> c.Command:
+        return c.ImportMailbox(self.user, self.name, self.uidvalidity)
+
+    @classmethod
+    def from_command(cls, cmd: c.ImportMailbox, ids: Mapping[int, MboxBinding]) -> ImportMailboxOp:
+        return cls(cmd.user, cmd.name, cmd.uidvalidity)
+
+    def ok_payload(self, result: MailboxCreated, me: str) -> c.Record:
+        return c.MailboxOk(result.mailbox, result.uidvalidity)
+
+    def divergence_point(self, result: MailboxCreated) -> tuple[bytes | None, int]:
+        return result.mailbox, 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOp:
+    """SAVE at the migration source's UID (verbs.md IMPORT; I3: never below UIDNEXT)."""
+
+    user: str
+    mailbox: str
+    uid: int
+    guid: bytes
+    internaldate: int
+    flags: tuple[str, ...]
+    body: bytes | Blob
+
+    COMMAND: ClassVar[type[c.Command]] = c.Import
+    #: Again would be refused as below UIDNEXT; the migration re-reads instead.
+    retry_safe: ClassVar[bool] = False
+
+    def key_mailbox(self) -> str | None:
+        return self.mailbox
+
+    def append_request(self) -> AppendRequest:
+        return AppendRequest(self.body, self.flags, self.internaldate, self.guid, self.uid)
+
+    async def apply(self, store: MailStore, saves: RecentSaves) -> MessageAppended:
+        [appended] = await store.append_many(self.user, self.mailbox, [self.append_request()])
+        return appended
+
+    async def command(self, binder: MailboxBinder) -> c.Command:
+        mid = await binder.mbox(self.mailbox)
+        body = await _wire_body(self.body)
+        return c.Import(mid, self.uid, self.internaldate, self.guid, self.flags, body)
+
+    @classmethod
+    def from_command(cls, cmd: c.Import, ids: Mapping[int, MboxBinding]) -> ImportOp:
+        box = _bound(ids, cmd.mbox)
+        return cls(box.user, box.name, cmd.uid, cmd.guid, cmd.internaldate, cmd.flags, cmd.body)
+
+    def ok_payload(self, result: MessageAppended, me: str) -> c.Record:
+        return c.SaveOk(result.uid, result.modseq, me, result.uidvalidity)
+
+    def divergence_point(self, result: MessageAppended) -> tuple[bytes | None, int]:
+        return result.mailbox, result.modseq - 1
+
+
+WriteOp = (
+    SaveOp
+    | CopyOp
+    | ExpungeOp
+    | StoreOp
+    | CreateOp
+    | RenameOp
+    | DeleteOp
+    | SubscribeOp
+    | ImportMailboxOp
+    | ImportOp
+)
 #: Every write verb the engine executes at a master.
 WRITE_OPS: Final[tuple[type[WriteOp], ...]] = (
     SaveOp,
@@ -463,6 +548,8 @@ WRITE_OPS: Final[tuple[type[WriteOp], ...]] = (
     RenameOp,
     DeleteOp,
     SubscribeOp,
+    ImportMailboxOp,
+    ImportOp,
 )
 #: Makes the op of a received command, the peer's MBOX ids resolved.
 OpFromCommand = Callable[[Any, Mapping[int, MboxBinding]], WriteOp]

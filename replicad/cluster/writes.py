@@ -29,6 +29,8 @@ from replicad.cluster.writeops import (
     CreateOp,
     DeleteOp,
     ExpungeOp,
+    ImportMailboxOp,
+    ImportOp,
     RenameOp,
     SaveOp,
     StoreOp,
@@ -182,6 +184,38 @@ class ClusterWrites:
             return result
         assert isinstance(result, c.MailboxOk)
         return MailboxCreated(user, name, result.guid, result.uidvalidity)
+
+    async def create_mailbox_at(self, user: str, name: str, uidvalidity: int) -> MailboxCreated:
+        """CREATE under a given UIDVALIDITY (a migration, verbs.md IMPORT-MAILBOX)."""
+        result = await self.node.execute(ImportMailboxOp(user, name, uidvalidity))
+        if isinstance(result, MailboxCreated):
+            return result
+        assert isinstance(result, c.MailboxOk)
+        return MailboxCreated(user, name, result.guid, result.uidvalidity)
+
+    async def import_messages(self, user: str, mailbox: str, items: Sequence[AppendRequest]) -> int:
+        """Append at the items' own UIDs (verbs.md IMPORT): one transaction when
+        this node masters the mailbox, else one IMPORT each; how many were written."""
+        key = master_key(self.node.settings.granularity, user, mailbox)
+        master = await self.node.master_of(key, trio.current_time() + WRITE_DEADLINE)
+        if master == self.node.name:
+            appended = await self.node.store.append_many(user, mailbox, items)
+            self.node.log_changed()
+            return len(appended)
+        for item in items:
+            assert item.uid is not None and item.internaldate is not None
+            await self.node.execute(
+                ImportOp(
+                    user,
+                    mailbox,
+                    item.uid,
+                    item.guid or uuid.uuid4().bytes,
+                    item.internaldate,
+                    tuple(sorted_flags(item.flags)),
+                    item.body,
+                )
+            )
+        return len(items)
 
     async def delete_mailbox(self, user: str, name: str) -> MailboxDeleted:
         result = await self.node.execute(DeleteOp(user, name))

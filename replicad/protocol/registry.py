@@ -96,6 +96,8 @@ from replicad.protocol.writes import (
     CreateMailbox,
     DeleteMailbox,
     Expunge,
+    Import,
+    ImportMailbox,
     RenameMailbox,
     Save,
     Store,
@@ -162,6 +164,9 @@ COMMANDS: Final[dict[str, type[Command]]] = _by_verb(
         "RENAME": RenameMailbox,
         "DELETE": DeleteMailbox,
         "SUBSCRIBE": Subscribe,
+        # migration writes (verbs.md §3)
+        "IMPORT-MAILBOX": ImportMailbox,
+        "IMPORT": Import,
         # resync (verbs.md §5)
         "SYNC": Sync,
         "FETCH": Fetch,

@@ -1,9 +1,11 @@
 """Write records: the commands that reach a mailbox's master (verbs.md §3).
 
 SAVE, COPY, EXPUNGE, STORE, the folder operations CREATE, RENAME and
-DELETE, and SUBSCRIBE (an IMAP subscription), each with its OK payload; a
-write arriving elsewhere is forwarded to the master as one of these.  Wire
-names: :mod:`replicad.protocol.registry`.
+DELETE, SUBSCRIBE (an IMAP subscription), and the migration's
+IMPORT-MAILBOX and IMPORT (a mailbox under a given UIDVALIDITY, a message
+at a given UID), each with its OK payload; a write arriving elsewhere is
+forwarded to the master as one of these.  Wire names:
+:mod:`replicad.protocol.registry`.
 """
 
 from __future__ import annotations
@@ -206,3 +208,32 @@ class Subscribe(Command):
     user: str
     name: str
     subscribed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportMailbox(Command):
+    """Create ``name`` under the source server's ``uidvalidity`` (a migration
+    keeps it so clients keep their caches); to the namespace's master."""
+
+    VERB = "IMPORT-MAILBOX"
+    SCHEMA = (USER, MAILBOX, UIDVALIDITY)
+    REPLY = MailboxOk
+    user: str
+    name: str
+    uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Import(Command):
+    """SAVE at a given ``uid`` (the source server's), at or above UIDNEXT (I3)."""
+
+    VERB = "IMPORT"
+    SCHEMA = (MBOX_ID, UID, TIME, GUID, FLAGS, BODY)
+    REPLY = SaveOk
+    MBOX_FIELDS = ("mbox",)
+    mbox: int
+    uid: int
+    internaldate: int
+    guid: bytes
+    flags: tuple[str, ...]
+    body: Blob

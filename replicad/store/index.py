@@ -34,6 +34,7 @@ from replicad.errors import (
     NoSuchMailboxError,
     NoSuchMessageError,
     NoSuchUserError,
+    UidNotAboveError,
 )
 from replicad.flags import normalise_flags
 from replicad.store import blobs
@@ -128,6 +129,9 @@ class AppendRequest:
     flags: tuple[str, ...] = ()
     internaldate: int | None = None
     guid: bytes | None = None
+    #: The UID to append at (a migration keeping the source's UIDs); it must
+    #: be at or above the mailbox's UIDNEXT (I3).  None: the next UID.
+    uid: int | None = None
 
 
 #: How long after a delivery the same delivery arriving again (same user,
@@ -188,6 +192,7 @@ class _PreparedAppend:
     flags: tuple[str, ...]
     internaldate: int
     guid: bytes
+    uid: int | None = None
 
 
 def _admit(item: AppendRequest) -> AppendRequest:
@@ -200,14 +205,20 @@ def _admit(item: AppendRequest) -> AppendRequest:
     guid = item.guid if item.guid is not None else os.urandom(16)
     if len(guid) != 16:
         raise BadInputError("message guid must be 16 bytes")
-    return AppendRequest(item.body, flags, date, guid)
+    if item.uid is not None and not 0 < item.uid <= MAX_UID:
+        raise BadInputError(f"UID {item.uid} out of range")
+    return AppendRequest(item.body, flags, date, guid, item.uid)
 
 
 def _prepare(item: AppendRequest) -> _PreparedAppend:
     admitted = _admit(item)
     assert admitted.internaldate is not None and admitted.guid is not None
     return _PreparedAppend(
-        PreparedBody.of(admitted.body), admitted.flags, admitted.internaldate, admitted.guid
+        PreparedBody.of(admitted.body),
+        admitted.flags,
+        admitted.internaldate,
+        admitted.guid,
+        admitted.uid,
     )
 
 
@@ -697,6 +708,13 @@ class MailIndex:
         out = []
         vsize = row.vsize
         for item in items:
+            if item.uid is not None:
+                # A given UID (migration) may leave a gap, never go back (I3).
+                if item.uid < uid:
+                    raise UidNotAboveError(
+                        f"UID {item.uid} is not above mailbox {name!r}'s highest UID {uid - 1}"
+                    )
+                uid = item.uid
             blobs.add_reference(txn, self.dbs, item.prepared)
             msg = MessageRow(
                 item.guid,

@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 import trio
 
 from replicad.blob import Blob
-from replicad.errors import ConflictError, MailboxDeletedError, NoSuchMailboxError, ReplicadError
+from replicad.errors import (
+    BadInputError,
+    ConflictError,
+    MailboxDeletedError,
+    NoSuchMailboxError,
+    ReplicadError,
+)
 from replicad.model import planparts
 from replicad.model.digest import MailboxDigest, bucket_of, state_digest
 from replicad.model.merge import MailboxState, MergePlan, MessageState, PutMessage, Tombstone
@@ -229,6 +235,16 @@ class MailStore:
     async def create_mailbox(self, user: str, name: str) -> MailboxCreated:
         return await self._write(lambda t: self.index.create_mailbox(t, user, name))
 
+    async def create_mailbox_at(self, user: str, name: str, uidvalidity: int) -> MailboxCreated:
+        """Create ``name`` under a given UIDVALIDITY (a migration keeps the
+        source server's, so clients keep their caches); otherwise as
+        :meth:`create_mailbox`: the name must be free."""
+        if not 0 < uidvalidity <= 0xFFFFFFFF:
+            raise BadInputError(f"UIDVALIDITY {uidvalidity} out of range")
+        return await self._write(
+            lambda t: self.index.create_mailbox(t, user, name, uidvalidity=uidvalidity)
+        )
+
     async def create_copy_of(
         self, user: str, name: str, guid: bytes, uidvalidity: int
     ) -> MailboxCreated:
@@ -298,6 +314,38 @@ class MailStore:
 
     async def list_users(self) -> list[str]:
         return await self._read(self.index.list_users)
+
+    # -- this node's own job records (migrations): not mail, never replicated --
+
+    async def put_job_records(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Write (key, value) records in one durable transaction; None deletes."""
+        dbs = self._dbs
+
+        def op(txn: Any) -> None:
+            for key, value in items:
+                if value is None:
+                    txn.delete(key, db=dbs.local_jobs)
+                else:
+                    txn.put(key, value, db=dbs.local_jobs)
+
+        await self.writer.submit(op)
+
+    async def job_records(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Every job record whose key starts with ``prefix``, in key order."""
+        dbs = self._dbs
+
+        def read(txn: Any) -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            cur = txn.cursor(db=dbs.local_jobs)
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not bytes(key).startswith(prefix):
+                    break
+                out.append((bytes(key), bytes(value)))
+            return out
+
+        return await self._read(read)
 
     # -- messages --
 

@@ -51,6 +51,7 @@ DB_NAMES = (
     "resync",
     "deleted",
     "subscriptions",
+    "local_jobs",  # this node's own jobs (migrations); never replicated
 )
 
 CHANGE_MESSAGE = b"M"  # the message at this (modseq, uid) exists with this modseq
@@ -231,6 +232,7 @@ class Databases:
     resync: Any
     deleted: Any
     subscriptions: Any
+    local_jobs: Any
 
 
 def open_environment(path: Path, *, map_size: int, sync: bool = True) -> Databases:

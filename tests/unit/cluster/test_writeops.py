@@ -14,6 +14,8 @@ from replicad.cluster.writeops import (
     DeleteOp,
     Expect,
     ExpungeOp,
+    ImportMailboxOp,
+    ImportOp,
     RenameOp,
     SaveOp,
     StoreOp,
@@ -57,6 +59,8 @@ OPS: list[WriteOp] = [
     RenameOp("alice", "Archive", "Old"),
     DeleteOp("alice", "Old"),
     SubscribeOp("alice", "Lists/gone", False),
+    ImportMailboxOp("alice", "Migrated", 1_600_000_000),
+    ImportOp("alice", "Migrated", 42, OTHER, 1_500_000_000, ("$Work",), Blob.compress(b"m")),
 ]
 
 
@@ -82,6 +86,7 @@ def test_every_write_verb_is_in_the_one_table() -> None:
         c.Copy(5, 0, UidSet.of([1])),
         c.Expunge(5, UidSet.of([1])),
         c.Store(5, UidSet.of([1]), ("a",), (), None),
+        c.Import(5, 1, 0, GUID, (), Blob.compress(b"x")),
     ],
     ids=lambda cmd: cmd.VERB,
 )
@@ -105,4 +110,15 @@ def test_only_idempotent_writes_are_sent_again_after_a_lost_reply() -> None:
 
 
 def test_the_master_of_a_write_is_its_destination_or_the_namespace() -> None:
-    assert [op.key_mailbox() for op in OPS] == ["INBOX", "Work", "Work", "INBOX"] + [None] * 4
+    assert [op.key_mailbox() for op in OPS] == [
+        "INBOX",
+        "Work",
+        "Work",
+        "INBOX",
+        None,
+        None,
+        None,
+        None,  # SUBSCRIBE: the namespace
+        None,  # IMPORT-MAILBOX: the namespace, as CREATE
+        "Migrated",
+    ]

@@ -1,0 +1,305 @@
+"""The migration source: an IMAP client, read-only (RFC 3501, 7162, 4616).
+
+Built on ``imapclient`` (a well-kept, widely used client over the standard
+library's imaplib), run in a worker thread per call
+(:class:`SourceConnection`'s async methods hop through
+``trio.to_thread``).  Why not a client of our own on the IMAP wire parser:
+that parser is a *server's* parser (commands in, responses out); a client
+needs the other direction, literals in responses, and years of servers'
+quirks that imapclient already absorbs.  The cost is one thread per open
+source connection, bounded by the workers.
+
+Never writes to the source: folders are opened with EXAMINE (read-only
+SELECT) and bodies fetched with ``BODY.PEEK[]``, which sets no ``\\Seen``.
+
+Login: the user's own password (LOGIN), or a master user with SASL PLAIN
+(RFC 4616) whose authorization identity is the user, as imapsync's
+``--authuser`` and Dovecot's master passdb expect.
+
+Memory: imapclient reads a fetched body whole, so a message sits in memory
+once as it arrives (then once compressed for the store); fetches are
+batched by the sizes RFC822.SIZE announced (:data:`FETCH_BATCH_BYTES`) so a
+batch of large messages is one message at a time.  Bytes on the wire per
+message: its size plus the FETCH response's fixed overhead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import trio
+from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.exceptions import LoginError  # type: ignore[import-untyped]
+from imapclient.imapclient import seq_to_parenstr_upper  # type: ignore[import-untyped]
+from imapclient.response_parser import parse_fetch_response  # type: ignore[import-untyped]
+
+from replicad.migrate.failures import FailureClass, SourceError, classify_server_text
+from replicad.migrate.names import SourceFolder
+from replicad.migrate.planner import Checkpoint, SourceFolderState
+
+T = TypeVar("T")
+
+#: Seconds a source may stay silent before the connection counts as broken.
+SOURCE_TIMEOUT_S: Final = 120.0
+#: Bodies fetched per FETCH, by their announced sizes (one message at least).
+FETCH_BATCH_BYTES: Final = 8 * 1024 * 1024
+FETCH_BATCH_MESSAGES: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLogin:
+    host: str
+    port: int
+    tls: bool
+    user: str
+    password: str
+    master_user: str | None = None
+
+    def __repr__(self) -> str:  # the password never reaches a log line
+        return f"SourceLogin({self.host}:{self.port}, user={self.user!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    uid: int
+    flags: tuple[str, ...]
+    internaldate: int
+    body: bytes
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    text = str(value)
+    # imaplib words some server answers as the repr of their bytes.
+    if len(text) >= 3 and text[:2] in ("b'", 'b"') and text[-1] == text[1]:
+        return text[2:-1]
+    return text
+
+
+def _flags(data: dict[bytes, Any]) -> tuple[str, ...]:
+    # \Recent is the session's, not the message's (RFC 3501 §2.3.2).
+    return tuple(f for f in (_text(f) for f in data.get(b"FLAGS", ())) if f.lower() != "\\recent")
+
+
+def _failure(exc: BaseException, *, at_login: bool) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
+    if isinstance(exc, LoginError):
+        text = _text(exc.args[0]) if exc.args else str(exc)
+        return SourceError(classify_server_text(text, at_login=True), text)
+    if isinstance(exc, (imaplib.IMAP4.abort, OSError, ssl.SSLError, socket.timeout, EOFError)):
+        return SourceError(FailureClass.NETWORK, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, imaplib.IMAP4.error):
+        text = _text(str(exc))
+        return SourceError(classify_server_text(text, at_login=at_login), text)
+    return SourceError(FailureClass.PROTOCOL, f"{type(exc).__name__}: {exc}")
+
+
+class _Blocking:
+    """The blocking half: every method runs in a worker thread."""
+
+    def __init__(self, login: SourceLogin) -> None:
+        self.login = login
+        self.client: Any = None
+        self.condstore = False
+        self.prefix = ""
+
+    def connect(self) -> None:
+        login = self.login
+        context = ssl.create_default_context() if login.tls else None
+        client = IMAPClient(
+            login.host,
+            port=login.port,
+            ssl=login.tls,
+            ssl_context=context,
+            timeout=SOURCE_TIMEOUT_S,
+        )
+        client.folder_encode = False  # names stay modified UTF-7: names.py decodes them
+        client.normalise_times = False  # INTERNALDATE with its zone, not local time
+        self.client = client
+        try:
+            if login.master_user is not None:
+                client.plain_login(login.master_user, login.password, login.user)
+            else:
+                client.login(login.user, login.password)
+        except Exception as exc:
+            raise _failure(exc, at_login=True) from None
+        caps = {_text(c).upper() for c in client.capabilities()}
+        if "CONDSTORE" in caps:
+            if "ENABLE" in caps:
+                client.enable("CONDSTORE")
+            self.condstore = True
+        if "NAMESPACE" in caps:
+            personal = client.namespace().personal or ()
+            if personal:
+                self.prefix = _text(personal[0][0])
+
+    def folders(self) -> list[SourceFolder]:
+        out = []
+        for flags, delimiter, name in self.client.list_folders():
+            out.append(
+                SourceFolder(
+                    _text(name),
+                    _text(delimiter) if delimiter else None,
+                    tuple(_text(f) for f in flags),
+                )
+            )
+        return out
+
+    def examine(
+        self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
+    ) -> SourceFolderState:
+        """The folder's state; flags of all messages, or with CONDSTORE and
+        ``changedsince`` only of those changed since (RFC 7162 §3.1.4).  When
+        SELECT's own answer matches ``known`` (UIDVALIDITY, UIDNEXT,
+        HIGHESTMODSEQ, EXISTS) nothing more is asked: the folder is unchanged."""
+        client = self.client
+        info = client.select_folder(wire_name, readonly=True)
+        uidvalidity = int(info[b"UIDVALIDITY"])
+        uidnext = int(info.get(b"UIDNEXT", 0))
+        modseq_raw = info.get(b"HIGHESTMODSEQ") if self.condstore else None
+        modseq = int(modseq_raw) if modseq_raw is not None else None
+        exists = int(info.get(b"EXISTS", 0))
+        if (
+            known is not None
+            and modseq is not None
+            and (uidvalidity, uidnext, modseq, exists)
+            == (known.uidvalidity, known.uidnext, known.highestmodseq, known.messages)
+        ):
+            return SourceFolderState(
+                uidvalidity, uidnext, modseq, frozenset(), {}, False, exists, listed=False
+            )
+        uids = frozenset(int(u) for u in client.search(["ALL"])) if exists else frozenset()
+        if not uidnext:
+            uidnext = max(uids, default=0) + 1
+        complete = changedsince is None or modseq is None
+        flags: dict[int, tuple[str, ...]] = {}
+        if uids:
+            modifiers = None if complete else [f"CHANGEDSINCE {changedsince}"]
+            fetched = _fetch_all(client, ["FLAGS"], modifiers)
+            for uid, data in fetched.items():
+                flags[int(uid)] = _flags(data)
+        return SourceFolderState(uidvalidity, uidnext, modseq, uids, flags, complete)
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for chunk in _chunks(list(uids), 1000):
+            for uid, data in self.client.fetch(chunk, ["RFC822.SIZE"]).items():
+                out[int(uid)] = int(data.get(b"RFC822.SIZE", 0))
+        return out
+
+    def fetch(self, uids: Sequence[int]) -> list[FetchedMessage]:
+        fetched = self.client.fetch(list(uids), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+        out = []
+        for uid in uids:
+            data = fetched.get(uid)
+            if data is None:
+                continue  # expunged on the source meanwhile; the next pass sees it gone
+            body = data.get(b"BODY[]") or b""
+            date = data.get(b"INTERNALDATE")
+            internaldate = int(date.timestamp()) if isinstance(date, datetime) else 0
+            flags = _flags(data)
+            out.append(FetchedMessage(int(uid), flags, internaldate, bytes(body)))
+        return out
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.logout()
+        except Exception:  # a broken connection: nothing left to log out of
+            with contextlib.suppress(Exception):
+                self.client.shutdown()
+
+
+def _fetch_all(client: Any, data: list[str], modifiers: list[str] | None) -> dict[int, Any]:
+    """``UID FETCH 1:* data (modifiers)``: imapclient's ``fetch`` takes a list
+    of UIDs only (one line naming every UID of a large folder), so the range
+    goes through its command layer, parsed by its own FETCH parser."""
+    args = ["UID", "FETCH", "1:*", seq_to_parenstr_upper(data)]
+    if modifiers:
+        args.append(seq_to_parenstr_upper(modifiers))
+    imap = client._imap
+    tag = imap._command(*args)
+    typ, lines = imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, lines)
+    typ, lines = imap._untagged_response(typ, lines, "FETCH")
+    parsed: dict[int, Any] = parse_fetch_response(lines, client.normalise_times, True)
+    return parsed
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def fetch_batches(sizes: dict[int, int], uids: Sequence[int]) -> list[list[int]]:
+    """``uids`` cut into FETCH batches of at most :data:`FETCH_BATCH_BYTES`
+    announced bytes and :data:`FETCH_BATCH_MESSAGES` messages (one at least)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    weight = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if current and (weight + size > FETCH_BATCH_BYTES or len(current) >= FETCH_BATCH_MESSAGES):
+            batches.append(current)
+            current, weight = [], 0
+        current.append(uid)
+        weight += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class SourceConnection:
+    """One logged-in, read-only connection to the source, used from trio."""
+
+    def __init__(self, login: SourceLogin) -> None:
+        self._blocking = _Blocking(login)
+        self._lock = trio.Lock()  # one command at a time on the connection
+
+    @property
+    def condstore(self) -> bool:
+        return self._blocking.condstore
+
+    @property
+    def prefix(self) -> str:
+        return self._blocking.prefix
+
+    async def _call(self, fn: Callable[..., T], *args: Any, at_login: bool = False) -> T:
+        async with self._lock:
+            try:
+                return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+            except SourceError:
+                raise
+            except Exception as exc:
+                raise _failure(exc, at_login=at_login) from None
+
+    async def connect(self) -> None:
+        await self._call(self._blocking.connect, at_login=True)
+
+    async def folders(self) -> list[SourceFolder]:
+        return await self._call(self._blocking.folders)
+
+    async def examine(
+        self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
+    ) -> SourceFolderState:
+        return await self._call(self._blocking.examine, wire_name, changedsince, known)
+
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        return await self._call(self._blocking.sizes, uids)
+
+    async def fetch(self, uids: Sequence[int]) -> list[FetchedMessage]:
+        return await self._call(self._blocking.fetch, uids)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._blocking.close, abandon_on_cancel=True)
