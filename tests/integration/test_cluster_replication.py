@@ -366,8 +366,16 @@ def test_writes_through_every_node_converge(cluster: LocalCluster) -> None:
         3: {r"\Answered", "$Label1"},
     }
     assert (inbox["status"]["messages"], inbox["status"]["uidnext"]) == (2, 4)
-    # The copies keep the message GUIDs and the flags they had when copied.
-    assert uid_map(old["messages"]) == {1: g1, 2: g2}
+    # The copies are messages of their own (new GUIDs, the same octets) with
+    # the flags they had when copied (resync.md §4, copies are instances).
+    copies = uid_map(old["messages"])
+    assert sorted(copies) == [1, 2] and not set(copies.values()) & {g1, g2, g3}
+    assert len(set(copies.values())) == 2
+    copy_text, source_text = (
+        cluster.json_on("n2", "fetch", "-u", "alice", "text", "mailbox", box, "uid", "1")
+        for box in ("Old", "INBOX")
+    )
+    assert copy_text["text"] == source_text["text"]
     assert flags_by_uid(old["messages"]) == {1: {r"\Seen", r"\Flagged"}, 2: {r"\Seen"}}
     assert (old["status"]["messages"], old["status"]["uidnext"]) == (2, 3)
     assert inbox["status"]["guid"] != old["status"]["guid"]
