@@ -46,8 +46,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def row_of(text: str, node: str) -> list[str]:
-    """The cells of ``node``'s row in a ``top`` table (rows start with the node name)."""
-    rows = [line.split() for line in text.splitlines() if line.split()[:1] == [node]]
+    """The cells of ``node``'s row in a ``top`` table (rows start with the node
+    name; a "NODE catching up: ..." line under the table is not a row)."""
+    rows = [
+        line.split()
+        for line in text.splitlines()
+        if line.split()[:1] == [node] and line.split()[1:2] != ["catching"]
+    ]
     assert len(rows) == 1, f"no single row for {node} in:\n{text}"
     return rows[0]
 
