@@ -346,7 +346,9 @@ def test_uid_expunged_on_one_side_and_reused_on_the_other(cluster: PartitionedCl
 
 
 def folders(cluster: PartitionedCluster, node: str) -> dict[str, Any] | str:
-    """``node``'s mailboxes of alice: name -> (GUID, sorted message GUIDs), or the error."""
+    """``node``'s mailboxes of alice: name -> (GUID, sorted message sizes), or
+    the error.  Sizes tell the test's messages apart (their subjects differ
+    in length); a copy has a GUID of its own (resync.md §4), checked apart."""
     listed = cluster.on(node, "mailbox", "list", "-u", USER)
     if listed.returncode:
         return f"list: exit {listed.returncode}: {listed.stderr.decode(errors='replace')}"
@@ -354,11 +356,13 @@ def folders(cluster: PartitionedCluster, node: str) -> dict[str, Any] | str:
     for row in json.loads(listed.stdout):
         name = row["mailbox"]
         status = cluster.on(node, "mailbox", "status", "-u", USER, "guid", name)
-        fetched = cluster.on(node, "fetch", "-u", USER, "uid guid", "mailbox", name, "all")
+        fetched = cluster.on(node, "fetch", "-u", USER, "uid guid size", "mailbox", name, "all")
         if status.returncode or fetched.returncode:
             return f"{name}: exit {status.returncode}/{fetched.returncode}"
         [st] = json.loads(status.stdout)
-        out[name] = [st["guid"], sorted(m["guid"] for m in json.loads(fetched.stdout))]
+        rows = json.loads(fetched.stdout)
+        out[name] = [st["guid"], sorted(m["size"] for m in rows)]
+        out.setdefault("", []).extend(m["guid"] for m in rows)
     return out
 
 
@@ -369,8 +373,9 @@ def test_folder_renames_creates_deletes_and_copies_on_both_sides_converge(
     (resync.md §5); a DELETE wins; every copied instance at its own UID is
     kept (I6); the nodes agree (I4)."""
     cluster.up()
-    saved = [cluster.save("n1", f"folder-{i}") for i in range(1, 4)]
-    g1, g2, g3 = (s["guid"] for s in saved)
+    for i in range(1, 4):
+        cluster.save("n1", "folder-" + "x" * i)
+    s1, s2, s3 = (len(message("folder-" + "x" * i)) for i in range(1, 4))
     for name in ("Work", "Projects", "Old"):
         cluster.write("n1", "mailbox", "create", "-u", USER, name)
     cluster.write("n1", "copy", "-u", USER, "Work", "mailbox", "INBOX", "uid", "1")
@@ -380,22 +385,28 @@ def test_folder_renames_creates_deletes_and_copies_on_both_sides_converge(
     }
 
     def agree(expected: dict[str, Any] | None = None) -> dict[str, Any]:
+        def shown(state: dict[str, Any] | str) -> Any:
+            return state if isinstance(state, str) else {k: v for k, v in state.items() if k}
+
         def probe() -> tuple[bool, Any]:
             seen = {n: folders(cluster, n) for n in NODES}
             first = seen["n1"]
             same = isinstance(first, dict) and all(s == first for s in seen.values())
-            return same and (expected is None or first == expected), seen
+            return same and (expected is None or shown(first) == expected), seen
 
         found: dict[str, Any] = cluster.wait_until(
             f"every node lists {expected}", probe, CONVERGE
         )["n1"]
+        # Every message is an instance with a GUID of its own (I6).
+        every = found.pop("")
+        assert len(every) == len(set(every)), every
         return found
 
-    inbox = sorted([g1, g2, g3])
+    inbox = sorted([s1, s2, s3])
     before = agree()
     assert before == {
         "INBOX": [before["INBOX"][0], inbox],
-        "Work": [guids["Work"], [g1]],
+        "Work": [guids["Work"], [s1]],
         "Projects": [guids["Projects"], []],
         "Old": [guids["Old"], []],
     }, before
@@ -419,8 +430,8 @@ def test_folder_renames_creates_deletes_and_copies_on_both_sides_converge(
     after = agree(
         {
             "INBOX": [before["INBOX"][0], inbox],
-            "Jobs": [guids["Work"], sorted([g1, g2])],
-            "Proj": [guids["Projects"], sorted([g1, g2, g3])],
+            "Jobs": [guids["Work"], sorted([s1, s2])],
+            "Proj": [guids["Projects"], sorted([s1, s2, s3])],
             "Side1": [side1, []],
             "Side2": [side2, []],
         }
