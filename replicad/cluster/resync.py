@@ -66,6 +66,7 @@ from replicad.model.merge import (
 from replicad.protocol import commands as c
 from replicad.store.index import INBOX
 from replicad.store.namespace import Claim
+from replicad.store.records import MailboxStatus
 from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -342,18 +343,7 @@ class Resyncer:
         if key in self.collect:
             return False  # a resync of it with this peer is under way: asked again next round
         if new:
-            await session.send_mbox(
-                c.Mbox(
-                    mid,
-                    status.user,
-                    status.name,
-                    status.guid,
-                    status.uidvalidity,
-                    status.uidnext,
-                    status.messages,
-                    status.highestmodseq,
-                ),
-            )
+            await session.send_mbox(_mbox(mid, status))
         self.collect[key] = _Collected()
         try:
             await session.request(c.Sync(mid, NO_ENTRIES_SINCE, None), timeout=STEP_TIMEOUT)
@@ -388,18 +378,7 @@ class Resyncer:
                 raise TemporaryError(f"no longer the master of {key}")
         mid, new = session.mbox_id(status.user, status.name, status.guid)
         if new:
-            await session.send_mbox(
-                c.Mbox(
-                    mid,
-                    status.user,
-                    status.name,
-                    status.guid,
-                    status.uidvalidity,
-                    status.uidnext,
-                    status.messages,
-                    status.highestmodseq,
-                ),
-            )
+            await session.send_mbox(_mbox(mid, status))
         since = await self._since(session.peer, mailbox)
         # Each SYNC waits at most STEP_TIMEOUT for its reply (a mailbox
         # pulled in ranges takes several).
@@ -1033,6 +1012,20 @@ def _with_entries(
         state,
         messages=tuple(sorted((*state.messages, *messages), key=lambda m: m.uid)),
         tombstones=tuple(sorted((*state.tombstones, *tombstones), key=lambda t: t.uid)),
+    )
+
+
+def _mbox(mid: int, status: MailboxStatus) -> c.Mbox:
+    """The MBOX that binds ``mid`` to this node's mailbox on a link."""
+    return c.Mbox(
+        mid,
+        status.user,
+        status.name,
+        status.guid,
+        status.uidvalidity,
+        status.uidnext,
+        status.messages,
+        status.highestmodseq,
     )
 
 
