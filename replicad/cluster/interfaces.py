@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from replicad.cluster.changewire import MboxBinding
 from replicad.cluster.masters import Granularity, MasterKey
+from replicad.cluster.streamgaps import StreamGaps
 from replicad.protocol import commands as c
 from replicad.store.mailstore import MailStore
 
@@ -25,6 +26,11 @@ class Peer(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def gaps(self) -> StreamGaps:
+        """What the change stream on this link holds back (streamgaps.py)."""
+        ...
 
     @property
     def in_ids(self) -> Mapping[int, MboxBinding]:

@@ -404,7 +404,7 @@ class Resyncer:
                 Claim(status.name_stamp, status.claim),
                 create=True,
             )
-            await store.clear_resync([session.peer], mailbox)
+            await self._close(session, mailbox, ours.highestmodseq)
             return
         theirs, their_guid, their_claim = pulled
         if their_guid != mailbox and status.name != INBOX:
@@ -461,7 +461,15 @@ class Resyncer:
             break
         peer_plan = plan(side, merged)
         await self._push_update(session, mid, theirs, peer_plan, replaces, claim)
-        await store.clear_resync([session.peer], mailbox)
+        await self._close(session, mailbox, merged.highestmodseq)
+
+    async def _close(self, session: Peer, mailbox: bytes, delivered: int) -> None:
+        """The peer applied this node's state of ``mailbox`` as of modseq
+        ``delivered``: its mark goes, and the stream sends the mailbox's
+        later changes again, unless it held back one above ``delivered``
+        meanwhile (streamgaps.py), which the next resync brings."""
+        if session.gaps.release(mailbox, delivered):
+            await self.store.clear_resync([session.peer], mailbox)
 
     async def _own_state(self, mailbox: bytes) -> MailboxState:
         found = await self.store.mailbox_state(mailbox)

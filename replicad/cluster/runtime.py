@@ -314,6 +314,7 @@ class ClusterNode:
             "changes_applied": streams.changes_applied,
             "changes_sent": streams.changes_sent,
             "changes_oversized": streams.changes_oversized,
+            "changes_held_back": streams.changes_held_back,
             "changes_refused_skew": streams.changes_refused_skew,
             "forwarded": self.writes.forwarded,
         }

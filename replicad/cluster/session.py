@@ -18,6 +18,7 @@ import trio
 
 from replicad.cluster.changewire import MboxBinding
 from replicad.cluster.outbox import OutboxStream
+from replicad.cluster.streamgaps import StreamGaps
 from replicad.cluster.writeops import WRITE_DEADLINE
 from replicad.errors import (
     AlreadyExistsError,
@@ -89,6 +90,8 @@ class PeerSession:
         self.in_ids: dict[int, MboxBinding] = {}
         self.out_ids: dict[tuple[str, str, bytes], int] = {}
         self.stream_ids: dict[bytes, int] = {}  # mailbox GUID -> id, for the change stream
+        #: Which of this node's changes the stream holds back for a resync.
+        self.gaps = StreamGaps()
         self.last_sent = outbox.acked  # log seq of the last change frame sent
         self.ack_dirty = trio.Event()  # acknowledged position not yet on disk
         self.lag: deque[float] = deque(maxlen=MAX_LAG_SAMPLES)  # write -> peer ack, s

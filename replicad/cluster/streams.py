@@ -100,6 +100,7 @@ class ChangeStreams:
         self.changes_applied = 0
         self.changes_sent = 0
         self.changes_oversized = 0
+        self.changes_held_back = 0  # for a resync that closes a gap (streamgaps.py)
         self.changes_refused_skew = 0
 
     def log_changed(self) -> None:
@@ -129,6 +130,7 @@ class ChangeStreams:
             )
             if batch.cursor > outbox.acked:
                 outbox.on_resync_jump(batch.cursor)  # the log dropped this peer's backlog
+                session.gaps.on_new_gap()
                 continue
             entries = batch.entries
             if not entries:
@@ -141,10 +143,15 @@ class ChangeStreams:
                     with trio.move_on_after(1.0):
                         await changed.wait()
                 continue
-            wanted = [(seq, ch) for seq, ch, origin in entries if self._wants(session, origin)]
+            gapped = set(batch.gapped)
             bodies = batch.bodies
-            for seq, change in wanted:
-                weight = await self._send_change(session, seq, change, bodies)
+            for seq, change, origin in entries:
+                if not self._wants(session, origin):
+                    continue
+                if session.gaps.holds_back(change, origin, gapped):
+                    self.changes_held_back += 1
+                    continue  # the resync that closes the peer's gap brings it
+                weight = await self._send_change(session, seq, change, bodies, gapped)
                 if weight is not None:
                     outbox.on_frame(seq, weight)
                     session.last_sent = seq
@@ -170,10 +177,16 @@ class ChangeStreams:
         return self.links.routing.advertised(session.peer, origin) != 1
 
     async def _send_change(
-        self, session: PeerSession, seq: int, change: Any, bodies: dict[bytes, Blob]
+        self,
+        session: PeerSession,
+        seq: int,
+        change: Any,
+        bodies: dict[bytes, Blob],
+        gapped: set[bytes],
     ) -> int | None:
         """Queue the frame of one log entry and return the octets of bodies it
-        carries (``body_bytes``); None if there is nothing to send."""
+        carries (``body_bytes``); None if there is nothing to send.  A change
+        too large for the link opens a gap in its mailbox (added to ``gapped``)."""
         if (
             isinstance(change, MailboxMerged)
             and change.peer == session.peer
@@ -213,13 +226,13 @@ class ChangeStreams:
         try:
             session.link.queue(lambda conn: conn.send_untagged(frame))
         except ProtocolError as exc:
-            await self._skip_oversized(session, seq, change, exc)
+            gapped.add(await self._skip_oversized(session, seq, change, exc))
             return None
         return body_bytes(frame)
 
     async def _skip_oversized(
         self, session: PeerSession, seq: int, change: Any, exc: ProtocolError
-    ) -> None:
+    ) -> bytes:
         """A change too large for the link (or not encodable): the encoder
         refused it before queueing a byte, so the link is intact.  Resending
         it would fail the same way on every reconnect and the peer would
@@ -231,6 +244,7 @@ class ChangeStreams:
         except TypeError:
             mailbox = ALL_MAILBOXES  # a mailbox-level change: every mailbox
         await self.store.mark_resync([session.peer], mailbox, RESYNC_OVERSIZED, 0)
+        session.gaps.on_new_gap(None if mailbox == ALL_MAILBOXES else mailbox)
         log_event(
             log,
             logging.ERROR,
@@ -241,6 +255,7 @@ class ChangeStreams:
             reason=str(exc),
         )
         self.changes_oversized += 1
+        return mailbox
 
     async def _held_by(self, session: PeerSession, change: MailboxMerged) -> MailboxMerged:
         """``change`` with every body the peer stores in ``held``, so that only

@@ -43,6 +43,10 @@ RESYNC_MISSING = "missing"
 RESYNC_PARTITION = "partition"  # written as master while the peer was unreachable (I7)
 RESYNC_OVERSIZED = "oversized"  # a change whose frame the link could not carry (I9)
 RESYNC_REQUESTED = "requested"  # an operator asked for it (replicad sync)
+#: Marks of changes that never reached the peer: its copy has a gap, and the
+#: stream holds back this node's later changes of the mailbox until a resync
+#: closes it (replicad.cluster.streamgaps).
+GAP_REASONS = frozenset({RESYNC_OVERFLOW, RESYNC_OVERSIZED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +239,10 @@ class ChangeLog:
         key = _resync_key(peer, mailbox)
         old = txn.get(key, db=self.dbs.resync)
         if old is not None:
-            _, old_since = unpack(bytes(old))
+            old_reason, old_since = unpack(bytes(old))
             since = min(since, old_since)  # keep the earliest point of divergence
+            if old_reason in GAP_REASONS and reason not in GAP_REASONS:
+                reason = old_reason  # a gap stays one until a resync closes it
         txn.put(key, pack([reason, since]), db=self.dbs.resync)
 
     def mark_resync(self, txn: Any, peer: str, mailbox: bytes, reason: str, since: int) -> None:
@@ -259,6 +265,21 @@ class ChangeLog:
             return None
         reason, since = unpack(bytes(raw))
         return ResyncMark(peer, mailbox, reason, since)
+
+    def gapped(self, txn: Any, peer: str) -> frozenset[bytes]:
+        """The mailboxes whose copy on ``peer`` lacks changes of this log (a
+        gap mark, :data:`GAP_REASONS`)."""
+        prefix = _resync_key(peer, b"")
+        out = []
+        with txn.cursor(db=self.dbs.resync) as cur:
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    if unpack(bytes(raw))[0] in GAP_REASONS:
+                        out.append(key[len(prefix) :])
+        return frozenset(out)
 
     def resync_marks(self, txn: Any) -> list[ResyncMark]:
         out = []

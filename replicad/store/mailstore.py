@@ -108,6 +108,9 @@ class OutboxBatch:
     bodies: dict[bytes, Blob]  # body hash -> stored body, for the appends among them
     #: Entries were left out for the byte budget (there is more to send).
     full: bool = False
+    #: Mailboxes whose copy on the peer has a gap (a mark of
+    #: :data:`~replicad.store.changelog.GAP_REASONS`), read with the entries.
+    gapped: frozenset[bytes] = frozenset()
 
 
 # --- the async facade -------------------------------------------------------
@@ -769,7 +772,12 @@ class MailStore:
                 total += weight
                 taken += 1
             return OutboxBatch(
-                self.log.cursor(txn, peer), self.log.head(txn), entries[:taken], bodies, full
+                self.log.cursor(txn, peer),
+                self.log.head(txn),
+                entries[:taken],
+                bodies,
+                full,
+                self.log.gapped(txn, peer),
             )
 
         return await self._read(read)

@@ -1,0 +1,114 @@
+"""Holding back a peer's stream of a mailbox whose earlier changes it lost (resync.md §7).
+
+A peer's copy of a mailbox has a *gap* when changes of it never reached
+the peer: the log dropped the peer's backlog (``outbox-overflow``), or a
+change too large for the link was skipped (``oversized``).  Either leaves a
+resync mark from the modseq of the first change lost (the *gap marks*,
+:data:`~replicad.store.changelog.GAP_REASONS`).
+
+Changes of that mailbox made after the gap would still apply on the peer
+(they name new UIDs, or messages it holds), and each would raise its
+HIGHESTMODSEQ over the gap.  The resync would then find entries the peer
+lacks with modseqs at or below its HIGHESTMODSEQ, which its clients would
+never be told about (RFC 7162 CHANGEDSINCE), so the merge would have to
+re-stamp every one of them above it (merge rule 4, I3), on the master's
+own copy, logged and streamed to every follower: the cost of an overflow
+grew with the size of the gap, for every node.
+
+So the stream holds those changes back: this node's own changes of a
+gapped mailbox wait for the resync, which brings them with the rest in one
+UPDATE computed from what the peer holds (incremental SYNC, resync.md §3).
+The peer's HIGHESTMODSEQ then only ever moves past entries it holds, the
+master's copy is not touched, and nobody else is sent anything.
+
+**Release.** Once a resync delivered the mailbox to the peer up to modseq
+``H``, the stream sends that mailbox's changes above ``H`` again.  A change
+it held back *above* ``H`` (made after the resync read the master's state)
+would then be lost to the peer: :meth:`StreamGaps.release` refuses, the
+mark stays, and the next resync brings it.  Both run on the event loop
+with no wait between a decision and its record, so no change slips
+between them.
+
+**Only gaps this stream opened.** Relayed changes (origin another node) are
+never held back: their gap is settled by their master, not by a resync of
+this node's.  A new gap (the log dropped the backlog again, or another
+change was too large) forgets every release, since a release is only good
+for the gap it closed.
+
+This class is pure (no I/O); one per link, like the outbox window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from replicad.store.changecodec import mailbox_of
+from replicad.store.records import (
+    Change,
+    FlagsChanged,
+    MailboxMerged,
+    MessageAppended,
+    MessagesCopied,
+    MessagesExpunged,
+)
+
+#: The changes a resync's UPDATE stands for: those of messages.  Creating,
+#: renaming and deleting mailboxes always go on (the UPDATE of a resync
+#: carries no DELETE, and a CREATE or a claim is cheap and never re-stamps).
+_MESSAGE_CHANGES = (MessageAppended, MessagesCopied, FlagsChanged, MessagesExpunged, MailboxMerged)
+
+
+def change_modseq(change: Change) -> int:
+    """The highest modseq ``change`` gives an entry of its mailbox."""
+    if isinstance(change, (MessageAppended, FlagsChanged, MessagesExpunged)):
+        return change.modseq
+    if isinstance(change, MessagesCopied):
+        return max((a.modseq for a in change.appended), default=0)
+    if isinstance(change, MailboxMerged):
+        return change.plan.highestmodseq
+    return 0
+
+
+class StreamGaps:
+    """Which of this node's changes the stream to one peer holds back."""
+
+    def __init__(self) -> None:
+        #: mailbox -> the modseq a resync delivered it up to, on this link.
+        self._released: dict[bytes, int] = {}
+        #: mailbox -> the highest modseq of a change held back.
+        self._held: dict[bytes, int] = {}
+
+    def holds_back(self, change: Change, origin: str, gapped: Collection[bytes]) -> bool:
+        """Whether not to send ``change`` (logged with ``origin``, "" = made
+        here) now that ``gapped`` are the mailboxes with a gap mark for the
+        peer; a change held back is recorded for :meth:`release`."""
+        if origin or not isinstance(change, _MESSAGE_CHANGES):
+            return False
+        mailbox = mailbox_of(change)
+        if mailbox not in gapped:
+            return False
+        modseq = change_modseq(change)
+        released = self._released.get(mailbox)
+        if released is not None and modseq > released:
+            return False  # the resync delivered what came before it
+        self._held[mailbox] = max(self._held.get(mailbox, 0), modseq)
+        return True
+
+    def release(self, mailbox: bytes, delivered: int) -> bool:
+        """A resync brought the peer's copy of ``mailbox`` to the master's up
+        to modseq ``delivered``; whether its mark may go (False: a change
+        above ``delivered`` was held back meanwhile, and only another resync
+        brings it)."""
+        held = self._held.pop(mailbox, 0)
+        if held > delivered:
+            return False
+        self._released[mailbox] = delivered
+        return True
+
+    def on_new_gap(self, mailbox: bytes | None = None) -> None:
+        """The peer lost more changes (of ``mailbox``, or None: of any): the
+        releases no longer hold (their marks come back with the gap)."""
+        if mailbox is None:
+            self._released.clear()
+        else:
+            self._released.pop(mailbox, None)
