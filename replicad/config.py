@@ -153,6 +153,9 @@ class ClusterSection:
     #: Nodes of the cluster reached only through others (a chain); every
     #: other node is a [[peers]] entry (protocol-spec/trust.md §1).
     members: tuple[str, ...] = ()
+    #: Seconds between reachability probes of a peer whose link is down
+    #: (replicad.cluster.redial, verbs.md §2 "Redialling"); 0: no probes.
+    probe_interval: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,6 +626,7 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
             "verify_interval",
             "max_clock_skew",
             "members",
+            "probe_interval",
         ),
         "cluster.",
     )
@@ -659,6 +663,9 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
     if verify != 0:
         verify = _seconds(tbl, "cluster.verify_interval", 300.0)
     skew = _seconds(tbl, "cluster.max_clock_skew", 300.0, low=1.0, high=86400.0)
+    probe = tbl.get("probe_interval", 0.1)
+    if probe != 0:
+        probe = _seconds(tbl, "cluster.probe_interval", 0.1, high=60.0)
     raw_members = _get(tbl, "cluster.members", list, default=[])
     members = []
     for i, member in enumerate(raw_members):
@@ -679,6 +686,7 @@ def _cluster(doc: Mapping[str, Any], cluster_size: int) -> ClusterSection:
         float(verify),
         skew,
         tuple(sorted(set(members))),
+        float(probe),
     )
 
 

@@ -394,6 +394,12 @@ def _cluster_families(snap: Snapshot, status: dict[str, Any]) -> Iterable[Metric
         ),
         ("changes_sent", "replicad_changes_sent", "Change records streamed to peers."),
         (
+            "changes_held_back",
+            "replicad_changes_held_back",
+            "Change records not streamed to a peer whose copy of the mailbox has a gap "
+            "(outbox overflow, oversized change): the resync that closes it brings them.",
+        ),
+        (
             "changes_refused_skew",
             "replicad_changes_refused_clock_skew",
             "Peer changes refused (and marked for resync) for a stamp beyond "

@@ -769,6 +769,7 @@ def _cluster_node(
             compress=config.cluster.compress,
             resync_interval=config.cluster.resync_interval,
             verify_interval=config.cluster.verify_interval,
+            probe_interval=config.cluster.probe_interval,
             members=frozenset(config.cluster.members),
         ),
     )

@@ -151,6 +151,7 @@ class Resyncer:
         #: The most SYNC items ever held for one request (tests assert on it).
         self.peak_sync_items = 0
         self.ranged = 0  # SYNC replies above the budget, pulled again in UID ranges
+        self._scan_now = trio.Event()
 
     # -- queueing --
 
@@ -260,14 +261,22 @@ class Resyncer:
             return
         await self.store.clear_resync([peer], SUBSCRIPTIONS_MARK)
 
+    def scan_soon(self) -> None:
+        """Scan the marks now rather than at the next interval (a stream
+        waits for the resync of a gap, streamgaps.py)."""
+        self._scan_now.set()
+
     async def scan_loop(self, interval: float) -> None:
         while True:
+            # A new event before the scan: a call during it scans again at once.
+            self._scan_now = trio.Event()
             try:
                 await self.scan_marks()
             except (ReplicadError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # A link died under a RESYNC: the next scan asks again.
                 log_event(log, logging.WARNING, "resync-scan-failed", reason=str(exc))
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):
+                await self._scan_now.wait()
 
     async def worker(self, session: Peer) -> None:
         """Run the peer's queued resyncs one at a time (started per link)."""

@@ -147,6 +147,7 @@ class ClusterNode:
             copies=self.copies,
             order=lambda: self.order,
             log_grew=log_grew,
+            gaps_found=lambda: self.resync.scan_soon(),
         )
         self.writes = WriteRouter(
             name=name,

@@ -77,6 +77,16 @@ class StreamGaps:
         self._released: dict[bytes, int] = {}
         #: mailbox -> the highest modseq of a change held back.
         self._held: dict[bytes, int] = {}
+        #: The gapped mailboxes the resync layer was last told of.
+        self._announced: frozenset[bytes] = frozenset()
+
+    def new_gaps(self, gapped: frozenset[bytes]) -> bool:
+        """Whether ``gapped`` names a mailbox not gapped when last asked: then
+        the resync that closes it should run now, not at the next scan of
+        the marks (the stream of that mailbox waits for it)."""
+        fresh = not gapped <= self._announced
+        self._announced = gapped
+        return fresh
 
     def holds_back(self, change: Change, origin: str, gapped: Collection[bytes]) -> bool:
         """Whether not to send ``change`` (logged with ``origin``, "" = made

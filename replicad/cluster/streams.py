@@ -85,8 +85,12 @@ class ChangeStreams:
         copies: CopyWaits,
         order: Callable[[], tuple[str, ...]],
         log_grew: Broadcast,
+        gaps_found: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
+        #: A peer's copy has a new gap: the resync that closes it should start
+        #: now, since the stream of those mailboxes waits for it (streamgaps.py).
+        self.gaps_found = gaps_found
         self.store = store
         self.links = links
         self.copies = copies
@@ -132,6 +136,8 @@ class ChangeStreams:
                 outbox.on_resync_jump(batch.cursor)  # the log dropped this peer's backlog
                 session.gaps.on_new_gap()
                 continue
+            if session.gaps.new_gaps(batch.gapped):
+                self.gaps_found()
             entries = batch.entries
             if not entries:
                 if batch.full:  # the next change waits for room in the window

@@ -169,12 +169,17 @@ def test_cluster_section() -> None:
         + TLS
         + '[[peers]]\nname = "n2"\naddress = "10.0.0.2:7750"\n'
         + '[cluster]\ngranularity = "user"\nmax_outbox = 500\nping_interval = 0.5\n'
-        + 'dead_after = 3\n[cluster.durability]\nceo = "all"\nbob = 1\n',
+        + 'dead_after = 3\nprobe_interval = 0.25\n[cluster.durability]\nceo = "all"\nbob = 1\n',
         BASE,
     )
     cluster = config.cluster
     assert cluster.granularity.value == "user"
     assert (cluster.max_outbox, cluster.ping_interval, cluster.dead_after) == (500, 0.5, 3.0)
+    assert cluster.probe_interval == 0.25
+    assert (
+        parse_config(MINIMAL + "[cluster]\nprobe_interval = 0\n", BASE).cluster.probe_interval == 0
+    )
+    assert parse_config(MINIMAL, BASE).cluster.probe_interval == 0.1
     assert [(u, lvl.copies) for u, lvl in cluster.user_durability] == [("bob", 1), ("ceo", 2)]
 
 
@@ -186,6 +191,8 @@ def test_cluster_section() -> None:
         ("[cluster]\nping_interval = 2\ndead_after = 1\n", "must be longer than"),
         ("[cluster]\nmaxoutbox = 5\n", "did you mean cluster.max_outbox"),
         ('[cluster.durability]\nbob = "most"\n', "cluster.durability.bob"),
+        ("[cluster]\nprobe_interval = 0.001\n", "cluster.probe_interval 0.001 is outside"),
+        ('[cluster]\nprobe_interval = "fast"\n', "cluster.probe_interval must be a number"),
     ],
 )
 def test_bad_cluster_values_name_the_key(text: str, expected: str) -> None:
@@ -219,6 +226,7 @@ def test_auth_section() -> None:
 )
 def test_bad_auth_values_name_the_key(text: str, expected: str) -> None:
     assert expected in error_of(MINIMAL + text)
+
 
 def test_lmtp_is_off_unless_configured() -> None:
     assert parse_config(MINIMAL, BASE).lmtp is None

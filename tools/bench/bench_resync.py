@@ -38,6 +38,17 @@ W2, incremental (on the synced pair W1 left, both sides)
     between): stateful (``-s STATE`` from a no-op pass before the changes,
     what Dovecot's replicator does) and stateless.
 
+W1 written while a node is down (on the pair W2 leaves)
+    replicad: the follower is killed; a W1-shaped corpus with other bodies
+    (``--seed 4``, so the follower holds none of them) is imported through
+    n1 as another user; then ``cluster restart`` of the follower; time from
+    the restart until its ``mailbox status`` equals n1's for that user (the
+    node's start, about 1 s, included; the time from link up is printed
+    too), and proxy bytes until idle.  The first catch-up progress line
+    ``replicator status`` shows is printed.  Anchor: ``doveadm sync``
+    (stateful, state from a no-op pass on the empty pair) after the same
+    corpus appears on one side, through the relay as in W2.
+
 W3, many users (``--users 1000 --mailboxes 3 --messages 20 --seed 3``)
     replicad: the corpus imported into n1 (in-process ``replicad import`` per
     user: the CLI's code without 1,000 interpreter start-ups) and replicated;
@@ -576,6 +587,7 @@ def replicad_w1_w2(
     nodes: int,
     log: Callable[[str], None],
     max_outbox: int | None = None,
+    down_maildir: Path | None = None,
 ) -> None:
     with cluster(work / "cl", nodes) as c:
         if max_outbox is not None:
@@ -647,7 +659,7 @@ def replicad_w1_w2(
         # W1 written while a node is down: it catches up when started.
         c.kill(follower)
         mark = c.log_mark()
-        c.cli("n1", "import", "-u", DOWN_USER, str(maildir))
+        c.cli("n1", "import", "-u", DOWN_USER, str(down_maildir or maildir))
         wait_for("W1 written", lambda: bool(c.statuses("n1", [DOWN_USER])))
         time.sleep(1.0)  # nothing moves towards a dead node; let the master settle
         b0, t0 = c.wire_bytes(), time.perf_counter()
@@ -678,7 +690,11 @@ def replicad_w1_w2(
 
 
 def dsync_w1_w2(
-    out: dict[str, float], work: Path, corpus_maildir: Path, changes: W2Changes
+    out: dict[str, float],
+    work: Path,
+    corpus_maildir: Path,
+    changes: W2Changes,
+    down_maildir: Path | None = None,
 ) -> None:
     d = Dovecot(work / "dsync")
     src_dir, dst_dir = d.base / "src", d.base / "dst"
@@ -729,11 +745,12 @@ def dsync_w1_w2(
     d.own()
     _, _, _, state = d.backup_remote(dsrc, ddst, "down-noop", state="", verb="sync")
     # Into the Maildir dsync already knows (its index stays): the change.
-    shutil.copytree(corpus_maildir, down_src / "Maildir", dirs_exist_ok=True)
+    down_corpus = down_maildir or corpus_maildir
+    shutil.copytree(down_corpus, down_src / "Maildir", dirs_exist_ok=True)
     d.own()
     secs, up, down, _ = d.backup_remote(dsrc, ddst, "down", state=state, verb="sync")
     out["down_dsync_s"], out["down_dsync_bytes"] = secs, up + down
-    expected = {b: len(f) for b, f in maildir_boxes(corpus_maildir).items()}
+    expected = {b: len(f) for b, f in maildir_boxes(down_corpus).items()}
     got = {b: len(f) for b, f in maildir_boxes(down_dst / "Maildir").items()}
     if got != expected:
         raise RuntimeError(f"dsync of W1 written on one side: {got} != {expected}")
@@ -1057,6 +1074,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         w2 = gen_corpus(corpora / f"w2-{sizes.w2_new}", 1, 5, sizes.w2_new, 2)
         w3 = gen_corpus(corpora / f"w3-{sizes.w3_users}", sizes.w3_users, 3, 20, 3)
         w1_maildir = w1 / USER / "Maildir"
+        # Written while a node is down: W1's shape, other bodies (the node
+        # holds W1's already, and the single-instance store would not send them).
+        w1d = gen_corpus(corpora / f"w1d-{sizes.w1_messages}", 1, 5, sizes.w1_messages, 4)
+        down_maildir = w1d / USER / "Maildir"
         w1_boxes = maildir_boxes(w1_maildir)
         changes = w2_changes(w1_boxes, maildir_boxes(w2 / USER / "Maildir"), sizes)
         users = sorted(p.name for p in w3.iterdir() if p.is_dir())
@@ -1071,7 +1092,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             r: dict[str, float] = {}
             t_run = time.perf_counter()
             if w12:
-                attempt(f"run {n + 1} dsync W1+W2", log, dsync_w1_w2, r, work, w1_maildir, changes)
+                attempt(
+                    f"run {n + 1} dsync W1+W2",
+                    log,
+                    dsync_w1_w2,
+                    r,
+                    work,
+                    w1_maildir,
+                    changes,
+                    down_maildir,
+                )
                 attempt(
                     f"run {n + 1} replicad W1+W2",
                     log,
@@ -1083,6 +1113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.nodes,
                     log,
                     args.w2_max_outbox,
+                    down_maildir,
                 )
                 log_w1_w2(n, r, log)
             if w3_on:
