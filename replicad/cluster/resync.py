@@ -64,6 +64,7 @@ from replicad.model.merge import (
     plan,
 )
 from replicad.protocol import commands as c
+from replicad.store.changelog import ResyncMark
 from replicad.store.index import INBOX
 from replicad.store.namespace import Claim
 from replicad.store.records import MailboxStatus
@@ -212,6 +213,8 @@ class Resyncer:
             if mark.mailbox == SUBSCRIPTIONS_MARK:
                 await self._exchange_subscriptions(mark.peer)
                 continue
+            if self.running.get(mark.peer) == mark.mailbox:
+                continue  # under way; a mark set again meanwhile outlives it
             status = await self.store.mailbox_by_guid(mark.mailbox)
             if status is None and await self.store.mailbox_deleted(mark.mailbox):
                 # Deleted here since: the DELETE wins, nothing is left to merge.
@@ -388,7 +391,9 @@ class Resyncer:
         mid, new = session.mbox_id(status.user, status.name, status.guid)
         if new:
             await session.send_mbox(_mbox(mid, status))
-        since = await self._since(session.peer, mailbox)
+        mark = await store.resync_mark(session.peer, mailbox)
+        marked_at = mark.marked_at if mark is not None else 0
+        since = self._since(session.peer, mailbox, mark)
         # Each SYNC waits at most STEP_TIMEOUT for its reply (a mailbox
         # pulled in ranges takes several).
         pulled = await self._pull_state(
@@ -413,7 +418,7 @@ class Resyncer:
                 Claim(status.name_stamp, status.claim),
                 create=True,
             )
-            await self._close(session, mailbox, ours.highestmodseq)
+            await self._close(session, mailbox, ours.highestmodseq, marked_at)
             return
         theirs, their_guid, their_claim = pulled
         if their_guid != mailbox and status.name != INBOX:
@@ -470,15 +475,17 @@ class Resyncer:
             break
         peer_plan = plan(side, merged)
         await self._push_update(session, mid, theirs, peer_plan, replaces, claim)
-        await self._close(session, mailbox, merged.highestmodseq)
+        await self._close(session, mailbox, merged.highestmodseq, marked_at)
 
-    async def _close(self, session: Peer, mailbox: bytes, delivered: int) -> None:
+    async def _close(self, session: Peer, mailbox: bytes, delivered: int, marked_at: int) -> None:
         """The peer applied this node's state of ``mailbox`` as of modseq
         ``delivered``: its mark goes, and the stream sends the mailbox's
         later changes again, unless it held back one above ``delivered``
-        meanwhile (streamgaps.py), which the next resync brings."""
+        meanwhile (streamgaps.py), or the mark was set again after the
+        resync read it (``marked_at``: the log dropped the peer's backlog
+        meanwhile); then the next resync brings the rest."""
         if session.gaps.release(mailbox, delivered):
-            await self.store.clear_resync([session.peer], mailbox)
+            await self.store.clear_resync_unless_marked_since(session.peer, mailbox, marked_at)
 
     async def _own_state(self, mailbox: bytes) -> MailboxState:
         found = await self.store.mailbox_state(mailbox)
@@ -489,7 +496,7 @@ class Resyncer:
             row.uidvalidity, row.uidnext, row.highestmodseq, tuple(messages), tuple(gone)
         )
 
-    async def _since(self, peer: str, mailbox: bytes) -> int:
+    def _since(self, peer: str, mailbox: bytes, mark: ResyncMark | None) -> int:
         """The modseq up to which the peer's copy is taken to hold what ours
         holds (0: unknown, SYNC whole).  Marks and RESYNC requests record the
         lowest modseq at which a copy may differ; this is one below the
@@ -499,7 +506,6 @@ class Resyncer:
             self.requested.pop((peer, mailbox), None)
             return 0
         points = []
-        mark = await self.store.resync_mark(peer, mailbox)
         if mark is not None:
             points.append(mark.since_modseq)
         requested = self.requested.pop((peer, mailbox), None)

@@ -62,6 +62,16 @@ class ResyncMark:
     mailbox: bytes
     reason: str
     since_modseq: int
+    #: When the mark was last set, in a counter every marking moves (0: a
+    #: mark kept before the counter): a resync clears only a mark nobody set
+    #: again while it ran (:meth:`ChangeLog.clear_resync_unless_marked_since`).
+    marked_at: int = 0
+
+
+def _mark_value(raw: bytes) -> tuple[str, int, int]:
+    """(reason, since, marked_at) of a stored mark (two fields before the counter)."""
+    reason, since, *rest = unpack(raw)
+    return reason, since, rest[0] if rest else 0
 
 
 def _entry(origin: str, change: Change) -> bytes:
@@ -239,11 +249,14 @@ class ChangeLog:
         key = _resync_key(peer, mailbox)
         old = txn.get(key, db=self.dbs.resync)
         if old is not None:
-            old_reason, old_since = unpack(bytes(old))
+            old_reason, old_since, _ = _mark_value(bytes(old))
             since = min(since, old_since)  # keep the earliest point of divergence
             if old_reason in GAP_REASONS and reason not in GAP_REASONS:
                 reason = old_reason  # a gap stays one until a resync closes it
-        txn.put(key, pack([reason, since]), db=self.dbs.resync)
+        raw = txn.get(b"mark_seq", db=self.dbs.meta)
+        marked_at = (unpack_u64(bytes(raw)) if raw is not None else 0) + 1
+        txn.put(b"mark_seq", pack_u64(marked_at), db=self.dbs.meta)
+        txn.put(key, pack([reason, since, marked_at]), db=self.dbs.resync)
 
     def mark_resync(self, txn: Any, peer: str, mailbox: bytes, reason: str, since: int) -> None:
         """Record that ``mailbox`` must be resynchronised with ``peer`` (I6: nothing forgotten)."""
@@ -251,6 +264,20 @@ class ChangeLog:
 
     def clear_resync(self, txn: Any, peer: str, mailbox: bytes) -> None:
         txn.delete(_resync_key(peer, mailbox), db=self.dbs.resync)
+
+    def clear_resync_unless_marked_since(
+        self, txn: Any, peer: str, mailbox: bytes, marked_at: int
+    ) -> bool:
+        """Clear the mark (peer, mailbox) unless it was set after ``marked_at``
+        (the mark a resync started from): a divergence found while the resync
+        ran (the log dropped the peer's backlog again) is not forgotten (I6).
+        Whether it went."""
+        key = _resync_key(peer, mailbox)
+        raw = txn.get(key, db=self.dbs.resync)
+        if raw is not None and _mark_value(bytes(raw))[2] > marked_at:
+            return False
+        txn.delete(key, db=self.dbs.resync)
+        return True
 
     def is_marked(self, txn: Any, mailbox: bytes) -> bool:
         """Whether ``mailbox`` awaits a resync with any configured peer."""
@@ -263,8 +290,7 @@ class ChangeLog:
         raw = txn.get(_resync_key(peer, mailbox), db=self.dbs.resync)
         if raw is None:
             return None
-        reason, since = unpack(bytes(raw))
-        return ResyncMark(peer, mailbox, reason, since)
+        return ResyncMark(peer, mailbox, *_mark_value(bytes(raw)))
 
     def gapped(self, txn: Any, peer: str) -> frozenset[bytes]:
         """The mailboxes whose copy on ``peer`` lacks changes of this log (a
@@ -277,7 +303,7 @@ class ChangeLog:
                     key = bytes(key)
                     if not key.startswith(prefix):
                         break
-                    if unpack(bytes(raw))[0] in GAP_REASONS:
+                    if _mark_value(bytes(raw))[0] in GAP_REASONS:
                         out.append(key[len(prefix) :])
         return frozenset(out)
 
@@ -285,6 +311,5 @@ class ChangeLog:
         out = []
         for key, raw in txn.cursor(db=self.dbs.resync):
             peer, mailbox = bytes(key).split(b"\0", 1)
-            reason, since = unpack(bytes(raw))
-            out.append(ResyncMark(peer.decode(), mailbox, reason, since))
+            out.append(ResyncMark(peer.decode(), mailbox, *_mark_value(bytes(raw))))
         return out

@@ -835,6 +835,14 @@ class MailStore:
     async def resync_marks(self) -> list[ResyncMark]:
         return await self._read(self.log.resync_marks)
 
+    async def clear_resync_unless_marked_since(
+        self, peer: str, mailbox: bytes, marked_at: int
+    ) -> bool:
+        """Clear the mark unless it was set again after ``marked_at``; whether it went."""
+        return await self.writer.submit(
+            lambda txn: self.log.clear_resync_unless_marked_since(txn, peer, mailbox, marked_at)
+        )
+
     async def clear_resync(self, peers: Sequence[str], mailbox: bytes) -> None:
         def op(txn: Any) -> None:
             for peer in peers:

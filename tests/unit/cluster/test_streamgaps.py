@@ -97,3 +97,19 @@ async def test_gap_marks_are_overflow_and_oversized_and_stay_gaps(tmp_path: Path
         assert (await store.outbox_batch("b", 0, 10)).gapped == {X}
         await store.clear_resync(["b"], X)
         assert (await store.outbox_batch("b", 0, 10)).gapped == frozenset()
+
+
+async def test_a_resync_clears_only_the_mark_it_started_from(tmp_path: Path) -> None:
+    """A mark set again while the resync ran (the log dropped the peer's
+    backlog once more) outlives it: what it stands for came after the state
+    the resync delivered (I6)."""
+    async with MailStore.open(tmp_path, peers=("b",)) as store:
+        await store.mark_resync(["b"], X, "outbox-overflow", 5)
+        started = await store.resync_mark("b", X)
+        assert started is not None and started.marked_at > 0
+        await store.mark_resync(["b"], X, "outbox-overflow", 9)  # during the resync
+        assert not await store.clear_resync_unless_marked_since("b", X, started.marked_at)
+        again = await store.resync_mark("b", X)
+        assert again is not None and again.marked_at > started.marked_at
+        assert await store.clear_resync_unless_marked_since("b", X, again.marked_at)
+        assert await store.resync_mark("b", X) is None
