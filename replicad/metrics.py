@@ -521,8 +521,8 @@ def _cluster_families(snap: Snapshot, status: dict[str, Any]) -> Iterable[Metric
     yield queued
     yield _gauge(
         "replicad_resyncs_running",
-        "Mailbox resyncs running now (at most one per peer).",
-        len(resync.get("running", {})),
+        "Mailbox resyncs running now (at most four per peer).",
+        sum(len(boxes) for boxes in resync.get("running", {}).values()),
     )
     yield _counter(
         "replicad_conflicts_resolved",

@@ -95,7 +95,7 @@ def _who(parser: argparse.ArgumentParser) -> None:
 
 def _pending(status: dict[str, Any]) -> int:
     queued = sum(int(n) for n in status.get("queued", {}).values())
-    return queued + len(status.get("running", {}))
+    return queued + sum(len(boxes) for boxes in status.get("running", {}).values())
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -183,7 +183,11 @@ def cmd_dsync_status(args: argparse.Namespace) -> int:
     if output_format(args) == "json":
         write_line(render_document(status))
         return 0
-    rows = [{"peer": p, "state": "running", "mailbox": m} for p, m in status["running"].items()]
+    rows = [
+        {"peer": p, "state": "running", "mailbox": m}
+        for p, boxes in status["running"].items()
+        for m in boxes
+    ]
     rows += [
         {"peer": p, "state": f"queued ({n})", "mailbox": "-"} for p, n in status["queued"].items()
     ]

@@ -94,7 +94,7 @@ class NodeRow:
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     resync_marks: int  # mailboxes marked for resync with the peer
-    resync_running: str | None  # mailbox (hex GUID) being resynced with it now
+    resync_running: tuple[str, ...]  # mailboxes (hex GUIDs) being resynced with it now
     resync_queued: int
     #: IMAP connections open on the node (a peer's from its last PING reply;
     #: None: not known here, as for a node reached only through others).
@@ -233,7 +233,7 @@ def build_frame(
     me = str(status.get("node", "?"))
     root = status.get("root")
     counts = _masters_by_node(status)
-    running: Mapping[str, str] = (dsync or {}).get("running", {})
+    running: Mapping[str, list[str]] = (dsync or {}).get("running", {})
     queued: Mapping[str, int] = (dsync or {}).get("queued", {})
     rows = [
         NodeRow(
@@ -251,7 +251,7 @@ def build_frame(
             lag_p50_ms=None,
             lag_p99_ms=None,
             resync_marks=0,
-            resync_running=None,
+            resync_running=(),
             resync_queued=0,
             imap_sessions=status.get("imap_sessions"),
         )
@@ -274,7 +274,7 @@ def build_frame(
                 lag_p50_ms=p.get("lag_p50_ms"),
                 lag_p99_ms=p.get("lag_p99_ms"),
                 resync_marks=int(p.get("resync") or 0),
-                resync_running=running.get(name),
+                resync_running=tuple(running.get(name, ())),
                 resync_queued=int(queued.get(name, 0)),
                 imap_sessions=p.get("imap_sessions"),
             )
@@ -451,7 +451,7 @@ def _nodes_table(frame: Frame, compact: bool = False) -> Table:
         role = ",".join(r for r, on in (("self", n.is_self), ("root", n.is_root)) if on)
         resync = [f"{n.resync_marks} marked"] if n.resync_marks else []
         if n.resync_running:
-            resync.append(f"running {n.resync_running[:8]}")
+            resync.append("running " + " ".join(m[:8] for m in n.resync_running))
         if n.resync_queued:
             resync.append(f"{n.resync_queued} queued")
         cells: dict[str, RenderableType] = {

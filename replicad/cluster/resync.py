@@ -85,6 +85,9 @@ UPDATE_BODY_BYTES: Final = 32 * 1024 * 1024
 NO_ENTRIES_SINCE: Final = 2**62 - 1
 #: How long one resync step may wait for the peer.
 STEP_TIMEOUT: Final = 60.0
+#: Resyncs run at once with one peer (each one mailbox).  Each holds both
+#: states of its mailbox in memory (resync.md §9), so this bounds that too.
+PARALLEL_RESYNCS: Final = 4
 #: Most of a SYNC reply collected before the merge, in items: an entry
 #: (message or tombstone) counts one, and one more for each flag register,
 #: GUID and move it carries, so a message's weight follows its size (no
@@ -135,7 +138,7 @@ class Resyncer:
         #: Exchanges IMAP subscriptions for the subscriptions mark (resync.md §10).
         self.subscriptions = subscriptions
         self.queued: dict[str, list[bytes]] = {}  # FIFO: a failing one waits its turn
-        self.running: dict[str, bytes] = {}
+        self.running: dict[str, set[bytes]] = {}
         self._wake: dict[str, trio.Event] = {}
         self.done = 0
         self.failed = 0
@@ -184,7 +187,7 @@ class Resyncer:
 
     def status(self) -> dict[str, object]:
         return {
-            "running": {p: m.hex() for p, m in self.running.items()},
+            "running": {p: sorted(m.hex() for m in ms) for p, ms in self.running.items()},
             "queued": {p: len(q) for p, q in self.queued.items() if q},
             "done": self.done,
             "failed": self.failed,
@@ -213,7 +216,7 @@ class Resyncer:
             if mark.mailbox == SUBSCRIPTIONS_MARK:
                 await self._exchange_subscriptions(mark.peer)
                 continue
-            if self.running.get(mark.peer) == mark.mailbox:
+            if mark.mailbox in self.running.get(mark.peer, ()):
                 continue  # under way; a mark set again meanwhile outlives it
             status = await self.store.mailbox_by_guid(mark.mailbox)
             if status is None and await self.store.mailbox_deleted(mark.mailbox):
@@ -282,34 +285,66 @@ class Resyncer:
                 await self._scan_now.wait()
 
     async def worker(self, session: Peer) -> None:
-        """Run the peer's queued resyncs one at a time (started per link)."""
+        """Run the peer's queued resyncs, :data:`PARALLEL_RESYNCS` at a time
+        (started per link).  Each is one mailbox, on its own MBOX id and
+        transactions on both sides, so they need no order between them; run
+        together, one's round trips and the peer's work overlap the others'
+        (after an overflow the peer waits for all of them, streamgaps.py)."""
         peer = session.peer
-        while True:
-            queue = self.queued.get(peer)
-            if not queue:
-                wake = self._wake[peer] = trio.Event()
-                await wake.wait()
-                continue
-            mailbox = queue.pop(0)
-            self.running[peer] = mailbox
-            try:
-                await self.resync_one(session, mailbox)
-                self.done += 1
-            except (ReplicadError, trio.TooSlowError) as exc:
-                self.failed += 1
-                log_event(
-                    log,
-                    logging.INFO,
-                    "resync-failed",
-                    peer=peer,
-                    mailbox=mailbox.hex(),
-                    reason=str(exc) or type(exc).__name__,
-                )
-                if session.closed:
-                    raise UnreachableError(f"link to {peer} closed") from None
-                await trio.sleep(1.0)  # marks stay; the next scan queues it again
-            finally:
-                self.running.pop(peer, None)
+        slots = trio.Semaphore(PARALLEL_RESYNCS)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await slots.acquire()
+                mailbox = self._next_queued(peer)
+                if mailbox is None:
+                    slots.release()
+                    # Woken by a mailbox queued, or by a resync ending (one
+                    # queued again while it ran may go now).
+                    wake = self._wake[peer] = trio.Event()
+                    await wake.wait()
+                    continue
+                self.running.setdefault(peer, set()).add(mailbox)
+                nursery.start_soon(self._run_one, session, mailbox, slots)
+
+    def _next_queued(self, peer: str) -> bytes | None:
+        """The first mailbox queued for ``peer`` whose resync is not running:
+        two resyncs of one mailbox with one peer never run together (each
+        checks the peer's copy against the state it read)."""
+        queue = self.queued.get(peer, [])
+        running = self.running.get(peer, set())
+        for i, mailbox in enumerate(queue):
+            if mailbox not in running:
+                return queue.pop(i)
+        return None
+
+    async def _run_one(self, session: Peer, mailbox: bytes, slot: trio.Semaphore) -> None:
+        peer = session.peer
+        try:
+            await self.resync_one(session, mailbox)
+            self.done += 1
+        except (ReplicadError, trio.TooSlowError) as exc:
+            self.failed += 1
+            log_event(
+                log,
+                logging.INFO,
+                "resync-failed",
+                peer=peer,
+                mailbox=mailbox.hex(),
+                reason=str(exc) or type(exc).__name__,
+            )
+            if session.closed:
+                raise UnreachableError(f"link to {peer} closed") from None
+            await trio.sleep(1.0)  # marks stay; the next scan queues it again
+        finally:
+            running = self.running.get(peer)
+            if running is not None:
+                running.discard(mailbox)
+                if not running:
+                    del self.running[peer]
+            slot.release()
+            wake = self._wake.get(peer)
+            if wake is not None:
+                wake.set()
 
     # -- the master's side --
 
@@ -396,11 +431,15 @@ class Resyncer:
         since = self._since(session.peer, mailbox, mark)
         # Each SYNC waits at most STEP_TIMEOUT for its reply (a mailbox
         # pulled in ranges takes several).
+        # Our state as the incremental SYNC is checked against, and the first
+        # merge's (a write landing in between makes its transaction refuse,
+        # then the state is read again): one read of a large copy, not two.
+        read: MailboxState | None = await self._own_state(mailbox) if since else None
         pulled = await self._pull_state(
             session,
             mid,
             mailbox,
-            await self._own_state(mailbox) if since else None,
+            read,
             since,
             large=status.messages >= SYNC_BUDGET // 2,
         )
@@ -439,7 +478,8 @@ class Resyncer:
             claim = their_claim
         side = replace(theirs, uidvalidity=0) if replaces else theirs
         for attempt in range(5):
-            ours = await self._own_state(mailbox)
+            ours = read if read is not None else await self._own_state(mailbox)
+            read = None
             merged = merge([ours, side])
             if replaces:
                 # Clients of either mailbox may have seen either UIDVALIDITY

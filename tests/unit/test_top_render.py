@@ -77,7 +77,7 @@ def status(*peers: dict[str, Any], **over: Any) -> dict[str, Any]:
 
 
 DSYNC = {
-    "running": {"n2": "ab" * 16},
+    "running": {"n2": ["ab" * 16]},
     "queued": {"n3": 4},
     "done": 7,
     "failed": 1,
@@ -150,7 +150,7 @@ def test_frame_has_every_node_the_root_and_what_each_masters() -> None:
     assert [n.masters for n in f.nodes] == [2, 1, 0]
     assert (f.root, f.epoch, f.cluster_size, f.linked, f.reachable) == ("n1", 3, 3, 3, 3)
     n2, n3 = f.nodes[1:]
-    assert (n2.resync_running, n2.resync_queued, n3.resync_queued) == ("ab" * 16, 0, 4)
+    assert (n2.resync_running, n2.resync_queued, n3.resync_queued) == (("ab" * 16,), 0, 4)
     assert f.resyncs is not None
     assert (f.resyncs.running, f.resyncs.queued, f.resyncs.marks) == (1, 4, 1)
     assert (f.resyncs.done, f.resyncs.failed) == (7, 1)
