@@ -14,6 +14,9 @@ that catch-up as messages and octets left and an estimated time to go
   :data:`RATE_WINDOW_S` (a sliding window of acknowledgement samples), so
   a stalled stream shows no ETA rather than a stale one.
 * *ETA*: entries left / rate.
+* *Mailboxes to resync*: those whose changes the log no longer holds for
+  the peer (an outbox overflow, a change too large for the link): they come
+  back through a resync each, not through the stream (resync.md §7).
 
 Pure: time is an argument; the samples come from the stream's
 acknowledgements (replicad.cluster.streams), the backlog's size from the
@@ -61,6 +64,8 @@ class CatchUpProgress:
     changes_per_s: float | None
     #: Seconds until caught up at that rate; None without a rate.
     eta_s: float | None
+    #: Mailboxes with a gap the resync layer closes (not in the log any more).
+    mailboxes_to_resync: int = 0
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> CatchUpProgress:
@@ -71,6 +76,7 @@ class CatchUpProgress:
             bytes_estimated=bool(doc.get("bytes_estimated")),
             changes_per_s=doc.get("changes_per_s"),
             eta_s=doc.get("eta_s"),
+            mailboxes_to_resync=int(doc.get("mailboxes_to_resync", 0)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +86,7 @@ class CatchUpProgress:
             "bytes_estimated": self.bytes_estimated,
             "changes_per_s": self.changes_per_s,
             "eta_s": self.eta_s,
+            "mailboxes_to_resync": self.mailboxes_to_resync,
         }
 
 
@@ -106,10 +113,12 @@ class AckRate:
         return (s1 - s0) / max(now - t0, t1 - t0)
 
 
-def progress(backlog: BacklogSize, rate: float | None) -> CatchUpProgress | None:
+def progress(
+    backlog: BacklogSize, rate: float | None, resyncs: int = 0
+) -> CatchUpProgress | None:
     """The catch-up of a peer with ``backlog`` left, going at ``rate`` entries
-    per second; None if it has nothing left."""
-    if backlog.entries <= 0:
+    per second, and ``resyncs`` mailboxes to resync; None if it has nothing left."""
+    if backlog.entries <= 0 and resyncs <= 0:
         return None
     estimated = 0 < backlog.read < backlog.entries
     octets = backlog.octets
@@ -122,6 +131,7 @@ def progress(backlog: BacklogSize, rate: float | None) -> CatchUpProgress | None
         bytes_estimated=estimated,
         changes_per_s=round(rate, 1) if rate else None,
         eta_s=eta,
+        mailboxes_to_resync=max(0, resyncs),
     )
 
 
@@ -131,7 +141,11 @@ def describe(peer: str, p: CatchUpProgress) -> str:
     rate = f"{p.changes_per_s:g} changes/s" if p.changes_per_s else "no progress lately"
     eta = f"ETA {_duration(p.eta_s)}" if p.eta_s is not None else "ETA unknown"
     about = "~" if p.bytes_estimated else ""
-    return f"{peer} catching up: {p.changes_left} changes, {about}{size} left, {rate}, {eta}"
+    gaps = p.mailboxes_to_resync
+    resync = f", {gaps} mailbox{'es' if gaps != 1 else ''} to resync" if gaps else ""
+    return (
+        f"{peer} catching up: {p.changes_left} changes, {about}{size} left{resync}, {rate}, {eta}"
+    )
 
 
 def _octets(n: int) -> str:

@@ -476,13 +476,18 @@ class ClusterNode:
     async def _catch_up(self, peer: str, cursor: int | None, head: int) -> dict[str, Any] | None:
         """What ``peer`` has left to catch up on, how fast it goes, and an ETA
         (replicad.cluster.catchup); None if it has nothing left."""
-        if cursor is None or cursor >= head:
+        if cursor is None:
             return None
-        entries, octets, read = await self.store.backlog_size(cursor, BACKLOG_READ_LIMIT)
+        gaps = len(await self.store.gapped(peer))
+        if cursor >= head and not gaps:
+            return None
+        entries, octets, read = 0, 0, 0
+        if cursor < head:
+            entries, octets, read = await self.store.backlog_size(cursor, BACKLOG_READ_LIMIT)
         rate = self.streams.ack_rates.get(peer)
         now = trio.current_time()
         done: CatchUpProgress | None = progress(
-            BacklogSize(entries, octets, read), rate.per_second(now) if rate else None
+            BacklogSize(entries, octets, read), rate.per_second(now) if rate else None, gaps
         )
         return done.to_json() if done is not None else None
 

@@ -832,6 +832,10 @@ class MailStore:
     async def resync_mark(self, peer: str, mailbox: bytes) -> ResyncMark | None:
         return await self._read(lambda txn: self.log.resync_mark(txn, peer, mailbox))
 
+    async def gapped(self, peer: str) -> frozenset[bytes]:
+        """The mailboxes whose copy on ``peer`` lacks changes of this log (gap marks)."""
+        return await self._read(lambda txn: self.log.gapped(txn, peer))
+
     async def resync_marks(self) -> list[ResyncMark]:
         return await self._read(self.log.resync_marks)
 

@@ -25,6 +25,7 @@ from replicad.store.schema import message_key
 from replicad.uidset import UidSet
 from tests.sim.harness import deterministic
 from tests.sim.network import SimNetwork
+from tests.sim.test_sim_catchup import peer_row
 from tests.sim.test_sim_cluster import (
     NAMES,
     SimNode,
@@ -529,6 +530,8 @@ async def test_an_overflowed_follower_is_brought_back_without_a_merge(
             for i in range(3):  # within max_lag: streamed after the heal, above the rest
                 await nodes[master].writes.append("alice", "INBOX", body(100 + i))
             await trio.sleep(5)
+            row = peer_row(await nodes[master].node.status(), victim)
+            assert row["catchup"]["mailboxes_to_resync"] >= 1  # replicator status says so
             net.sent.clear()
             net.heal()
             before = await nodes[master].store.mailbox_status("alice", "INBOX")
@@ -537,6 +540,7 @@ async def test_an_overflowed_follower_is_brought_back_without_a_merge(
             after = await nodes[master].store.mailbox_status("alice", "INBOX")
             assert after.highestmodseq == before.highestmodseq  # nothing re-stamped
             assert nodes[master].node.stats["changes_held_back"] >= 1
+            assert peer_row(await nodes[master].node.status(), victim)["catchup"] is None
             total = sum(net.sent.values())
             # 120 KB of bodies once, and the rest: states, digests, metadata.
             assert size < total < size + 40_000

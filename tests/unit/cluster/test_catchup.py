@@ -64,3 +64,17 @@ def test_the_progress_line_says_messages_bytes_rate_and_eta() -> None:
     assert CatchUpProgress.from_json(p.to_json()) == p
     long = CatchUpProgress(10, 1, False, 0.002, 5000.0)
     assert describe("n4", long).endswith("ETA 1 h 23 min")
+
+
+def test_mailboxes_to_resync_are_part_of_the_catch_up() -> None:
+    """After an outbox overflow the log holds nothing more for the peer: its
+    gapped mailboxes come back through resyncs, and the line says how many."""
+    p = progress(BacklogSize(entries=0, octets=0, read=0), rate=None, resyncs=3)
+    assert p is not None and p.mailboxes_to_resync == 3 and p.changes_left == 0
+    assert describe("n2", p) == (
+        "n2 catching up: 0 changes, 0 B left, 3 mailboxes to resync, "
+        "no progress lately, ETA unknown"
+    )
+    one = progress(BacklogSize(entries=4, octets=10, read=4), rate=2.0, resyncs=1)
+    assert one is not None and ", 1 mailbox to resync," in describe("n2", one)
+    assert CatchUpProgress.from_json(one.to_json()) == one
