@@ -113,9 +113,7 @@ class AckRate:
         return (s1 - s0) / max(now - t0, t1 - t0)
 
 
-def progress(
-    backlog: BacklogSize, rate: float | None, resyncs: int = 0
-) -> CatchUpProgress | None:
+def progress(backlog: BacklogSize, rate: float | None, resyncs: int = 0) -> CatchUpProgress | None:
     """The catch-up of a peer with ``backlog`` left, going at ``rate`` entries
     per second, and ``resyncs`` mailboxes to resync; None if it has nothing left."""
     if backlog.entries <= 0 and resyncs <= 0:

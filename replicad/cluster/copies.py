@@ -8,6 +8,8 @@ need it, so the client hears at once that the level cannot be met.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import trio
 
 from replicad.cluster.durability import AckTracker, DurabilityLevel
@@ -49,6 +51,13 @@ class CopyWaits:
     def acked(self, peer: str, seq: int, refused: frozenset[int]) -> None:
         """``peer`` holds every entry up to ``seq`` but those it ``refused``."""
         for wid in self.acks.acked(peer, seq, refused):
+            event = self._events.pop(wid, None)
+            if event is not None:
+                event.set()
+
+    def filled(self, peer: str, seqs: Iterable[int]) -> None:
+        """``peer`` holds the entries ``seqs`` after all (a resync brought them)."""
+        for wid in self.acks.filled(peer, seqs):
             event = self._events.pop(wid, None)
             if event is not None:
                 event.set()

@@ -14,6 +14,7 @@ waits for become unreachable.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from replicad.errors import ConfigError, DurabilityError
@@ -69,8 +70,15 @@ class AckTracker:
     def __init__(self, me: str) -> None:
         self.me = me
         self._acked: dict[str, int] = {}
+        #: Entries a node's cumulative ACK covers but it does not hold (it
+        #: refused them, or they were held back from it for a resync), until
+        #: :meth:`filled`.  Kept while a wait may still ask about them.
+        self._holes: dict[str, set[int]] = {}
         self._waiting: dict[int, _Waiter] = {}
         self._next_id = 0
+
+    def _holds(self, node: str, seq: int) -> bool:
+        return self._acked.get(node, 0) >= seq and seq not in self._holes.get(node, ())
 
     def wait_for(self, seq: int, copies: int, holders: frozenset[str]) -> int | None:
         """Register a write needing ``copies`` copies; None if ``holders`` already suffice.
@@ -79,7 +87,7 @@ class AckTracker:
         master itself, and the node that forwarded the write when it applied
         the master's reply).
         """
-        have = set(holders) | {n for n, s in self._acked.items() if s >= seq}
+        have = set(holders) | {n for n in self._acked if self._holds(n, seq)}
         if len(have) >= copies:
             return None
         self._next_id += 1
@@ -90,17 +98,38 @@ class AckTracker:
         """``node`` has everything up to ``seq`` on disk but the changes in
         ``refused`` (it could not apply them: they await a resync there, and
         are no copy, I1); returns the waits now satisfied."""
+        if refused:
+            self._holes.setdefault(node, set()).update(refused)
         if seq <= self._acked.get(node, 0):
             return []
         self._acked[node] = seq
+        return self._recheck(node)
+
+    def filled(self, node: str, seqs: Iterable[int]) -> list[int]:
+        """``node`` now holds the entries ``seqs`` after all (a resync brought
+        them); returns the waits now satisfied."""
+        holes = self._holes.get(node)
+        if holes is None:
+            return []
+        holes.difference_update(seqs)
+        return self._recheck(node)
+
+    def _recheck(self, node: str) -> list[int]:
         done = []
         for wid, waiter in self._waiting.items():
-            if seq >= waiter.seq and waiter.seq not in refused:
+            if node not in waiter.have and self._holds(node, waiter.seq):
                 waiter.have.add(node)
                 if len(waiter.have) >= waiter.copies:
                     done.append(wid)
         for wid in done:
             del self._waiting[wid]
+        # A hole below every wait is asked about again only by a later wait,
+        # and a later wait is for the log's head then, at or above every
+        # entry any node acknowledged so far: those below both go.
+        floor = max(self._acked.values(), default=0)
+        floor = min([floor, *(w.seq for w in self._waiting.values())])
+        for holes in self._holes.values():
+            holes.difference_update([s for s in holes if s < floor])
         return done
 
     def unreachable(self, reachable: frozenset[str]) -> list[int]:

@@ -92,6 +92,11 @@ class ClusterView(MasterLookup, Protocol):
         """New entries are in the change log: wake every peer's stream."""
         ...
 
+    def copies_filled(self, peer: str, seqs: Sequence[int]) -> None:
+        """``peer`` now holds log entries ``seqs`` its stream held back (a
+        resync delivered them): writes waiting for its copy may go (I1)."""
+        ...
+
 
 class ResyncQueue(Protocol):
     """Where mailboxes wait for a resync this node runs as their master."""

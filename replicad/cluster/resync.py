@@ -524,6 +524,8 @@ class Resyncer:
         meanwhile (streamgaps.py), or the mark was set again after the
         resync read it (``marked_at``: the log dropped the peer's backlog
         meanwhile); then the next resync brings the rest."""
+        # Writes waiting for the peer's copy of what it just got (I1).
+        self.node.copies_filled(session.peer, session.gaps.delivered(mailbox, delivered))
         if session.gaps.release(mailbox, delivered):
             await self.store.clear_resync_unless_marked_since(session.peer, mailbox, marked_at)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +333,10 @@ class ClusterNode:
         self.masters.forget_unreachable(reachable)
         self.copies.reachable(frozenset(self.links.sessions) | {self.name})
         self._view.fire()
+
+    def copies_filled(self, peer: str, seqs: Sequence[int]) -> None:
+        if seqs:
+            self.copies.filled(peer, seqs)
 
     def link_up(self, session: PeerSession, nursery: trio.Nursery) -> None:
         self.root.introduce(session)

@@ -79,6 +79,9 @@ class StreamGaps:
         self._held: dict[bytes, int] = {}
         #: The gapped mailboxes the resync layer was last told of.
         self._announced: frozenset[bytes] = frozenset()
+        #: log seq -> (mailbox, modseq) of each change held back that no
+        #: resync delivered yet: the peer holds no copy of it (I1).
+        self._pending: dict[int, tuple[bytes, int]] = {}
 
     def new_gaps(self, gapped: frozenset[bytes]) -> bool:
         """Whether ``gapped`` names a mailbox not gapped when last asked: then
@@ -88,10 +91,13 @@ class StreamGaps:
         self._announced = gapped
         return fresh
 
-    def holds_back(self, change: Change, origin: str, gapped: Collection[bytes]) -> bool:
-        """Whether not to send ``change`` (logged with ``origin``, "" = made
-        here) now that ``gapped`` are the mailboxes with a gap mark for the
-        peer; a change held back is recorded for :meth:`release`."""
+    def holds_back(
+        self, change: Change, origin: str, gapped: Collection[bytes], seq: int = 0
+    ) -> bool:
+        """Whether not to send ``change`` (log entry ``seq``, logged with
+        ``origin``, "" = made here) now that ``gapped`` are the mailboxes with
+        a gap mark for the peer; a change held back is recorded for
+        :meth:`release` and :meth:`not_held`."""
         if origin or not isinstance(change, _MESSAGE_CHANGES):
             return False
         mailbox = mailbox_of(change)
@@ -102,7 +108,23 @@ class StreamGaps:
         if released is not None and modseq > released:
             return False  # the resync delivered what came before it
         self._held[mailbox] = max(self._held.get(mailbox, 0), modseq)
+        if seq:
+            self._pending[seq] = (mailbox, modseq)
         return True
+
+    def not_held(self, covered: int) -> frozenset[int]:
+        """The log entries up to ``covered`` held back from the peer and not
+        delivered by a resync since: an ACK that covers them is no copy of
+        them (I1, replicad.cluster.durability)."""
+        return frozenset(seq for seq in self._pending if seq <= covered)
+
+    def delivered(self, mailbox: bytes, modseq: int) -> list[int]:
+        """A resync brought the peer ``mailbox`` up to ``modseq``: the entries
+        held back that it delivered (now copies there), forgotten here."""
+        seqs = [s for s, (m, ms) in self._pending.items() if m == mailbox and ms <= modseq]
+        for seq in seqs:
+            del self._pending[seq]
+        return seqs
 
     def release(self, mailbox: bytes, delivered: int) -> bool:
         """A resync brought the peer's copy of ``mailbox`` to the master's up

@@ -154,7 +154,7 @@ class ChangeStreams:
             for seq, change, origin in entries:
                 if not self._wants(session, origin):
                     continue
-                if session.gaps.holds_back(change, origin, gapped):
+                if session.gaps.holds_back(change, origin, gapped, seq):
                     self.changes_held_back += 1
                     continue  # the resync that closes the peer's gap brings it
                 weight = await self._send_change(session, seq, change, bodies, gapped)
@@ -297,10 +297,11 @@ class ChangeStreams:
         if not session.outbox.on_ack(covered):
             return
         # Waiting clients first: the peer has the change on disk now (I1).
-        # Sound even for covered entries: entries are only skipped if relayed
-        # from elsewhere, so every write of ours up to ``covered`` was sent
-        # and acknowledged by the peer itself.
-        self.copies.acked(session.peer, covered, refused)
+        # Covered entries skipped as relayed from elsewhere were never ours;
+        # ours held back for a resync (streamgaps.py) the peer does not hold,
+        # so they count as refused: no write is confirmed by a copy that
+        # does not exist.
+        self.copies.acked(session.peer, covered, refused | session.gaps.not_held(covered))
         now = trio.current_time()
         for s in range(previous + 1, covered + 1):
             written = self._write_times.get(s)

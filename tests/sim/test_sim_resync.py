@@ -17,9 +17,10 @@ import trio
 import trio.testing
 
 from replicad.cluster import resync
+from replicad.cluster.durability import DurabilityLevel
 from replicad.cluster.masters import Granularity, master_key
 from replicad.cluster.runtime import ClusterSettings
-from replicad.errors import ReplicadError
+from replicad.errors import DurabilityError, ReplicadError
 from replicad.store.index import AppendRequest
 from replicad.store.schema import message_key
 from replicad.uidset import UidSet
@@ -544,6 +545,48 @@ async def test_an_overflowed_follower_is_brought_back_without_a_merge(
             total = sum(net.sent.values())
             # 120 KB of bodies once, and the rest: states, digests, metadata.
             assert size < total < size + 40_000
+
+
+async def test_a_change_held_back_for_a_gap_is_no_copy_for_durability(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """I1: a SAVE at level ``all`` into a mailbox whose copy on n3 has a gap
+    is held back from n3 (streamgaps.py) while a SAVE of another mailbox is
+    streamed and acknowledged; that ACK covers the held-back entry but is no
+    copy of it.  So the first SAVE is reported durable only if n3 then holds
+    the message (brought by the resync), else it fails, retryably."""
+    settings = ClusterSettings(compress=False, durability=DurabilityLevel.parse("all", 3))
+    with deterministic(3, autojump_clock):
+        net = SimNetwork()
+        async with sim_cluster(tmp_path, net, settings=settings) as nodes:
+            await wait_for("a root", lambda: rooted_and_linked(nodes))
+            n1 = nodes["n1"]
+            await n1.writes.append("alice", "INBOX", body(0))  # n1 masters both
+            await n1.writes.append("bob", "INBOX", body(1))
+            await wait_for("convergence", lambda: converged(nodes))
+            inbox = await n1.store.mailbox_status("alice", "INBOX")
+            # The log dropped n3's backlog of alice's INBOX (as an overflow does).
+            await n1.store.mark_resync(
+                ["n3"], inbox.guid, "outbox-overflow", inbox.highestmodseq + 1
+            )
+            outcome: list[str] = []
+
+            async def held() -> None:
+                try:
+                    saved = await n1.writes.append("alice", "INBOX", body(2))
+                except DurabilityError:
+                    outcome.append("refused")
+                    return
+                there = await nodes["n3"].store.mailbox_status("alice", "INBOX")
+                outcome.append("on n3" if there.uidnext > saved.uid else "missing on n3")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held)
+                await trio.sleep(0)
+                await n1.writes.append("bob", "INBOX", body(3))
+            assert outcome in (["refused"], ["on n3"]), outcome
+            assert n1.node.stats["changes_held_back"] >= 1
+            await wait_for("convergence", lambda: converged(nodes))
 
 
 async def test_a_sync_reply_above_the_budget_is_pulled_in_uid_ranges(

@@ -95,6 +95,31 @@ def test_tracker_counts_copies_per_sequence() -> None:
     assert t.wait_for(8, 3, frozenset({"m"})) is not None  # a lacks 8
 
 
+def test_an_entry_a_node_does_not_hold_is_no_copy_until_filled() -> None:
+    """I1: an ACK covering an entry the node refused, or that was held back
+    from it for a resync, is no copy of it; the resync that brings it is."""
+    t = AckTracker("m")
+    w = t.wait_for(6, 2, frozenset({"m"}))
+    assert w is not None
+    assert t.acked("a", 7, frozenset({6})) == []  # covers 6, holds 7 only
+    assert t.acked("a", 8) == []  # a later ACK does not fill the hole
+    w2 = t.wait_for(6, 2, frozenset({"m"}))
+    assert w2 is not None  # nor for a new wait
+    assert t.wait_for(7, 2, frozenset({"m"})) is None  # 7 is there
+    assert t.filled("a", [6]) == [w, w2]  # the resync delivered it
+    assert t.waiting == 0
+
+
+def test_holes_are_forgotten_only_below_every_possible_wait() -> None:
+    t = AckTracker("m")
+    assert t.acked("a", 5, frozenset({3, 5})) == []
+    assert t.acked("b", 5) == []
+    # Nothing waits: a later wait is for the head (5 or more), so hole 3 goes
+    # but hole 5 must stay.
+    assert t.wait_for(5, 2, frozenset({"m"})) is None  # b holds 5
+    assert t.wait_for(5, 3, frozenset({"m"})) is not None  # a does not
+
+
 def test_tracker_fails_waits_that_lost_their_nodes() -> None:
     t = AckTracker("m")
     w = t.wait_for(3, 3, frozenset({"m"}))

@@ -113,3 +113,17 @@ async def test_a_resync_clears_only_the_mark_it_started_from(tmp_path: Path) -> 
         assert again is not None and again.marked_at > started.marked_at
         assert await store.clear_resync_unless_marked_since("b", X, again.marked_at)
         assert await store.resync_mark("b", X) is None
+
+
+def test_held_back_entries_are_no_copy_until_a_resync_delivers_them() -> None:
+    gaps = StreamGaps()
+    assert gaps.holds_back(save(X, 5), "", {X}, seq=10)
+    assert gaps.holds_back(save(X, 8, uid=2), "", {X}, seq=12)
+    assert not gaps.holds_back(save(Y, 6), "", {X}, seq=11)
+    assert gaps.not_held(11) == {10}
+    assert gaps.not_held(12) == {10, 12}
+    assert gaps.delivered(X, 7) == [10]  # the resync read the master at modseq 7
+    assert gaps.not_held(12) == {12}
+    assert gaps.delivered(Y, 99) == []
+    assert gaps.delivered(X, 8) == [12]
+    assert gaps.not_held(99) == frozenset()
