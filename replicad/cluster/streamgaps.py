@@ -1,10 +1,12 @@
 """Holding back a peer's stream of a mailbox whose earlier changes it lost (resync.md §7).
 
 A peer's copy of a mailbox has a *gap* when changes of it never reached
-the peer: the log dropped the peer's backlog (``outbox-overflow``), or a
-change too large for the link was skipped (``oversized``).  Either leaves a
+the peer because the log dropped the peer's backlog: an ``outbox-overflow``
 resync mark from the modseq of the first change lost (the *gap marks*,
-:data:`~replicad.store.changelog.GAP_REASONS`).
+:data:`~replicad.store.changelog.GAP_REASONS`).  A change skipped as too
+large for the link is not one: the resync's UPDATE could not carry it
+either, so that gap may never close, and holding the mailbox's other
+changes back would freeze its copy there.
 
 Changes of that mailbox made after the gap would still apply on the peer
 (they name new UIDs, or messages it holds), and each would raise its
@@ -31,9 +33,14 @@ between them.
 
 **Only gaps this stream opened.** Relayed changes (origin another node) are
 never held back: their gap is settled by their master, not by a resync of
-this node's.  A new gap (the log dropped the backlog again, or another
-change was too large) forgets every release, since a release is only good
-for the gap it closed.
+this node's.  A new gap (the log dropped the backlog again) forgets every
+release, since a release is only good for the gap it closed.
+
+**Bounded.** Each change held back is remembered (its log entry, for
+durability) until a resync delivers it; past :data:`MAX_HELD` of them on
+one link (a resync that keeps failing) the stream stops holding back and
+sends, as it did before gaps were held: the merge then re-stamps the gap,
+which costs bytes, never correctness (I9: no memory grows without bound).
 
 This class is pure (no I/O); one per link, like the outbox window.
 """
@@ -41,6 +48,7 @@ This class is pure (no I/O); one per link, like the outbox window.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Final
 
 from replicad.store.changecodec import mailbox_of
 from replicad.store.records import (
@@ -56,6 +64,8 @@ from replicad.store.records import (
 #: renaming and deleting mailboxes always go on (the UPDATE of a resync
 #: carries no DELETE, and a CREATE or a claim is cheap and never re-stamps).
 _MESSAGE_CHANGES = (MessageAppended, MessagesCopied, FlagsChanged, MessagesExpunged, MailboxMerged)
+#: Changes held back on one link at most (module doc, "Bounded").
+MAX_HELD: Final = 100_000
 
 
 def change_modseq(change: Change) -> int:
@@ -107,6 +117,8 @@ class StreamGaps:
         released = self._released.get(mailbox)
         if released is not None and modseq > released:
             return False  # the resync delivered what came before it
+        if len(self._pending) >= MAX_HELD:
+            return False  # module doc, "Bounded"
         self._held[mailbox] = max(self._held.get(mailbox, 0), modseq)
         if seq:
             self._pending[seq] = (mailbox, modseq)

@@ -149,7 +149,7 @@ class ChangeStreams:
                     with trio.move_on_after(1.0):
                         await changed.wait()
                 continue
-            gapped = set(batch.gapped)
+            gapped = batch.gapped
             bodies = batch.bodies
             for seq, change, origin in entries:
                 if not self._wants(session, origin):
@@ -157,7 +157,7 @@ class ChangeStreams:
                 if session.gaps.holds_back(change, origin, gapped, seq):
                     self.changes_held_back += 1
                     continue  # the resync that closes the peer's gap brings it
-                weight = await self._send_change(session, seq, change, bodies, gapped)
+                weight = await self._send_change(session, seq, change, bodies)
                 if weight is not None:
                     outbox.on_frame(seq, weight)
                     session.last_sent = seq
@@ -188,11 +188,9 @@ class ChangeStreams:
         seq: int,
         change: Any,
         bodies: dict[bytes, Blob],
-        gapped: set[bytes],
     ) -> int | None:
         """Queue the frame of one log entry and return the octets of bodies it
-        carries (``body_bytes``); None if there is nothing to send.  A change
-        too large for the link opens a gap in its mailbox (added to ``gapped``)."""
+        carries (``body_bytes``); None if there is nothing to send."""
         if (
             isinstance(change, MailboxMerged)
             and change.peer == session.peer
@@ -232,13 +230,13 @@ class ChangeStreams:
         try:
             session.link.queue(lambda conn: conn.send_untagged(frame))
         except ProtocolError as exc:
-            gapped.add(await self._skip_oversized(session, seq, change, exc))
+            await self._skip_oversized(session, seq, change, exc)
             return None
         return body_bytes(frame)
 
     async def _skip_oversized(
         self, session: PeerSession, seq: int, change: Any, exc: ProtocolError
-    ) -> bytes:
+    ) -> None:
         """A change too large for the link (or not encodable): the encoder
         refused it before queueing a byte, so the link is intact.  Resending
         it would fail the same way on every reconnect and the peer would
@@ -250,7 +248,6 @@ class ChangeStreams:
         except TypeError:
             mailbox = ALL_MAILBOXES  # a mailbox-level change: every mailbox
         await self.store.mark_resync([session.peer], mailbox, RESYNC_OVERSIZED, 0)
-        session.gaps.on_new_gap(None if mailbox == ALL_MAILBOXES else mailbox)
         log_event(
             log,
             logging.ERROR,
@@ -261,7 +258,6 @@ class ChangeStreams:
             reason=str(exc),
         )
         self.changes_oversized += 1
-        return mailbox
 
     async def _held_by(self, session: PeerSession, change: MailboxMerged) -> MailboxMerged:
         """``change`` with every body the peer stores in ``held``, so that only

@@ -45,8 +45,10 @@ RESYNC_OVERSIZED = "oversized"  # a change whose frame the link could not carry 
 RESYNC_REQUESTED = "requested"  # an operator asked for it (replicad sync)
 #: Marks of changes that never reached the peer: its copy has a gap, and the
 #: stream holds back this node's later changes of the mailbox until a resync
-#: closes it (replicad.cluster.streamgaps).
-GAP_REASONS = frozenset({RESYNC_OVERFLOW, RESYNC_OVERSIZED})
+#: closes it (replicad.cluster.streamgaps).  Not ``oversized``: a change too
+#: large for the link is too large for the resync's UPDATE too, so that gap
+#: may never close, and the mailbox's other changes keep streaming.
+GAP_REASONS = frozenset({RESYNC_OVERFLOW})
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from replicad.cluster import streamgaps
 from replicad.cluster.streamgaps import StreamGaps, change_modseq
 from replicad.model.merge import MergePlan
 from replicad.store.mailstore import MailStore
@@ -82,14 +85,16 @@ def test_change_modseq_is_the_highest_an_entry_gets() -> None:
     assert change_modseq(MailboxCreated("alice", "Work", X, 7)) == 0
 
 
-async def test_gap_marks_are_overflow_and_oversized_and_stay_gaps(tmp_path: Path) -> None:
+async def test_gap_marks_are_overflows_and_stay_gaps(tmp_path: Path) -> None:
     async with MailStore.open(tmp_path, peers=("b", "c")) as store:
         await store.mark_resync(["b"], X, "outbox-overflow", 5)
         await store.mark_resync(["b"], Y, "partition", 3)
+        # Too large for the link is too large for an UPDATE: not a gap that
+        # a resync closes, so the mailbox's other changes keep streaming.
         await store.mark_resync(["c"], Y, "oversized", 0)
         batch = await store.outbox_batch("b", 0, 10)
         assert batch.gapped == {X}
-        assert (await store.outbox_batch("c", 0, 10)).gapped == {Y}
+        assert (await store.outbox_batch("c", 0, 10)).gapped == frozenset()
         # A partition mark on top keeps the gap (and the earliest point).
         await store.mark_resync(["b"], X, "partition", 9)
         mark = await store.resync_mark("b", X)
@@ -127,3 +132,14 @@ def test_held_back_entries_are_no_copy_until_a_resync_delivers_them() -> None:
     assert gaps.delivered(Y, 99) == []
     assert gaps.delivered(X, 8) == [12]
     assert gaps.not_held(99) == frozenset()
+
+
+def test_past_the_bound_the_stream_sends_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """I9: what is held back is remembered until a resync delivers it; past
+    MAX_HELD on one link the stream sends instead (the merge re-stamps)."""
+    monkeypatch.setattr(streamgaps, "MAX_HELD", 2)
+    gaps = StreamGaps()
+    assert gaps.holds_back(save(X, 5), "", {X}, seq=1)
+    assert gaps.holds_back(save(X, 6, uid=2), "", {X}, seq=2)
+    assert not gaps.holds_back(save(X, 7, uid=3), "", {X}, seq=3)
+    assert gaps.not_held(3) == {1, 2}
