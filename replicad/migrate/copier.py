@@ -14,19 +14,23 @@ copied twice and nothing is lost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from replicad.errors import ReplicadError, UidNotAboveError
 from replicad.migrate.failures import FailureClass, SourceError, classify_target_error
+from replicad.migrate.identity import folder_tag, message_guid
 from replicad.migrate.jobs import Counts
 from replicad.migrate.names import map_flags, map_folders
 from replicad.migrate.planner import Checkpoint, FolderPlan, SourceFolderState, plan_folder
 from replicad.migrate.source import SourceConnection, fetch_batches
-from replicad.migrate.target import TargetWrites, target_state
+from replicad.migrate.target import TargetWrites, target_state, target_uidvalidities
 from replicad.store.index import AppendRequest
 from replicad.store.mailstore import MailStore
 from replicad.uidset import UidSet
+
+log = logging.getLogger("replicad.migrate")
 
 #: Persist counts and checkpoint after each folder; report bytes per batch.
 OnFolder = Callable[[Counts, dict[str, Checkpoint]], Awaitable[None]]
@@ -58,10 +62,21 @@ class UserPass:
         self.on_bytes = on_bytes
 
     async def run(self, checkpoints: dict[str, Checkpoint]) -> None:
-        folders = map_folders(await self.source.folders(), self.source.prefix)
+        listing = await self.source.folders()
+        folders = map_folders(listing.folders, self.source.prefix)
+        here = await target_uidvalidities(self.store, self.user)
         for wire, name in folders.items():
+            checkpoint = checkpoints.get(wire)
+            status = listing.statuses.get(wire)
+            if (
+                checkpoint is not None
+                and status is not None
+                and name in here
+                and checkpoint.proves_unchanged(status, here[name])
+            ):
+                continue  # LIST-STATUS proved it unchanged: no EXAMINE, nothing to persist
             try:
-                outcome = await self.folder(wire, name, checkpoints.get(wire))
+                outcome = await self.folder(wire, name, checkpoint)
             except UidNotAboveError as exc:
                 # Our copy lags the mailbox's master (a write forwarded
                 # elsewhere not yet replicated back): re-plan later.
@@ -70,7 +85,7 @@ class UserPass:
                 raise
             except ReplicadError as exc:
                 raise SourceError(classify_target_error(exc), f"{name}: {exc}") from None
-            if outcome.counts == Counts() and checkpoints.get(wire) == outcome.checkpoint:
+            if outcome.counts == Counts() and checkpoint == outcome.checkpoint:
                 continue  # nothing changed: nothing to persist (a no-op pass stays cheap)
             await self.on_folder(
                 Counts(folders=len(folders)).plus(outcome.counts), {wire: outcome.checkpoint}
@@ -83,17 +98,39 @@ class UserPass:
         # is still the mailbox the checkpoint was taken for.
         known = (
             checkpoint
-            if checkpoint is not None
-            and target.exists
-            and target.uidvalidity == checkpoint.uidvalidity
+            if checkpoint is not None and target.exists and target.uidvalidity == checkpoint.target
             else None
         )
         source = await self.source.examine(wire, since, known)
-        plan = plan_folder(source, target, checkpoint)
+        plan = plan_folder(source, target, checkpoint, user=self.user, mailbox=name)
         done = Counts()
+        target_uidvalidity = target.uidvalidity
         if not plan.skip:
             done = await self._apply(name, source, plan)
-        mark = Checkpoint(source.uidvalidity, source.uidnext, source.highestmodseq, source.messages)
+            if plan.create:
+                target_uidvalidity = source.uidvalidity
+        if plan.renumbered:
+            log.warning(
+                "migrate.renumbered",
+                extra={
+                    "kv": {
+                        "user": self.user,
+                        "mailbox": name,
+                        "messages": plan.renumbered,
+                        "source_uidvalidity": source.uidvalidity,
+                        "target_uidvalidity": target_uidvalidity,
+                        "note": "the mailbox held other mail: these messages have new UIDs "
+                        "here, the source's clients re-download them",
+                    }
+                },
+            )
+        mark = Checkpoint(
+            source.uidvalidity,
+            source.uidnext,
+            source.highestmodseq,
+            source.messages,
+            0 if target_uidvalidity == source.uidvalidity else target_uidvalidity,
+        )
         return FolderOutcome(done, mark)
 
     async def _apply(self, name: str, source: SourceFolderState, plan: FolderPlan) -> Counts:
@@ -122,21 +159,30 @@ class UserPass:
         copied = 0
         octets = 0
         if plan.copy:
-            sizes = await self.source.sizes(plan.copy)
-            for batch in fetch_batches(sizes, plan.copy):
+            tag = folder_tag(user, name, source.uidvalidity)
+            at = {p.source_uid: p.target_uid for p in plan.copy}
+            wanted = [p.source_uid for p in plan.copy]
+            sizes = await self.source.sizes(wanted)
+            for batch in fetch_batches(sizes, wanted):
                 fetched = await self.source.fetch(batch)
                 items = []
+                size = 0
                 for message in fetched:
                     flags = map_flags(message.flags)
                     dropped += flags.dropped
+                    size += len(message.body)
                     items.append(
                         AppendRequest(
-                            message.body, flags.flags, message.internaldate, None, message.uid
+                            message.body,
+                            flags.flags,
+                            message.internaldate,
+                            message_guid(tag, message.uid),
+                            at[message.uid],
                         )
                     )
+                del fetched  # the bodies live on in ``items`` only
                 if items:
                     await writes.import_messages(user, name, items)
-                size = sum(len(m.body) for m in fetched)
                 copied += len(items)
                 octets += size
                 self.on_bytes(size)

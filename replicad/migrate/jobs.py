@@ -151,7 +151,7 @@ class UserJob:
             ],
             "pass": [self.pass_started, self.pass_ended, self.pass_bytes, self.pass_planned_bytes],
             "checkpoints": {
-                name: [k.uidvalidity, k.uidnext, k.highestmodseq, k.messages]
+                name: [k.uidvalidity, k.uidnext, k.highestmodseq, k.messages, k.target_uidvalidity]
                 for name, k in self.checkpoints.items()
             },
         }

@@ -109,3 +109,106 @@ async def test_copy_then_noop_then_uidvalidity_change(
         assert await store_view(store, ALICE) == expected
         status = await store.mailbox_status(ALICE, NON_ASCII)
         assert status.uidvalidity == expected[NON_ASCII]["uidvalidity"]
+
+
+class CountingSource(SourceConnection):
+    """The real client, counting the folders it had to EXAMINE."""
+
+    examined = 0
+
+    async def examine(self, *args: Any, **kwargs: Any) -> Any:
+        CountingSource.examined += 1
+        return await super().examine(*args, **kwargs)
+
+
+async def test_an_unchanged_source_is_proved_so_by_list_status_alone(
+    source: DovecotSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"{__name__}.SourceConnection", CountingSource)
+    checkpoints: dict[str, Checkpoint] = {}
+    async with MailStore.open(tmp_path / "store") as store:
+        await one_pass(source, store, checkpoints)
+        assert CountingSource.examined == 5
+        CountingSource.examined = 0
+        again = await one_pass(source, store, checkpoints)
+        assert again == Counts()
+        assert CountingSource.examined == 0  # Dovecot offers LIST-STATUS (RFC 5819)
+        with source.client(ALICE) as c:
+            c.append("Sent", message("one more", 321), [], date(21))
+        third = await one_pass(source, store, checkpoints)
+        assert third.messages == 1 and CountingSource.examined == 1
+
+
+def contents(view: dict[str, Any], folder: str) -> list[tuple[Any, ...]]:
+    """A folder's messages without their UIDs: (flags, date, octets), sorted."""
+    return sorted(tuple(m) for m in view[folder]["messages"].values())
+
+
+async def deliver(store: MailStore, subject: str) -> None:
+    """What LMTP does after the MX switch: a new message in the target INBOX."""
+    await store.append(ALICE, "INBOX", message(subject, 600), internaldate=1_700_000_000)
+
+
+async def test_cutover_into_an_inbox_that_already_has_newer_mail(
+    source: DovecotSource, tmp_path: Path
+) -> None:
+    checkpoints: dict[str, Checkpoint] = {}
+    async with MailStore.open(tmp_path / "store") as store:
+        await one_pass(source, store, checkpoints)
+        presync = await store.mailbox_status(ALICE, "INBOX")
+        # The MX switched: two deliveries here take the UIDs the source uses next.
+        await deliver(store, "delivered 1")
+        await deliver(store, "delivered 2")
+        with source.client(ALICE) as c:
+            c.append("INBOX", message("late 1", 410), ["\\Seen"], date(22))
+            c.append("INBOX", message("late 2", 420), [], date(23))
+        cut = await one_pass(source, store, checkpoints)
+        assert cut.messages == 2
+        mine = await store_view(store, ALICE)
+        theirs = source_view(source, ALICE)
+        assert mine["INBOX"]["uidvalidity"] == presync.uidvalidity  # the source's
+        delivered = [m for m in contents(mine, "INBOX") if b"delivered" in m[2]]
+        assert len(delivered) == 2
+        assert sorted(delivered + contents(theirs, "INBOX")) == contents(mine, "INBOX")
+        # The source UIDs that were free here kept theirs; the others moved above.
+        kept = {u for u in theirs["INBOX"]["messages"] if u < presync.uidnext}
+        assert kept <= set(mine["INBOX"]["messages"])
+
+        # Later passes read the mapping back: nothing twice, and an expunge on
+        # the source takes its own copy, never a delivery.
+        assert await one_pass(source, store, checkpoints) == Counts()
+        late = max(theirs["INBOX"]["messages"])
+        with source.client(ALICE) as c:
+            c.select_folder("INBOX")
+            c.add_flags([late], ["\\Deleted", "\\Flagged"])
+            c.expunge()
+        gone = await one_pass(source, store, checkpoints)
+        assert gone.expunged == 1 and gone.messages == 0
+        mine = await store_view(store, ALICE)
+        theirs = source_view(source, ALICE)
+        assert sorted(delivered + contents(theirs, "INBOX")) == contents(mine, "INBOX")
+        for folder in theirs:
+            if folder != "INBOX":
+                assert mine[folder] == theirs[folder]
+
+
+async def test_an_inbox_created_here_first_is_copied_into_at_fresh_uids(
+    source: DovecotSource, tmp_path: Path
+) -> None:
+    checkpoints: dict[str, Checkpoint] = {}
+    async with MailStore.open(tmp_path / "store") as store:
+        await deliver(store, "delivered first")  # LMTP created INBOX before the first pass
+        first = await one_pass(source, store, checkpoints)
+        assert first.messages == 9
+        mine = await store_view(store, ALICE)
+        theirs = source_view(source, ALICE)
+        assert mine["INBOX"]["uidvalidity"] != theirs["INBOX"]["uidvalidity"]
+        delivered = [m for m in contents(mine, "INBOX") if b"delivered" in m[2]]
+        assert sorted(delivered + contents(theirs, "INBOX")) == contents(mine, "INBOX")
+        assert await one_pass(source, store, checkpoints) == Counts()
+        with source.client(ALICE) as c:
+            c.append("INBOX", message("after", 430), [], date(24))
+        assert (await one_pass(source, store, checkpoints)).messages == 1
+        mine = await store_view(store, ALICE)
+        theirs = source_view(source, ALICE)
+        assert sorted(delivered + contents(theirs, "INBOX")) == contents(mine, "INBOX")
