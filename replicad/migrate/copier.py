@@ -162,7 +162,10 @@ class UserPass:
             tag = folder_tag(user, name, source.uidvalidity)
             at = {p.source_uid: p.target_uid for p in plan.copy}
             wanted = [p.source_uid for p in plan.copy]
-            sizes = await self.source.sizes(wanted)
+            sizes = dict(source.sizes)
+            unknown = [uid for uid in wanted if uid not in sizes]
+            if unknown:
+                sizes.update(await self.source.sizes(unknown))
             for batch in fetch_batches(sizes, wanted):
                 fetched = await self.source.fetch(batch)
                 items = []

@@ -104,6 +104,9 @@ class SourceFolderState:
     #: Whether ``uids`` and ``flags`` were read: not when SELECT alone already
     #: matched the checkpoint (an unchanged folder costs one EXAMINE).
     listed: bool = True
+    #: RFC822.SIZE of the messages listed with their flags (the FETCH batches'
+    #: weights); those missing here are asked for when they are copied.
+    sizes: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def messages(self) -> int:

@@ -7,10 +7,13 @@ users' passes as tasks:
 * at most ``--workers`` passes of one job at once, and at most
   :data:`MAX_CONNECTIONS_PER_HOST` connections to one source host whatever
   the jobs (Dovecot's and most servers' per-IP limits are ten or so);
-* a user's record is written after every folder that changed (counts and
-  checkpoint) and when its pass ends, so a ``kill -9`` of the node
-  loses at most one folder's progress, which the next pass recomputes from
-  the target (``replicad.migrate.copier``);
+* a user's record is written when its pass ends, and while it runs at
+  most every :data:`PROGRESS_PERSIST_S` after a folder that changed
+  (counts and checkpoints): a ``kill -9`` of the node loses at most that
+  much of the checkpoints, which only spare work -- the next pass plans
+  from the target and reads which message is which from its GUIDs
+  (``replicad.migrate.copier``, ``replicad.migrate.identity``), so nothing
+  is copied twice; the counts of the lost stretch are not recounted;
 * a failure is classified (``replicad.migrate.failures``) and the pure
   phase machine (``replicad.migrate.jobs``) decides: retry after a backoff
   with jitter, or stop that user ``failed``; the others go on.
@@ -58,6 +61,9 @@ MAX_WORKERS: Final = 64
 DEFAULT_WORKERS: Final = 4
 #: How often the scheduler looks for runnable users without being woken.
 SCHEDULE_INTERVAL_S: Final = 1.0
+#: A running pass's progress is persisted at most this often (a durable
+#: commit per folder was a third of a first pass's commits).
+PROGRESS_PERSIST_S: Final = 5.0
 _SPEC = b"migrate/spec/"
 _USER = b"migrate/user/"
 
@@ -87,6 +93,7 @@ class MigrationService:
         self._host_limits: dict[str, trio.CapacityLimiter] = {}
         self._wake = trio.Event()
         self._random = random.Random()
+        self._persisted_at: dict[tuple[str, str], float] = {}
 
     # -- admin operations (protocol-spec/admin.md) --
 
@@ -174,6 +181,7 @@ class MigrationService:
         # writes nothing after the records are deleted (_save).
         for key in keys:
             del self.users[key]
+            self._persisted_at.pop(key, None)
             scope = self._running.get(key)
             if scope is not None:
                 scope.cancel()
@@ -293,6 +301,7 @@ class MigrationService:
         # pass anyway, and an unchanged user then costs one write, at the end.
         u = jobs.pass_started(self.users[key], time.time())
         self.users[key] = u
+        self._persisted_at[key] = time.monotonic()  # a short pass persists once, at its end
         spec = self.specs[u.job]
         outcome = "synced"
         connection: SourceConnection | None = None
@@ -362,7 +371,11 @@ class MigrationService:
         # Bytes were counted into the pass as batches arrived (_bytes).
         u = jobs.pass_progress(u, counts, marks)
         u = jobs.replace_pass_bytes(u, u.pass_bytes - counts.bytes)
-        await self._save(u)
+        now = time.monotonic()
+        if now - self._persisted_at.get(key, 0.0) >= PROGRESS_PERSIST_S:
+            await self._save(u)
+        else:
+            self.users[key] = u  # persisted with the next save (at the latest the pass's end)
         if self.metrics is not None:
             self.metrics.migrate_counts(
                 counts.messages, counts.expunged, counts.flags_changed, counts.bytes
@@ -378,6 +391,7 @@ class MigrationService:
         if key not in self.users:
             return  # cancelled meanwhile
         self.users[key] = u
+        self._persisted_at[key] = time.monotonic()
         with trio.CancelScope(shield=True):
             await self._persist([u])
 

@@ -37,13 +37,13 @@ from typing import Any, Final, TypeVar
 import trio
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import LoginError  # type: ignore[import-untyped]
-from imapclient.imapclient import seq_to_parenstr_upper  # type: ignore[import-untyped]
 from imapclient.response_parser import (  # type: ignore[import-untyped]
     parse_fetch_response,
     parse_response,
 )
 
 from replicad.migrate.failures import FailureClass, SourceError, classify_server_text
+from replicad.migrate.fetchparse import flag_names, internaldate_seconds, parse_fetch
 from replicad.migrate.names import SourceFolder
 from replicad.migrate.planner import Checkpoint, FolderStatus, SourceFolderState
 
@@ -96,7 +96,7 @@ def _text(value: Any) -> str:
 
 def _flags(data: dict[bytes, Any]) -> tuple[str, ...]:
     # \Recent is the session's, not the message's (RFC 3501 §2.3.2).
-    return tuple(f for f in (_text(f) for f in data.get(b"FLAGS", ())) if f.lower() != "\\recent")
+    return flag_names(list(data.get(b"FLAGS") or ()))
 
 
 def _failure(exc: BaseException, *, at_login: bool) -> SourceError:
@@ -137,6 +137,11 @@ class _Blocking:
         # separate small writes: with Nagle's algorithm against the server's
         # delayed ACK each costs ~40 ms, which alone was most of a no-op pass.
         client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # imapclient turns imaplib's debug level to 5, at which imaplib formats
+        # the repr() of every response it stores, literals included: a copy
+        # of each body several times its size (a 50 MB message became a
+        # ~200 MB string) and most of the client's CPU.  Level 0 logs nothing.
+        client._imap.debug = 0
         client.folder_encode = False  # names stay modified UTF-7: names.py decodes them
         client.normalise_times = False  # INTERNALDATE with its zone, not local time
         self.client = client
@@ -197,37 +202,52 @@ class _Blocking:
             return SourceFolderState(
                 uidvalidity, uidnext, modseq, frozenset(), {}, False, exists, listed=False
             )
-        uids = frozenset(int(u) for u in client.search(["ALL"])) if exists else frozenset()
-        if not uidnext:
-            uidnext = max(uids, default=0) + 1
         complete = changedsince is None or modseq is None
         flags: dict[int, tuple[str, ...]] = {}
-        if uids:
-            modifiers = None if complete else [f"CHANGEDSINCE {changedsince}"]
-            fetched = _fetch_all(client, ["FLAGS"], modifiers)
+        sizes: dict[int, int] = {}
+        if not exists:
+            uids: frozenset[int] = frozenset()
+        elif complete:
+            # One round trip lists the UIDs, their flags and their sizes.
+            fetched = _uid_fetch(client, "1:*", "(FLAGS RFC822.SIZE)")
+            uids = frozenset(fetched)
             for uid, data in fetched.items():
-                flags[int(uid)] = _flags(data)
-        return SourceFolderState(uidvalidity, uidnext, modseq, uids, flags, complete)
+                flags[uid] = _flags(data)
+                sizes[uid] = _size(data)
+        else:
+            uids = frozenset(int(u) for u in client.search(["ALL"]))
+            fetched = _uid_fetch(client, "1:*", "(FLAGS)", f"(CHANGEDSINCE {changedsince})")
+            for uid, data in fetched.items():
+                flags[uid] = _flags(data)
+        if not uidnext:
+            uidnext = max(uids, default=0) + 1
+        return SourceFolderState(
+            uidvalidity, uidnext, modseq, uids, flags, complete, exists, sizes=sizes
+        )
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}
         for chunk in _chunks(list(uids), 1000):
-            for uid, data in self.client.fetch(chunk, ["RFC822.SIZE"]).items():
-                out[int(uid)] = int(data.get(b"RFC822.SIZE", 0))
+            for uid, data in _uid_fetch(self.client, _uid_list(chunk), "(RFC822.SIZE)").items():
+                out[uid] = _size(data)
         return out
 
     def fetch(self, uids: Sequence[int]) -> list[FetchedMessage]:
-        fetched = self.client.fetch(list(uids), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+        fetched = _uid_fetch(self.client, _uid_list(uids), "(BODY.PEEK[] FLAGS INTERNALDATE)")
         out = []
         for uid in uids:
-            data = fetched.get(uid)
+            data = fetched.pop(uid, None)
             if data is None:
                 continue  # expunged on the source meanwhile; the next pass sees it gone
-            body = data.get(b"BODY[]") or b""
-            date = data.get(b"INTERNALDATE")
-            internaldate = int(date.timestamp()) if isinstance(date, datetime) else 0
-            flags = _flags(data)
-            out.append(FetchedMessage(int(uid), flags, internaldate, bytes(body)))
+            body = data.get(b"BODY[]")
+            out.append(
+                FetchedMessage(
+                    uid,
+                    _flags(data),
+                    _internaldate(data.get(b"INTERNALDATE")),
+                    body if isinstance(body, bytes) else b"",
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -274,20 +294,47 @@ def _statuses(lines: list[Any]) -> dict[str, FolderStatus]:
     return out
 
 
-def _fetch_all(client: Any, data: list[str], modifiers: list[str] | None) -> dict[int, Any]:
-    """``UID FETCH 1:* data (modifiers)``: imapclient's ``fetch`` takes a list
-    of UIDs only (one line naming every UID of a large folder), so the range
-    goes through its command layer, parsed by its own FETCH parser."""
-    args = ["UID", "FETCH", "1:*", seq_to_parenstr_upper(data)]
+def _uid_fetch(
+    client: Any, uids: str, items: str, modifiers: str | None = None
+) -> dict[int, dict[bytes, Any]]:
+    """``UID FETCH uids items [modifiers]``, parsed by :func:`parse_fetch` (or,
+    for a response it does not understand, by imapclient's own parser).
+
+    Through imapclient's command layer: its ``fetch`` takes a list of UIDs
+    only (one line naming every UID of a large folder) and lexes every
+    response byte by byte."""
+    args = ["UID", "FETCH", uids, items]
     if modifiers:
-        args.append(seq_to_parenstr_upper(modifiers))
+        args.append(modifiers)
     imap = client._imap
     tag = imap._command(*args)
     typ, lines = imap._command_complete("FETCH", tag)
     client._checkok("fetch", typ, lines)
     typ, lines = imap._untagged_response(typ, lines, "FETCH")
-    parsed: dict[int, Any] = parse_fetch_response(lines, client.normalise_times, True)
-    return parsed
+    try:
+        return parse_fetch(lines)
+    except ValueError:
+        parsed: dict[int, dict[bytes, Any]] = parse_fetch_response(
+            lines, client.normalise_times, True
+        )
+        return {int(uid): data for uid, data in parsed.items()}
+
+
+def _uid_list(uids: Sequence[int]) -> str:
+    return ",".join(str(uid) for uid in uids)
+
+
+def _size(data: dict[bytes, Any]) -> int:
+    return int(data.get(b"RFC822.SIZE") or 0)
+
+
+def _internaldate(value: Any) -> int:
+    if isinstance(value, datetime):  # imapclient's parser
+        return int(value.timestamp())
+    try:
+        return internaldate_seconds(value)
+    except ValueError:
+        return 0
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
