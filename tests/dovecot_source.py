@@ -50,11 +50,20 @@ def _alive(pid: int) -> bool:
 
 class DovecotSource:
     def __init__(
-        self, directory: Path, users: dict[str, str], masters: dict[str, str] | None = None
+        self,
+        directory: Path,
+        users: dict[str, str],
+        masters: dict[str, str] | None = None,
+        *,
+        reuse_processes: bool = False,
     ) -> None:
+        """``reuse_processes``: Dovecot's high-performance login mode (login
+        processes serve many connections, imap processes many sessions), as
+        large sites run it; the default starts processes per connection."""
         self.base = directory / "dovecot"
         self.users = users
         self.masters = masters or {}
+        self.reuse_processes = reuse_processes
         self.port = free_port()
         self.conf = self.base / "dovecot.conf"
         self._write_config()
@@ -91,10 +100,16 @@ class DovecotSource:
             f"userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={base}/mail/%u\n}}\n"
             "protocol imap {\n  mail_max_userip_connections = 100\n}\n"
             "service imap-login {\n"
-            f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.port}\n  }}\n"
+            + ("  service_count = 0\n  process_min_avail = 2\n" if self.reuse_processes else "")
+            + f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.port}\n  }}\n"
             "  inet_listener imaps {\n    port = 0\n  }\n"
             "}\n"
             "service stats {\n  unix_listener stats-writer {\n    mode = 0666\n  }\n}\n"
+            + (
+                "service imap {\n  service_count = 1000\n  process_min_avail = 4\n}\n"
+                if self.reuse_processes
+                else ""
+            )
         )
 
     def start(self) -> None:

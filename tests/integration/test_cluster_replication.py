@@ -56,7 +56,6 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
-
 class LocalCluster:
     """A ``replicad cluster up`` directory, the CLI against it, and every node pid seen."""
 

@@ -14,7 +14,12 @@ from replicad.store.records import MessageInfo
 
 RAW = b"Subject: s\r\n\r\nbody\r\n"
 INFO = MessageInfo(
-    uid=7, guid=bytes(16), modseq=3, flags=("\\Seen",), internaldate=0, size=len(RAW),
+    uid=7,
+    guid=bytes(16),
+    modseq=3,
+    flags=("\\Seen",),
+    internaldate=0,
+    size=len(RAW),
     body_hash=bytes(32),
 )
 BODY = FetchBody(Section(), None, peek=False)
@@ -22,7 +27,12 @@ BODY = FetchBody(Section(), None, peek=False)
 
 def test_flags_set_by_the_fetch_itself_are_reported() -> None:
     values = fetch_values(
-        [BODY], INFO, INFO.flags, MessageBytes(RAW), with_uid=False, with_modseq=False,
+        [BODY],
+        INFO,
+        INFO.flags,
+        MessageBytes(RAW),
+        with_uid=False,
+        with_modseq=False,
         seen_now=True,
     )
     assert values == [("BODY[]", Literal(RAW)), ("FLAGS", (Atom("\\Seen"),))]
@@ -31,7 +41,12 @@ def test_flags_set_by_the_fetch_itself_are_reported() -> None:
 def test_flags_not_repeated_nor_added_unasked() -> None:
     items = [FetchSimple(FetchAttribute.FLAGS), BODY]
     values = fetch_values(
-        items, INFO, INFO.flags, MessageBytes(RAW), with_uid=False, with_modseq=False,
+        items,
+        INFO,
+        INFO.flags,
+        MessageBytes(RAW),
+        with_uid=False,
+        with_modseq=False,
         seen_now=True,
     )
     assert [name for name, _ in values] == ["FLAGS", "BODY[]"]
