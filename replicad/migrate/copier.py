@@ -1,15 +1,22 @@
 """One user's pass over every folder of the source (trio glue).
 
-For each folder, superiors first (:func:`~replicad.migrate.names.map_folders`):
-EXAMINE it on the source, read this node's copy, ask the pure planner
+The source's folder list comes with each folder's STATUS when the source
+offers LIST-STATUS (RFC 5819): a folder whose STATUS equals its checkpoint,
+while the target is still the mailbox the checkpoint was taken against,
+is skipped without a round trip of its own (a no-op pass is one LIST per
+user).  Every other folder, superiors first
+(:func:`~replicad.migrate.names.map_folders`): EXAMINE it on the source,
+read this node's copy, ask the pure planner
 (:func:`~replicad.migrate.planner.plan_folder`) and carry the plan out
 through the write path: recreate, create under the source's UIDVALIDITY,
-expunge, re-flag, then copy in FETCH batches at the source's UIDs.  After
-each folder its counts and checkpoint are handed to ``on_folder``, which
-persists them, so a pass cut at any point (``kill -9``, the source gone)
-resumes where its folders stand: the plan is made from what the target
-holds, never from what a pass believed it had written, so nothing is
-copied twice and nothing is lost.
+expunge, re-flag, then copy in FETCH batches (pipelined: the next batch is
+fetched while one is written) at the UIDs the plan placed them, each
+message under its migration GUID (:mod:`~replicad.migrate.identity`).
+After each folder its counts and checkpoint go to ``on_folder``.  A pass
+cut at any point (``kill -9``, the source gone) resumes where its folders
+stand: the plan is made from what the target holds and which source
+message each of its messages is, never from what a pass believed it had
+written, so nothing is copied twice and nothing is lost.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import trio
 
 from replicad.errors import ReplicadError, UidNotAboveError
 from replicad.migrate.failures import FailureClass, SourceError, classify_target_error
@@ -156,37 +165,60 @@ class UserPass:
             if remove_flags:
                 await writes.store_flags(user, name, UidSet.of(uids), "remove", remove_flags)
             changed += len(uids)
-        copied = 0
-        octets = 0
+        copied = octets = 0
         if plan.copy:
-            tag = folder_tag(user, name, source.uidvalidity)
-            at = {p.source_uid: p.target_uid for p in plan.copy}
-            wanted = [p.source_uid for p in plan.copy]
-            sizes = dict(source.sizes)
-            unknown = [uid for uid in wanted if uid not in sizes]
-            if unknown:
-                sizes.update(await self.source.sizes(unknown))
-            for batch in fetch_batches(sizes, wanted):
-                fetched = await self.source.fetch(batch)
-                items = []
-                size = 0
-                for message in fetched:
-                    flags = map_flags(message.flags)
-                    dropped += flags.dropped
-                    size += len(message.body)
-                    items.append(
-                        AppendRequest(
-                            message.body,
-                            flags.flags,
-                            message.internaldate,
-                            message_guid(tag, message.uid),
-                            at[message.uid],
-                        )
-                    )
-                del fetched  # the bodies live on in ``items`` only
-                if items:
-                    await writes.import_messages(user, name, items)
-                copied += len(items)
-                octets += size
-                self.on_bytes(size)
+            copied, octets, dropped_here = await self._copy(name, source, plan)
+            dropped += dropped_here
         return Counts(0, copied, len(plan.expunge), changed, octets, dropped)
+
+    async def _copy(
+        self, name: str, source: SourceFolderState, plan: FolderPlan
+    ) -> tuple[int, int, int]:
+        """Copy ``plan.copy`` in FETCH batches; (messages, octets, keywords dropped).
+
+        Pipelined: the next batch is fetched from the source while this one
+        is written here (a single user's pass would otherwise leave the
+        source idle during every commit).  A rendezvous channel: at most one
+        batch waits while one is written, so memory holds two batches."""
+        tag = folder_tag(self.user, name, source.uidvalidity)
+        at = {p.source_uid: p.target_uid for p in plan.copy}
+        wanted = [p.source_uid for p in plan.copy]
+        sizes = dict(source.sizes)
+        unknown = [uid for uid in wanted if uid not in sizes]
+        if unknown:
+            sizes.update(await self.source.sizes(unknown))
+        dropped = copied = octets = 0
+        send, receive = trio.open_memory_channel[tuple[list[AppendRequest], int]](0)
+
+        async def fetch_all() -> None:
+            nonlocal dropped
+            async with send:
+                for batch in fetch_batches(sizes, wanted):
+                    items = []
+                    size = 0
+                    for message in await self.source.fetch(batch):
+                        flags = map_flags(message.flags)
+                        dropped += flags.dropped
+                        size += len(message.body)
+                        items.append(
+                            AppendRequest(
+                                message.body,
+                                flags.flags,
+                                message.internaldate,
+                                message_guid(tag, message.uid),
+                                at[message.uid],
+                            )
+                        )
+                    await send.send((items, size))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_all)
+            async with receive:
+                async for items, size in receive:
+                    if items:
+                        await self.writes.import_messages(self.user, name, items)
+                    copied += len(items)
+                    octets += size
+                    self.on_bytes(size)
+                    del items  # the batch's bodies go as soon as they are stored
+        return copied, octets, dropped
