@@ -89,9 +89,7 @@ def client_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"imap.tls_cert/imap.tls_key: cannot load {cert}, {key}: {exc}"
-        ) from None
+        raise ConfigError(f"imap.tls_cert/imap.tls_key: cannot load {cert}, {key}: {exc}") from None
     return context
 
 
@@ -390,4 +388,3 @@ async def _listen(host: str, port: int) -> Sequence[trio.SocketListener]:
         raise ReplicadError(
             f"cannot listen for IMAP on {where} (imap.listen): {exc.strerror or exc}"
         ) from None
-
