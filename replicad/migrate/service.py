@@ -5,8 +5,9 @@
 users' passes as tasks:
 
 * at most ``--workers`` passes of one job at once, and at most
-  :data:`MAX_CONNECTIONS_PER_HOST` connections to one source host whatever
-  the jobs (Dovecot's and most servers' per-IP limits are ten or so);
+  ``--per-host`` connections to one source host whatever the jobs (default
+  :data:`~replicad.migrate.jobs.DEFAULT_PER_HOST`; the jobs on one host
+  share the cap, and the last one added sets it);
 * a user's record is written when its pass ends, and while it runs at
   most every :data:`PROGRESS_PERSIST_S` after a folder that changed
   (counts and checkpoints): a ``kill -9`` of the node loses at most that
@@ -34,6 +35,7 @@ import logging
 import os
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,7 +50,7 @@ from replicad.metrics import NodeMetrics
 from replicad.migrate import jobs
 from replicad.migrate.copier import UserPass
 from replicad.migrate.failures import FailureClass, SourceError
-from replicad.migrate.jobs import Counts, JobSpec, Phase, UserJob
+from replicad.migrate.jobs import DEFAULT_PER_HOST, Counts, JobSpec, Phase, UserJob
 from replicad.migrate.planner import Checkpoint
 from replicad.migrate.source import SourceConnection, SourceLogin
 from replicad.migrate.target import TargetWrites
@@ -58,7 +60,7 @@ from replicad.usernames import normalise_user, validate_user_name
 
 log = logging.getLogger("replicad.migrate")
 
-MAX_CONNECTIONS_PER_HOST: Final = 10
+MAX_PER_HOST: Final = 64
 MAX_WORKERS: Final = 64
 DEFAULT_WORKERS: Final = 4
 #: How often the scheduler looks for runnable users without being woken.
@@ -143,14 +145,41 @@ class MigrationService:
         workers = args.get("workers") or DEFAULT_WORKERS
         if not isinstance(workers, int) or not 0 < workers <= MAX_WORKERS:
             raise BadInputError(f"workers must be 1 to {MAX_WORKERS}")
+        per_host = args.get("per_host") or DEFAULT_PER_HOST
+        if not isinstance(per_host, int) or not 0 < per_host <= MAX_PER_HOST:
+            raise BadInputError(f"per_host must be 1 to {MAX_PER_HOST}")
+        ca_pem = args.get("source_ca")
+        if ca_pem is not None and not isinstance(ca_pem, str):
+            raise ProtocolError("migrate_add: 'source_ca' must be PEM text")
+        verify = not args.get("source_insecure", False)
+        if ca_pem is not None:
+            try:
+                ssl.create_default_context(cadata=ca_pem)
+            except (ssl.SSLError, ValueError) as exc:
+                raise BadInputError(f"source CA: not a PEM certificate: {exc}") from None
         job = secrets.token_hex(4)
-        spec = JobSpec(job, source.host, source.port, source.tls, master, workers, time.time())
+        spec = JobSpec(
+            job,
+            source.host,
+            source.port,
+            source.tls,
+            master,
+            workers,
+            time.time(),
+            per_host,
+            ca_pem,
+            verify,
+        )
         self._write_secrets(job, {n: passwords[n] for n in needed})
         records: list[tuple[bytes, bytes | None]] = [(_SPEC + job.encode(), _pack(spec.to_map()))]
         new_users = [UserJob(job, s, t, phase) for s, t in pairs]
         records += [(_user_key(job, u.target_user), _pack(u.to_map())) for u in new_users]
         await self.store.put_job_records(records)
         self.specs[job] = spec
+        if spec.host in self._host_limits:
+            self._host_limits[spec.host].total_tokens = per_host
+        if source.tls and not verify:
+            log.warning("migrate.source_insecure", extra={"kv": {"job": job, "host": source.host}})
         for u in new_users:
             self.users[(job, u.target_user)] = u
             self._enqueue((job, u.target_user))
@@ -300,9 +329,7 @@ class MigrationService:
         return self._job_limits.setdefault(spec.job, trio.CapacityLimiter(spec.workers))
 
     def _host_limit(self, spec: JobSpec) -> trio.CapacityLimiter:
-        return self._host_limits.setdefault(
-            spec.host, trio.CapacityLimiter(MAX_CONNECTIONS_PER_HOST)
-        )
+        return self._host_limits.setdefault(spec.host, trio.CapacityLimiter(spec.per_host))
 
     def _capacity_left(self) -> bool:
         """Whether some job could start a user (its own and its host's limit)."""
@@ -355,6 +382,8 @@ class MigrationService:
                 u.source_user,
                 passwords.get("" if spec.master_user else u.source_user, ""),
                 spec.master_user,
+                spec.ca_pem,
+                spec.verify,
             )
             connection = SourceConnection(login)
             await connection.connect()

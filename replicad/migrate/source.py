@@ -64,6 +64,19 @@ class SourceLogin:
     user: str
     password: str
     master_user: str | None = None
+    #: TLS: PEM of the CA(s) to verify the source against (None: the system's
+    #: trust store); ``verify`` False accepts any certificate (``--source-insecure``).
+    ca_pem: str | None = None
+    verify: bool = True
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The context of an ``imaps://`` connection: the certificate is
+        verified and its name checked against the host, unless told not to."""
+        context = ssl.create_default_context(cadata=self.ca_pem)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def __repr__(self) -> str:  # the password never reaches a log line
         return f"SourceLogin({self.host}:{self.port}, user={self.user!r})"
@@ -105,6 +118,13 @@ def _failure(exc: BaseException, *, at_login: bool) -> SourceError:
     if isinstance(exc, LoginError):
         text = _text(exc.args[0]) if exc.args else str(exc)
         return SourceError(classify_server_text(text, at_login=True), text)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Permanent: retrying will not make the certificate verify.
+        return SourceError(
+            FailureClass.PROTOCOL,
+            f"the source's TLS certificate did not verify ({exc.verify_message}): "
+            "give its CA with --source-ca FILE, or --source-insecure",
+        )
     if isinstance(exc, (imaplib.IMAP4.abort, OSError, ssl.SSLError, socket.timeout, EOFError)):
         return SourceError(FailureClass.NETWORK, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, imaplib.IMAP4.error):
@@ -125,7 +145,7 @@ class _Blocking:
 
     def connect(self) -> None:
         login = self.login
-        context = ssl.create_default_context() if login.tls else None
+        context = login.tls_context() if login.tls else None
         client = IMAPClient(
             login.host,
             port=login.port,

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from replicad.migrate.copier import UserPass
+from replicad.migrate.failures import FailureClass, SourceError
 from replicad.migrate.jobs import Counts
 from replicad.migrate.planner import Checkpoint
+from replicad.migrate.service import MigrationService
 from replicad.migrate.source import SourceConnection, SourceLogin
 from replicad.migrate.target import LocalWrites
 from replicad.store.mailstore import MailStore
@@ -63,7 +66,10 @@ async def store_view(store: MailStore, user: str) -> dict[str, Any]:
 
 
 async def one_pass(
-    source: DovecotSource, store: MailStore, checkpoints: dict[str, Checkpoint]
+    source: DovecotSource,
+    store: MailStore,
+    checkpoints: dict[str, Checkpoint],
+    login: SourceLogin | None = None,
 ) -> Counts:
     total = Counts()
 
@@ -72,7 +78,8 @@ async def one_pass(
         total = total.plus(counts)
         checkpoints.update(marks)
 
-    login = SourceLogin("127.0.0.1", source.port, False, ALICE, SOURCE_PASSWORDS[ALICE])
+    if login is None:
+        login = SourceLogin("127.0.0.1", source.port, False, ALICE, SOURCE_PASSWORDS[ALICE])
     connection = SourceConnection(login)
     await connection.connect()
     try:
@@ -256,5 +263,91 @@ async def test_a_50_mb_message_never_sits_whole_in_memory_twice(tmp_path: Path) 
         # Twice would be 2x and more; a repr() of it (imaplib at imapclient's
         # debug level 5) was 4x, and compress() + the codec octet another 1.8x.
         assert peak < 1.9 * size, f"peak {peak / size:.2f}x the message"
+    finally:
+        source.stop()
+
+
+async def test_an_imaps_source_is_verified_against_the_given_ca(tmp_path: Path) -> None:
+    source = DovecotSource(tmp_path, SOURCE_PASSWORDS, tls=True)
+    source.start()
+    try:
+        populate(source)
+        password = SOURCE_PASSWORDS[ALICE]
+        ca = source.ca_file.read_text()
+        async with MailStore.open(tmp_path / "store") as store:
+            # The system's trust store does not know the source's CA: refused,
+            # permanently (a retry will not make it verify).
+            system = SourceLogin("127.0.0.1", source.tls_port, True, ALICE, password)
+            with pytest.raises(SourceError) as refused:
+                await one_pass(source, store, {}, system)
+            assert refused.value.failure is FailureClass.PROTOCOL
+            assert "--source-ca" in refused.value.reason
+            assert await store.list_users() == []
+            # The CA given: verified, and the copy is exact.
+            trusted = SourceLogin("127.0.0.1", source.tls_port, True, ALICE, password, None, ca)
+            assert (await one_pass(source, store, {}, trusted)).messages == 9
+            assert await store_view(store, ALICE) == source_view(source, ALICE)
+            # A certificate for another name does not pass with the CA alone.
+            other = SourceLogin("localhost", source.tls_port, True, ALICE, password, None, ca)
+            with pytest.raises(SourceError):
+                await one_pass(source, store, {}, other)
+            # --source-insecure: encrypted, not authenticated.
+            blind = SourceLogin(
+                "localhost", source.tls_port, True, ALICE, password, None, None, verify=False
+            )
+            again = await one_pass(source, store, {}, blind)
+            assert (again.messages, again.expunged, again.flags_changed) == (0, 0, 0)
+    finally:
+        source.stop()
+
+
+class CountedConnection(SourceConnection):
+    """The real client, counting the connections open at once."""
+
+    open = 0
+    peak = 0
+
+    async def connect(self) -> None:
+        CountedConnection.open += 1
+        CountedConnection.peak = max(CountedConnection.peak, CountedConnection.open)
+        await super().connect()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        CountedConnection.open -= 1
+
+
+async def test_the_per_host_cap_bounds_connections_whatever_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {f"user{i}@example.org": "pw" for i in range(8)}
+    source = DovecotSource(tmp_path, users)
+    source.start()
+    try:
+        for user in users:
+            with source.client(user) as c:
+                for i in range(30):
+                    c.append("INBOX", message(f"{user} {i}", 3000), [], date(1))
+        monkeypatch.setattr("replicad.migrate.service.SourceConnection", CountedConnection)
+        async with MailStore.open(tmp_path / "store") as store:
+            service = MigrationService(store, LocalWrites(store), tmp_path / "secrets")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                added = await service.add(
+                    {
+                        "source": f"imap://127.0.0.1:{source.port}",
+                        "users": [[u, u] for u in users],
+                        "passwords": users,
+                        "workers": 8,
+                        "per_host": 2,
+                    }
+                )
+                with trio.fail_after(60):
+                    while not all(r["synced"] for r in await service.status({"job": added["job"]})):
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            for user in users:
+                assert len(await store.fetch(user, "INBOX", UidSet.parse("1:*"))) == 30
+        assert CountedConnection.peak == 2
     finally:
         source.stop()
