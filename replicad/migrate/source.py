@@ -43,9 +43,14 @@ from imapclient.response_parser import (  # type: ignore[import-untyped]
 )
 
 from replicad.migrate.failures import FailureClass, SourceError, classify_server_text
-from replicad.migrate.fetchparse import flag_names, internaldate_seconds, parse_fetch
 from replicad.migrate.names import SourceFolder
 from replicad.migrate.planner import Checkpoint, FolderStatus, SourceFolderState
+from replicad.migrate.responses import (
+    flag_names,
+    internaldate_seconds,
+    parse_fetch,
+    parse_values,
+)
 
 T = TypeVar("T")
 
@@ -140,6 +145,7 @@ class _Blocking:
         self.login = login
         self.client: Any = None
         self.condstore = False
+        self._enable = False  # ENABLE CONDSTORE still to be sent
         self.list_status = False
         self.prefix = ""
 
@@ -173,31 +179,52 @@ class _Blocking:
         except Exception as exc:
             raise _failure(exc, at_login=True) from None
         caps = {_text(c).upper() for c in client.capabilities()}
-        if "CONDSTORE" in caps:
-            if "ENABLE" in caps:
-                client.enable("CONDSTORE")
-            self.condstore = True
+        # ENABLE waits for the first EXAMINE: a pass that LIST-STATUS proves
+        # unchanged selects nothing (and asking STATUS for HIGHESTMODSEQ
+        # enables CONDSTORE by itself, RFC 7162 §3.1).
+        self.condstore = "CONDSTORE" in caps
+        self._enable = self.condstore and "ENABLE" in caps
         self.list_status = "LIST-STATUS" in caps
         if "NAMESPACE" in caps:
-            personal = client.namespace().personal or ()
-            if personal:
-                self.prefix = _text(personal[0][0])
+            self.prefix = self._personal_prefix()
+
+    def _personal_prefix(self) -> str:
+        """The first personal namespace's prefix (RFC 2342), "" if none."""
+        client = self.client
+        typ, data = client._imap._simple_command("NAMESPACE")
+        client._checkok("namespace", typ, data)
+        _, lines = client._imap._untagged_response(typ, data, "NAMESPACE")
+        personal: Any
+        try:
+            personal = parse_values(lines)[0]
+        except (ValueError, IndexError):
+            personal = parse_response(lines)[0]
+        if not personal or not isinstance(personal, (list, tuple)):
+            return ""
+        return _text(personal[0][0])
 
     def folders(self) -> SourceListing:
         """Every folder; with LIST-STATUS (RFC 5819) each one's STATUS in the
         same round trip, so a pass can prove folders unchanged without
         selecting them."""
         client = self.client
-        if not self.list_status:
-            listed = client.list_folders()
-            return SourceListing(_folders(listed), {})
-        items = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if self.condstore else "")
         imap = client._imap
-        typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", f"(STATUS ({items}))")
+        if self.list_status:
+            items = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if self.condstore else "")
+            args: tuple[str, ...] = ('""', '"*"', "RETURN", f"(STATUS ({items}))")
+        else:
+            args = ('""', '"*"')
+        typ, data = imap._simple_command("LIST", *args)
         client._checkok("list", typ, data)
         _, listed = imap._untagged_response(typ, data, "LIST")
         _, statuses = imap._untagged_response(typ, data, "STATUS")
-        return SourceListing(_folders(client._proc_folder_list(listed)), _statuses(statuses))
+        try:
+            return SourceListing(_folders(parse_values(listed)), _statuses(parse_values(statuses)))
+        except ValueError:
+            return SourceListing(
+                _folders(_flat(client._proc_folder_list(listed))),
+                _statuses(parse_response([s for s in statuses if s not in (b"", None)])),
+            )
 
     def examine(
         self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
@@ -207,6 +234,9 @@ class _Blocking:
         SELECT's own answer matches ``known`` (UIDVALIDITY, UIDNEXT,
         HIGHESTMODSEQ, EXISTS) nothing more is asked: the folder is unchanged."""
         client = self.client
+        if self._enable:
+            client.enable("CONDSTORE")
+            self._enable = False
         info = client.select_folder(wire_name, readonly=True)
         uidvalidity = int(info[b"UIDVALIDITY"])
         uidnext = int(info.get(b"UIDNEXT", 0))
@@ -280,34 +310,42 @@ class _Blocking:
                 self.client.shutdown()
 
 
-def _folders(listed: list[tuple[Any, Any, Any]]) -> list[SourceFolder]:
-    return [
-        SourceFolder(
-            _text(name), _text(delimiter) if delimiter else None, tuple(_text(f) for f in flags)
+def _flat(listed: list[tuple[Any, Any, Any]]) -> list[Any]:
+    return [value for entry in listed for value in entry]
+
+
+def _folders(values: list[Any]) -> list[SourceFolder]:
+    """LIST responses' values, three a folder: (attributes, delimiter, name)."""
+    if len(values) % 3:
+        raise ValueError("a LIST response is attributes, delimiter and name")
+    out = []
+    for flags, delimiter, name in zip(values[::3], values[1::3], values[2::3], strict=True):
+        if not isinstance(flags, (list, tuple)):
+            raise ValueError(f"LIST attributes are a list, not {flags!r}")
+        out.append(
+            SourceFolder(
+                _text(name), _text(delimiter) if delimiter else None, tuple(_text(f) for f in flags)
+            )
         )
-        for flags, delimiter, name in listed
-    ]
+    return out
 
 
-def _statuses(lines: list[Any]) -> dict[str, FolderStatus]:
-    """``* STATUS name (items)`` lines by wire name (a folder the server
-    could not give a STATUS for is simply absent: it is then EXAMINEd)."""
-    lines = [line for line in lines if line not in (b"", None)]
+def _statuses(values: list[Any]) -> dict[str, FolderStatus]:
+    """STATUS responses' values, two a folder (name, items), by wire name (a
+    folder the server could not give a STATUS for is simply absent: it is
+    then EXAMINEd)."""
     out: dict[str, FolderStatus] = {}
-    if not lines:
-        return out
-    parsed = parse_response(lines)
-    for name, items in zip(parsed[::2], parsed[1::2], strict=False):
-        if not isinstance(items, tuple):
+    for name, items in zip(values[::2], values[1::2], strict=False):
+        if not isinstance(items, (list, tuple)):
             continue
-        values = {_text(k).upper(): v for k, v in zip(items[::2], items[1::2], strict=False)}
+        item = {_text(k).upper(): v for k, v in zip(items[::2], items[1::2], strict=False)}
         try:
-            modseq = values.get("HIGHESTMODSEQ")
+            modseq = item.get("HIGHESTMODSEQ")
             out[_text(name)] = FolderStatus(
-                int(values["UIDVALIDITY"]),
-                int(values["UIDNEXT"]),
+                int(item["UIDVALIDITY"]),
+                int(item["UIDNEXT"]),
                 int(modseq) if modseq is not None else None,
-                int(values["MESSAGES"]),
+                int(item["MESSAGES"]),
             )
         except (KeyError, TypeError, ValueError):
             continue

@@ -1,4 +1,4 @@
-"""FETCH responses as imaplib collects them (replicad.migrate.fetchparse), checked
+"""Untagged responses as imaplib collects them (replicad.migrate.responses), checked
 against imapclient's own parser, which the source falls back to."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ from datetime import datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from imapclient.response_parser import parse_fetch_response  # type: ignore[import-untyped]
+from imapclient.response_parser import (  # type: ignore[import-untyped]
+    parse_fetch_response,
+    parse_response,
+)
 
-from replicad.migrate.fetchparse import flag_names, internaldate_seconds, parse_fetch
+from replicad.migrate.responses import flag_names, internaldate_seconds, parse_fetch, parse_values
 
 DOVECOT_BODY_FETCH = [
     (
@@ -82,3 +85,36 @@ def test_agrees_with_imapclient(messages: dict[int, tuple[list[bytes], bytes]]) 
         assert ours[uid][b"BODY[]"] == data[b"BODY[]"]
         assert tuple(ours[uid][b"FLAGS"]) == data[b"FLAGS"]
         assert ours[uid][b"RFC822.SIZE"] == data[b"RFC822.SIZE"]
+
+
+def test_list_status_and_namespace_values() -> None:
+    listed = [
+        b'(\\HasNoChildren) "." INBOX',
+        b'(\\HasChildren \\Noselect) "." "Work Stuff"',
+        (b"() NIL {5}", b"Caf&AOk-"[:5]),
+        b"",
+    ]
+    assert parse_values(listed) == [
+        [b"\\HasNoChildren"],
+        b".",
+        b"INBOX",
+        [b"\\HasChildren", b"\\Noselect"],
+        b".",
+        b"Work Stuff",
+        [],
+        None,
+        b"Caf&A",
+    ]
+    status = [
+        b'"Sent" (UIDVALIDITY 1733 UIDNEXT 21 MESSAGES 20 HIGHESTMODSEQ 40)',
+        b"2024 (MESSAGES 0)",
+    ]
+    assert parse_values(status) == [
+        b"Sent",
+        [b"UIDVALIDITY", 1733, b"UIDNEXT", 21, b"MESSAGES", 20, b"HIGHESTMODSEQ", 40],
+        2024,
+        [b"MESSAGES", 0],
+    ]
+    assert parse_values([b'(("" ".")) NIL NIL'])[0] == [[b"", b"."]]
+    for pieces in (listed, status):
+        assert len(parse_values(pieces)) == len(parse_response([p for p in pieces if p]))
