@@ -24,9 +24,9 @@ Rules, in order:
    UIDNEXT and message count as the checkpoint has them) and the target is
    still the mailbox the checkpoint was taken against: skip (a no-op pass
    costs no EXAMINE with LIST-STATUS, one without).
-3. The target's UIDVALIDITY differs from the source's and the target holds
-   no foreign message and was made by this migration (the source's
-   UIDVALIDITY changed): delete it, recreate it under the source's new
+3. The source's UIDVALIDITY changed since the checkpoint, the target is the
+   mailbox this migration made under the old one, and it holds no foreign
+   message: delete it, recreate it under the source's new
    UIDVALIDITY and copy everything (a full re-copy, never a silent mismatch).
 4. Otherwise copy into the target what it lacks, as dsync does: a source
    message at its own UID where that UID is still free here (same
@@ -216,7 +216,12 @@ def plan_folder(
         else:
             foreign += 1
     same_space = target.uidvalidity == source.uidvalidity
-    made_here = checkpoint is not None and checkpoint.target == target.uidvalidity
+    # Recreated only when the source's UID space changed under a mailbox this
+    # migration made and nothing else wrote to: a mailbox copied into at
+    # fresh UIDs stays what it is even once its other mail is gone.
+    made_here = (
+        old_tag is not None and checkpoint is not None and checkpoint.target == target.uidvalidity
+    )
     if not same_space and made_here and not foreign:
         return FolderPlan(
             recreate=True, create=True, copy=place(sorted(source.uids), 1, keep_uids=True)

@@ -16,11 +16,13 @@ Login: the user's own password (LOGIN), or a master user with SASL PLAIN
 (RFC 4616) whose authorization identity is the user, as imapsync's
 ``--authuser`` and Dovecot's master passdb expect.
 
-Memory: imapclient reads a fetched body whole, so a message sits in memory
-once as it arrives (then once compressed for the store); fetches are
-batched by the sizes RFC822.SIZE announced (:data:`FETCH_BATCH_BYTES`) so a
-batch of large messages is one message at a time.  Bytes on the wire per
-message: its size plus the FETCH response's fixed overhead.
+Memory: imapclient reads a fetched body whole (imaplib's ``read(size)``),
+so a message sits in memory once as it arrives, then once compressed for
+the store; nothing here copies it (the FETCH parser keeps the very bytes
+object, :mod:`replicad.migrate.responses`).  Fetches are batched by the
+sizes RFC822.SIZE announced (:data:`FETCH_BATCH_BYTES`), so a batch of large
+messages is one message at a time.  Bytes on the wire per message: its
+size plus the FETCH response's fixed overhead.
 """
 
 from __future__ import annotations
@@ -164,9 +166,10 @@ class _Blocking:
         # delayed ACK each costs ~40 ms, which alone was most of a no-op pass.
         client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # imapclient turns imaplib's debug level to 5, at which imaplib formats
-        # the repr() of every response it stores, literals included: a copy
-        # of each body several times its size (a 50 MB message became a
-        # ~200 MB string) and most of the client's CPU.  Level 0 logs nothing.
+        # the repr() of every response it stores, literals included, into a
+        # log message: two more copies of every body (its repr, then the
+        # message made of it), whatever the logger's level.  Level 0 formats
+        # nothing.
         client._imap.debug = 0
         client.folder_encode = False  # names stay modified UTF-7: names.py decodes them
         client.normalise_times = False  # INTERNALDATE with its zone, not local time

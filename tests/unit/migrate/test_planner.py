@@ -167,6 +167,15 @@ def test_target_created_first_under_its_own_uidvalidity_is_copied_into() -> None
     assert plan(source({1: (), 3: ()}), done, None).changes == 0
 
 
+def test_a_mailbox_copied_into_at_fresh_uids_is_never_recreated() -> None:
+    # INBOX was LMTP's (UIDVALIDITY 99), the pass copied into it; then its
+    # deliveries were expunged here: only the migration's messages are left.
+    tgt = target(99, {3: ((), own(1)), 4: ((), own(3))})
+    p = plan(source({1: (), 3: (), 5: ()}), tgt, Checkpoint(7, 4, 40, 2, 99))
+    assert not p.recreate and not p.create
+    assert p.copy == (Placement(5, 5),) and p.expunge == ()
+
+
 def test_place_keeps_uids_while_free_and_ascends() -> None:
     assert place([21, 22, 24], 23, keep_uids=True) == (
         Placement(24, 24),
