@@ -33,7 +33,13 @@ from replicad.migrate.identity import folder_tag, message_guid
 from replicad.migrate.jobs import Counts
 from replicad.migrate.names import map_flags, map_folders
 from replicad.migrate.planner import Checkpoint, FolderPlan, SourceFolderState, plan_folder
-from replicad.migrate.source import SourceConnection, fetch_batches
+from replicad.migrate.source import (
+    FETCH_BATCH_BYTES,
+    FETCH_BATCH_MESSAGES,
+    FetchedMessage,
+    SourceConnection,
+    fetch_batches,
+)
 from replicad.migrate.target import TargetWrites, target_state, target_uidvalidities
 from replicad.store.index import AppendRequest
 from replicad.store.mailstore import MailStore
@@ -84,8 +90,16 @@ class UserPass:
                 and checkpoint.proves_unchanged(status, here[name])
             ):
                 continue  # LIST-STATUS proved it unchanged: no EXAMINE, nothing to persist
+            # A folder new here and small enough (STATUS=SIZE) comes in one FETCH.
+            whole = (
+                name not in here
+                and status is not None
+                and status.size is not None
+                and status.size <= FETCH_BATCH_BYTES
+                and status.messages <= FETCH_BATCH_MESSAGES
+            )
             try:
-                outcome = await self.folder(wire, name, checkpoint)
+                outcome = await self.folder(wire, name, checkpoint, whole=whole)
             except UidNotAboveError as exc:
                 # Our copy lags the mailbox's master (a write forwarded
                 # elsewhere not yet replicated back): re-plan later.
@@ -100,22 +114,33 @@ class UserPass:
                 Counts(folders=len(folders)).plus(outcome.counts), {wire: outcome.checkpoint}
             )
 
-    async def folder(self, wire: str, name: str, checkpoint: Checkpoint | None) -> FolderOutcome:
+    async def folder(
+        self, wire: str, name: str, checkpoint: Checkpoint | None, *, whole: bool = False
+    ) -> FolderOutcome:
+        """One folder's pass; ``whole``: the folder is fetched with its EXAMINE
+        in one FETCH (it is small and this node had no such mailbox when the
+        pass began; the plan still decides from what the target holds)."""
         since = checkpoint.highestmodseq if checkpoint is not None else None
+        fetched: list[FetchedMessage] = []
+        if whole:
+            source, fetched = await self.source.examine_and_fetch(wire)
         target = await target_state(self.store, self.user, name)
-        # The checkpoint may spare listing the folder only while the target
-        # is still the mailbox the checkpoint was taken for.
-        known = (
-            checkpoint
-            if checkpoint is not None and target.exists and target.uidvalidity == checkpoint.target
-            else None
-        )
-        source = await self.source.examine(wire, since, known)
+        if not whole:
+            # The checkpoint may spare listing the folder only while the target
+            # is still the mailbox the checkpoint was taken for.
+            known = (
+                checkpoint
+                if checkpoint is not None
+                and target.exists
+                and target.uidvalidity == checkpoint.target
+                else None
+            )
+            source = await self.source.examine(wire, since, known)
         plan = plan_folder(source, target, checkpoint, user=self.user, mailbox=name)
         done = Counts()
         target_uidvalidity = target.uidvalidity
         if not plan.skip:
-            done = await self._apply(name, source, plan)
+            done = await self._apply(name, source, plan, {m.uid: m for m in fetched})
             if plan.create:
                 target_uidvalidity = source.uidvalidity
         if plan.renumbered:
@@ -142,7 +167,13 @@ class UserPass:
         )
         return FolderOutcome(done, mark)
 
-    async def _apply(self, name: str, source: SourceFolderState, plan: FolderPlan) -> Counts:
+    async def _apply(
+        self,
+        name: str,
+        source: SourceFolderState,
+        plan: FolderPlan,
+        fetched: dict[int, FetchedMessage],
+    ) -> Counts:
         user, writes = self.user, self.writes
         if plan.recreate:
             await writes.delete_mailbox(user, name)
@@ -167,12 +198,16 @@ class UserPass:
             changed += len(uids)
         copied = octets = 0
         if plan.copy:
-            copied, octets, dropped_here = await self._copy(name, source, plan)
+            copied, octets, dropped_here = await self._copy(name, source, plan, fetched)
             dropped += dropped_here
         return Counts(0, copied, len(plan.expunge), changed, octets, dropped)
 
     async def _copy(
-        self, name: str, source: SourceFolderState, plan: FolderPlan
+        self,
+        name: str,
+        source: SourceFolderState,
+        plan: FolderPlan,
+        fetched: dict[int, FetchedMessage],
     ) -> tuple[int, int, int]:
         """Copy ``plan.copy`` in FETCH batches; (messages, octets, keywords dropped).
 
@@ -188,6 +223,8 @@ class UserPass:
         if unknown:
             sizes.update(await self.source.sizes(unknown))
         dropped = copied = octets = 0
+        # Messages fetched with the folder's EXAMINE, each batch fetched once.
+        prefetched = fetched.pop
         send, receive = trio.open_memory_channel[tuple[list[AppendRequest], int]](0)
 
         async def fetch_all() -> None:
@@ -196,7 +233,10 @@ class UserPass:
                 for batch in fetch_batches(sizes, wanted):
                     items = []
                     size = 0
-                    for message in await self.source.fetch(batch):
+                    have = [m for m in (prefetched(uid, None) for uid in batch) if m is not None]
+                    if len(have) < len(batch):
+                        have = await self.source.fetch(batch)
+                    for message in have:
                         flags = map_flags(message.flags)
                         dropped += flags.dropped
                         size += len(message.body)

@@ -60,6 +60,7 @@ class FolderStatus:
     uidnext: int
     highestmodseq: int | None  # None: the source has no CONDSTORE
     messages: int
+    size: int | None = None  # octets of all its messages (STATUS=SIZE, RFC 8438)
 
 
 @dataclass(frozen=True, slots=True)

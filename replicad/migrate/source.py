@@ -61,6 +61,8 @@ SOURCE_TIMEOUT_S: Final = 120.0
 #: Bodies fetched per FETCH, by their announced sizes (one message at least).
 FETCH_BATCH_BYTES: Final = 8 * 1024 * 1024
 FETCH_BATCH_MESSAGES: Final = 500
+#: What a body FETCH asks for (``PEEK``: no ``\\Seen`` is set on the source).
+BODY_ITEMS: Final = "(BODY.PEEK[] FLAGS INTERNALDATE)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,7 @@ class _Blocking:
         self.condstore = False
         self._enable = False  # ENABLE CONDSTORE still to be sent
         self.list_status = False
+        self.status_size = False  # RFC 8438
         self.prefix = ""
 
     def connect(self) -> None:
@@ -188,6 +191,7 @@ class _Blocking:
         self.condstore = "CONDSTORE" in caps
         self._enable = self.condstore and "ENABLE" in caps
         self.list_status = "LIST-STATUS" in caps
+        self.status_size = "STATUS=SIZE" in caps
         if "NAMESPACE" in caps:
             self.prefix = self._personal_prefix()
 
@@ -213,7 +217,9 @@ class _Blocking:
         client = self.client
         imap = client._imap
         if self.list_status:
-            items = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if self.condstore else "")
+            items = "UIDVALIDITY UIDNEXT MESSAGES"
+            items += " HIGHESTMODSEQ" if self.condstore else ""
+            items += " SIZE" if self.status_size else ""
             args: tuple[str, ...] = ('""', '"*"', "RETURN", f"(STATUS ({items}))")
         else:
             args = ('""', '"*"')
@@ -229,6 +235,21 @@ class _Blocking:
                 _statuses(parse_response([s for s in statuses if s not in (b"", None)])),
             )
 
+    def _enable_condstore(self) -> None:
+        if self._enable:
+            self.client.enable("CONDSTORE")
+            self._enable = False
+
+    def _selected(self, info: dict[bytes, Any]) -> tuple[int, int, int | None, int]:
+        """UIDVALIDITY, UIDNEXT (0: not said), HIGHESTMODSEQ and EXISTS of a SELECT."""
+        modseq = info.get(b"HIGHESTMODSEQ") if self.condstore else None
+        return (
+            int(info[b"UIDVALIDITY"]),
+            int(info.get(b"UIDNEXT", 0)),
+            int(modseq) if modseq is not None else None,
+            int(info.get(b"EXISTS", 0)),
+        )
+
     def examine(
         self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
     ) -> SourceFolderState:
@@ -237,15 +258,9 @@ class _Blocking:
         SELECT's own answer matches ``known`` (UIDVALIDITY, UIDNEXT,
         HIGHESTMODSEQ, EXISTS) nothing more is asked: the folder is unchanged."""
         client = self.client
-        if self._enable:
-            client.enable("CONDSTORE")
-            self._enable = False
+        self._enable_condstore()
         info = client.select_folder(wire_name, readonly=True)
-        uidvalidity = int(info[b"UIDVALIDITY"])
-        uidnext = int(info.get(b"UIDNEXT", 0))
-        modseq_raw = info.get(b"HIGHESTMODSEQ") if self.condstore else None
-        modseq = int(modseq_raw) if modseq_raw is not None else None
-        exists = int(info.get(b"EXISTS", 0))
+        uidvalidity, uidnext, modseq, exists = self._selected(info)
         if (
             known is not None
             and modseq is not None
@@ -286,22 +301,32 @@ class _Blocking:
         return out
 
     def fetch(self, uids: Sequence[int]) -> list[FetchedMessage]:
-        fetched = _uid_fetch(self.client, _uid_list(uids), "(BODY.PEEK[] FLAGS INTERNALDATE)")
-        out = []
-        for uid in uids:
-            data = fetched.pop(uid, None)
-            if data is None:
-                continue  # expunged on the source meanwhile; the next pass sees it gone
-            body = data.get(b"BODY[]")
-            out.append(
-                FetchedMessage(
-                    uid,
-                    _flags(data),
-                    _internaldate(data.get(b"INTERNALDATE")),
-                    body if isinstance(body, bytes) else b"",
-                )
-            )
-        return out
+        fetched = _uid_fetch(self.client, _uid_list(uids), BODY_ITEMS)
+        return _messages(fetched, uids)
+
+    def examine_and_fetch(self, wire_name: str) -> tuple[SourceFolderState, list[FetchedMessage]]:
+        """A whole folder in one FETCH after its EXAMINE: its state and every
+        message.  For a folder copied whole whose STATUS SIZE (RFC 8438) is
+        within one FETCH batch: no listing round trip of its own."""
+        self._enable_condstore()
+        info = self.client.select_folder(wire_name, readonly=True)
+        uidvalidity, uidnext, modseq, exists = self._selected(info)
+        fetched = _uid_fetch(self.client, "1:*", BODY_ITEMS) if exists else {}
+        messages = _messages(fetched, sorted(fetched))
+        uids = frozenset(m.uid for m in messages)
+        if not uidnext:
+            uidnext = max(uids, default=0) + 1
+        state = SourceFolderState(
+            uidvalidity,
+            uidnext,
+            modseq,
+            uids,
+            {m.uid: m.flags for m in messages},
+            True,
+            exists,
+            sizes={m.uid: len(m.body) for m in messages},
+        )
+        return state, messages
 
     def close(self) -> None:
         if self.client is None:
@@ -343,12 +368,13 @@ def _statuses(values: list[Any]) -> dict[str, FolderStatus]:
             continue
         item = {_text(k).upper(): v for k, v in zip(items[::2], items[1::2], strict=False)}
         try:
-            modseq = item.get("HIGHESTMODSEQ")
+            modseq, size = item.get("HIGHESTMODSEQ"), item.get("SIZE")
             out[_text(name)] = FolderStatus(
                 int(item["UIDVALIDITY"]),
                 int(item["UIDNEXT"]),
                 int(modseq) if modseq is not None else None,
                 int(item["MESSAGES"]),
+                int(size) if size is not None else None,
             )
         except (KeyError, TypeError, ValueError):
             continue
@@ -379,6 +405,24 @@ def _uid_fetch(
             lines, client.normalise_times, True
         )
         return {int(uid): data for uid, data in parsed.items()}
+
+
+def _messages(fetched: dict[int, dict[bytes, Any]], uids: Sequence[int]) -> list[FetchedMessage]:
+    out = []
+    for uid in uids:
+        data = fetched.pop(uid, None)
+        if data is None:
+            continue  # expunged on the source meanwhile; the next pass sees it gone
+        body = data.get(b"BODY[]")
+        out.append(
+            FetchedMessage(
+                uid,
+                _flags(data),
+                _internaldate(data.get(b"INTERNALDATE")),
+                body if isinstance(body, bytes) else b"",
+            )
+        )
+    return out
 
 
 def _uid_list(uids: Sequence[int]) -> str:
@@ -455,6 +499,11 @@ class SourceConnection:
         self, wire_name: str, changedsince: int | None, known: Checkpoint | None = None
     ) -> SourceFolderState:
         return await self._call(self._blocking.examine, wire_name, changedsince, known)
+
+    async def examine_and_fetch(
+        self, wire_name: str
+    ) -> tuple[SourceFolderState, list[FetchedMessage]]:
+        return await self._call(self._blocking.examine_and_fetch, wire_name)
 
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         return await self._call(self._blocking.sizes, uids)

@@ -131,6 +131,10 @@ class CountingSource(SourceConnection):
         CountingSource.examined += 1
         return await super().examine(*args, **kwargs)
 
+    async def examine_and_fetch(self, *args: Any, **kwargs: Any) -> Any:
+        CountingSource.examined += 1
+        return await super().examine_and_fetch(*args, **kwargs)
+
 
 async def test_an_unchanged_source_is_proved_so_by_list_status_alone(
     source: DovecotSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
