@@ -210,6 +210,8 @@ class UserPass:
         fetched: dict[int, FetchedMessage],
     ) -> tuple[int, int, int]:
         """Copy ``plan.copy`` in FETCH batches; (messages, octets, keywords dropped).
+        ``fetched``: messages the folder's EXAMINE brought already (taken out
+        as they are used).
 
         Pipelined: the next batch is fetched from the source while this one
         is written here (a single user's pass would otherwise leave the
@@ -223,8 +225,6 @@ class UserPass:
         if unknown:
             sizes.update(await self.source.sizes(unknown))
         dropped = copied = octets = 0
-        # Messages fetched with the folder's EXAMINE, each batch fetched once.
-        prefetched = fetched.pop
         send, receive = trio.open_memory_channel[tuple[list[AppendRequest], int]](0)
 
         async def fetch_all() -> None:
@@ -233,7 +233,8 @@ class UserPass:
                 for batch in fetch_batches(sizes, wanted):
                     items = []
                     size = 0
-                    have = [m for m in (prefetched(uid, None) for uid in batch) if m is not None]
+                    # Fetched already with the folder's EXAMINE (whole), or now.
+                    have = [fetched.pop(uid) for uid in batch if uid in fetched]
                     if len(have) < len(batch):
                         have = await self.source.fetch(batch)
                     for message in have:
@@ -251,14 +252,33 @@ class UserPass:
                         )
                     await send.send((items, size))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_all)
-            async with receive:
-                async for items, size in receive:
-                    if items:
-                        await self.writes.import_messages(self.user, name, items)
-                    copied += len(items)
-                    octets += size
-                    self.on_bytes(size)
-                    del items  # the batch's bodies go as soon as they are stored
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_all)
+                async with receive:
+                    async for items, size in receive:
+                        if items:
+                            await self.writes.import_messages(self.user, name, items)
+                        copied += len(items)
+                        octets += size
+                        self.on_bytes(size)
+                        del items  # the batch's bodies go as soon as they are stored
+        except BaseExceptionGroup as group:
+            # The source gone mid-fetch is a SourceError to classify (network,
+            # retried), not an internal error: the nursery's group is unwrapped.
+            raise _sole_error(group) from None
         return copied, octets, dropped
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error of a nursery's ``group`` (its other members being the
+    cancellations it caused), or the group itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group

@@ -355,3 +355,33 @@ async def test_the_per_host_cap_bounds_connections_whatever_the_workers(
         assert CountedConnection.peak == 2
     finally:
         source.stop()
+
+
+class FailingSecondFetch(SourceConnection):
+    """The real client, whose connection breaks at its second body FETCH."""
+
+    fetches = 0
+
+    async def fetch(self, uids: Any) -> Any:
+        FailingSecondFetch.fetches += 1
+        if FailingSecondFetch.fetches == 2:
+            raise SourceError(FailureClass.NETWORK, "connection reset (injected)")
+        return await super().fetch(uids)
+
+
+async def test_the_source_failing_during_a_pipelined_fetch_is_a_network_error(
+    source: DovecotSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with source.client(ALICE) as c:
+        c.create_folder("Big")
+        # 12 MB: two FETCH batches, the second fetched while the first is written.
+        for _ in range(12):
+            c.append("Big", big_message(2**20), [], date(2))
+    monkeypatch.setattr(f"{__name__}.SourceConnection", FailingSecondFetch)
+    async with MailStore.open(tmp_path / "store") as store:
+        with pytest.raises(SourceError) as caught:
+            await one_pass(source, store, {})
+        assert caught.value.failure is FailureClass.NETWORK  # retried, not "internal error"
+        monkeypatch.setattr(f"{__name__}.SourceConnection", SourceConnection)
+        await one_pass(source, store, {})  # the next pass completes it, nothing twice
+        assert await store_view(store, ALICE) == source_view(source, ALICE)
