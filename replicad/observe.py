@@ -96,7 +96,6 @@ class Snapshot:
         if self.cluster is None:
             return []
         return [p["name"] for p in self.cluster.get("peers", []) if p.get("link") == "up"]
-
     #: Why writes fail for lack of room (the map at node.map_size, or the
     #: disk); None while they do not (replicad.store.writer).
     store_full: str | None = None

@@ -208,7 +208,9 @@ class AntiEntropy:
                 self.collect.pop(session.peer, None)
             if session.peer in self._over:
                 self._over.discard(session.peer)
-                raise CollectTooLarge(f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}")
+                raise CollectTooLarge(
+                    f"{command.VERB} from {session.peer}: above {COLLECT_BUDGET}"
+                )
             return frames
 
     def on_data(self, session: Peer, data: c.Untagged) -> None:

@@ -80,8 +80,10 @@ def _line_start_of(raw: bytes, field: bytes, start: int, end: int) -> int:
 
 
 def _base64_body(raw: bytes, part: MimePart) -> bytes:
-    encoded = base64.b64encode(raw[part.body_start : part.body_end])
-    lines = [encoded[i : i + BASE64_LINE_CHARS] for i in range(0, len(encoded), BASE64_LINE_CHARS)]
+    encoded = base64.b64encode(raw[part.body_start:part.body_end])
+    lines = [
+        encoded[i:i + BASE64_LINE_CHARS] for i in range(0, len(encoded), BASE64_LINE_CHARS)
+    ]
     body = b"\r\n".join(lines)
     # The body of the message's last part runs to the end of the data: keep
     # the message ending in a line end when it did.

@@ -114,7 +114,9 @@ class UnparsedFetch:
     flag list and each distinct day of an INTERNALDATE is rendered once.
     """
 
-    def __init__(self, items: Sequence[FetchItem], *, with_uid: bool, with_modseq: bool) -> None:
+    def __init__(
+        self, items: Sequence[FetchItem], *, with_uid: bool, with_modseq: bool
+    ) -> None:
         slots: list[tuple[int, bytes]] = [_UNPARSED_CODES[FetchAttribute.UID]] if with_uid else []
         for item in items:
             if isinstance(item, FetchSimple):
@@ -194,7 +196,7 @@ class UnparsedFetch:
             day = self._days[days] = internaldate_value(days * 86400)[:12]
         hours, rest = divmod(rest, 3600)
         minutes, secs = divmod(rest, 60)
-        return b'%s %02d:%02d:%02d +0000"' % (day, hours, minutes, secs)
+        return b"%s %02d:%02d:%02d +0000\"" % (day, hours, minutes, secs)
 
 
 def _is_whole_peek(item: FetchItem) -> bool:
@@ -320,3 +322,4 @@ def section_spec(section: Section) -> SectionSpec:
 
 def _range(partial: Partial | None) -> tuple[int, int] | None:
     return None if partial is None else (partial.start, partial.count)
+

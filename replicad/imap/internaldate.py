@@ -14,20 +14,8 @@ import re
 
 from replicad.errors import BadInputError
 
-MONTHS = (
-    b"Jan",
-    b"Feb",
-    b"Mar",
-    b"Apr",
-    b"May",
-    b"Jun",
-    b"Jul",
-    b"Aug",
-    b"Sep",
-    b"Oct",
-    b"Nov",
-    b"Dec",
-)
+MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+          b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 _MONTH_NUMBER = {name.lower(): number for number, name in enumerate(MONTHS, 1)}
 
 _DATE_TIME = re.compile(
@@ -46,15 +34,8 @@ def format_date_time(when: datetime.datetime) -> bytes:
     sign = b"-" if minutes < 0 else b"+"
     hours, minutes = divmod(abs(minutes), 60)
     return b"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d" % (
-        when.day,
-        MONTHS[when.month - 1],
-        when.year,
-        when.hour,
-        when.minute,
-        when.second,
-        sign,
-        hours,
-        minutes,
+        when.day, MONTHS[when.month - 1], when.year, when.hour, when.minute, when.second,
+        sign, hours, minutes,
     )
 
 
@@ -70,12 +51,7 @@ def parse_date_time(text: bytes) -> datetime.datetime:
     offset = datetime.timedelta(hours=int(zone_h), minutes=int(zone_m))
     try:
         return datetime.datetime(
-            int(year),
-            number,
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
+            int(year), number, int(day), int(hour), int(minute), int(second),
             tzinfo=datetime.timezone(-offset if sign == b"-" else offset),
         )
     except ValueError as error:

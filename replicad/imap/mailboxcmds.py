@@ -143,7 +143,9 @@ async def create(session: ImapSession, cmd: Create) -> None:
         raise Refusal("INBOX always exists", "ALREADYEXISTS")
     for use in cmd.special_use:
         if special_use(name) != use:
-            raise Refusal(f"{use} is kept for the mailbox named after it on this server", "USEATTR")
+            raise Refusal(
+                f"{use} is kept for the mailbox named after it on this server", "USEATTR"
+            )
     await session.access.create(user, name)
     await session.ok(cmd.tag, "CREATE completed")
 

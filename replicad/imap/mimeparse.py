@@ -123,7 +123,7 @@ class _MimeTokens:
             if char <= 0x20 or char == 0x7F or char in _TSPECIALS:
                 break
             self.pos += 1
-        return text[start : self.pos]
+        return text[start:self.pos]
 
     def value(self) -> bytes:
         """A parameter value: a quoted string (unescaped) or a token."""
@@ -418,13 +418,8 @@ class _Parser:
             inner, hit = self.entity(body_start, live, _DEFAULT_TYPE, depth + 1)
             end = inner.body_end
             part = MimePart(
-                start,
-                body_start,
-                end,
-                fields,
-                ctype,
-                self.raw.count(b"\n", body_start, end),
-                message=inner,
+                start, body_start, end, fields, ctype,
+                self.raw.count(b"\n", body_start, end), message=inner,
             )
             return part, hit
         else:
@@ -479,7 +474,9 @@ class _Parser:
         children: list[MimePart] = []
         hit = self.find_delimiter(body_start, inner_live)
         while hit is not None and hit.level == own and not hit.is_close:
-            child, hit = self.entity(self.next_line(hit.line_start), inner_live, default, depth + 1)
+            child, hit = self.entity(
+                self.next_line(hit.line_start), inner_live, default, depth + 1
+            )
             children.append(child)
         if hit is not None and hit.level == own:
             # The close delimiter: the epilogue runs to the next outer delimiter.

@@ -33,7 +33,6 @@ class Adjacent:
 
     items: tuple[ImapValue, ...]
 
-
 MAX_QUOTED_BYTES = 1000
 """Longer strings go out as literals: a quoted string must fit on one line
 of reasonable length, and RFC 3501 §4.3 leaves the choice to the server."""

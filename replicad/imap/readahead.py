@@ -82,7 +82,9 @@ def _batches(uids: list[int], sizes: dict[int, int]) -> list[list[int]]:
     batch: list[int] = []
     octets = 0
     for uid in uids:
-        if batch and (len(batch) >= READ_AHEAD_MESSAGES or octets + sizes[uid] > READ_AHEAD_BYTES):
+        if batch and (
+            len(batch) >= READ_AHEAD_MESSAGES or octets + sizes[uid] > READ_AHEAD_BYTES
+        ):
             batches.append(batch)
             batch, octets = [], 0
         batch.append(uid)

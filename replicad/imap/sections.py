@@ -100,16 +100,16 @@ def section_bytes(raw: bytes, root: MimePart, spec: SectionSpec) -> bytes:
         if part is None:
             return b""
         if spec.kind == "":
-            return raw[part.body_start : part.body_end]
+            return raw[part.body_start:part.body_end]
         if spec.kind == "MIME":
-            return raw[part.header_start : part.header_end]
+            return raw[part.header_start:part.header_end]
         message = part.message
     if message is None:
         return b""
     if spec.kind == "TEXT":
-        return raw[message.body_start : message.body_end]
+        return raw[message.body_start:message.body_end]
     if spec.kind == "HEADER":
-        return raw[message.header_start : message.header_end]
+        return raw[message.header_start:message.header_end]
     return header_fields(raw, message, spec.fields, exclude=spec.kind == "HEADER.FIELDS.NOT")
 
 
@@ -126,7 +126,7 @@ def header_fields(
             if not field.raw.endswith(b"\n"):
                 out += b"\r\n"
     header_end = message.header_end
-    out += b"\n" if raw[header_end - 2 : header_end] == b"\n\n" else b"\r\n"
+    out += b"\n" if raw[header_end - 2:header_end] == b"\n\n" else b"\r\n"
     return bytes(out)
 
 
@@ -135,7 +135,7 @@ def apply_partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
     if partial is None:
         return data
     start, count = partial
-    return data[start : start + count]
+    return data[start:start + count]
 
 
 def fetch_section(
@@ -203,13 +203,15 @@ def _decode_base64(data: bytes) -> bytes:
         out = bytearray()
         for start in range(0, usable, 4):
             try:
-                out += binascii.a2b_base64(alphabet[start : start + 4])
+                out += binascii.a2b_base64(alphabet[start:start + 4])
             except binascii.Error:
                 break
         return bytes(out)
 
 
-_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_BASE64_ALPHABET = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+)
 
 
 def binary_bytes(raw: bytes, root: MimePart, path: tuple[int, ...]) -> bytes:
@@ -222,7 +224,7 @@ def binary_bytes(raw: bytes, root: MimePart, path: tuple[int, ...]) -> bytes:
     part = find_part(root, path)
     if part is None:
         return b""
-    body = raw[part.body_start : part.body_end]
+    body = raw[part.body_start:part.body_end]
     if part.is_multipart or part.message is not None:
         return body
     return decode_transfer_encoding(body, part.header_value(b"content-transfer-encoding"))

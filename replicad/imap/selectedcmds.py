@@ -406,10 +406,8 @@ async def store(session: ImapSession, cmd: Store) -> None:
     await send_updates(session, expunges=cmd.uid)
     code = None
     if rejected:
-        numbers = (
-            sorted(rejected)
-            if cmd.uid
-            else sorted(n for n in (selected.view.seq_of(u) for u in rejected) if n is not None)
+        numbers = sorted(rejected) if cmd.uid else sorted(
+            n for n in (selected.view.seq_of(u) for u in rejected) if n is not None
         )
         code = ResponseCode.modified(SequenceSet.of(numbers))
     text = "Conditional STORE failed" if rejected else "STORE completed"

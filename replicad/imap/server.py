@@ -89,7 +89,9 @@ def client_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"imap.tls_cert/imap.tls_key: cannot load {cert}, {key}: {exc}") from None
+        raise ConfigError(
+            f"imap.tls_cert/imap.tls_key: cannot load {cert}, {key}: {exc}"
+        ) from None
     return context
 
 
@@ -388,3 +390,4 @@ async def _listen(host: str, port: int) -> Sequence[trio.SocketListener]:
         raise ReplicadError(
             f"cannot listen for IMAP on {where} (imap.listen): {exc.strerror or exc}"
         ) from None
+

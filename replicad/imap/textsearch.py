@@ -71,17 +71,8 @@ def _contains(haystack: str, needle: str) -> bool:
 
 ADDRESS_FIELDS = frozenset(
     {
-        b"from",
-        b"sender",
-        b"reply-to",
-        b"to",
-        b"cc",
-        b"bcc",
-        b"resent-from",
-        b"resent-sender",
-        b"resent-to",
-        b"resent-cc",
-        b"resent-bcc",
+        b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+        b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc",
     }
 )
 
@@ -139,7 +130,7 @@ def body_texts(raw: bytes, root: MimePart) -> list[str]:
             out.append(_header_text(part.message))
         if part.children or part.message is not None or not part.content_type.is_text:
             continue
-        body = raw[part.body_start : part.body_end]
+        body = raw[part.body_start:part.body_end]
         # An encoding that cannot be undone is searched as stored: better than not at all.
         with contextlib.suppress(UnknownTransferEncodingError):
             body = decode_transfer_encoding(body, part.header_value(b"content-transfer-encoding"))

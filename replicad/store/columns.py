@@ -30,7 +30,6 @@ from replicad.store.schema import Databases, message_key, uid_of_message_key
 if TYPE_CHECKING:
     from replicad.store.index import MailIndex
 
-
 def read_columns(txn: Any, dbs: Databases, mailbox: bytes) -> MessageColumns:
     """The columns of mailbox ``mailbox`` (its GUID) in read transaction ``txn``.
 

@@ -265,7 +265,8 @@ class MailIndex:
             # to one still wins over it (store_flags stamps after the registers
             # it replaces), and peers take them once real time reaches them.
             log.error(
-                "event=clock-ahead high_water_ahead_s=%.0f max_clock_skew_s=%g detail=%r",
+                "event=clock-ahead high_water_ahead_s=%.0f max_clock_skew_s=%g "
+                "detail=%r",
                 self.clock.ahead_of_wall(floor),
                 self.clock.max_skew,
                 "this store holds stamps from a clock that ran ahead; peers refuse "
@@ -442,7 +443,9 @@ class MailIndex:
             raise NoSuchMessageError(f"no message with UID {uid} in {name!r}")
         return blobs.read_body(txn, self.dbs, msg.body_hash)
 
-    def fetch_bodies(self, txn: Any, user: str, name: str, uids: Iterable[int]) -> dict[int, bytes]:
+    def fetch_bodies(
+        self, txn: Any, user: str, name: str, uids: Iterable[int]
+    ) -> dict[int, bytes]:
         """The bodies of those of ``uids`` that exist, in one read transaction."""
         guid, _ = self._resolve(txn, user, name)
         out = {}
@@ -797,7 +800,9 @@ class MailIndex:
             assert msg is not None
             blobs.add_reference_to_existing(txn, self.dbs, msg.body_hash)
             # The copy is a new message: its flags are stamped now (I5).
-            new = replace(msg, guid=os.urandom(16), modseq=modseq, marks=stamped(msg.flags, stamp))
+            new = replace(
+                msg, guid=os.urandom(16), modseq=modseq, marks=stamped(msg.flags, stamp)
+            )
             txn.put(message_key(dst_guid, uid), new.encode(), db=self.dbs.messages)
             txn.put(change_key(dst_guid, modseq, uid), CHANGE_MESSAGE, db=self.dbs.changes)
             appended.append(_appended(dst_row.user, dst_guid, uid, new, stamp, dst_row.uidvalidity))

@@ -56,6 +56,7 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
+
 class LocalCluster:
     """A ``replicad cluster up`` directory, the CLI against it, and every node pid seen."""
 

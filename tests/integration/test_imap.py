@@ -101,7 +101,7 @@ def test_select_fetch_search_store_and_expunge(alice: NodeProcess) -> None:
         client.logout()
     # The CLI sees what the client did.
     listed = alice.cli("-f", "json", "fetch", "-u", "alice", "flags", "mailbox", "INBOX")
-    assert b"\\\\Flagged" in listed.stdout and listed.stdout.count(b'"flags"') == 2
+    assert b"\\\\Flagged" in listed.stdout and listed.stdout.count(b"\"flags\"") == 2
 
 
 def test_append_copy_move_and_folders(alice: NodeProcess) -> None:

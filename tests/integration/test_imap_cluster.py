@@ -162,7 +162,9 @@ def slow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
             text = config.read_text()
             text = text.replace("[imap]\n", "[imap]\nselect_wait = 20\n", 1)
             config.write_text(text)
-            added = c.cli("-c", config, "user", "add", USER, "--password-stdin", input=b"pw\n")
+            added = c.cli(
+                "-c", config, "user", "add", USER, "--password-stdin", input=b"pw\n"
+            )
             assert added.returncode == 0, added.stderr.decode()
         c.up()
         c.wait_root()

@@ -394,9 +394,9 @@ def test_folder_renames_creates_deletes_and_copies_on_both_sides_converge(
             same = isinstance(first, dict) and all(s == first for s in seen.values())
             return same and (expected is None or shown(first) == expected), seen
 
-        found: dict[str, Any] = cluster.wait_until(f"every node lists {expected}", probe, CONVERGE)[
-            "n1"
-        ]
+        found: dict[str, Any] = cluster.wait_until(
+            f"every node lists {expected}", probe, CONVERGE
+        )["n1"]
         # Every message is an instance with a GUID of its own (I6).
         every = found.pop("")
         assert len(every) == len(set(every)), every

@@ -349,7 +349,9 @@ def _copy_target(mailbox: str, folders: random.Random | None) -> str:
     return "Work" if folders is None else folders.choice(FOLDERS)
 
 
-async def _folder_op(folders: random.Random, node: Node, name: str, model: Model, i: int) -> str:
+async def _folder_op(
+    folders: random.Random, node: Node, name: str, model: Model, i: int
+) -> str:
     """CREATE, RENAME or DELETE of a folder (FOLDERS), as the node's client sees them."""
     user = folders.choice(USERS)
     try:

@@ -220,7 +220,6 @@ def test_auth_section() -> None:
 def test_bad_auth_values_name_the_key(text: str, expected: str) -> None:
     assert expected in error_of(MINIMAL + text)
 
-
 def test_lmtp_is_off_unless_configured() -> None:
     assert parse_config(MINIMAL, BASE).lmtp is None
 

@@ -126,21 +126,15 @@ class Node:
         self.dir = workdir / "node"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.exe = [sys.executable, "-m", "replicad"]
-        subprocess.run(
-            [*self.exe, "init", str(self.dir), "--name", "bench"], check=True, capture_output=True
-        )
+        subprocess.run([*self.exe, "init", str(self.dir), "--name", "bench"], check=True,
+                       capture_output=True)
         self.config = self.dir / "replicad.toml"
-        self.proc = subprocess.Popen(
-            [*self.exe, "serve", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        self.proc = subprocess.Popen([*self.exe, "serve", "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            probe = subprocess.run(
-                [*self.exe, "-c", str(self.config), "mailbox", "list", "-u", "nobody"],
-                capture_output=True,
-            )
+            probe = subprocess.run([*self.exe, "-c", str(self.config), "mailbox", "list", "-u",
+                                    "nobody"], capture_output=True)
             if probe.returncode in (0, 67):  # 67: no such user, the node answers
                 return
             time.sleep(0.2)
@@ -148,9 +142,8 @@ class Node:
         raise RuntimeError("node did not come up")
 
     def cli(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [*self.exe, "-c", str(self.config), *args], input=stdin, capture_output=True, check=True
-        )
+        return subprocess.run([*self.exe, "-c", str(self.config), *args], input=stdin,
+                              capture_output=True, check=True)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -243,23 +236,9 @@ def main() -> int:
         corpus = args.corpus
         if corpus is None:
             corpus = workdir / "corpus"
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(GEN_CORPUS),
-                    str(corpus),
-                    "--users",
-                    "1",
-                    "--mailboxes",
-                    "5",
-                    "--messages",
-                    str(args.messages),
-                    "--seed",
-                    "1",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            subprocess.run([sys.executable, str(GEN_CORPUS), str(corpus), "--users", "1",
+                            "--mailboxes", "5", "--messages", str(args.messages), "--seed", "1"],
+                           check=True, capture_output=True)
         maildir = corpus / "user00000" / "Maildir"
         files = maildir_files(maildir)
         bodies = [f.read_bytes() for f in files]
@@ -283,10 +262,8 @@ def main() -> int:
                     unbatched = lmdb_small_writes(node.dir, small, 500, 1)
                     batched = lmdb_small_writes(node.dir, small, 20000, 500)
                     before = node_usage(node)
-                    save_rates = [
-                        concurrent_saves(node, args.clients, args.saves_per_client, small)
-                        for _ in range(args.runs)
-                    ]
+                    save_rates = [concurrent_saves(node, args.clients, args.saves_per_client,
+                                                   small) for _ in range(args.runs)]
                     after = node_usage(node)
                     commits = after["commits"] - before["commits"]
                     per_commit = (after["write_operations"] - before["write_operations"]) / max(
@@ -294,10 +271,8 @@ def main() -> int:
                     )
             finally:
                 node.stop()
-            print(
-                f"run {run + 1}: raw {raw_times[-1]:.2f}s import {import_times[-1]:.2f}s "
-                f"peak RSS {rss[-1]:.0f} MB (anonymous {anon[-1]:.0f} MB)"
-            )
+            print(f"run {run + 1}: raw {raw_times[-1]:.2f}s import {import_times[-1]:.2f}s "
+                  f"peak RSS {rss[-1]:.0f} MB (anonymous {anon[-1]:.0f} MB)")
         del bodies
 
     raw = statistics.median(raw_times)
@@ -305,36 +280,22 @@ def main() -> int:
     n = len(files)
     print()
     print(f"raw py-lmdb (anchor): {n / raw:8.0f} msg/s {total_mb / raw:7.1f} MB/s")
-    print(
-        f"replicad import     : {n / imp:8.0f} msg/s {total_mb / imp:7.1f} MB/s  "
-        f"ratio {raw / imp:.2f} (target >= 0.6)"
-    )
-    print(
-        f"node peak RSS       : {statistics.median(rss):8.0f} MB (target <= 150; VmHWM, counts "
-        "LMDB file pages)"
-    )
-    print(
-        f"node peak anonymous : {statistics.median(anon):8.0f} MB (RssAnon sampled every 20 ms: "
-        "heap, buffers)"
-    )
+    print(f"replicad import     : {n / imp:8.0f} msg/s {total_mb / imp:7.1f} MB/s  "
+          f"ratio {raw / imp:.2f} (target >= 0.6)")
+    print(f"node peak RSS       : {statistics.median(rss):8.0f} MB (target <= 150; VmHWM, counts "
+          "LMDB file pages)")
+    print(f"node peak anonymous : {statistics.median(anon):8.0f} MB (RssAnon sampled every 20 ms: "
+          "heap, buffers)")
     saves = statistics.median(save_rates)
     print(f"disk fsync rate     : {fs:8.0f} fsync/s")
-    print(
-        f"{args.clients} save clients     : {saves:8.0f} saves/s  ratio {saves / fs:.1f} "
-        "to fsync rate (target >= 10)"
-    )
-    print(
-        f"group commit        : {per_commit:8.1f} saves per transaction (one fsync each) "
-        f"during the save runs"
-    )
-    print(
-        f"raw LMDB, 1 per commit : {unbatched:8.0f} writes/s of the same body; saves are "
-        f"{saves / unbatched:.1f}x that (what batching buys)"
-    )
-    print(
-        f"raw LMDB, 500 per commit: {batched:8.0f} writes/s (LMDB's batch limit); saves are "
-        f"{saves / batched:.2f} of it"
-    )
+    print(f"{args.clients} save clients     : {saves:8.0f} saves/s  ratio {saves / fs:.1f} "
+          "to fsync rate (target >= 10)")
+    print(f"group commit        : {per_commit:8.1f} saves per transaction (one fsync each) "
+          f"during the save runs")
+    print(f"raw LMDB, 1 per commit : {unbatched:8.0f} writes/s of the same body; saves are "
+          f"{saves / unbatched:.1f}x that (what batching buys)")
+    print(f"raw LMDB, 500 per commit: {batched:8.0f} writes/s (LMDB's batch limit); saves are "
+          f"{saves / batched:.2f} of it")
     return 0
 
 

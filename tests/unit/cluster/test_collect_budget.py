@@ -30,7 +30,9 @@ class FakeSession:
         self.asked.append(len(command.buckets))
         for bucket in command.buckets:
             for i in range(self.per_bucket):
-                frame = c.MailboxData(f"u{bucket}", f"box{i}", bytes(16), 1, 1, 0, 0, bytes(32))
+                frame = c.MailboxData(
+                    f"u{bucket}", f"box{i}", bytes(16), 1, 1, 0, 0, bytes(32)
+                )
                 self.verify.on_data(self, frame)  # type: ignore[arg-type]
                 self.peak = max(self.peak, len(self.verify.collect.get(self.peer, [])))
 

@@ -31,7 +31,10 @@ def test_bare_lf_message_counts_the_stored_bytes() -> None:
 
 
 def test_message_rfc822_carries_envelope_structure_and_lines() -> None:
-    raw = b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\n\r\nline\r\n"
+    raw = (
+        b"Content-Type: message/rfc822\r\n\r\n"
+        b"Subject: in\r\n\r\nline\r\n"
+    )
     value = body_structure(parse_message(raw), extended=False)
     assert render_imap_value(value) == (
         b'("message" "rfc822" NIL NIL NIL "7bit" 21 '

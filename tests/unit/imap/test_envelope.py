@@ -43,9 +43,7 @@ def test_group_with_members_is_bracketed_by_markers() -> None:
 
 def test_group_without_close_ends_at_the_end_of_the_list() -> None:
     assert addresses(b"g: a@x.org") == [
-        (None, None, b"g", None),
-        (None, None, b"a", b"x.org"),
-        (None, None, None, None),
+        (None, None, b"g", None), (None, None, b"a", b"x.org"), (None, None, None, None),
     ]
 
 

@@ -14,12 +14,7 @@ from replicad.store.records import MessageInfo
 
 RAW = b"Subject: s\r\n\r\nbody\r\n"
 INFO = MessageInfo(
-    uid=7,
-    guid=bytes(16),
-    modseq=3,
-    flags=("\\Seen",),
-    internaldate=0,
-    size=len(RAW),
+    uid=7, guid=bytes(16), modseq=3, flags=("\\Seen",), internaldate=0, size=len(RAW),
     body_hash=bytes(32),
 )
 BODY = FetchBody(Section(), None, peek=False)
@@ -27,12 +22,7 @@ BODY = FetchBody(Section(), None, peek=False)
 
 def test_flags_set_by_the_fetch_itself_are_reported() -> None:
     values = fetch_values(
-        [BODY],
-        INFO,
-        INFO.flags,
-        MessageBytes(RAW),
-        with_uid=False,
-        with_modseq=False,
+        [BODY], INFO, INFO.flags, MessageBytes(RAW), with_uid=False, with_modseq=False,
         seen_now=True,
     )
     assert values == [("BODY[]", Literal(RAW)), ("FLAGS", (Atom("\\Seen"),))]
@@ -41,12 +31,7 @@ def test_flags_set_by_the_fetch_itself_are_reported() -> None:
 def test_flags_not_repeated_nor_added_unasked() -> None:
     items = [FetchSimple(FetchAttribute.FLAGS), BODY]
     values = fetch_values(
-        items,
-        INFO,
-        INFO.flags,
-        MessageBytes(RAW),
-        with_uid=False,
-        with_modseq=False,
+        items, INFO, INFO.flags, MessageBytes(RAW), with_uid=False, with_modseq=False,
         seen_now=True,
     )
     assert [name for name, _ in values] == ["FLAGS", "BODY[]"]

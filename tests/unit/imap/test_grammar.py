@@ -386,7 +386,9 @@ def test_search_string_in_a_charset() -> None:
 
 
 def test_binary_parts_of_a_literal8_append_are_stored_in_base64() -> None:
-    message = b"Subject: x\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\r\n"
+    message = (
+        b"Subject: x\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\r\n"
+    )
     event = parse_one(b"a APPEND INBOX ~{%d}\r\n" % len(message) + message)
     assert isinstance(event, c.Append)
     stored = event.messages[0]

@@ -43,11 +43,8 @@ def test_naive_datetime_is_refused() -> None:
         format_date_time(datetime.datetime(2000, 1, 1))
 
 
-@given(
-    st.datetimes(
-        min_value=datetime.datetime(1000, 1, 1), timezones=st.sampled_from([datetime.UTC, PDT])
-    )
-)
+@given(st.datetimes(min_value=datetime.datetime(1000, 1, 1),
+                    timezones=st.sampled_from([datetime.UTC, PDT])))
 def test_date_time_round_trips(when: datetime.datetime) -> None:
     when = when.replace(microsecond=0)
     assert parse_date_time(format_date_time(when)) == when

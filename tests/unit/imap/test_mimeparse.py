@@ -22,12 +22,12 @@ from .conftest import message
 def test_preamble_and_epilogue_belong_to_the_multipart_only() -> None:
     raw = message("alternative")
     root = parse_message(raw)
-    body = raw[root.body_start : root.body_end]
+    body = raw[root.body_start:root.body_end]
     assert body.startswith(b"This is the preamble.\r\n--b1\r\n")
     assert body.endswith(b"--b1--\r\nThis is the epilogue.\r\n")
     first, second = root.children
-    assert raw[first.body_start : first.body_end] == b"Caf=C3=A9 au lait"
-    assert raw[second.header_start : second.header_end].startswith(b"Content-Type: text/html")
+    assert raw[first.body_start:first.body_end] == b"Caf=C3=A9 au lait"
+    assert raw[second.header_start:second.header_end].startswith(b"Content-Type: text/html")
 
 
 def test_outer_boundary_ends_an_inner_multipart_without_close() -> None:
@@ -39,8 +39,8 @@ def test_outer_boundary_ends_an_inner_multipart_without_close() -> None:
     )
     root = parse_message(raw)
     inner, second = root.children
-    assert [raw[p.body_start : p.body_end] for p in inner.children] == [b"inner"]
-    assert raw[second.body_start : second.body_end] == b"second"
+    assert [raw[p.body_start:p.body_end] for p in inner.children] == [b"inner"]
+    assert raw[second.body_start:second.body_end] == b"second"
 
 
 def test_longest_live_boundary_wins() -> None:
@@ -51,7 +51,7 @@ def test_longest_live_boundary_wins() -> None:
     )
     root = parse_message(raw)
     (inner,) = root.children
-    assert [raw[p.body_start : p.body_end] for p in inner.children] == [b"x"]
+    assert [raw[p.body_start:p.body_end] for p in inner.children] == [b"x"]
 
 
 def test_header_without_body_and_empty_message() -> None:
@@ -80,24 +80,10 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                b"Content-Type: multipart/mixed; boundary=b\r\n",
-                b"\r\n",
-                b"--b\r\n",
-                b"--b--\r\n",
-                b"Content-Type: message/rfc822\r\n",
-                b"text\r\n",
-                b"--b",
-                b"\n",
-                b"Content-Type: x\n",
-            ]
-        ),
-        max_size=30,
-    )
-)
+@given(st.lists(st.sampled_from([
+    b"Content-Type: multipart/mixed; boundary=b\r\n", b"\r\n", b"--b\r\n", b"--b--\r\n",
+    b"Content-Type: message/rfc822\r\n", b"text\r\n", b"--b", b"\n", b"Content-Type: x\n",
+]), max_size=30))
 def test_boundary_soup_never_raises(lines: list[bytes]) -> None:
     raw = b"".join(lines)
     check_invariants(raw, parse_message(raw))
@@ -132,12 +118,8 @@ def _safe_text(body: str, subtype: str, charset: str) -> MIMEText:
 
 def trees() -> st.SearchStrategy[Message]:
     leaf = st.one_of(
-        st.builds(
-            _safe_text,
-            _TEXT,
-            st.sampled_from(["plain", "html"]),
-            st.sampled_from(["utf-8", "us-ascii"]),
-        ),
+        st.builds(_safe_text, _TEXT, st.sampled_from(["plain", "html"]),
+                  st.sampled_from(["utf-8", "us-ascii"])),
         st.builds(lambda data: MIMEApplication(data, "octet-stream"), st.binary(max_size=200)),
     )
 
@@ -153,11 +135,8 @@ def trees() -> st.SearchStrategy[Message]:
     return st.recursive(
         leaf,
         lambda sub: st.one_of(
-            st.builds(
-                multipart,
-                st.lists(sub, min_size=1, max_size=3),
-                st.sampled_from(["mixed", "alternative"]),
-            ),
+            st.builds(multipart, st.lists(sub, min_size=1, max_size=3),
+                      st.sampled_from(["mixed", "alternative"])),
             st.builds(attached, sub),
         ),
         max_leaves=6,
@@ -169,7 +148,7 @@ def compare(raw: bytes, mine: MimePart, theirs: Message) -> None:
     entity my offsets cut out re-parses to the same payload."""
     assert mine.content_type.maintype_lower.decode() == theirs.get_content_maintype()
     assert mine.content_type.subtype_lower.decode() == theirs.get_content_subtype()
-    entity = email.message_from_bytes(raw[mine.header_start : mine.body_end])
+    entity = email.message_from_bytes(raw[mine.header_start:mine.body_end])
     assert entity.get_content_type() == theirs.get_content_type()
     if theirs.is_multipart() and not isinstance(theirs, MIMEMessage):
         assert len(mine.children) == len(theirs.get_payload())
@@ -184,7 +163,7 @@ def compare(raw: bytes, mine: MimePart, theirs: Message) -> None:
         got = entity.get_payload(decode=True).replace(b"\r\n", b"\n")
         assert got == want
         assert mine.body_size == mine.body_end - mine.body_start
-        assert mine.body_lines == raw[mine.body_start : mine.body_end].count(b"\n")
+        assert mine.body_lines == raw[mine.body_start:mine.body_end].count(b"\n")
 
 
 @settings(max_examples=150, deadline=None)

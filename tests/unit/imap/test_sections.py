@@ -111,7 +111,7 @@ ATTACHED_ONCE = b"From: outer@example.org\r\nContent-Type: message/rfc822\r\n\r\
 MIDDLE = b"From: middle@example.org\r\nContent-Type: message/rfc822\r\n\r\n" + INNER
 ATTACHED_TWICE = b"From: outer@example.org\r\nContent-Type: Message/RFC822\r\n\r\n" + MIDDLE
 DIGEST = (
-    b'From: digest@example.org\r\nContent-Type: multipart/digest; boundary="d"\r\n\r\n'
+    b"From: digest@example.org\r\nContent-Type: multipart/digest; boundary=\"d\"\r\n\r\n"
     b"prologue\r\n--d \r\n\r\nSubject: one\r\n\r\nbody one\r\n"
     b"--d\r\nX-Part: two\r\n\r\nSubject: two\r\n\r\nbody two\r\n--d--\r\n"
 )
@@ -125,11 +125,8 @@ ATTACHED_DIGEST = b"From: outer@example.org\r\nContent-Type: message/rfc822\r\n\
         (ATTACHED_ONCE, SectionSpec((1,), "HEADER"), INNER[: INNER.index(b"\r\n\r\n") + 4]),
         (ATTACHED_ONCE, SectionSpec((1,), "TEXT"), b"Hello\r\n"),
         (ATTACHED_ONCE, SectionSpec((1, 1)), b"Hello\r\n"),
-        (
-            ATTACHED_ONCE,
-            SectionSpec((1,), "HEADER.FIELDS", (b"subject",)),
-            b"Subject: inner\r\n\r\n",
-        ),
+        (ATTACHED_ONCE, SectionSpec((1,), "HEADER.FIELDS", (b"subject",)),
+         b"Subject: inner\r\n\r\n"),
         (ATTACHED_ONCE, SectionSpec((1, 1, 1)), b""),
         (ATTACHED_ONCE, SectionSpec((2,)), b""),
         (ATTACHED_TWICE, SectionSpec((1,)), MIDDLE),
@@ -139,7 +136,7 @@ ATTACHED_DIGEST = b"From: outer@example.org\r\nContent-Type: message/rfc822\r\n\
         (ATTACHED_TWICE, SectionSpec((1, 1, 1)), b"Hello\r\n"),
         (ATTACHED_TWICE, SectionSpec((1, 1), "TEXT"), b"Hello\r\n"),
         (ATTACHED_DIGEST, SectionSpec((1,)), DIGEST),
-        (ATTACHED_DIGEST, SectionSpec((1,), "TEXT"), DIGEST[DIGEST.index(b"prologue") :]),
+        (ATTACHED_DIGEST, SectionSpec((1,), "TEXT"), DIGEST[DIGEST.index(b"prologue"):]),
         (ATTACHED_DIGEST, SectionSpec((1, 1)), b"Subject: one\r\n\r\nbody one"),
         (ATTACHED_DIGEST, SectionSpec((1, 1), "MIME"), b"\r\n"),
         (ATTACHED_DIGEST, SectionSpec((1, 1), "HEADER"), b"Subject: one\r\n\r\n"),
