@@ -27,6 +27,7 @@ Two levels of checking, both pure (no I/O):
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 from dataclasses import dataclass
 from typing import Final
@@ -50,7 +51,25 @@ MAX_BODY: Final = 64 * 1024 * 1024
 #: beyond its declared size.
 MAX_WINDOW: Final = 8 * 1024 * 1024
 
+#: From this size on a body is compressed in a stream straight behind its
+#: codec octet: ``compress()`` allocates the payload's worst-case bound (the
+#: body's size) and the codec octet in front is then another copy, which for
+#: a large message was twice its size on top of the body.
+STREAM_COMPRESS_BYTES: Final = 1024 * 1024
+
 _local = threading.local()
+
+
+def _compress_streaming(body: bytes) -> bytes:
+    """The codec octet and one zstd frame (content size declared) in one buffer.
+
+    ``BytesIO`` grows its buffer in place and ``getvalue`` hands that very
+    object over when nothing else refers to it, so no copy is made."""
+    out = io.BytesIO()
+    out.write(bytes((CODEC_ZSTD,)))
+    with _compressor().stream_writer(out, size=len(body), closefd=False) as writer:
+        writer.write(body)
+    return out.getvalue()
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -95,9 +114,13 @@ class Blob:
     @classmethod
     def compress(cls, body: bytes) -> Blob:
         """The stored form of ``body``: zstd when that saves :data:`MIN_SAVING`, else raw."""
-        compressed = _compressor().compress(body)
-        if len(compressed) <= len(body) * (1 - MIN_SAVING):
-            return cls(bytes((CODEC_ZSTD,)) + compressed, len(body))
+        if len(body) >= STREAM_COMPRESS_BYTES:
+            stored = _compress_streaming(body)
+        else:
+            stored = bytes((CODEC_ZSTD,)) + _compressor().compress(body)
+        if len(stored) - 1 <= len(body) * (1 - MIN_SAVING):
+            return cls(stored, len(body))
+        del stored
         return cls.raw(body)
 
     @classmethod

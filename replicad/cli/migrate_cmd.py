@@ -23,7 +23,7 @@ from replicad.cli.common import (
     write_line,
 )
 from replicad.errors import BadInputError, UsageError
-from replicad.migrate.jobs import STATUS_KEYS
+from replicad.migrate.jobs import DEFAULT_PER_HOST, STATUS_KEYS
 from replicad.migrate.userlist import UserPair, parse_passwords, parse_source, parse_users
 
 FOLLOW_INTERVAL_S = 1.0
@@ -74,6 +74,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     add.add_argument(
         "--workers", type=int, default=4, metavar="N", help="users copied at once (default 4)"
     )
+    add.add_argument(
+        "--per-host",
+        type=int,
+        default=DEFAULT_PER_HOST,
+        metavar="N",
+        help=f"connections to the source host at once, shared by its jobs (default "
+        f"{DEFAULT_PER_HOST}; keep it under the source's per-IP limit)",
+    )
+    trust = add.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--source-ca",
+        type=Path,
+        metavar="FILE",
+        help="imaps: verify the source's certificate against these CA certificates (PEM) "
+        "instead of the system's",
+    )
+    trust.add_argument(
+        "--source-insecure",
+        action="store_true",
+        help="imaps: accept any certificate from the source (encrypted, not authenticated)",
+    )
     add.add_argument("--follow", action="store_true", help="show progress until the pass ends")
     add.set_defaults(handler=cmd_add)
 
@@ -115,6 +136,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     parse_source(args.source)  # exit 65 before anything is read or sent
     if args.workers < 1:
         raise UsageError("migrate add: --workers must be at least 1")
+    if args.per_host < 1:
+        raise UsageError("migrate add: --per-host must be at least 1")
+    source_ca = _read(str(args.source_ca)) if args.source_ca is not None else None
     pairs = _pairs(args)
     master = args.master_user is not None
     passwords = parse_passwords(_read(args.password_file), [p.source for p in pairs], master=master)
@@ -127,6 +151,9 @@ def cmd_add(args: argparse.Namespace) -> int:
             passwords=passwords,
             phase=args.phase,
             workers=args.workers,
+            per_host=args.per_host,
+            source_ca=source_ca,
+            source_insecure=args.source_insecure,
         )
     if args.follow:
         _follow(args, result["job"])

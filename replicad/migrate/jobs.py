@@ -44,6 +44,12 @@ STATUS_KEYS = (
 )
 
 
+#: Connections to one source host at once unless ``--per-host`` says otherwise
+#: (Dovecot's ``mail_max_userip_connections`` and most servers' per-IP
+#: limits are ten or so).
+DEFAULT_PER_HOST = 10
+
+
 class Phase(enum.Enum):
     PRE_SYNC = "pre-sync"
     CUTOVER = "cutover"
@@ -62,6 +68,12 @@ class JobSpec:
     master_user: str | None
     workers: int
     created: float
+    #: Connections to the source host at once, whatever the jobs (``--per-host``).
+    per_host: int = DEFAULT_PER_HOST
+    #: PEM of the CA(s) the source's certificate must chain to (None: the
+    #: system's trust store); ``verify`` False accepts any certificate.
+    ca_pem: str | None = None
+    verify: bool = True
 
     def to_map(self) -> dict[str, Any]:
         return {
@@ -72,12 +84,24 @@ class JobSpec:
             "master_user": self.master_user,
             "workers": self.workers,
             "created": self.created,
+            "per_host": self.per_host,
+            "ca_pem": self.ca_pem,
+            "verify": self.verify,
         }
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> JobSpec:
         return cls(
-            m["job"], m["host"], m["port"], m["tls"], m["master_user"], m["workers"], m["created"]
+            m["job"],
+            m["host"],
+            m["port"],
+            m["tls"],
+            m["master_user"],
+            m["workers"],
+            m["created"],
+            m.get("per_host", DEFAULT_PER_HOST),
+            m.get("ca_pem"),
+            m.get("verify", True),
         )
 
 
@@ -151,7 +175,7 @@ class UserJob:
             ],
             "pass": [self.pass_started, self.pass_ended, self.pass_bytes, self.pass_planned_bytes],
             "checkpoints": {
-                name: [k.uidvalidity, k.uidnext, k.highestmodseq, k.messages]
+                name: [k.uidvalidity, k.uidnext, k.highestmodseq, k.messages, k.target_uidvalidity]
                 for name, k in self.checkpoints.items()
             },
         }

@@ -60,11 +60,27 @@ class LocalWrites:
 
 
 async def target_state(store: MailStore, user: str, name: str) -> TargetFolderState:
-    """This node's copy of (user, name): UIDVALIDITY, UIDNEXT and flags by UID."""
+    """This node's copy of (user, name): UIDVALIDITY, UIDNEXT, flags and GUIDs
+    by UID, and the GUIDs expunged here."""
     try:
         status, messages = await store.snapshot(user, name)
+        gone = await store.tombstones(user, name)
     except (NoSuchMailboxError, NoSuchUserError):  # a user without mailboxes yet
         return TargetFolderState(exists=False)
     return TargetFolderState(
-        True, status.uidvalidity, status.uidnext, {m.uid: m.flags for m in messages}
+        True,
+        status.uidvalidity,
+        status.uidnext,
+        {m.uid: m.flags for m in messages},
+        {m.uid: m.guid for m in messages},
+        frozenset(guid for _uid, guid, _modseq in gone),
     )
+
+
+async def target_uidvalidities(store: MailStore, user: str) -> dict[str, int]:
+    """UIDVALIDITY of each of the user's mailboxes here, in one read (a no-op
+    pass checks its checkpoints against these instead of reading each folder)."""
+    try:
+        return {m.name: m.uidvalidity for m in await store.list_mailboxes(user)}
+    except NoSuchUserError:
+        return {}

@@ -322,13 +322,17 @@ def test_kill_9_mid_copy_resumes_exactly_and_a_source_outage_is_retried(
     wait_for(cluster, job, lambda r: r[ALICE]["synced"])
     converged(cluster, ALICE, source_view(source, ALICE))
 
-    # The source is down for the next pass: it fails "network" and is retried
-    # after a backoff until the source is back, then brings exactly the new mail.
-    bulk(source, ALICE, folders=40, per_folder=4, tag="second")
-    source.stop()
+    # The source goes away in the middle of the next pass: the pass fails
+    # "network" and is retried after a backoff until the source is back, then
+    # brings exactly the rest of the new mail (nothing twice, nothing lost).
+    floor = statuses(cluster, job)[ALICE]["messages"]
+    bulk(source, ALICE, folders=40, per_folder=30, tag="second")
     assert cluster.json_on("n1", "migrate", "retry", job) == {"job": job, "users": 1}
+    wait_mid_copy(cluster, job, ALICE, floor)
+    source.kill()
     down = wait_for(cluster, job, lambda r: (r[ALICE]["error"] or "").startswith("network:"))
     assert not down[ALICE]["synced"] and down[ALICE]["phase"] == "pre-sync", down
+    assert floor < down[ALICE]["messages"] < floor + 1200, down  # cut mid-pass
     source.start()
     rows = wait_for(cluster, job, lambda r: r[ALICE]["synced"])
     assert rows[ALICE]["error"] is None

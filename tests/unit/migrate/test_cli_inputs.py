@@ -44,3 +44,14 @@ def test_users_and_user_are_exclusive_and_one_is_required(tmp_path: Path) -> Non
         main(add(tmp_path, "--source", "imap://h", "-u", "a", "--users", pw, "--password-file", pw))
         == 64
     )
+
+
+def test_per_host_and_source_trust_options_are_checked_before_a_node(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    base = ["--source", "imaps://h", "-u", "a", "--password-file", str(pw)]
+    assert main(add(tmp_path, *base, "--per-host", "0")) == 64
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert main(add(tmp_path, *base, "--source-ca", str(ca), "--source-insecure")) == 64
+    assert main(add(tmp_path, *base, "--source-ca", str(tmp_path / "absent.pem"))) == 65

@@ -14,7 +14,7 @@ from replicad.migrate.failures import (
     classify_server_text,
     classify_target_error,
 )
-from replicad.migrate.jobs import STATUS_KEYS, Counts, Phase, UserJob
+from replicad.migrate.jobs import DEFAULT_PER_HOST, STATUS_KEYS, Counts, JobSpec, Phase, UserJob
 from replicad.migrate.planner import Checkpoint
 
 
@@ -93,3 +93,13 @@ def test_record_round_trips_and_status_has_exactly_the_contract_keys() -> None:
     assert tuple(row) == STATUS_KEYS
     assert row["messages"] == 3 and row["bytes"] == 1000 and row["rate"] == 100
     assert row["eta"] == 20 and row["synced"] is False and row["error"] is None
+
+
+def test_job_spec_round_trips_and_older_records_get_the_defaults() -> None:
+    spec = JobSpec("j1", "old.example", 993, True, None, 4, 1.0, 3, "PEM", False)
+    assert JobSpec.from_map(spec.to_map()) == spec
+    older = {k: v for k, v in spec.to_map().items() if k not in ("per_host", "ca_pem", "verify")}
+    assert JobSpec.from_map(older) == JobSpec("j1", "old.example", 993, True, None, 4, 1.0)
+    assert JobSpec.from_map(older).per_host == DEFAULT_PER_HOST
+    # A checkpoint record of four numbers (before the target's UIDVALIDITY was kept).
+    assert Checkpoint(*[7, 9, 40, 8]).target == 7

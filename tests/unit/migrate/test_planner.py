@@ -1,4 +1,4 @@
-"""One folder's pass (replicad.migrate.planner): rules 1-3 of its docstring."""
+"""One folder's pass (replicad.migrate.planner): rules 1-4 of its docstring."""
 
 from __future__ import annotations
 
@@ -6,74 +6,184 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicad.migrate.failures import FailureClass, SourceError
+from replicad.migrate.identity import folder_tag, message_guid, source_uid
 from replicad.migrate.planner import (
     Checkpoint,
     FlagChange,
+    FolderPlan,
+    FolderStatus,
+    Placement,
     SourceFolderState,
     TargetFolderState,
+    place,
     plan_folder,
 )
 
+USER, BOX = "alice@example.org", "INBOX"
+Flags = tuple[str, ...]
+
 
 def source(
-    uids: dict[int, tuple[str, ...]], *, uidvalidity: int = 7, modseq: int | None = 40
+    uids: dict[int, Flags], *, uidvalidity: int = 7, modseq: int | None = 40
 ) -> SourceFolderState:
     return SourceFolderState(uidvalidity, max(uids, default=0) + 1, modseq, frozenset(uids), uids)
 
 
-def test_missing_target_is_created_and_everything_copied() -> None:
-    plan = plan_folder(source({1: (), 4: ("\\Seen",)}), TargetFolderState(exists=False), None)
-    assert plan.create and not plan.recreate
-    assert plan.copy == (1, 4)
+def own(uid: int, uidvalidity: int = 7) -> bytes:
+    """The GUID a pass gives source ``uid`` of the space ``uidvalidity``."""
+    return message_guid(folder_tag(USER, BOX, uidvalidity), uid)
+
+
+def foreign(uid: int) -> bytes:
+    return bytes([0xF0]) * 12 + uid.to_bytes(4, "big")  # an LMTP delivery's, say
+
+
+def target(
+    uidvalidity: int,
+    messages: dict[int, tuple[Flags, bytes]],
+    *,
+    uidnext: int | None = None,
+    expunged: frozenset[bytes] = frozenset(),
+) -> TargetFolderState:
+    return TargetFolderState(
+        True,
+        uidvalidity,
+        uidnext if uidnext is not None else max(messages, default=0) + 1,
+        {u: f for u, (f, _) in messages.items()},
+        {u: g for u, (_, g) in messages.items()},
+        expunged,
+    )
+
+
+def plan(src: SourceFolderState, tgt: TargetFolderState, mark: Checkpoint | None) -> FolderPlan:
+    return plan_folder(src, tgt, mark, user=USER, mailbox=BOX)
+
+
+def test_guids_name_their_source_uid_under_their_space_only() -> None:
+    tag = folder_tag(USER, BOX, 7)
+    assert source_uid(tag, message_guid(tag, 42)) == 42
+    assert source_uid(folder_tag(USER, BOX, 8), message_guid(tag, 42)) is None
+    assert source_uid(folder_tag(USER, "Sent", 7), message_guid(tag, 42)) is None
+    assert len(message_guid(tag, 2**32 - 1)) == 16
+
+
+def test_missing_target_is_created_and_everything_copied_at_its_own_uid() -> None:
+    p = plan(source({1: (), 4: ("\\Seen",)}), TargetFolderState(exists=False), None)
+    assert p.create and not p.recreate
+    assert p.copy == (Placement(1, 1), Placement(4, 4))
+    assert p.renumbered == 0
 
 
 def test_incremental_copies_new_expunges_gone_and_reflags_changed() -> None:
-    target = TargetFolderState(True, 7, 5, {1: ("\\Seen",), 2: (), 4: ("$Work", "\\Flagged")})
+    tgt = target(
+        7, {1: (("\\Seen",), own(1)), 2: ((), own(2)), 4: (("$Work", "\\Flagged"), own(4))}
+    )
     src = source({1: ("\\Seen",), 4: ("\\Flagged", "\\Seen"), 5: (), 9: ("$New",)})
-    plan = plan_folder(src, target, Checkpoint(7, 5, 30, 3))
-    assert plan.copy == (5, 9)
-    assert plan.expunge == (2,)
-    assert plan.flag_changes == (FlagChange(4, ("\\Seen",), ("$Work",)),)
-    assert not plan.create and not plan.skip
+    p = plan(src, tgt, Checkpoint(7, 5, 30, 3))
+    assert p.copy == (Placement(5, 5), Placement(9, 9))
+    assert p.expunge == (2,)
+    assert p.flag_changes == (FlagChange(4, ("\\Seen",), ("$Work",)),)
+    assert not p.create and not p.skip
 
 
-def test_uid_below_uidnext_missing_here_is_never_reused() -> None:
-    # UID 3 was expunged here (UIDNEXT 5): it cannot come back (I3).
-    target = TargetFolderState(True, 7, 5, {1: ()})
-    plan = plan_folder(source({1: (), 3: (), 6: ()}), target, None)
-    assert plan.copy == (6,)
-    assert plan.not_reusable == (3,)
+def test_a_message_expunged_here_is_not_brought_back() -> None:
+    # Source UID 3 was copied, then expunged here: its GUID is a tombstone.
+    tgt = target(7, {1: ((), own(1))}, uidnext=5, expunged=frozenset({own(3)}))
+    p = plan(source({1: (), 3: (), 6: ()}), tgt, None)
+    assert p.copy == (Placement(6, 6),)
+    assert p.not_reusable == (3,)
 
 
 def test_unchanged_checkpoint_with_condstore_skips_the_folder() -> None:
     src = source({1: (), 2: ()}, modseq=40)
-    target = TargetFolderState(True, 7, 3, {1: (), 2: ("\\Seen",)})
-    assert plan_folder(src, target, Checkpoint(7, 3, 40, 2)).skip
+    tgt = target(7, {1: ((), own(1)), 2: (("\\Seen",), own(2))})
+    assert plan(src, tgt, Checkpoint(7, 3, 40, 2)).skip
     # Without CONDSTORE nothing proves it unchanged: the flags are compared.
     plain = source({1: (), 2: ()}, modseq=None)
-    plan = plan_folder(plain, target, Checkpoint(7, 3, None, 2))
-    assert not plan.skip and plan.flag_changes == (FlagChange(2, (), ("\\Seen",)),)
+    p = plan(plain, tgt, Checkpoint(7, 3, None, 2))
+    assert not p.skip and p.flag_changes == (FlagChange(2, (), ("\\Seen",)),)
+    # A target that is no longer the checkpoint's mailbox is never skipped.
+    assert not Checkpoint(7, 3, 40, 2).proves_unchanged(FolderStatus(7, 3, 40, 2), 8)
+    assert Checkpoint(7, 3, 40, 2, 8).proves_unchanged(FolderStatus(7, 3, 40, 2), 8)
 
 
 def test_changedsince_flags_compare_only_the_changed_messages() -> None:
-    target = TargetFolderState(True, 7, 3, {1: ("\\Seen",), 2: ()})
+    tgt = target(7, {1: (("\\Seen",), own(1)), 2: ((), own(2))})
     src = SourceFolderState(7, 3, 50, frozenset({1, 2}), {2: ("\\Flagged",)}, False)
-    plan = plan_folder(src, target, Checkpoint(7, 3, 40, 2))
-    assert plan.flag_changes == (FlagChange(2, ("\\Flagged",), ()),)
+    p = plan(src, tgt, Checkpoint(7, 3, 40, 2))
+    assert p.flag_changes == (FlagChange(2, ("\\Flagged",), ()),)
 
 
 def test_source_uidvalidity_change_recreates_a_folder_the_migration_made() -> None:
-    target = TargetFolderState(True, 7, 9, {1: (), 8: ()})
-    plan = plan_folder(source({1: (), 2: ()}, uidvalidity=8), target, Checkpoint(7, 9, 30, 2))
-    assert plan.recreate and plan.create and plan.copy == (1, 2)
+    tgt = target(7, {1: ((), own(1)), 8: ((), own(8))})
+    p = plan(source({1: (), 2: ()}, uidvalidity=8), tgt, Checkpoint(7, 9, 30, 2))
+    assert p.recreate and p.create and p.copy == (Placement(1, 1), Placement(2, 2))
 
 
-def test_foreign_target_under_another_uidvalidity_is_refused_not_mixed() -> None:
-    target = TargetFolderState(True, 99, 3, {1: (), 2: ()})
-    with pytest.raises(SourceError) as caught:
-        plan_folder(source({1: ()}), target, None)
-    assert caught.value.failure is FailureClass.SOURCE_CHANGED
+def test_source_uidvalidity_change_under_delivered_mail_renumbers_and_keeps_it() -> None:
+    # After the MX switch LMTP delivered UID 9 here; then the source's space changed.
+    tgt = target(7, {1: ((), own(1)), 8: ((), own(8)), 9: ((), foreign(9))})
+    p = plan(source({1: (), 2: ()}, uidvalidity=8), tgt, Checkpoint(7, 9, 30, 2))
+    assert not p.recreate and not p.create
+    assert p.expunge == (1, 8)  # the old space's copies, never the delivery
+    assert p.copy == (Placement(1, 10), Placement(2, 11))
+
+
+def test_cutover_into_a_mailbox_with_newer_mail_appends_at_fresh_uids() -> None:
+    # Pre-sync copied 1..3 (UIDNEXT 4); LMTP then delivered 4 and 5 here; the
+    # source meanwhile got 4, 5 and 9.
+    presync = {u: ((), own(u)) for u in (1, 2, 3)}
+    tgt = target(7, {**presync, 4: ((), foreign(4)), 5: (("\\Seen",), foreign(5))})
+    src = source({1: (), 2: (), 3: (), 4: (), 5: ("\\Seen",), 9: ()})
+    p = plan(src, tgt, Checkpoint(7, 4, 30, 3))
+    assert p.copy == (Placement(9, 9), Placement(4, 10), Placement(5, 11))
+    assert p.renumbered == 2 and p.expunge == () and p.flag_changes == ()
+    # The next pass reads the mapping back from the GUIDs: nothing twice, and
+    # the source's expunge of its UID 4 takes target UID 6, not the delivery.
+    after = target(
+        7,
+        {**tgt_messages(tgt), 10: ((), own(4)), 11: (("\\Seen",), own(5)), 9: ((), own(9))},
+    )
+    later = plan(source({1: (), 2: (), 3: (), 5: ("\\Seen", "\\Flagged"), 9: ()}), after, None)
+    assert later.copy == ()
+    assert later.expunge == (10,)
+    assert later.flag_changes == (FlagChange(11, ("\\Flagged",), ()),)
+
+
+def tgt_messages(t: TargetFolderState) -> dict[int, tuple[Flags, bytes]]:
+    return {u: (t.flags[u], t.guids[u]) for u in t.flags}
+
+
+def test_target_created_first_under_its_own_uidvalidity_is_copied_into() -> None:
+    # LMTP created INBOX (UIDVALIDITY 99) and delivered two messages before the first pass.
+    tgt = target(99, {1: ((), foreign(1)), 2: ((), foreign(2))})
+    p = plan(source({1: (), 3: ()}), tgt, None)
+    assert not p.create and not p.recreate and p.expunge == ()
+    assert p.copy == (Placement(1, 3), Placement(3, 4))
+    assert p.renumbered == 2
+    # Its checkpoint names the target's UIDVALIDITY: the next no-op pass skips.
+    done = target(99, {**tgt_messages(tgt), 3: ((), own(1)), 4: ((), own(3))})
+    assert plan(source({1: (), 3: ()}), done, Checkpoint(7, 4, 40, 2, 99)).skip
+    assert plan(source({1: (), 3: ()}), done, None).changes == 0
+
+
+def test_a_mailbox_copied_into_at_fresh_uids_is_never_recreated() -> None:
+    # INBOX was LMTP's (UIDVALIDITY 99), the pass copied into it; then its
+    # deliveries were expunged here: only the migration's messages are left.
+    tgt = target(99, {3: ((), own(1)), 4: ((), own(3))})
+    p = plan(source({1: (), 3: (), 5: ()}), tgt, Checkpoint(7, 4, 40, 2, 99))
+    assert not p.recreate and not p.create
+    assert p.copy == (Placement(5, 5),) and p.expunge == ()
+
+
+def test_place_keeps_uids_while_free_and_ascends() -> None:
+    assert place([21, 22, 24], 23, keep_uids=True) == (
+        Placement(24, 24),
+        Placement(21, 25),
+        Placement(22, 26),
+    )
+    assert place([3, 10], 1, keep_uids=True) == (Placement(3, 3), Placement(10, 10))
+    assert place([3, 10], 1, keep_uids=False) == (Placement(3, 1), Placement(10, 2))
 
 
 flag_sets = st.sets(st.sampled_from(["\\Seen", "\\Flagged", "$A", "$B"])).map(
@@ -82,28 +192,46 @@ flag_sets = st.sets(st.sampled_from(["\\Seen", "\\Flagged", "$A", "$B"])).map(
 folders = st.dictionaries(st.integers(1, 40), flag_sets, max_size=25)
 
 
-@given(folders, folders)
+@given(folders, folders, st.sets(st.integers(1, 60), max_size=10), st.booleans())
 def test_applying_the_plan_makes_the_target_the_source(
-    src_msgs: dict[int, tuple[str, ...]], tgt_msgs: dict[int, tuple[str, ...]]
+    src_msgs: dict[int, Flags],
+    own_msgs: dict[int, Flags],
+    delivered: set[int],
+    same_space: bool,
 ) -> None:
-    """Property: after the plan the target holds every source UID at or above its
-    UIDNEXT and every one it kept, with the source's flags, and no other."""
-    uidnext = max(tgt_msgs, default=0) + 1
-    target = TargetFolderState(True, 7, uidnext, tgt_msgs)
-    plan = plan_folder(source(src_msgs), target, None)
-    result = {uid: set(f) for uid, f in tgt_msgs.items() if uid not in plan.expunge}
-    for change in plan.flag_changes:
-        result[change.uid] = (result[change.uid] | set(change.add)) - set(change.remove)
-    for uid in plan.copy:
-        assert uid >= uidnext
-        result[uid] = set(src_msgs[uid])
-    reachable = {u: set(f) for u, f in src_msgs.items() if u not in plan.not_reusable}
-    assert result == reachable
+    """Property: after the plan the target holds every source message (but the
+    ones expunged here) exactly once with the source's flags, at UIDs ascending
+    from UIDNEXT, and every foreign message untouched."""
+    messages: dict[int, tuple[Flags, bytes]] = {u: (f, own(u)) for u, f in own_msgs.items()}
+    for uid in delivered:
+        messages.setdefault(uid, (("\\Seen",), foreign(uid)))
+    uidvalidity = 7 if same_space else 99
+    uidnext = max(messages, default=0) + 1
+    gone = frozenset(own(u) for u in src_msgs if u % 7 == 0 and u not in own_msgs)
+    tgt = target(uidvalidity, messages, uidnext=uidnext, expunged=gone)
+    p = plan(source(src_msgs), tgt, None)
+    result = {u: (set(f), g) for u, (f, g) in messages.items() if u not in p.expunge}
+    for change in p.flag_changes:
+        f, g = result[change.uid]
+        result[change.uid] = ((f | set(change.add)) - set(change.remove), g)
+    targets = [pl.target_uid for pl in p.copy]
+    assert targets == sorted(targets) and all(t >= uidnext for t in targets)
+    for pl in p.copy:
+        assert pl.target_uid not in result
+        result[pl.target_uid] = (set(src_msgs[pl.source_uid]), own(pl.source_uid))
+        if same_space and pl.source_uid >= uidnext:
+            assert pl.target_uid == pl.source_uid
+    tag = folder_tag(USER, BOX, 7)
+    copies = {source_uid(tag, g): f for f, g in result.values() if source_uid(tag, g) is not None}
+    reachable = {u: set(f) for u, f in src_msgs.items() if u not in p.not_reusable}
+    assert copies == reachable
+    others = {u: (set(f), g) for u, (f, g) in messages.items() if source_uid(tag, g) is None}
+    assert {u: v for u, v in result.items() if source_uid(tag, v[1]) is None} == others
 
 
 def test_a_folder_select_proved_unchanged_is_skipped_without_its_uids() -> None:
     unlisted = SourceFolderState(7, 3, 40, frozenset(), {}, False, exists=2, listed=False)
-    target = TargetFolderState(True, 7, 3, {1: (), 2: ()})
-    assert plan_folder(unlisted, target, Checkpoint(7, 3, 40, 2)).skip
+    tgt = target(7, {1: ((), own(1)), 2: ((), own(2))})
+    assert plan(unlisted, tgt, Checkpoint(7, 3, 40, 2)).skip
     with pytest.raises(ValueError):
-        plan_folder(unlisted, target, Checkpoint(7, 3, 39, 2))
+        plan(unlisted, tgt, Checkpoint(7, 3, 39, 2))

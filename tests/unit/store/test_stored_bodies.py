@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from replicad.blob import CODEC_RAW, CODEC_ZSTD, MAX_WINDOW, Blob
+from replicad.blob import CODEC_RAW, CODEC_ZSTD, MAX_WINDOW, STREAM_COMPRESS_BYTES, Blob
 from replicad.errors import ProtocolError, ReplicadError
 from replicad.store.blobs import PreparedBody
 from replicad.store.mailstore import MailStore
@@ -162,3 +162,14 @@ async def test_a_corrupt_replicated_body_refuses_its_record_alone(
         assert await replica.body_references(appended.body_hash) == 0
         assert [row[:2] for row in await replica.logical_state()] == [("alice", "INBOX")]
         assert await replica.fetch("alice", "INBOX", UidSet.parse("1:*")) == []
+
+
+def test_a_large_body_compressed_in_a_stream_is_the_same_stored_form() -> None:
+    """Bodies from STREAM_COMPRESS_BYTES on are compressed behind their codec
+    octet in one buffer; the result parses, declares its size and inflates back."""
+    body = b"line of a large message body\r\n" * (STREAM_COMPRESS_BYTES // 15)
+    blob = Blob.compress(body)
+    assert blob.stored[0] == CODEC_ZSTD and len(blob.stored) < len(body) // 10
+    parsed = Blob.parse(blob.stored, len(body))
+    assert parsed.size == len(body)
+    assert parsed.decompress() == body
