@@ -28,7 +28,7 @@ per connection) the source's process starts are most of a no-op pass.
 Run from the repository root:
 ``PYTHONPATH=$PWD python tools/bench/bench_migrate.py --users 100``.
 
-Figures (2 cores shared with another engineer's benchmarks: the 1-minute
+Figures (2 cores running other work at the same time: the 1-minute
 load is noted, 3.3 to 8.7 during these runs; medians of 3; ``--runs 3``):
 
 * ``--shape w3`` (1000 users, 482 MiB; load 4.9-8.6): replicad first pass
