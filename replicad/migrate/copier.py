@@ -158,12 +158,21 @@ class UserPass:
                     }
                 },
             )
+        # An earlier build's copies stay recognised while both UID spaces stay.
+        legacy = (
+            checkpoint.legacy_below
+            if checkpoint is not None
+            and not plan.recreate
+            and checkpoint.uidvalidity == source.uidvalidity == target_uidvalidity
+            else 0
+        )
         mark = Checkpoint(
             source.uidvalidity,
             source.uidnext,
             source.highestmodseq,
             source.messages,
             0 if target_uidvalidity == source.uidvalidity else target_uidvalidity,
+            legacy,
         )
         return FolderOutcome(done, mark)
 

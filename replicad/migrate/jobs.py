@@ -127,6 +127,16 @@ class Counts:
         )
 
 
+def _checkpoint(fields: list[Any]) -> Checkpoint:
+    """A stored checkpoint.  One of four fields was written by a build that
+    copied at the source's UIDs under random GUIDs: every UID below its
+    UIDNEXT that the target holds is that build's copy (``legacy_below``)."""
+    if len(fields) == 4:
+        uidvalidity, uidnext, highestmodseq, messages = fields
+        return Checkpoint(uidvalidity, uidnext, highestmodseq, messages, 0, uidnext)
+    return Checkpoint(*fields)
+
+
 @dataclass(frozen=True, slots=True)
 class UserJob:
     job: str
@@ -175,7 +185,14 @@ class UserJob:
             ],
             "pass": [self.pass_started, self.pass_ended, self.pass_bytes, self.pass_planned_bytes],
             "checkpoints": {
-                name: [k.uidvalidity, k.uidnext, k.highestmodseq, k.messages, k.target_uidvalidity]
+                name: [
+                    k.uidvalidity,
+                    k.uidnext,
+                    k.highestmodseq,
+                    k.messages,
+                    k.target_uidvalidity,
+                    k.legacy_below,
+                ]
                 for name, k in self.checkpoints.items()
             },
         }
@@ -199,7 +216,7 @@ class UserJob:
                 ended,
                 done,
                 planned,
-                {name: Checkpoint(*k) for name, k in m["checkpoints"].items()},
+                {name: _checkpoint(k) for name, k in m["checkpoints"].items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"unreadable migration record: {exc}") from None

@@ -74,6 +74,11 @@ class Checkpoint:
     #: The UIDVALIDITY of the target mailbox the pass left (0: the source's,
     #: as records written before a target could differ have it).
     target_uidvalidity: int = 0
+    #: Source UIDs below this were copied by a build that kept them as the
+    #: target's UIDs under random GUIDs (before GUIDs named their source,
+    #: :mod:`replicad.migrate.identity`); 0: none.  Read from those builds'
+    #: checkpoints, and kept as long as both UID spaces stay.
+    legacy_below: int = 0
 
     @property
     def target(self) -> int:
@@ -205,6 +210,12 @@ def plan_folder(
         if checkpoint is not None and checkpoint.uidvalidity != source.uidvalidity
         else None
     )
+    same_space = target.uidvalidity == source.uidvalidity
+    legacy = (
+        checkpoint.legacy_below
+        if checkpoint is not None and same_space and checkpoint.uidvalidity == source.uidvalidity
+        else 0
+    )
     own: dict[int, int] = {}  # source UID -> target UID
     stale: list[int] = []  # target UIDs of an older source UID space
     foreign = 0
@@ -214,9 +225,12 @@ def plan_folder(
             own[origin] = uid
         elif old_tag is not None and source_uid(old_tag, guid) is not None:
             stale.append(uid)
+        elif uid < legacy:
+            # An earlier build's copy, at the source's UID (anything else
+            # wrote at or above UIDNEXT, past every UID it had copied).
+            own[uid] = uid
         else:
             foreign += 1
-    same_space = target.uidvalidity == source.uidvalidity
     # Recreated only when the source's UID space changed under a mailbox this
     # migration made and nothing else wrote to: a mailbox copied into at
     # fresh UIDs stays what it is even once its other mail is gone.
@@ -228,7 +242,9 @@ def plan_folder(
             recreate=True, create=True, copy=place(sorted(source.uids), 1, keep_uids=True)
         )
     wanted = sorted(uid for uid in source.uids if uid not in own)
-    gone_here = tuple(u for u in wanted if message_guid(tag, u) in target.expunged)
+    # Expunged here: a tombstone names the message's GUID, or, for an earlier
+    # build's copy, it is missing below the UIDs that build had copied.
+    gone_here = tuple(u for u in wanted if u < legacy or message_guid(tag, u) in target.expunged)
     if gone_here:
         skipped = set(gone_here)
         wanted = [u for u in wanted if u not in skipped]

@@ -103,3 +103,14 @@ def test_job_spec_round_trips_and_older_records_get_the_defaults() -> None:
     assert JobSpec.from_map(older).per_host == DEFAULT_PER_HOST
     # A checkpoint record of four numbers (before the target's UIDVALIDITY was kept).
     assert Checkpoint(*[7, 9, 40, 8]).target == 7
+
+
+def test_an_earlier_builds_checkpoints_mark_its_copies_and_keep_the_mark() -> None:
+    """Four numbers: written by the build that copied at the source's UIDs
+    under random GUIDs; every UID below its UIDNEXT is that build's copy."""
+    record = user().to_map()
+    record["checkpoints"] = {"INBOX": [7, 9, 40, 8], "Sent": [7, 3, 40, 2, 0, 0]}
+    job = UserJob.from_map(record)
+    assert job.checkpoints["INBOX"] == Checkpoint(7, 9, 40, 8, 0, legacy_below=9)
+    assert job.checkpoints["Sent"].legacy_below == 0
+    assert UserJob.from_map(job.to_map()) == job  # stored again with the mark

@@ -94,6 +94,26 @@ def test_a_message_expunged_here_is_not_brought_back() -> None:
     assert p.not_reusable == (3,)
 
 
+def test_an_earlier_builds_copies_are_recognised_by_their_uid() -> None:
+    """A job started by a build that kept source UIDs under random GUIDs:
+    every target UID below its checkpoint's UIDNEXT is that build's copy
+    of the same source UID, so a pass copies none of them again, follows
+    the source's expunges and flags on them, does not bring back one
+    expunged here, and leaves mail delivered above them alone."""
+    old = {1: ((), foreign(1)), 3: (("\\Seen",), foreign(3)), 4: ((), foreign(4))}
+    tgt = target(7, {**old, 6: ((), foreign(6))}, uidnext=7)  # 6: LMTP after the switch
+    # UID 2 was copied, then expunged here; 4 was expunged on the source.
+    mark = Checkpoint(7, 5, 30, 4, 0, legacy_below=5)
+    p = plan(source({1: ("\\Flagged",), 2: (), 3: ("\\Seen",), 5: ()}), tgt, mark)
+    assert p.copy == (Placement(5, 7),)  # only the new one, above UIDNEXT
+    assert p.expunge == (4,)
+    assert p.flag_changes == (FlagChange(1, ("\\Flagged",), ()),)
+    assert p.not_reusable == (2,)
+    # Without the legacy mark the same state would be copied again.
+    again = plan(source({1: (), 3: ("\\Seen",)}), tgt, Checkpoint(7, 5, 30, 4))
+    assert [c.source_uid for c in again.copy] == [1, 3]
+
+
 def test_unchanged_checkpoint_with_condstore_skips_the_folder() -> None:
     src = source({1: (), 2: ()}, modseq=40)
     tgt = target(7, {1: ((), own(1)), 2: (("\\Seen",), own(2))})
