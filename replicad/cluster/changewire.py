@@ -32,6 +32,7 @@ from replicad.store.records import (
     MailboxDeleted,
     MailboxMerged,
     MailboxRenamed,
+    MailboxStatus,
     MessageAppended,
     MessagesCopied,
     MessagesExpunged,
@@ -350,3 +351,18 @@ def from_wire(
         )
         return merged, carried
     raise TypeError(f"not a change frame: {frame!r}")
+
+
+def mbox_binding(mid: int, status: MailboxStatus) -> c.Mbox:
+    """The MBOX that binds ``mid`` to this node's mailbox ``status`` on a link
+    (verbs.md MBOX), for the change stream and resyncs alike."""
+    return c.Mbox(
+        mid,
+        status.user,
+        status.name,
+        status.guid,
+        status.uidvalidity,
+        status.uidnext,
+        status.messages,
+        status.highestmodseq,
+    )

@@ -38,7 +38,7 @@ from typing import Any, Final
 import trio
 
 from replicad.blob import Blob
-from replicad.cluster.changewire import MboxBinding, ops_from_wire, ops_to_wire
+from replicad.cluster.changewire import MboxBinding, mbox_binding, ops_from_wire, ops_to_wire
 from replicad.cluster.interfaces import ClusterView, Peer
 from replicad.cluster.masters import MasterKey, master_key
 from replicad.cluster.subsync import SubscriptionSync
@@ -67,7 +67,6 @@ from replicad.protocol import commands as c
 from replicad.store.changelog import ResyncMark
 from replicad.store.index import INBOX
 from replicad.store.namespace import Claim
-from replicad.store.records import MailboxStatus
 from replicad.store.subscriptions import SUBSCRIPTIONS_MARK
 from replicad.transport.logfmt import log_event
 from replicad.uidset import UidSet
@@ -390,7 +389,7 @@ class Resyncer:
         if key in self.collect:
             return False  # a resync of it with this peer is under way: asked again next round
         if new:
-            await session.send_mbox(_mbox(mid, status))
+            await session.send_mbox(mbox_binding(mid, status))
         self.collect[key] = _Collected()
         try:
             await session.request(c.Sync(mid, NO_ENTRIES_SINCE, None), timeout=STEP_TIMEOUT)
@@ -425,7 +424,7 @@ class Resyncer:
                 raise TemporaryError(f"no longer the master of {key}")
         mid, new = session.mbox_id(status.user, status.name, status.guid)
         if new:
-            await session.send_mbox(_mbox(mid, status))
+            await session.send_mbox(mbox_binding(mid, status))
         mark = await store.resync_mark(session.peer, mailbox)
         marked_at = mark.marked_at if mark is not None else 0
         since = self._since(session.peer, mailbox, mark)
@@ -1077,20 +1076,6 @@ def _with_entries(
         state,
         messages=tuple(sorted((*state.messages, *messages), key=lambda m: m.uid)),
         tombstones=tuple(sorted((*state.tombstones, *tombstones), key=lambda t: t.uid)),
-    )
-
-
-def _mbox(mid: int, status: MailboxStatus) -> c.Mbox:
-    """The MBOX that binds ``mid`` to this node's mailbox on a link."""
-    return c.Mbox(
-        mid,
-        status.user,
-        status.name,
-        status.guid,
-        status.uidvalidity,
-        status.uidnext,
-        status.messages,
-        status.highestmodseq,
     )
 
 

@@ -23,7 +23,13 @@ import trio
 
 from replicad.blob import Blob
 from replicad.cluster.catchup import AckRate
-from replicad.cluster.changewire import body_bytes, from_wire, mailboxes_of, to_wire
+from replicad.cluster.changewire import (
+    body_bytes,
+    from_wire,
+    mailboxes_of,
+    mbox_binding,
+    to_wire,
+)
 from replicad.cluster.copies import CopyWaits
 from replicad.cluster.links import OUTBOX_WINDOW, OUTBOX_WINDOW_BYTES, Links
 from replicad.cluster.resync import ALL_MAILBOXES, STEP_TIMEOUT
@@ -209,17 +215,7 @@ class ChangeStreams:
                     return None  # deleted since; the DELETE that follows tells the peer
                 mid, new = session.mbox_id(status.user, status.name, status.guid)
                 if new:
-                    mbox = c.Mbox(
-                        mid,
-                        status.user,
-                        status.name,
-                        status.guid,
-                        status.uidvalidity,
-                        status.uidnext,
-                        status.messages,
-                        status.highestmodseq,
-                    )
-                    await session.send_mbox(mbox)
+                    await session.send_mbox(mbox_binding(mid, status))
                 # The stream binds by GUID: a later rename needs no new MBOX.
                 session.stream_ids[guid] = mid
             ids[guid] = mid
